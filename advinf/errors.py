@@ -1,0 +1,64 @@
+"""User-facing errors: one clear message, exit status 2, no traceback unless --debug."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad recipe, unknown name, missing data, bad checkpoint).
+
+    The CLI prints ``str(error)`` and exits with status 2; ``--debug`` shows the traceback.
+    """
+
+    exit_code = 2
+
+
+class PluginError(UserError):
+    """A plugin failed to import or register, or two plugins claim the same name."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a recipe, located by its dotted key."""
+
+    key: str
+    message: str
+    value: object = None
+    has_value: bool = False
+    hint: str = ""
+
+    def render(self) -> str:
+        line = f"{self.key or '(top level)'}: {self.message}"
+        if self.has_value:
+            line += f" (got {_short_repr(self.value)})"
+        if self.hint:
+            line += f"; {self.hint}"
+        return line
+
+
+class RecipeError(UserError):
+    """All problems found in one recipe, rendered as one block."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.problems)
+        head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
+        return "\n".join([head, *("  " + p.render() for p in self.problems)])
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """'did you mean ...' for a near miss, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _short_repr(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,79 @@
+"""The advinf hook specifications: what a plugin may implement.
+
+Every registration hook is called once per plugin with a ``register`` callback::
+
+    register(name: str, factory: Callable[[Options, BuildContext], Component],
+             options: type[pydantic.BaseModel] | None = None, summary: str | None = None)
+
+``factory`` receives the validated options (an instance of ``options``, or an empty model when
+``options`` is None) and a :class:`advinf.BuildContext` (the dataset and prior already built, the device),
+and returns the component. ``summary`` defaults to the first line of the factory's docstring.
+The ``name`` is what recipes use (``[critic] name = "..."``); names are unique per kind across all plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("advinf")
+hookimpl = pluggy.HookimplMarker("advinf")
+
+Register = Any  # the register(name, factory, options=None, summary=None) callback
+
+
+@hookspec
+def register_games(register: Register) -> None:
+    """Register games: factories returning an :class:`advinf.Game` (the losses of both players)."""
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoders: factories returning an :class:`advinf.Encoder` (x -> posterior over z)."""
+
+
+@hookspec
+def register_decoders(register: Register) -> None:
+    """Register decoders: factories returning an :class:`advinf.Decoder` (z -> x)."""
+
+
+@hookspec
+def register_critics(register: Register) -> None:
+    """Register critics: factories returning an :class:`advinf.JointCritic` (x, z -> logits)."""
+
+
+@hookspec
+def register_priors(register: Register) -> None:
+    """Register priors: factories returning an :class:`advinf.Prior` (draws z)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets: factories returning an :class:`advinf.Dataset` (train and held-out splits)."""
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Register evaluators: factories returning an :class:`advinf.Evaluator` (metrics of a trained model)."""
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``advinf`` command line: ``cli`` is the root :class:`click.Group`.
+
+    Use ``@cli.command()`` inside the hook. Raise :class:`advinf.UserError` for problems the user can fix.
+    """
+
+
+#: Registration hook name -> component kind (the recipe section it fills).
+COMPONENT_HOOKS: dict[str, str] = {
+    "register_games": "game",
+    "register_encoders": "encoder",
+    "register_decoders": "decoder",
+    "register_critics": "critic",
+    "register_priors": "prior",
+    "register_datasets": "dataset",
+    "register_evaluators": "evaluator",
+}
+KINDS: tuple[str, ...] = tuple(COMPONENT_HOOKS.values())

@@ -1,0 +1,240 @@
+"""The plugin host: loads entry points one by one, records failures, and keeps the component registry."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+from advinf import hookspecs
+from advinf.errors import PluginError, UserError, suggest
+
+ENTRY_POINT_GROUP = "advinf"
+
+
+class NoOptions(BaseModel):
+    """The options model of a component that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: what a recipe name resolves to."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: type[BaseModel]
+    summary: str
+    plugin: str
+    version: str
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as ``advinf list-plugins`` shows it."""
+
+    name: str
+    version: str
+    components: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+    disabled: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "components": self.components,
+                "error": self.error, "disabled": self.disabled}
+
+
+class PluginHost:
+    """A pluggy manager plus the registry of components by kind and name.
+
+    Each plugin registers on its own: one that fails to import or register is recorded (see ``plugins``)
+    and the others keep working, unless ``strict`` (``ADVINF_STRICT_PLUGINS=1``) makes it fatal.
+    """
+
+    def __init__(self, *, strict: bool | None = None, disabled: set[str] | None = None):
+        self.pm = pluggy.PluginManager("advinf")
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = _env_flag("ADVINF_STRICT_PLUGINS") if strict is None else strict
+        env_disabled = {s.strip() for s in os.environ.get("ADVINF_DISABLE_PLUGINS", "").split(",") if s.strip()}
+        self.disabled = env_disabled if disabled is None else set(disabled)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.registry: dict[str, dict[str, Component]] = {k: {} for k in hookspecs.KINDS}
+        self._conflicts: dict[tuple[str, str], list[str]] = {}
+
+    # -- loading ---------------------------------------------------------------------------------------
+    def load_entry_points(self) -> None:
+        """Load every plugin of the ``advinf`` entry-point group, each on its own."""
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            version = ep.dist.version if ep.dist is not None else "?"
+            if ep.name in self.disabled:
+                self.plugins[ep.name] = PluginInfo(ep.name, version, disabled=True)
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not break the others
+                self._fail(ep.name, version, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+                continue
+            self.add_plugin(module, name=ep.name, version=version)
+
+    def load_local(self, spec: str, base_dir: Path | None = None) -> None:
+        """Load a project-local plugin named by a recipe: a module name or a path to a .py file."""
+        name = spec
+        if name in self.plugins:
+            return
+        try:
+            if spec.endswith(".py") or "/" in spec or os.sep in spec:
+                path = (base_dir or Path.cwd()) / spec
+                if not path.is_file():
+                    raise UserError(f"plugin file {path} does not exist (named in the recipe's `plugins`)")
+                mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}", path)
+                assert mod_spec is not None and mod_spec.loader is not None
+                module = importlib.util.module_from_spec(mod_spec)
+                sys.modules[mod_spec.name] = module
+                mod_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(spec)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin '{spec}' named in the recipe's `plugins` failed to import: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.add_plugin(module, name=name, version=getattr(module, "__version__", "local"))
+        info = self.plugins[name]
+        if info.error:
+            raise PluginError(f"plugin '{spec}' named in the recipe's `plugins`: {info.error}")
+
+    def add_plugin(self, plugin: ModuleType | object, *, name: str, version: str = "?") -> PluginInfo:
+        """Register one plugin object (usually a module) and collect its components."""
+        info = PluginInfo(name, version)
+        self.plugins[name] = info
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except Exception as exc:
+            self._unregister(plugin)
+            return self._fail(name, version, f"invalid hook implementation: {exc}")
+        staged: list[Component] = []
+        for hook_name, kind in hookspecs.COMPONENT_HOOKS.items():
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                try:
+                    impl.function(register=self._register_callback(kind, name, version, staged))
+                except Exception as exc:
+                    self._unregister(plugin)
+                    return self._fail(name, version, f"{hook_name} raised {type(exc).__name__}: {exc}")
+        for comp in staged:
+            self._add_component(comp, info)
+        return info
+
+    def _register_callback(self, kind: str, plugin: str, version: str, staged: list[Component]):
+        def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
+                     summary: str | None = None) -> None:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"a {kind} name must be a non-empty string, got {name!r}")
+            if not callable(factory):
+                raise TypeError(f"the factory of {kind} '{name}' is not callable")
+            if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
+                raise TypeError(f"the options of {kind} '{name}' must be a pydantic model class")
+            doc = (factory.__doc__ or "").strip().splitlines()
+            staged.append(Component(kind, name, factory, options or NoOptions,
+                                    summary or (doc[0] if doc else ""), plugin, version))
+        return register
+
+    def _add_component(self, comp: Component, info: PluginInfo) -> None:
+        existing = self.registry[comp.kind].get(comp.name)
+        if existing is not None:
+            owners = self._conflicts.setdefault((comp.kind, comp.name), [_owner(existing)])
+            owners.append(_owner(comp))
+            msg = f"{comp.kind} '{comp.name}' is registered by both {owners[0]} and {_owner(comp)}"
+            info.error = msg if info.error is None else f"{info.error}; {msg}"
+            if self.strict:
+                raise PluginError(msg)
+            return
+        self.registry[comp.kind][comp.name] = comp
+        info.components.setdefault(comp.kind, []).append(comp.name)
+
+    def _fail(self, name: str, version: str, error: str) -> PluginInfo:
+        info = self.plugins.get(name) or PluginInfo(name, version)
+        info.error, info.components = error, {}
+        self.plugins[name] = info
+        if self.strict:
+            raise PluginError(f"plugin '{name}': {error} (ADVINF_STRICT_PLUGINS is set)")
+        return info
+
+    def _unregister(self, plugin: object) -> None:
+        if self.pm.is_registered(plugin):
+            self.pm.unregister(plugin)
+
+    # -- lookup ----------------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Component:
+        """The component ``name`` of ``kind``; a UserError naming the alternatives if there is none."""
+        if (kind, name) in self._conflicts:
+            owners = self._conflicts[(kind, name)]
+            raise PluginError(f"{kind} '{name}' is registered by several plugins: {', '.join(owners)}; "
+                              "uninstall or disable one (ADVINF_DISABLE_PLUGINS=name)")
+        try:
+            return self.registry[kind][name]
+        except KeyError:
+            raise UserError(unknown_name_message(kind, name, self.registry[kind])) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.registry[kind])
+
+    def errors(self) -> dict[str, str]:
+        return {n: p.error for n, p in self.plugins.items() if p.error}
+
+    def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
+        """Build a component by name with keyword options (validated by its options model)."""
+        from advinf.build import BuildContext
+
+        comp = self.get(kind, name)
+        return comp.factory(comp.options.model_validate(options), ctx or BuildContext())
+
+
+def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[str]) -> str:
+    names = sorted(available)
+    hint = suggest(name, names)
+    msg = f"unknown {kind} '{name}'"
+    if hint:
+        msg += f"; {hint}"
+    return msg + f" Available: {', '.join(names) if names else '(none registered)'}"
+
+
+def _owner(comp: Component) -> str:
+    return f"plugin '{comp.plugin}' ({comp.version})"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+_default: PluginHost | None = None
+
+
+def default_host() -> PluginHost:
+    """The process-wide host with every installed plugin loaded (built lazily, once)."""
+    global _default
+    if _default is None:
+        host = PluginHost()
+        host.load_entry_points()
+        _default = host
+    return _default
+
+
+def reset_default_host() -> None:
+    """Forget the process-wide host (tests; after installing a plugin at run time)."""
+    global _default
+    _default = None

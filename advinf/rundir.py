@@ -1,0 +1,82 @@
+"""The run directory: resolved recipe, metrics.jsonl, samples/, checkpoints/, eval.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from advinf.atomic import write_json, write_text
+from advinf.errors import UserError
+
+RECIPE_FILE = "recipe.toml"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+SAMPLES_DIR = "samples"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (a suffix is added if that exists)."""
+    base = root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RECIPE_FILE).is_file()
+
+
+class RunDir:
+    """Writes the files of one run; never overwrites a different run's files."""
+
+    def __init__(self, path: Path, *, resume: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a directory")
+        if not resume and self.path.exists() and any(self.path.iterdir()):
+            what = "already holds a run" if is_run_dir(self.path) else "is not empty"
+            raise UserError(f"run directory {self.path} {what}; pass --resume to continue it, "
+                            "or choose another --out")
+        if resume and not is_run_dir(self.path):
+            raise UserError(f"{self.path} is not an advinf run directory (no {RECIPE_FILE}); "
+                            "check --out, or drop --resume to start a new run there")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / SAMPLES_DIR).mkdir(exist_ok=True)
+
+    @property
+    def samples(self) -> Path:
+        return self.path / SAMPLES_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    def write_recipe(self, toml_text: str) -> None:
+        write_text(self.path / RECIPE_FILE, toml_text)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records logged after ``after_step`` (they belong to steps a resume will redo)."""
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and _step_of(ln) <= after_step]
+        write_text(path, "".join(ln + "\n" for ln in keep))
+
+    def write_eval(self, results: dict[str, Any]) -> None:
+        write_json(self.path / EVAL_FILE, results)
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0

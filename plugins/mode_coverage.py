@@ -1,0 +1,114 @@
+"""Evaluator ``mode_coverage``: how many mixture modes the decoder covers, and how well the encoder inverts.
+
+* ``modes_covered``: the paper's count. Decoder samples from the prior are assigned to their nearest
+  centre (the argmax responsibility for equal isotropic components); a mode is covered if any sample is.
+* ``modes_covered_strict``: modes with at least ``min_samples`` samples within ``radius_std`` standard
+  deviations of the centre.
+* ``high_quality_fraction``: share of samples within ``radius_std`` standard deviations of some centre.
+* ``reconstruction_accuracy`` (games with an encoder): share of held-out points whose reconstruction
+  Gx(Gz(x)) has the same nearest centre as x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from advinf import Dataset, Evaluator, TrainedModel, UserError, hookimpl
+from advinf.atomic import atomic_path
+
+
+class ModeCoverageOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    samples: int = Field(10_000, ge=1, description="decoder samples drawn from the prior (the paper: 10,000)")
+    radius_std: float = Field(3.0, gt=0, description="strict radius in standard deviations")
+    min_samples: int = Field(20, ge=1, description="samples a mode needs within the radius (strict count)")
+    seed: int = Field(0, description="seed of the prior draw")
+    plot: bool = Field(True, description="write mode_coverage.png like the paper's mixture figure")
+    plot_points: int = Field(2500, ge=1, description="points per panel of the figure")
+
+
+def coverage_metrics(samples: Tensor, centres: Tensor, std: float, radius_std: float = 3.0,
+                     min_samples: int = 20) -> dict[str, Any]:
+    """The three decoder-side numbers for (N, 2) samples and (K, 2) centres."""
+    d = torch.cdist(samples.float(), centres.float())  # (N, K)
+    nearest = d.argmin(dim=1)
+    radius = radius_std * std
+    close = d <= radius
+    per_mode = close.sum(dim=0)
+    return {
+        "modes_total": len(centres),
+        "modes_covered": int(torch.unique(nearest).numel()),
+        "modes_covered_strict": int((per_mode >= min_samples).sum()),
+        "high_quality_fraction": float(close.any(dim=1).float().mean()),
+    }
+
+
+def reconstruction_accuracy(x: Tensor, recon: Tensor, centres: Tensor) -> float:
+    """Share of points whose reconstruction has the same nearest centre as the point."""
+    same = torch.cdist(x.float(), centres).argmin(1) == torch.cdist(recon.float(), centres).argmin(1)
+    return float(same.float().mean())
+
+
+class ModeCoverage(Evaluator):
+    def __init__(self, options: ModeCoverageOptions):
+        self.o = options
+
+    def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
+        if "centres" not in data.meta or "std" not in data.meta:
+            raise UserError("evaluator 'mode_coverage' needs a mixture dataset (with centres and std), "
+                            "e.g. dataset 'mixture25'")
+        centres = data.meta["centres"].to(model.device)
+        std = float(data.meta["std"])
+        g = torch.Generator().manual_seed(self.o.seed)
+        z = model.prior.sample(self.o.samples, "cpu", generator=g).to(model.device)
+        x_model = model.decoder(z)
+        result = coverage_metrics(x_model, centres, std, self.o.radius_std, self.o.min_samples)
+        held = data.heldout if data.heldout is not None else data.train
+        codes = recon = None
+        if model.encoder is not None:
+            codes = model.encoder(held.x).sample()
+            recon = model.decoder(codes)
+            result["reconstruction_accuracy"] = reconstruction_accuracy(held.x, recon, centres)
+        if self.o.plot:
+            self._plot(out_dir / "mode_coverage.png", held.x, codes, recon, z, x_model, centres, result)
+        return result
+
+    def _plot(self, path: Path, x, codes, recon, z, x_model, centres, result) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = self.o.plot_points
+        colour = torch.cdist(x[:n].float(), centres).argmin(1).cpu().numpy()
+        panels = [("data (held out)", x[:n], colour)]
+        if codes is not None:
+            panels += [("latent codes Gz(x)", codes[:n], colour), ("reconstructions", recon[:n], colour)]
+        panels += [("prior samples z", z[:n], None), ("decoder samples Gx(z)", x_model[:n], None)]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100)
+        for ax, (title, pts, c) in zip(axes, panels, strict=True):
+            pts = pts.detach().float().cpu().numpy()
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=c, cmap="tab20" if c is not None else None, alpha=0.6)
+            ax.set_title(title, fontsize=9)
+            ax.set_aspect("equal")
+        fig.suptitle(f"modes covered {result['modes_covered']}/{result['modes_total']}, strict "
+                     f"{result['modes_covered_strict']}, high quality {result['high_quality_fraction']:.2f}",
+                     fontsize=10)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+
+
+def mode_coverage(options: ModeCoverageOptions, ctx) -> Evaluator:
+    """Modes covered (paper and strict counts), sample quality and reconstruction accuracy on a mixture."""
+    return ModeCoverage(options)
+
+
+@hookimpl
+def register_evaluators(register) -> None:
+    register("mode_coverage", mode_coverage, ModeCoverageOptions)

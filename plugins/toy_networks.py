@@ -1,0 +1,160 @@
+"""The paper's toy networks for 2-D data (ali-reference §4): change-of-variables encoder, 4x400 decoder,
+maxout critic with 5 pieces. All Linear weights start N(0, init_std^2), biases 0."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from advinf import Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x_dim: int | None = Field(None, gt=0, description="data dimensions (default: from the dataset)")
+    z_dim: int | None = Field(None, gt=0, description="latent dimensions (default: from the prior)")
+    init_std: float = Field(0.02, gt=0, description="std of the Gaussian weight initialisation")
+
+
+class MlpOptions(_Options):
+    hidden: int = Field(400, gt=0)
+    bn_eps: float = Field(1e-4, gt=0)
+    bn_momentum: float = Field(0.05, gt=0, le=1)
+
+
+class EncoderOptions(MlpOptions):
+    layers: int = Field(2, ge=1, description="hidden layers")
+    noise_dim: int = Field(2, ge=1, description="dimensions of the noise concatenated to x")
+
+
+class DecoderOptions(MlpOptions):
+    layers: int = Field(4, ge=1, description="hidden layers")
+
+
+class CriticOptions(_Options):
+    hidden: int = Field(200, gt=0)
+    layers: int = Field(3, ge=1, description="maxout layers")
+    pieces: int = Field(5, ge=1, description="maxout pieces")
+    joint: bool = Field(True, description="D(x, z); false gives the GAN's marginal critic D(x)")
+
+
+def _mlp(in_dim: int, out_dim: int, o: MlpOptions, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = [nn.Linear(in_dim, o.hidden, bias=False)]
+    for i in range(layers):
+        mods += [nn.BatchNorm1d(o.hidden, eps=o.bn_eps, momentum=o.bn_momentum), nn.ReLU()]
+        last = i == layers - 1
+        mods.append(nn.Linear(o.hidden, out_dim if last else o.hidden, bias=last))
+    return nn.Sequential(*mods)
+
+
+def init_gaussian(module: nn.Module, std: float) -> None:
+    """Linear weights ~ N(0, std^2), biases 0; BatchNorm keeps scale 1, shift 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ToyEncoder(Encoder):
+    """z = f(x, eps), eps ~ N(0, I): a stochastic encoder by change of variables (not mu/sigma)."""
+
+    def __init__(self, x_dim: int, z_dim: int, o: EncoderOptions):
+        super().__init__()
+        self.noise_dim = o.noise_dim
+        self.net = _mlp(x_dim + o.noise_dim, z_dim, o, o.layers)
+        init_gaussian(self, o.init_std)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> ImplicitPosterior:
+        eps = torch.randn(x.shape[0], self.noise_dim, device=x.device, dtype=x.dtype)
+        return ImplicitPosterior(self.net(torch.cat([x, eps], dim=1)))
+
+
+class ToyDecoder(Decoder):
+    """x = g(z): Linear -> [BN -> ReLU -> Linear] x layers, identity output."""
+
+    def __init__(self, z_dim: int, x_dim: int, o: DecoderOptions):
+        super().__init__()
+        self.net = _mlp(z_dim, x_dim, o, o.layers)
+        init_gaussian(self, o.init_std)
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.net(z)
+
+
+class LinearMaxout(nn.Module):
+    """Linear to units x pieces, then the maximum over each group of consecutive pieces."""
+
+    def __init__(self, in_dim: int, units: int, pieces: int):
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.linear = nn.Linear(in_dim, units * pieces)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).view(x.shape[0], self.units, self.pieces).amax(dim=2)
+
+
+class ToyCritic(JointCritic):
+    """D(x, z) = Linear(maxout^layers(concat(x, z))); with joint = false, D(x) only."""
+
+    def __init__(self, x_dim: int, z_dim: int, o: CriticOptions):
+        super().__init__()
+        self.uses_z = o.joint
+        dims = [x_dim + (z_dim if o.joint else 0)] + [o.hidden] * o.layers
+        self.body = nn.Sequential(*(LinearMaxout(dims[i], o.hidden, o.pieces) for i in range(o.layers)))
+        self.out = nn.Linear(o.hidden, 1)
+        init_gaussian(self, o.init_std)
+
+    def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
+        h = torch.cat([x, z], dim=1) if self.uses_z else x
+        return self.out(self.body(h)).squeeze(1)
+
+
+def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
+    x_dim = o.x_dim or _flat(ctx.sample_shape if ctx is not None else None)
+    z_dim = o.z_dim or _flat(ctx.latent_shape if ctx is not None else None)
+    if x_dim is None or z_dim is None:
+        raise UserError(f"{what}: give x_dim and z_dim, or build it from a recipe with a dataset and prior")
+    return x_dim, z_dim
+
+
+def _flat(shape: tuple[int, ...] | None) -> int | None:
+    if shape is None:
+        return None
+    if len(shape) != 1:
+        raise UserError(f"the toy networks work on flat vectors, but the shape is {shape}")
+    return shape[0]
+
+
+def toy_encoder(options: EncoderOptions, ctx) -> Encoder:
+    """Change-of-variables MLP encoder z = f(x, eps) (ALI's toy experiment)."""
+    x_dim, z_dim = _dims(options, ctx, "encoder 'toy_encoder'")
+    return ToyEncoder(x_dim, z_dim, options)
+
+
+def toy_decoder(options: DecoderOptions, ctx) -> Decoder:
+    """MLP decoder with BN and ReLU, 4 hidden layers of 400 (ALI's toy experiment)."""
+    x_dim, z_dim = _dims(options, ctx, "decoder 'toy_decoder'")
+    return ToyDecoder(z_dim, x_dim, options)
+
+
+def toy_critic(options: CriticOptions, ctx) -> JointCritic:
+    """Maxout MLP critic on concat(x, z), 3 x 200 units x 5 pieces (ALI's toy experiment)."""
+    x_dim, z_dim = _dims(options, ctx, "critic 'toy_critic'")
+    return ToyCritic(x_dim, z_dim, options)
+
+
+@hookimpl
+def register_encoders(register) -> None:
+    register("toy_encoder", toy_encoder, EncoderOptions)
+
+
+@hookimpl
+def register_decoders(register) -> None:
+    register("toy_decoder", toy_decoder, DecoderOptions)
+
+
+@hookimpl
+def register_critics(register) -> None:
+    register("toy_critic", toy_critic, CriticOptions)
