@@ -95,7 +95,7 @@ def list_plugins(as_json: bool) -> None:
         return
     table = Table(title="advinf plugins")
     for col in ("plugin", "version", "components", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for p in infos:
         comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(p.components.items()))
         status = "disabled" if p.disabled else (p.error or "")

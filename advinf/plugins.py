@@ -159,7 +159,9 @@ class PluginHost:
             owners = self._conflicts.setdefault((comp.kind, comp.name), [_owner(existing)])
             owners.append(_owner(comp))
             msg = f"{comp.kind} '{comp.name}' is registered by both {owners[0]} and {_owner(comp)}"
-            info.error = msg if info.error is None else f"{info.error}; {msg}"
+            for involved in {info.name, existing.plugin}:  # both plugins show the conflict
+                p = self.plugins[involved]
+                p.error = msg if p.error is None else f"{p.error}; {msg}"
             if self.strict:
                 raise PluginError(msg)
             return

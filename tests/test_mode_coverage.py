@@ -1,0 +1,68 @@
+"""Mode coverage on constructed sample sets with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from advinf_plugins.mixture import grid_centres
+from advinf_plugins.mode_coverage import ModeCoverage, ModeCoverageOptions, coverage_metrics, reconstruction_accuracy
+
+from advinf import Dataset, Split, TrainedModel, UserError
+
+CENTRES = grid_centres(5, 2.0)
+STD = 0.05
+
+
+def around(i: int, n: int, spread: float = 0.01) -> torch.Tensor:
+    return CENTRES[i] + spread * torch.randn(n, 2)
+
+
+def test_grid_is_the_papers():
+    assert CENTRES.shape == (25, 2)
+    assert sorted({float(v) for v in CENTRES[:, 0]}) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+
+
+def test_every_mode_well_covered():
+    x = torch.cat([around(i, 20) for i in range(25)])
+    m = coverage_metrics(x, CENTRES, STD)
+    assert m == {"modes_total": 25, "modes_covered": 25, "modes_covered_strict": 25, "high_quality_fraction": 1.0}
+
+
+def test_paper_count_counts_far_samples_but_strict_count_does_not():
+    torch.manual_seed(0)
+    good = torch.cat([around(i, 30) for i in range(3)])  # modes 0, 1, 2 well covered
+    # one sample 0.9 away from each of modes 10..14: nearest to them, but far outside 3 std
+    far = CENTRES[10:15] + torch.tensor([0.9, 0.0])
+    m = coverage_metrics(torch.cat([good, far]), CENTRES, STD)
+    assert m["modes_covered"] == 8
+    assert m["modes_covered_strict"] == 3
+    assert m["high_quality_fraction"] == pytest.approx(90 / 95)
+
+
+def test_strict_threshold_is_at_least_min_samples_within_radius():
+    x = torch.cat([around(0, 19), around(1, 20), CENTRES[2] + torch.tensor([[0.16, 0.0]]).repeat(40, 1)])
+    m = coverage_metrics(x, CENTRES, STD, radius_std=3.0, min_samples=20)
+    assert m["modes_covered"] == 3 and m["modes_covered_strict"] == 1
+
+
+def test_reconstruction_accuracy():
+    x = torch.cat([around(i, 10) for i in range(4)])
+    recon = x.clone()
+    recon[:10] = CENTRES[5]  # the first mode's points come back at another mode
+    assert reconstruction_accuracy(x, recon, CENTRES) == pytest.approx(30 / 40)
+
+
+def test_evaluator_on_a_known_decoder_and_a_non_mixture(tmp_path):
+    class Snap(torch.nn.Module):  # decoder mapping every z to mode 7
+        def forward(self, z, y=None):
+            return CENTRES[7].expand(len(z), 2).clone()
+
+    from advinf_plugins.priors import GaussianPrior
+
+    model = TrainedModel(GaussianPrior((2,)), Snap(), None, None, torch.device("cpu"))
+    data = Dataset(Split(around(0, 100)), Split(around(1, 50)), meta={"centres": CENTRES, "std": STD})
+    m = ModeCoverage(ModeCoverageOptions(samples=100)).evaluate(model, data, tmp_path)
+    assert (m["modes_covered"], m["modes_covered_strict"], m["high_quality_fraction"]) == (1, 1, 1.0)
+    assert (tmp_path / "mode_coverage.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="needs a mixture dataset"):
+        ModeCoverage(ModeCoverageOptions()).evaluate(model, Dataset(Split(torch.zeros(4, 2))), tmp_path)

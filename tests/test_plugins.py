@@ -1,0 +1,211 @@
+"""Plugin host: entry-point loading, broken plugins, duplicates, strict mode, the CLI listing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from conftest import RECIPES, cli_env, write
+
+import advinf
+from advinf import hookspecs
+from advinf.errors import PluginError, UserError
+from advinf.plugins import PluginHost
+
+BUILTIN = {"games", "priors", "toy_networks", "mixture", "mode_coverage"}
+
+
+def make_dist(root: Path, dist: str, plugins: dict[str, str], modules: dict[str, str]) -> Path:
+    """A real installed distribution on a sys.path entry: dist-info with entry points, plus modules."""
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"  # the folder name is the normalised one
+    write(info / "METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    eps = "[advinf]\n" + "".join(f"{name} = {target}\n" for name, target in plugins.items())
+    write(info / "entry_points.txt", eps)
+    for mod, src in modules.items():
+        write(root / f"{mod}.py", textwrap.dedent(src))
+    return root
+
+
+GOOD = """
+from pydantic import BaseModel
+from advinf import hookimpl
+from advinf_plugins.priors import gaussian, PriorOptions
+
+@hookimpl
+def register_priors(register):
+    register("third_party_prior", gaussian, PriorOptions, summary="a prior from elsewhere")
+"""
+BROKEN_IMPORT = "raise ImportError('missing dependency xyz')\n"
+RAISES = """
+from advinf import hookimpl
+from advinf_plugins.priors import gaussian
+
+@hookimpl
+def register_priors(register):
+    register("half_registered", gaussian)
+    raise RuntimeError("boom")
+"""
+DUPLICATE = """
+from advinf import hookimpl
+from advinf_plugins.games import ali
+
+@hookimpl
+def register_games(register):
+    register("ali", ali)
+"""
+TYPO = """
+from advinf import hookimpl
+
+@hookimpl
+def register_gamez(register):
+    pass
+"""
+
+
+@pytest.fixture
+def third_party(tmp_path, monkeypatch):
+    root = make_dist(tmp_path / "site", "advinf-extra",
+                     {"good": "good_plugin", "broken": "broken_plugin", "raises": "raising_plugin",
+                      "dupe": "dupe_plugin", "typo": "typo_plugin"},
+                     {"good_plugin": GOOD, "broken_plugin": BROKEN_IMPORT, "raising_plugin": RAISES,
+                      "dupe_plugin": DUPLICATE, "typo_plugin": TYPO})
+    monkeypatch.syspath_prepend(str(root))
+    for mod in ("good_plugin", "broken_plugin", "raising_plugin", "dupe_plugin", "typo_plugin"):
+        sys.modules.pop(mod, None)
+    return root
+
+
+def test_builtins_load_through_entry_points():
+    host = PluginHost(strict=True, disabled=set())
+    host.load_entry_points()
+    assert set(host.plugins) >= BUILTIN
+    assert host.names("game") == ["ali", "bigan", "gan"]
+    assert host.plugins["games"].version == advinf.__version__
+    assert host.get("game", "ali").plugin == "games"
+
+
+def test_broken_plugins_are_recorded_and_the_rest_work(third_party):
+    host = PluginHost(strict=False, disabled=set())
+    host.load_entry_points()
+    errors = host.errors()
+    assert "missing dependency xyz" in errors["broken"]
+    assert "register_priors raised RuntimeError: boom" in errors["raises"]
+    assert "half_registered" not in host.registry["prior"]  # nothing of a failed plugin stays
+    assert "register_gamez" in errors["typo"]
+    conflict = "game 'ali' is registered by both plugin 'dupe' (1.2.3) and plugin 'games' (0.1.0)"
+    assert errors["dupe"] == conflict and errors["games"] == conflict
+    assert host.get("prior", "third_party_prior").summary == "a prior from elsewhere"
+    assert host.plugins["good"].version == "1.2.3" and host.plugins["good"].error is None
+    assert "mixture25" in host.registry["dataset"]
+    with pytest.raises(PluginError, match=r"several plugins: plugin 'dupe' \(1.2.3\), plugin 'games'"):
+        host.get("game", "ali")
+
+
+def test_strict_mode_makes_load_errors_fatal(third_party, monkeypatch):
+    monkeypatch.setenv("ADVINF_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="ADVINF_STRICT_PLUGINS"):
+        PluginHost(disabled=set()).load_entry_points()
+
+
+def test_disabled_plugins_are_not_imported(third_party, monkeypatch):
+    monkeypatch.setenv("ADVINF_DISABLE_PLUGINS", "broken, raises,dupe,typo")
+    host = PluginHost(strict=True)
+    host.load_entry_points()
+    assert host.plugins["broken"].disabled and "broken_plugin" not in sys.modules
+    assert host.errors() == {}
+
+
+def test_list_plugins_json_and_help_survive_broken_plugins(third_party):
+    env = cli_env(PYTHONPATH=str(third_party))
+    out = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True,
+                         text=True, env=env, check=True)
+    listing = {p["name"]: p for p in json.loads(out.stdout)}
+    assert set(listing["games"]) >= {"name", "version", "components", "error"}
+    assert listing["good"]["components"] == {"prior": ["third_party_prior"]}
+    assert listing["good"]["error"] is None and listing["good"]["version"] == "1.2.3"
+    assert listing["mixture"]["components"] == {"dataset": ["mixture25"]}
+    assert "registered by both" in listing["games"]["error"]
+    assert "missing dependency xyz" in listing["broken"]["error"]
+    table = subprocess.run([sys.executable, "-m", "advinf", "list-plugins"], capture_output=True, text=True,
+                           env=env, check=True)
+    assert "toy_networks" in table.stdout and "failed to import" in table.stdout
+    helped = subprocess.run([sys.executable, "-m", "advinf", "--help"], capture_output=True, text=True, env=env)
+    assert helped.returncode == 0 and "list-plugins" in helped.stdout
+    strict = subprocess.run([sys.executable, "-m", "advinf", "list-plugins"], capture_output=True, text=True,
+                            env={**env, "ADVINF_STRICT_PLUGINS": "1"})
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr and "error: plugin" in strict.stderr
+
+
+def test_plugin_commands_hook(tmp_path):
+    src = """
+import click
+from advinf import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command()
+    def hello():
+        click.echo("hello from a plugin")
+"""
+    root = make_dist(tmp_path / "site", "advinf-hello", {"hello": "hello_plugin"}, {"hello_plugin": src})
+    out = subprocess.run([sys.executable, "-m", "advinf", "hello"], capture_output=True, text=True,
+                         env=cli_env(PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "hello from a plugin"
+
+
+def test_every_registration_hook_feeds_its_kind(advinf_host):
+    """One component per registration hook, registered by a plugin object, found under its kind."""
+    plugin = types.SimpleNamespace()
+    for hook, kind in hookspecs.COMPONENT_HOOKS.items():
+        def impl(register, kind=kind):
+            register(f"my_{kind}", lambda options, ctx: None)
+        impl.__name__ = hook
+        setattr(plugin, hook, advinf.hookimpl(impl))
+    info = advinf_host.add_plugin(plugin, name="all_hooks", version="9")
+    assert info.error is None
+    assert info.components == {kind: [f"my_{kind}"] for kind in hookspecs.KINDS}
+
+
+def test_register_checks_its_arguments(advinf_host):
+    bad = types.SimpleNamespace(register_priors=advinf.hookimpl(lambda register: register("x", 42)))
+    bad.register_priors.__name__ = "register_priors"
+    info = advinf_host.add_plugin(bad, name="bad")
+    assert "factory of prior 'x' is not callable" in info.error
+
+
+def test_unknown_name_lists_available(advinf_host):
+    import advinf_plugins.games
+
+    advinf_host.add_plugin(advinf_plugins.games, name="games")
+    with pytest.raises(UserError, match="unknown game 'alli'; did you mean 'ali'\\? Available: ali, bigan, gan"):
+        advinf_host.get("game", "alli")
+    game = advinf_host.create("game", "ali", None, divergence="minimax")
+    assert game.divergence == "minimax"
+
+
+def test_recipe_can_name_a_project_local_plugin(tmp_path):
+    write(tmp_path / "my_plugin.py", GOOD)
+    text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["my_plugin.py"]')
+    text = text.replace('name = "gaussian"', 'name = "third_party_prior"')
+    rec = advinf.load_recipe(write(tmp_path / "r.toml", text))
+    assert rec.spec.prior.name == "third_party_prior"
+    missing = write(tmp_path / "m.toml", text.replace("my_plugin.py", "nope.py"))
+    with pytest.raises(UserError, match="nope.py does not exist"):
+        advinf.load_recipe(missing)
+
+
+def test_every_hook_is_documented_with_its_signature_and_tested():
+    docs = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    tests = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    for name in [n for n in dir(hookspecs) if n.startswith("register_")]:
+        spec = getattr(hookspecs, name)
+        args = ", ".join(spec.__code__.co_varnames[: spec.__code__.co_argcount])
+        assert f"{name}({args})" in docs, f"docs/plugins.md lacks {name}({args})"
+        assert spec.__doc__, f"{name} has no docstring"
+        assert name in tests or name in hookspecs.COMPONENT_HOOKS

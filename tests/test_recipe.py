@@ -1,0 +1,163 @@
+"""Recipe parsing, validation and error rendering."""
+
+from __future__ import annotations
+
+import string
+import tomllib
+
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from conftest import RECIPES, write
+from hypothesis import given
+from hypothesis import strategies as st
+
+from advinf.cli import cli
+from advinf.errors import RecipeError, UserError
+from advinf.recipe import apply_override, load_recipe, parse_override
+
+ALI = (RECIPES / "ali_mixture25.toml").read_text()
+
+
+def problems_of(tmp_path, text: str, overrides=()) -> str:
+    path = write(tmp_path / "r.toml", text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def test_the_shipped_recipes_validate():
+    for path in RECIPES.glob("*.toml"):
+        rec = load_recipe(path)
+        assert rec.spec.name == path.stem
+        assert tomllib.loads(rec.to_toml())["train"]["batch_size"] == 100
+
+
+def test_unknown_component_option_suggests_the_near_miss(tmp_path):
+    text = problems_of(tmp_path, ALI.replace('name = "toy_critic"', 'name = "toy_critic"\npeices = 3'))
+    assert "r.toml: 1 problem" in text
+    assert "critic.peices: unknown option of critic 'toy_critic' (got 3); did you mean 'pieces'?" in text
+
+
+def test_unknown_skeleton_key_suggests_the_near_miss(tmp_path):
+    text = problems_of(tmp_path, ALI.replace("batch_size = 100", "bacth_size = 100"))
+    assert "train.bacth_size: unknown key (got 100); did you mean 'batch_size'?" in text
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    text = problems_of(tmp_path, ALI.replace("batch_size = 100", 'batch_size = "big"'))
+    assert "train.batch_size: Input should be a valid integer" in text and "'big'" in text
+
+
+def test_unknown_component_lists_available_names(tmp_path):
+    text = problems_of(tmp_path, ALI.replace('name = "ali"', 'name = "alli"'))
+    assert "game.name: unknown game (got 'alli'); did you mean 'ali'? available: ali, bigan, gan" in text
+
+
+def test_several_problems_are_reported_together(tmp_path):
+    text = problems_of(tmp_path, ALI.replace('name = "ali"', 'name = "nope"').replace("dim = 2", "dim = -1"))
+    assert "2 problems" in text and "game.name" in text and "prior.dim" in text
+
+
+def test_bad_toml_reports_line_and_column(tmp_path):
+    text = problems_of(tmp_path, ALI.replace("seed = 0", "seed = = 0"))
+    assert "(TOML syntax): Invalid value (at line 5, column 8)" in text
+
+
+def test_missing_section_and_bad_optimizer_option(tmp_path):
+    text = problems_of(tmp_path, ALI.replace('[prior]\nname = "gaussian"\ndim = 2\n', ""))
+    assert "prior: missing required key" in text
+    text = problems_of(tmp_path, ALI.replace("lr = 1e-4", "lr = 1e-4\nbetass = [0.5, 0.9]"))
+    assert "optimizer.betass: unknown option of optimizer 'adam'" in text and "did you mean 'betas'?" in text
+
+
+def test_optimizer_values_are_checked_by_building_it(tmp_path):
+    text = problems_of(tmp_path, ALI.replace("lr = 1e-4", "lr = -1.0"))
+    assert "optimizer: optimizer 'adam' rejects these options" in text
+
+
+def test_steps_xor_epochs(tmp_path):
+    text = problems_of(tmp_path, ALI.replace("steps = 20000", "steps = 5\nepochs = 2"))
+    assert "give exactly one of `steps` and `epochs`" in text
+
+
+def test_overrides_apply_and_are_validated(tmp_path):
+    path = write(tmp_path / "r.toml", ALI)
+    rec = load_recipe(path, ["train.batch_size=64", "game.divergence=minimax", "critic.hidden=8"])
+    assert rec.spec.train.batch_size == 64
+    assert rec.options["game"].divergence == "minimax" and rec.options["critic"].hidden == 8
+    with pytest.raises(RecipeError, match="--set train.batch_size: expected KEY=VALUE"):
+        load_recipe(path, ["train.batch_size"])
+    with pytest.raises(RecipeError, match="--set seed.x=1: seed is not a table"):
+        load_recipe(path, ["seed.x=1"])
+
+
+def test_extends_merges_tables(tmp_path):
+    write(tmp_path / "base.toml", ALI)
+    child = write(tmp_path / "child.toml", 'extends = "base.toml"\nname = "child"\n[train]\nsteps = 7\n')
+    rec = load_recipe(child)
+    assert rec.spec.name == "child" and rec.spec.train.steps == 7 and rec.spec.train.batch_size == 100
+    write(tmp_path / "loop.toml", 'extends = "loop.toml"\n')
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "loop.toml")
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.toml")
+
+
+def test_validate_cli_exit_codes_and_no_traceback(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["validate", str(RECIPES / "ali_mixture25.toml"), "--set", "train.steps=5"])
+    assert ok.exit_code == 0, ok.output
+    assert tomllib.loads(ok.output)["train"]["steps"] == 5
+    bad = write(tmp_path / "bad.toml", ALI.replace("batch_size = 100", "bacth_size = 100"))
+    res = runner.invoke(cli, ["validate", str(bad)])
+    assert res.exit_code == 2
+    assert "did you mean 'batch_size'" in res.output and "Traceback" not in res.output
+    dbg = runner.invoke(cli, ["--debug", "validate", str(bad)])
+    assert isinstance(dbg.exception, RecipeError)
+
+
+# -- --set overrides (property-based) --------------------------------------------------------------------
+
+keys = st.lists(st.text(string.ascii_lowercase + "_", min_size=1, max_size=8), min_size=1, max_size=4)
+scalars = st.one_of(
+    st.integers(-10**12, 10**12), st.booleans(), st.text(max_size=20),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+values = st.one_of(scalars, st.lists(st.integers(-1000, 1000), max_size=4))
+
+
+@given(keys, values)
+def test_override_roundtrips_any_toml_value(path, value):
+    raw = tomli_w.dumps({"v": value}).partition("=")[2].strip()
+    data: dict = {}
+    apply_override(data, ".".join(path) + "=" + raw)
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    assert node[path[-1]] == value
+
+
+@given(keys, st.from_regex(r"[A-Za-z_/][A-Za-z0-9_/.-]{0,15}", fullmatch=True))
+def test_bare_words_are_strings_unless_toml(path, word):
+    parsed_path, value = parse_override(".".join(path) + "=" + word)
+    assert parsed_path == path
+    try:
+        expected = tomllib.loads(f"v = {word}")["v"]
+    except tomllib.TOMLDecodeError:
+        expected = word
+    assert value == expected
+
+
+@given(keys, st.integers(), st.integers())
+def test_later_overrides_win_and_siblings_survive(path, a, b):
+    data = {"keep": 1}
+    apply_override(data, ".".join(path) + f"={a}")
+    apply_override(data, ".".join(path) + f"={b}")
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    assert node[path[-1]] == b and (data["keep"] == 1 or path == ["keep"])

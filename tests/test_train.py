@@ -1,0 +1,167 @@
+"""The training engine: update schemes, CLI runs of each game, library use without a recipe."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from advinf_plugins.games import JointGame, JointGameOptions
+from advinf_plugins.mixture import MixtureOptions, mixture25
+from advinf_plugins.priors import GaussianPrior
+from advinf_plugins.toy_networks import CriticOptions, DecoderOptions, EncoderOptions, ToyCritic, ToyDecoder, ToyEncoder
+from click.testing import CliRunner
+from conftest import RECIPES, TINY, TINY_ENCODER
+
+import advinf
+from advinf import Batch, Networks, OptimizerSpec, Trainer, TrainSpec
+from advinf.cli import cli
+
+
+def tiny_nets(seed: int = 0) -> Networks:
+    torch.manual_seed(seed)
+    std = 0.3  # larger than the paper's 0.02 so that one step visibly moves every parameter
+    return Networks(prior=GaussianPrior((2,)), encoder=ToyEncoder(2, 2, EncoderOptions(hidden=8, init_std=std)),
+                    decoder=ToyDecoder(2, 2, DecoderOptions(hidden=8, init_std=std)),
+                    critic=ToyCritic(2, 2, CriticOptions(hidden=4, init_std=std)))
+
+
+def tiny_data():
+    return mixture25(MixtureOptions(samples=256, heldout=64), None)
+
+
+SGD = OptimizerSpec(name="sgd", lr=0.5)
+
+
+def test_simultaneous_update_takes_both_gradients_at_the_same_parameters():
+    nets, data, game = tiny_nets(), tiny_data(), JointGame(JointGameOptions(), stochastic=True)
+    reference = copy.deepcopy(nets)
+    trainer = Trainer(nets, game, data, train=TrainSpec(steps=1, batch_size=32), optimizer=SGD, device="cpu")
+    batch_source = Trainer(copy.deepcopy(nets), game, data, train=TrainSpec(steps=1, batch_size=32),
+                           optimizer=SGD, device="cpu")
+    batch = batch_source._batch()  # same sampler seed: the batch the trainer will draw
+
+    def expected(sequential: bool) -> Networks:
+        nets2 = copy.deepcopy(reference)
+        torch.manual_seed(7)
+        out = game.losses(nets2, batch)
+        g_c = torch.autograd.grad(out.critic, nets2.critic_parameters(), retain_graph=True)
+        if not sequential:  # both gradients at the same parameter values
+            g_g = torch.autograd.grad(out.generator, nets2.generator_parameters())
+        with torch.no_grad():
+            for p, g in zip(nets2.critic_parameters(), g_c, strict=True):
+                p -= 0.5 * g
+        if sequential:  # the common bug: step the critic, then take the generator's gradient
+            torch.manual_seed(7)
+            out = game.losses(nets2, batch)
+            g_g = torch.autograd.grad(out.generator, nets2.generator_parameters())
+        with torch.no_grad():
+            for p, g in zip(nets2.generator_parameters(), g_g, strict=True):
+                p -= 0.5 * g
+        return nets2
+
+    torch.manual_seed(7)
+    trainer._c_params, trainer._g_params = nets.critic_parameters(), nets.generator_parameters()
+    trainer.train_step()
+
+    def same(a: Networks, b: Networks) -> bool:
+        return all(torch.allclose(p, q, rtol=1e-5, atol=1e-7) for p, q in zip(
+            a.generator_parameters() + a.critic_parameters(),
+            b.generator_parameters() + b.critic_parameters(), strict=True))
+
+    assert same(nets, expected(sequential=False))
+    assert not same(nets, expected(sequential=True))  # the test can tell the two schemes apart
+    assert not same(nets, reference)
+
+
+def test_alternating_update_steps_the_critic_n_times_per_generator_step():
+    nets, data = tiny_nets(), tiny_data()
+    spec = TrainSpec(steps=3, batch_size=32, update="alternating", critic_steps=2, progress="none")
+    trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), data, train=spec, device="cpu")
+    trainer.fit()
+    c_state = trainer.opt_c.state[nets.critic_parameters()[0]]["step"]
+    g_state = trainer.opt_g.state[nets.generator_parameters()[0]]["step"]
+    assert (int(c_state), int(g_state)) == (6, 3)
+    assert (trainer.sampler.epoch, trainer.sampler.position) == (1, 32)  # 9 fresh batches of 8 per epoch
+
+
+def test_library_use_with_a_custom_critic(tmp_path):
+    """Subclass JointCritic and train it with built-in pieces, no recipe involved."""
+
+    class DotCritic(advinf.JointCritic):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+        def forward(self, x, z, y=None):
+            return self.net(torch.cat([x, z], 1)).squeeze(1)
+
+    nets = tiny_nets()
+    nets.critic = DotCritic()
+    game = advinf.create("game", "ali")
+    data = advinf.create("dataset", "mixture25", None, samples=512, heldout=128)
+    evaluator = advinf.create("evaluator", "mode_coverage", None, samples=300, plot=False)
+    result = Trainer(nets, game, data, train=TrainSpec(steps=12, batch_size=64, log_every=4, progress="none"),
+                     evaluators={"mode_coverage": evaluator}, run_dir=tmp_path / "run", device="cpu").fit()
+    assert result.steps == 12 and math.isfinite(result.last_metrics["loss_critic"])
+    assert 1 <= result.eval["mode_coverage"]["modes_covered"] <= 25
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [4, 8, 12]
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("ali_mixture25", TINY_ENCODER),
+    ("gan_mixture25", []),
+    ("ali_mixture25", TINY_ENCODER + ["game.name=bigan", "train.update=alternating", "train.critic_steps=2"]),
+    ("ali_mixture25", TINY_ENCODER + ["game.divergence=minimax", "game.joint_batch=false"]),
+])
+def test_cli_run_writes_a_complete_run_directory(tmp_path, recipe, extra):
+    out = tmp_path / "run"
+    args = ["run", str(RECIPES / f"{recipe}.toml"), "--out", str(out)]
+    for item in TINY + extra:
+        args += ["--set", item]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30]
+    for r in records:
+        assert math.isfinite(r["loss_critic"]) and math.isfinite(r["loss_generator"]) and r["samples_per_s"] > 0
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == \
+        ["step_0000000.png", "step_0000015.png", "step_0000030.png"]
+    assert (out / "recipe.toml").is_file() and (out / "mode_coverage.png").stat().st_size > 1000
+    cov = json.loads((out / "eval.json").read_text())["mode_coverage"]
+    assert set(cov) >= {"modes_covered", "modes_covered_strict", "high_quality_fraction"}
+    assert ("reconstruction_accuracy" in cov) == (recipe == "ali_mixture25")
+    assert advinf.load_recipe(out / "recipe.toml").spec.train.steps == 30  # the saved recipe is a valid recipe
+
+
+def test_run_refuses_to_overwrite_a_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("mine")
+    args = ["run", str(RECIPES / "gan_mixture25.toml"), "--out", str(out), *sum((["--set", t] for t in TINY), [])]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and "is not empty" in res.output
+    assert (out / "precious.txt").read_text() == "mine"
+
+
+def test_game_and_critic_must_fit(tmp_path):
+    args = ["run", str(RECIPES / "gan_mixture25.toml"), "--out", str(tmp_path / "r"), "--set", "critic.joint=true"]
+    res = CliRunner().invoke(cli, args + sum((["--set", t] for t in TINY), []))
+    assert res.exit_code == 2 and "marginal critic" in res.output
+    args = ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(tmp_path / "r"), "--set", "game.name=gan"]
+    res = CliRunner().invoke(cli, args + sum((["--set", t] for t in TINY), []))
+    assert res.exit_code == 2 and "has no encoder; remove the [encoder] section" in res.output
+
+
+def test_batch_draw_is_on_device_and_covers_an_epoch():
+    data = tiny_data()
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), data,
+                      train=TrainSpec(steps=1, batch_size=64), device="cpu")
+    seen = torch.cat([trainer.sampler.next() for _ in range(4)])
+    assert sorted(seen.tolist()) == list(range(256)) and trainer.sampler.epoch == 0
+    trainer.sampler.next()
+    assert trainer.sampler.epoch == 1
+    assert isinstance(trainer._batch(), Batch)
