@@ -1,0 +1,25 @@
+"""Developer sessions: ``nox -s tests`` (the CI command), ``nox -s lint``."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install advinf with its dev extras and run the test suite (extra args go to pytest)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *(session.posargs or ["-q"]), env={"ADVINF_STRICT_PLUGINS": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Train the toy ALI recipe (the README's first command) in a fresh environment."""
+    session.install("-e", ".")
+    session.run("advinf", "run", "recipes/ali_mixture25.toml", *session.posargs)
