@@ -22,7 +22,8 @@ from advinf.interfaces import (
 )
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import OptimizerSpec, Recipe, TrainSpec, load_recipe
-from advinf.trainer import Trainer, TrainResult
+from advinf.runs import LoadedRun, load_run
+from advinf.trainer import Trainer, TrainingDiverged, TrainResult
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,5 @@ __all__ = [
     "Game", "GameLosses", "GaussianPosterior", "ImplicitPosterior", "JointCritic", "Networks",
     "OptimizerSpec", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "Split",
     "TrainResult", "TrainSpec", "TrainedModel", "Trainer", "UserError", "build", "create", "default_host",
-    "hookimpl", "load_recipe", "__version__",
+    "hookimpl", "load_recipe", "load_run", "LoadedRun", "TrainingDiverged", "__version__",
 ]

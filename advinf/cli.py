@@ -47,30 +47,88 @@ def _host():
               help="Override a recipe key (TOML value syntax), e.g. --set train.batch_size=64.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default: runs/NAME-TIMESTAMP).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--allow-changes", is_flag=True, help="With --resume: accept a recipe that differs from the run's.")
+@click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="N",
+              help="End at step N (counted from the start of training) with a checkpoint, resumable.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default=None,
               help="Progress display (default: the recipe's train.progress).")
-def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, progress: str | None) -> None:
+def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
+        stop_after: int | None, progress: str | None) -> None:
     """Train the model a RECIPE describes and evaluate it."""
+    from advinf import checkpoint as ckpt
     from advinf.build import build
-    from advinf.recipe import load_recipe
-    from advinf.rundir import default_run_dir
+    from advinf.recipe import changed_keys, load_recipe
+    from advinf.rundir import CHECKPOINTS_DIR, RunDir, default_run_dir
     from advinf.trainer import Trainer
 
     rec = load_recipe(recipe, overrides, host=_host())
     if progress is not None:
         rec.spec.train.progress = progress  # type: ignore[assignment]
+    checkpoint = None
+    if resume:
+        if out is None:
+            raise UserError("--resume needs --out RUN_DIR, the run to continue")
+        RunDir(out, resume=True)  # checks that it is a run directory; writes nothing
+        path = ckpt.latest_checkpoint(out / CHECKPOINTS_DIR)
+        if path is not None:
+            checkpoint = ckpt.load_checkpoint(path)
+            before = checkpoint.state.get("recipe") or {}
+        else:
+            import tomllib
+
+            before = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
+            click.echo(f"warning: {out} has no checkpoint yet; starting it again from step 0", err=True)
+        changes = changed_keys(before, rec.resolved())
+        if changes and not allow_changes:
+            raise UserError(f"the recipe differs from the one {out} was trained with, in: {', '.join(changes)}; "
+                            "pass --allow-changes to resume with it anyway")
     built = build(rec, host=_host())
     out = out or default_run_dir(rec.spec.name)
     spec = rec.spec
     trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
                       critic_optimizer=spec.critic_optimizer, evaluators=built.evaluators, run_dir=out,
-                      seed=spec.seed, recipe_toml=rec.to_toml())
-    click.echo(f"run directory: {out}", err=True)
-    result = trainer.fit()
+                      seed=spec.seed, recipe=rec.resolved(), resume=resume)
+    if resume and checkpoint is None:
+        trainer.run.write_recipe(rec.to_toml())  # type: ignore[union-attr]
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        if allow_changes:
+            trainer.run.write_recipe(rec.to_toml())  # type: ignore[union-attr]
+        click.echo(f"resuming {out} from step {trainer.step}", err=True)
+    else:
+        click.echo(f"run directory: {out}", err=True)
+    result = trainer.fit(stop_after=stop_after)
     rate = result.steps / result.seconds if result.seconds > 0 else float("nan")
-    click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s)", err=True)
+    click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
+               f"at step {trainer.step} of {trainer.total_steps}", err=True)
+    if result.stopped is not None:
+        sets = "".join(f" --set {s}" for s in overrides)
+        click.echo(f"stopped ({result.stopped}); checkpoint written: {result.checkpoint}\n"
+                   f"resume with: advinf run {recipe}{sets} --out {out} --resume", err=True)
+        if result.stopped in ("SIGINT", "SIGTERM"):
+            sys.exit(130 if result.stopped == "SIGINT" else 143)
+        return
     if result.eval:
         click.echo(json.dumps(result.eval, indent=2, sort_keys=True))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's train.device).")
+def evaluate(run_dir: Path, device: str | None) -> None:
+    """Run the recipe's evaluators on a trained RUN_DIR again; rewrites its eval.json."""
+    import torch
+
+    from advinf.rundir import RunDir
+    from advinf.runs import load_run
+
+    loaded = load_run(run_dir, device=device, host=_host())
+    with torch.no_grad():
+        results = {name: ev.evaluate(loaded, loaded.dataset.to(loaded.device), run_dir)
+                   for name, ev in loaded.built.evaluators.items()}
+    RunDir(run_dir, resume=True).write_eval(results)
+    click.echo(json.dumps(results, indent=2, sort_keys=True))
 
 
 @cli.command()

@@ -90,12 +90,13 @@ class PluginHost:
 
     def load_local(self, spec: str, base_dir: Path | None = None) -> None:
         """Load a project-local plugin named by a recipe: a module name or a path to a .py file."""
-        name = spec
+        is_file = spec.endswith(".py") or "/" in spec or os.sep in spec
+        path = ((base_dir or Path.cwd()) / spec).resolve()  # an absolute spec stays absolute
+        name = str(path) if is_file else spec
         if name in self.plugins:
             return
         try:
-            if spec.endswith(".py") or "/" in spec or os.sep in spec:
-                path = (base_dir or Path.cwd()) / spec
+            if is_file:
                 if not path.is_file():
                     raise UserError(f"plugin file {path} does not exist (named in the recipe's `plugins`)")
                 mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}", path)

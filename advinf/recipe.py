@@ -93,6 +93,10 @@ class TrainSpec(_Strict):
     log_every: PositiveInt = 100
     sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
     num_samples: PositiveInt = 100
+    checkpoint_every: int = Field(1000, ge=0, description="checkpoint every N steps (and at the end); 0: end only")
+    keep_checkpoints: PositiveInt = Field(3, description="how many of the newest checkpoints to keep")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="on a non-finite loss or gradient: stop the run, or skip the update (one sync a step)")
     compile: bool = False
     autocast: Literal["none", "bf16"] = "none"
     channels_last: bool = False
@@ -156,6 +160,7 @@ class Recipe:
             comp = getattr(self.spec, section)
             if comp is not None:
                 out[section] = {"name": comp.name, **_dump(self.options[section])}
+        out["plugins"] = [str((self.base_dir / p).resolve()) if _is_path(p) else p for p in self.spec.plugins]
         out["evaluators"] = {n: _dump(self.options[f"evaluators.{n}"]) for n in self.spec.evaluators}
         out["optimizer"] = {"name": self.spec.optimizer.name, **self.spec.optimizer.options}
         if self.spec.critic_optimizer is not None:
@@ -165,6 +170,31 @@ class Recipe:
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.resolved())
+
+
+def _is_path(plugin: str) -> bool:
+    return plugin.endswith(".py") or "/" in plugin
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ("train.progress",)
+                 ) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (added and removed keys included)."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

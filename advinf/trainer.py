@@ -7,12 +7,16 @@ Update schemes:
   then both optimisers step.
 * ``alternating``: ``critic_steps`` critic updates on fresh batches, then one generator update.
 
-No per-step host synchronisation: losses are summed on the device and read once per log interval.
+No per-step host synchronisation: losses are summed on the device and read once per log interval, and the
+divergence guard records the first non-finite step on the device (``nonfinite = "skip"`` is the exception:
+deciding to skip an update needs the value on the host).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advinf import checkpoint as ckpt
 from advinf.data import Dataset, IndexSampler
 from advinf.errors import UserError
 from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Networks, TrainedModel
@@ -30,15 +35,23 @@ from advinf.recipe import OptimizerSpec, TrainSpec
 from advinf.rundir import RunDir
 
 
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient stopped the run (exit status 3)."""
+
+    exit_code = 3
+
+
 @dataclass
 class TrainResult:
-    """What ``Trainer.fit`` returns."""
+    """What ``Trainer.fit`` returns. ``stopped``: None (finished), "stop_after", "SIGINT" or "SIGTERM"."""
 
     steps: int
     seconds: float
     last_metrics: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    stopped: str | None = None
+    checkpoint: Path | None = None
 
 
 class Trainer:
@@ -51,7 +64,7 @@ class Trainer:
     def __init__(self, nets: Networks, game: Game, data: Dataset, *, train: TrainSpec | None = None,
                  optimizer: OptimizerSpec | None = None, critic_optimizer: OptimizerSpec | None = None,
                  evaluators: dict[str, Evaluator] | None = None, run_dir: Path | str | None = None,
-                 seed: int = 0, device: torch.device | str | None = None, recipe_toml: str | None = None,
+                 seed: int = 0, device: torch.device | str | None = None, recipe: dict[str, Any] | None = None,
                  resume: bool = False):
         from advinf.build import resolve_device
 
@@ -59,7 +72,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else resolve_device(self.spec.device)
         if self.spec.threads and self.device.type == "cpu":
             torch.set_num_threads(self.spec.threads)
-        self.nets, self.game, self.seed = nets, game, seed
+        self.nets, self.game, self.seed, self.recipe = nets, game, seed, recipe
         if game.uses_encoder and nets.encoder is None:
             raise UserError("this game trains an encoder, but no encoder was given")
         game.check(nets)
@@ -70,20 +83,34 @@ class Trainer:
         self.data = data.to(self.device)
         self.evaluators = evaluators or {}
         opt = optimizer or OptimizerSpec()
-        copt = critic_optimizer or opt
         fused = self.device.type == "cuda"
         self.opt_g = _build_optimizer(opt, nets.generator_parameters(), fused)
-        self.opt_c = _build_optimizer(copt, nets.critic_parameters(), fused)
+        self.opt_c = _build_optimizer(critic_optimizer or opt, nets.critic_parameters(), fused)
         self.sampler = IndexSampler(len(self.data.train), self.spec.batch_size, self.device, seed)
         self.total_steps = self.spec.steps or self.spec.epochs * self.sampler.steps_per_epoch  # type: ignore
         self.step = 0
+        self.skipped = 0
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
-        if self.run is not None and recipe_toml is not None and not resume:
-            self.run.write_recipe(recipe_toml)
-        self._losses = (torch.compile(game.losses) if self.spec.compile else game.losses)
+        if self.run is not None and recipe is not None and not resume:
+            import tomli_w
+
+            self.run.write_recipe(tomli_w.dumps(recipe))
+        self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
         self._fixed_z: Tensor | None = None
+        self._rng_restored = False
+        self._stop_signal: str | None = None
+        # divergence guard, kept on the device: the first non-finite step and its losses
+        self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._bad_losses = torch.zeros(2, device=self.device)
+
+    # -- parameters by name ----------------------------------------------------------------------------------
+    def _named(self, which: str) -> list[str]:
+        kinds = ("encoder", "decoder") if which == "generator" else ("critic",)
+        mods = self.nets.modules()
+        return [f"{k}.{n}" for k in kinds if k in mods for n, p in mods[k].named_parameters() if p.requires_grad]
 
     # -- one step ------------------------------------------------------------------------------------------
     def _batch(self) -> Batch:
@@ -101,77 +128,174 @@ class Trainer:
 
     def train_step(self) -> GameLosses:
         """One update of both players under the recipe's scheme; returns the (last) losses."""
-        c_params, g_params = self._c_params, self._g_params
+        c_params, g_params = self.nets.critic_parameters(), self.nets.generator_parameters()
         if self.spec.update == "simultaneous":
             out = self._forward()
             g_c = torch.autograd.grad(out.critic, c_params, retain_graph=True, allow_unused=True)
             g_g = torch.autograd.grad(out.generator, g_params, allow_unused=True)
-            _assign(c_params, g_c)
-            _assign(g_params, g_g)
-            self.opt_c.step()
-            self.opt_g.step()
+            if self._guard(out, g_c + g_g):
+                _assign(c_params, g_c)
+                _assign(g_params, g_g)
+                self.opt_c.step()
+                self.opt_g.step()
             return out
         for _ in range(self.spec.critic_steps):
             out = self._forward()
-            _assign(c_params, torch.autograd.grad(out.critic, c_params, allow_unused=True))
-            self.opt_c.step()
+            g_c = torch.autograd.grad(out.critic, c_params, allow_unused=True)
+            if self._guard(out, g_c):
+                _assign(c_params, g_c)
+                self.opt_c.step()
         out = self._forward()
-        _assign(g_params, torch.autograd.grad(out.generator, g_params, allow_unused=True))
-        self.opt_g.step()
+        g_g = torch.autograd.grad(out.generator, g_params, allow_unused=True)
+        if self._guard(out, g_g):
+            _assign(g_params, g_g)
+            self.opt_g.step()
         return out
+
+    def _guard(self, out: GameLosses, grads: tuple[Tensor | None, ...]) -> bool:
+        """Record a non-finite loss or gradient on the device; in skip mode, say whether to apply the update."""
+        losses = torch.stack([out.critic.detach().float(), out.generator.detach().float()])
+        present = [g for g in grads if g is not None]
+        finite = torch.isfinite(losses).all()
+        if present:
+            finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(present))
+        if self.spec.nonfinite == "skip":
+            if not bool(finite):  # host sync: only in skip mode
+                self.skipped += 1
+                return False
+            return True
+        newly = (~finite) & (self._bad_step < 0)
+        self._bad_step = torch.where(newly, self._step_t + 1, self._bad_step)
+        self._bad_losses = torch.where(newly, losses, self._bad_losses)
+        return True
+
+    def _check_diverged(self) -> None:
+        bad = int(self._bad_step)
+        if bad < 0:
+            return
+        lc, lg = self._bad_losses.tolist()
+        last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
+        where = f"the last good checkpoint is {last}; " if last is not None else ""
+        raise TrainingDiverged(
+            f"training diverged: non-finite loss or gradient at step {bad} (loss_critic={lc:.4g}, "
+            f"loss_generator={lg:.4g}); {where}lower the learning rate and resume with --resume --allow-changes, "
+            "or set train.nonfinite = \"skip\"")
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train until ``train.steps`` (or ``stop_after``), then run the evaluators."""
-        self._c_params, self._g_params = self.nets.critic_parameters(), self.nets.generator_parameters()
+        """Train until ``train.steps`` (or step ``stop_after``), checkpointing on the way; then evaluate."""
         end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
-        torch.manual_seed(self.seed + 1_000_003 * self.step)
+        if not self._rng_restored:
+            torch.manual_seed(self.seed)
         self.nets.train(True)
         progress = ProgressReporter(self.total_steps, self.spec.progress, start=self.step)
         acc: Tensor | None = None
         keys: list[str] = []
         count, start_step = 0, self.step
         last: dict[str, Any] = {}
-        if self.run is not None and self.spec.sample_every:
+        if self.run is not None and self.spec.sample_every and self.step == 0:
             self._save_samples()
+        result = TrainResult(0, 0.0, run_dir=self.run.path if self.run else None)
         t_log = t_start = time.perf_counter()
-        try:
-            while self.step < end:
-                out = self.train_step()
-                self.step += 1
-                if acc is None:
-                    keys = ["loss_critic", "loss_generator", *out.scalars]
-                    acc = torch.zeros(len(keys), device=self.device)
-                acc += torch.stack([out.critic.detach().float(), out.generator.detach().float(),
-                                    *(v.detach().float() for v in out.scalars.values())])
-                count += 1
-                if self.step % self.spec.log_every == 0 or self.step == end:
-                    now = time.perf_counter()
-                    values = (acc / count).tolist()  # the one host sync per log interval
-                    last = {"step": self.step, "epoch": self.sampler.epoch, **dict(zip(keys, values, strict=True)),
-                            "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
-                            "time": round(now - t_start, 3)}
-                    self._check_finite(last, keys)
+        with self._signals():
+            try:
+                while self.step < end and self._stop_signal is None:
+                    out = self.train_step()
+                    self.step += 1
+                    self._step_t += 1
+                    if acc is None:
+                        keys = ["loss_critic", "loss_generator", *out.scalars]
+                        acc = torch.zeros(len(keys), device=self.device)
+                    acc += torch.stack([out.critic.detach().float(), out.generator.detach().float(),
+                                        *(v.detach().float() for v in out.scalars.values())])
+                    count += 1
+                    if self.step % self.spec.log_every == 0 or self.step == end:
+                        now = time.perf_counter()
+                        values = (acc / count).tolist()  # the one host sync per log interval
+                        last = {"step": self.step, "epoch": self.sampler.epoch,
+                                **dict(zip(keys, values, strict=True)),
+                                "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
+                                "time": round(now - t_start, 3)}
+                        if self.spec.nonfinite == "skip":
+                            last["skipped_steps"] = self.skipped
+                        self._check_diverged()
+                        if self.run is not None:
+                            self.run.append_metrics(last)
+                        progress.update(self.step, last)
+                        acc.zero_()
+                        count, t_log = 0, time.perf_counter()
                     if self.run is not None:
-                        self.run.append_metrics(last)
-                    progress.update(self.step, last)
-                    acc.zero_()
-                    count, t_log = 0, now
-                if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every == 0:
-                    self._save_samples()
-        finally:
-            progress.close()
-        seconds = time.perf_counter() - t_start
-        result = TrainResult(self.step - start_step, seconds, last, run_dir=self.run.path if self.run else None)
-        if self.step >= self.total_steps:
+                        if self.spec.sample_every and self.step % self.spec.sample_every == 0:
+                            self._save_samples()
+                        if self.spec.checkpoint_every and self.step % self.spec.checkpoint_every == 0 \
+                                and self.step != end:
+                            self.save_checkpoint()
+            finally:
+                progress.close()
+            result.stopped = self._stop_signal or ("stop_after" if self.step < self.total_steps else None)
+            if self.run is not None:
+                result.checkpoint = self.save_checkpoint()
+        result.steps, result.seconds, result.last_metrics = self.step - start_step, time.perf_counter() - t_start, last
+        if result.stopped is None:
             result.eval = self.evaluate()
         return result
 
-    def _check_finite(self, record: dict[str, Any], keys: list[str]) -> None:
-        bad = [k for k in keys[:2] if not _finite(record[k])]
-        if bad:
-            raise UserError(f"non-finite {bad[0]} ({record[bad[0]]}) in the log interval ending at step "
-                            f"{self.step}; lower the learning rate or check the data")
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM finish the current step, write a checkpoint and end ``fit``; a second SIGINT aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write the full training state into RUN/checkpoints/step_N (refused after a divergence)."""
+        assert self.run is not None
+        self._check_diverged()
+        model = {f"{name}.{k}": v for name, m in self.nets.modules().items() for k, v in m.state_dict().items()}
+        t_g, m_g = ckpt.optimizer_state(self.opt_g, self._named("generator"), "generator")
+        t_c, m_c = ckpt.optimizer_state(self.opt_c, self._named("critic"), "critic")
+        t_rng, m_rng = ckpt.rng_state()
+        import advinf
+
+        state = {
+            "epoch": self.sampler.epoch, "sampler": self.sampler.state(), "skipped": self.skipped,
+            "optimizers": {"generator": m_g, "critic": m_c}, "rng": m_rng, "recipe": self.recipe,
+            "versions": {"advinf": advinf.__version__, "torch": torch.__version__},
+        }
+        return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": {**t_g, **t_c},
+                                                                       "rng": t_rng},
+                                    state, keep=self.spec.keep_checkpoints)
+
+    def restore(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly."""
+        where = checkpoint.path
+        for name, module in self.nets.modules().items():
+            ckpt.load_module_state(module, name, checkpoint.tensors["model"], where)
+        opts = checkpoint.state["optimizers"]
+        ckpt.load_optimizer_state(self.opt_g, self._named("generator"), "generator", checkpoint.tensors["optim"],
+                                  opts["generator"], where)
+        ckpt.load_optimizer_state(self.opt_c, self._named("critic"), "critic", checkpoint.tensors["optim"],
+                                  opts["critic"], where)
+        ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
+        self.sampler.load_state(checkpoint.state["sampler"])
+        self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
+        self._step_t.fill_(self.step)
+        self._rng_restored = True
+        if self.run is not None:
+            self.run.truncate_metrics(self.step)
 
     # -- outputs -------------------------------------------------------------------------------------------
     def model(self) -> TrainedModel:
@@ -179,7 +303,7 @@ class Trainer:
         return TrainedModel(self.nets.prior, self.nets.decoder, self.nets.critic, self.nets.encoder, self.device)
 
     def fixed_noise(self) -> Tensor:
-        """The z used for every sample picture of this run (saved once, comparable across restarts)."""
+        """The z used for every sample picture of this run (a function of the seed: comparable across restarts)."""
         if self._fixed_z is None:
             g = torch.Generator().manual_seed(self.seed + 12345)
             self._fixed_z = self.nets.prior.sample(self.spec.num_samples, "cpu", generator=g).to(self.device)
@@ -217,14 +341,10 @@ def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fuse
                      ) -> torch.optim.Optimizer:
     extra = {"fused": True} if fused and spec.name in ("adam", "adamw") and "fused" not in spec.options else {}
     if not params:
-        params = [torch.nn.Parameter(torch.zeros(0))]  # a player with no parameters still gets an optimiser
+        raise UserError("a player has no trainable parameters")
     return spec.build(params, **extra)
 
 
 def _assign(params: list[torch.nn.Parameter], grads: tuple[Tensor | None, ...]) -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = g
-
-
-def _finite(v: float) -> bool:
-    return v == v and v not in (float("inf"), float("-inf"))

@@ -63,7 +63,6 @@ def test_simultaneous_update_takes_both_gradients_at_the_same_parameters():
         return nets2
 
     torch.manual_seed(7)
-    trainer._c_params, trainer._g_params = nets.critic_parameters(), nets.generator_parameters()
     trainer.train_step()
 
     def same(a: Networks, b: Networks) -> bool:

@@ -1,0 +1,252 @@
+"""Checkpoints: safetensors for every tensor, JSON for the rest; atomic, verified, pickle-free.
+
+Layout of ``RUN/checkpoints/``::
+
+    step_0001000/            one complete checkpoint (written as .tmp-*, renamed into place)
+        model.safetensors    every network's state_dict, keys "encoder.…", "decoder.…", "critic.…"
+        optim.safetensors    optimiser state keyed by parameter name: "generator/decoder.net.0.weight/exp_avg"
+        rng.safetensors      torch CPU and CUDA generator states
+        state.json           step, data position, param groups, Python RNG, recipe, versions, file checksums
+    latest                   text file: the directory name of the newest complete checkpoint
+
+A crash at any moment leaves the previous checkpoint intact: a checkpoint directory only ever appears by an
+atomic rename of a fully written and fsynced temporary directory, ``latest`` is replaced atomically after that,
+and old checkpoints are renamed away before they are deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from advinf.atomic import fsync_dir, write_text
+from advinf.errors import UserError
+
+FILES = ("model", "optim", "rng")
+STATE_FILE = "state.json"
+LATEST = "latest"
+_NAME_RE = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded, verified checkpoint."""
+
+    path: Path
+    state: dict[str, Any]
+    tensors: dict[str, dict[str, Tensor]]  # "model" / "optim" / "rng" -> flat tensor dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]], state: dict[str, Any],
+                    keep: int) -> Path:
+    """Write one checkpoint atomically, point ``latest`` at it, and keep the newest ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    _clear_debris(root)
+    final = root / checkpoint_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        sums = {}
+        for name in FILES:
+            path = tmp / f"{name}.safetensors"
+            save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors[name].items()}, str(path),
+                      metadata={"format": "advinf-checkpoint"})
+            sums[name] = _sha256(path)
+            _fsync_file(path)
+        state = {**state, "step": step, "checksums": sums}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+        _fsync_file(tmp / STATE_FILE)
+        fsync_dir(tmp)
+        if final.exists():  # the same step again (e.g. a resumed run stopped where it started)
+            old = root / f".trash-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text(root / LATEST, final.name + "\n")
+    fsync_dir(root)
+    for old_ckpt in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        trash = root / f".trash-{old_ckpt.name}-{os.getpid()}"
+        os.replace(old_ckpt, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories that look complete (have state.json), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names; if it is missing or incomplete, the newest complete one (warned)."""
+    complete = list_checkpoints(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        name = pointer.read_text(encoding="utf-8").strip()
+        target = root / name
+        if _NAME_RE.match(name) and (target / STATE_FILE).is_file():
+            return target
+        fallback = complete[-1].name if complete else "none"
+        warnings.warn(f"{pointer} names '{name}', which is missing or incomplete; using the newest complete "
+                      f"checkpoint ({fallback})", stacklevel=2)
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify a checkpoint directory; a UserError says what is wrong with it."""
+    state_path = path / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        sums = state["checksums"]
+    except FileNotFoundError:
+        raise UserError(f"{path} is not a complete checkpoint (no {STATE_FILE})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{state_path} is corrupted ({exc}); delete {path} to resume from an older checkpoint")\
+            from None
+    tensors = {}
+    for name in FILES:
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise UserError(f"checkpoint file {file} is missing; delete {path} to use an older checkpoint")
+        if _sha256(file) != sums.get(name):
+            raise UserError(f"checkpoint file {file} is corrupted or truncated (checksum mismatch); "
+                            f"delete {path} to resume from an older checkpoint")
+        try:
+            tensors[name] = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"checkpoint file {file} cannot be read ({exc})") from None
+    return Checkpoint(path, state, tensors)
+
+
+# -- pieces of training state ------------------------------------------------------------------------------
+
+def optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: str
+                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimiser's state as tensors keyed ``prefix/param_name/key`` plus JSON (groups, scalar state)."""
+    sd = opt.state_dict()
+    flat_ids = [i for g in sd["param_groups"] for i in g["params"]]
+    if len(flat_ids) != len(names):
+        raise ValueError(f"{prefix}: {len(flat_ids)} parameters in the optimiser but {len(names)} names")
+    name_of = dict(zip(flat_ids, names, strict=True))
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}/{name_of[idx]}/{key}"] = value
+            else:
+                scalars.setdefault(name_of[idx], {})[key] = value
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[i] for i in g["params"]]}
+              for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: str, tensors: dict[str, Tensor],
+                         meta: dict[str, Any], where: Path) -> None:
+    """Restore what optimizer_state saved; parameters are matched by name, so a changed model fails loudly."""
+    saved = [n for g in meta["param_groups"] for n in g["params"]]
+    if saved != names:
+        missing, extra = sorted(set(names) - set(saved)), sorted(set(saved) - set(names))
+        detail = (f"parameters not in the checkpoint: {missing[:5]}; " if missing else "") + \
+                 (f"checkpoint parameters not in the model: {extra[:5]}" if extra else "") or \
+                 "the parameters are in a different order"
+        raise UserError(f"{where}: the {prefix} optimiser state does not fit this model ({detail})")
+    index = {n: i for i, n in enumerate(names)}
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        head, _, rest = key.partition("/")
+        if head != prefix:
+            continue
+        pname, _, skey = rest.rpartition("/")
+        state.setdefault(index[pname], {})[skey] = value
+    for pname, values in meta.get("scalars", {}).items():
+        state.setdefault(index[pname], {}).update(values)
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in meta["param_groups"]]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    import random
+
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    version, internal, gauss = random.getstate()
+    return tensors, {"python": [version, list(internal), gauss]}
+
+
+def load_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("torch_cuda_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, Tensor], where: Path) -> None:
+    """Load ``prefix.*`` tensors into ``module`` with a clear error for a different architecture."""
+    own = module.state_dict()
+    saved = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in saved and saved[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {extra[:4]}"] if extra else []) \
+            + shapes[:4]
+        raise UserError(f"{where}: the checkpoint's {prefix} does not fit the recipe's {prefix} "
+                        f"(a different architecture?): {'; '.join(parts)}")
+    module.load_state_dict(saved)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _clear_debris(root: Path) -> None:
+    """Remove temporary and trash directories left by a process killed while checkpointing."""
+    for p in root.iterdir():
+        if p.name.startswith((".tmp-", ".trash-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)

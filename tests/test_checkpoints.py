@@ -1,0 +1,232 @@
+"""Checkpoints: exact resume, kill safety, divergence guard, bad input, load_run, no unpickling."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES, ROOT, TINY, TINY_ENCODER, cli_env, write
+
+import advinf
+from advinf import checkpoint as ckpt
+from advinf.cli import cli
+
+ALI = str(RECIPES / "ali_mixture25.toml")
+
+
+def sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def run_cli(*args: str, extra=()):
+    return CliRunner().invoke(cli, ["run", ALI, *args, *sets(TINY + TINY_ENCODER + list(extra))])
+
+
+def final_tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).tensors
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    common = ["train.steps=24", "train.checkpoint_every=8", "train.sample_every=0", "train.log_every=4"]
+    full = run_cli("--out", str(tmp_path / "full"), extra=common)
+    assert full.exit_code == 0, full.output
+    first = run_cli("--out", str(tmp_path / "sliced"), "--stop-after", "10", extra=common)
+    assert first.exit_code == 0 and "resume with: advinf run" in first.output
+    assert not (tmp_path / "sliced" / "eval.json").exists()
+    second = run_cli("--out", str(tmp_path / "sliced"), "--resume", extra=common)
+    assert second.exit_code == 0, second.output
+    a, b = final_tensors(tmp_path / "full"), final_tensors(tmp_path / "sliced")
+    for part in ("model", "optim"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part} {k} differs"
+    assert any("exp_avg" in k for k in a["optim"]) and any("running_mean" in k for k in a["model"])
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "sliced" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 10, 12, 16, 20, 24]
+    assert json.loads((tmp_path / "full" / "eval.json").read_text()) == \
+        json.loads((tmp_path / "sliced" / "eval.json").read_text())
+
+
+def test_resume_refuses_a_changed_recipe_unless_allowed(tmp_path):
+    out = str(tmp_path / "run")
+    assert run_cli("--out", out, "--stop-after", "10").exit_code == 0
+    res = run_cli("--out", out, "--resume", extra=["train.batch_size=50", "game.divergence=minimax"])
+    assert res.exit_code == 2
+    assert "differs from the one" in res.output and "game.divergence, train.batch_size" in res.output
+    ok = run_cli("--out", out, "--resume", "--allow-changes", extra=["game.divergence=minimax"])
+    assert ok.exit_code == 0, ok.output
+    assert 'divergence = "minimax"' in (tmp_path / "run" / "recipe.toml").read_text()
+
+
+def test_keeps_the_last_k_and_latest_points_to_the_newest(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--out", str(out), extra=["train.checkpoint_every=5", "train.keep_checkpoints=2"]).exit_code == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_0000025", "step_0000030"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000030"
+
+
+def test_bad_checkpoints_get_clear_errors_and_nothing_is_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--out", str(out), "--stop-after", "10", extra=["train.checkpoint_every=5"]).exit_code == 0
+    latest = out / "checkpoints" / "step_0000010"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    model = latest / "model.safetensors"
+    original = model.read_bytes()
+    model.write_bytes(original[: len(original) // 2])  # truncated
+    res = run_cli("--out", str(out), "--resume")
+    assert res.exit_code == 2 and "corrupted or truncated" in res.output and "Traceback" not in res.output
+    model.write_bytes(original)
+
+    res = run_cli("--out", str(out), "--resume", "--allow-changes", extra=["decoder.hidden=48"])
+    assert res.exit_code == 2 and "does not fit the recipe's decoder" in res.output
+
+    (out / "checkpoints" / "latest").write_text("step_0000099\n")
+    with pytest.warns(UserWarning, match="missing or incomplete; using the newest complete checkpoint"):
+        assert ckpt.latest_checkpoint(out / "checkpoints") == latest
+
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    res = run_cli("--out", str(not_a_run), "--resume")
+    assert res.exit_code == 2 and "is not an advinf run directory" in res.output
+    with pytest.raises(advinf.UserError, match="not an advinf run directory"):
+        advinf.load_run(not_a_run)
+    (out / "checkpoints" / "latest").write_text("step_0000010\n")
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_load_run_gives_eval_mode_networks(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--out", str(out)).exit_code == 0
+    loaded = advinf.load_run(out, device="cpu")
+    assert loaded.step == 30 and not loaded.decoder.training and not loaded.encoder.training
+    z = loaded.prior.sample(5)
+    with torch.no_grad():
+        x = loaded.decoder(z)
+        assert torch.equal(x, loaded.decoder(z))  # eval mode: deterministic
+        assert loaded.encoder(x).sample().shape == (5, 2)
+    res = CliRunner().invoke(cli, ["evaluate", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == json.loads((out / "eval.json").read_text())
+
+
+NAN_GAME = '''
+import torch
+from advinf import hookimpl
+from advinf_plugins.games import JointGame, JointGameOptions
+
+class NanAfter(JointGame):
+    calls = 0
+    def losses(self, nets, batch):
+        out = super().losses(nets, batch)
+        NanAfter.calls += 1
+        if NanAfter.calls >= 8:
+            out.critic = out.critic * float("nan")
+        return out
+
+@hookimpl
+def register_games(register):
+    register("nan_after_7", lambda o, ctx: NanAfter(o, stochastic=True), JointGameOptions)
+'''
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_divergence_guard(tmp_path, mode):
+    write(tmp_path / "nan_plugin.py", NAN_GAME)
+    recipe = write(tmp_path / "r.toml", (RECIPES / "ali_mixture25.toml").read_text()
+                   .replace("seed = 0", 'seed = 0\nplugins = ["nan_plugin.py"]').replace('"ali"', '"nan_after_7"'))
+    out = tmp_path / "run"
+    args = ["--set", "train.checkpoint_every=5", "--set", "train.log_every=3", "--set", f"train.nonfinite={mode}"]
+    env = cli_env(ADVINF_STRICT_PLUGINS="1")
+    proc = subprocess.run([sys.executable, "-m", "advinf", "run", str(recipe), "--out", str(out),
+                           *sets(TINY + TINY_ENCODER), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    if mode == "stop":
+        assert proc.returncode == 3, proc.stderr
+        assert "non-finite loss or gradient at step 8 (loss_critic=nan" in proc.stderr
+        assert "the last good checkpoint is" in proc.stderr and "step_0000005" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_0000005"]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == 30 and records[-1]["skipped_steps"] == 30 - 7
+        assert [(r["step"], r["skipped_steps"]) for r in records[:3]] == [(3, 0), (6, 0), (9, 2)]
+
+
+def _start(out: Path, resume: bool) -> subprocess.Popen:
+    args = [sys.executable, "-m", "advinf", "run", ALI, "--out", str(out),
+            *sets(TINY + TINY_ENCODER + ["train.steps=100000", "train.checkpoint_every=1",
+                                         "train.keep_checkpoints=2", "train.sample_every=0", "train.log_every=50"])]
+    if resume:
+        args.append("--resume")
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+
+
+def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path):
+    out, rng = tmp_path / "run", random.Random(1234)
+    kills = during_write = 0
+    steps_seen = []
+    for i in range(12):
+        proc = _start(out, resume=i > 0)
+        proc.stderr.readline()  # "run directory ..." / "resuming ...": training is about to start
+        time.sleep(rng.uniform(0.05, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        root = out / "checkpoints"
+        during_write += any(p.name.startswith(".tmp-") for p in root.iterdir()) if root.exists() else 0
+        latest = ckpt.latest_checkpoint(root)
+        if latest is None:
+            continue
+        loaded = ckpt.load_checkpoint(latest)  # verifies every checksum
+        steps_seen.append(loaded.step)
+    assert kills == 12 and len(steps_seen) >= 8
+    assert steps_seen == sorted(steps_seen)  # every restart resumed and made progress, never lost it
+    print(f"{kills} kills, {during_write} while a checkpoint was being written, steps {steps_seen}")
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_write_a_checkpoint_and_say_how_to_resume(tmp_path, sig, code):
+    out = tmp_path / "run"
+    proc = _start(out, resume=False)
+    proc.stderr.readline()
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert f"stopped ({sig.name}); checkpoint written:" in err and "--resume" in err
+    latest = ckpt.latest_checkpoint(out / "checkpoints")
+    step = int(re.search(r"at step (\d+)", err).group(1))
+    assert ckpt.load_checkpoint(latest).step == step
+
+
+UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+
+
+def _unpickles(node: object) -> bool:
+    if isinstance(node, ast.Import):
+        return any(a.name.split(".")[0] in UNPICKLERS for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return (node.module or "").split(".")[0] in UNPICKLERS
+    if isinstance(node, ast.Attribute):  # torch.load
+        return node.attr == "load" and isinstance(node.value, ast.Name) and node.value.id == "torch"
+    return isinstance(node, ast.keyword) and node.arg == "allow_pickle"
+
+
+def test_nothing_in_the_project_unpickles():
+    """No pickle-family import, no torch.load, no numpy allow_pickle anywhere in the shipped code."""
+    offenders = [f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+                 for folder in ("advinf", "plugins", "benchmarks") for path in (ROOT / folder).rglob("*.py")
+                 for node in ast.walk(ast.parse(path.read_text())) if _unpickles(node)]
+    assert offenders == []
