@@ -131,6 +131,69 @@ def evaluate(run_dir: Path, device: str | None) -> None:
     click.echo(json.dumps(results, indent=2, sort_keys=True))
 
 
+def _picture_options(default_name: str):
+    def wrap(f):
+        f = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's).")(f)
+        f = click.option("--seed", type=int, default=0, show_default=True, help="Which prior draws / examples.")(f)
+        f = click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+                         help=f"PNG to write (default: RUN_DIR/{default_name}).")(f)
+        return click.argument("run_dir", type=click.Path(path_type=Path))(f)
+    return wrap
+
+
+def _done(path: Path) -> None:
+    click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@_picture_options("samples.png")
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True)
+def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int) -> None:
+    """Decoder samples from the prior of a trained RUN_DIR."""
+    from advinf import visualize
+    from advinf.runs import load_run
+
+    path = out_path or run_dir / "samples.png"
+    visualize.samples(load_run(run_dir, device=device, host=_host()), path, count, seed)
+    _done(path)
+
+
+@cli.command()
+@_picture_options("reconstructions.png")
+@click.option("--count", type=click.IntRange(min=1), default=50, show_default=True, help="Examples.")
+@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+@click.option("--mean", "use_mean", is_flag=True, help="Decode the posterior mean instead of a sample.")
+def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int, split: str,
+                use_mean: bool) -> None:
+    """Reconstructions Gx(Gz(x)): odd columns data, even columns their reconstructions."""
+    from advinf import visualize
+    from advinf.runs import load_run
+
+    run = load_run(run_dir, device=device, host=_host())
+    path = out_path or run_dir / "reconstructions.png"
+    visualize.reconstructions(run, visualize.pick(visualize.get_split(run.dataset, split), count, seed), path,
+                              use_mean)
+    _done(path)
+
+
+@cli.command()
+@_picture_options("interpolations.png")
+@click.option("--pairs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | None, pairs: int, steps: int,
+                split: str) -> None:
+    """Latent interpolations between pairs of examples (one pair a row, data at both ends)."""
+    from advinf import visualize
+    from advinf.runs import load_run
+
+    run = load_run(run_dir, device=device, host=_host())
+    path = out_path or run_dir / "interpolations.png"
+    visualize.interpolations(run, visualize.pick(visualize.get_split(run.dataset, split), 2 * pairs, seed), path,
+                             steps)
+    _done(path)
+
+
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
