@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from advinf_plugins.mixture import grid_centres
-from advinf_plugins.mode_coverage import ModeCoverage, ModeCoverageOptions, coverage_metrics, reconstruction_accuracy
 
 from advinf import Dataset, Split, TrainedModel, UserError
+from advinf_plugins.mixture import grid_centres
+from advinf_plugins.mode_coverage import ModeCoverage, ModeCoverageOptions, coverage_metrics, reconstruction_accuracy
 
 CENTRES = grid_centres(5, 2.0)
 STD = 0.05

@@ -8,16 +8,16 @@ import math
 
 import pytest
 import torch
-from advinf_plugins.games import JointGame, JointGameOptions
-from advinf_plugins.mixture import MixtureOptions, mixture25
-from advinf_plugins.priors import GaussianPrior
-from advinf_plugins.toy_networks import CriticOptions, DecoderOptions, EncoderOptions, ToyCritic, ToyDecoder, ToyEncoder
 from click.testing import CliRunner
 from conftest import RECIPES, TINY, TINY_ENCODER
 
 import advinf
 from advinf import Batch, Networks, OptimizerSpec, Trainer, TrainSpec
 from advinf.cli import cli
+from advinf_plugins.games import JointGame, JointGameOptions
+from advinf_plugins.mixture import MixtureOptions, mixture25
+from advinf_plugins.priors import GaussianPrior
+from advinf_plugins.toy_networks import CriticOptions, DecoderOptions, EncoderOptions, ToyCritic, ToyDecoder, ToyEncoder
 
 
 def tiny_nets(seed: int = 0) -> Networks:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from advinf_plugins.priors import GaussianPrior
 from click.testing import CliRunner
 from conftest import RECIPES, TINY, TINY_ENCODER
 from PIL import Image
@@ -13,6 +12,7 @@ from PIL import Image
 from advinf import Decoder, DeterministicPosterior, Encoder, TrainedModel, UserError
 from advinf.cli import cli
 from advinf.visualize import interpolations, reconstructions, samples
+from advinf_plugins.priors import GaussianPrior
 
 
 class Flatten(Encoder):

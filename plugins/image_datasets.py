@@ -1,0 +1,494 @@
+"""Image datasets on torchvision: ``svhn``, ``cifar10``, ``celeba`` (64x64), ``mnist``, ``tiny_imagenet`` and
+``image_folder`` (a user's own images).
+
+Pixels are held as uint8 tensors (N, C, H, W) in an ``advinf.Dataset`` (train split and held-out split);
+the trainer decodes them to [0, 1] floats on the device. The official files are read by torchvision's own
+dataset classes. Every section takes ``root``, ``download`` (default false: a missing dataset is an error
+naming the files it expects) and ``verify`` (default true: torchvision's checksum check of the official
+files). ``verify = false`` skips only the checksum: each torchvision class is subclassed with its checksum
+table set to ``None``, which torchvision's ``check_integrity`` treats as "the file exists"; parsing stays
+torchvision's. The decoded tensors are cached under ``root/.advinf_cache/<name>-<key>.safetensors`` (key: a
+hash of every option that changes the tensors), written atomically, so a second run starts fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from advinf import Dataset, Split, UserError, hookimpl
+from advinf.atomic import atomic_path
+
+#: Bump when the decoded tensors of the same options would change (invalidates every cache file).
+CACHE_FORMAT = 1
+CACHE_DIR = ".advinf_cache"
+#: Options that do not change the decoded tensors, hence not part of the cache key.
+_NOT_IN_KEY = {"root", "download", "verify", "cache", "workers"}
+
+
+# -- options -----------------------------------------------------------------------------------------------
+
+
+class _DatasetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field(..., description="folder of the dataset's files (relative to the working directory)")
+    limit: int | None = Field(None, gt=0, description="at most this many examples per split (quick runs, tests)")
+    cache: bool = Field(True, description="cache the decoded tensors under root/.advinf_cache (safetensors)")
+
+
+class _OfficialOptions(_DatasetOptions):
+    download: bool = Field(False, description="fetch missing files with torchvision's downloader")
+    verify: bool = Field(True, description="check the official files' checksums (false: existence only)")
+
+
+class SvhnOptions(_OfficialOptions):
+    root: str = Field("data/svhn", description="folder holding {train,test,extra}_32x32.mat")
+    split: Literal["train", "extra", "test"] = Field("train", description="training split (the original: extra)")
+    heldout: Literal["test", "train", "none"] = Field("test", description="held-out split")
+
+
+class Cifar10Options(_OfficialOptions):
+    root: str = Field("data/cifar10", description="folder holding cifar-10-batches-py/")
+    heldout: Literal["validation", "test", "none"] = Field(
+        "validation", description="validation: hold out the last `validation` training examples (the original: "
+                                  "train on 0-44,999, validate on 45,000-49,999); test: train on all 50,000, "
+                                  "hold out the test batch; none: train on all 50,000")
+    validation: int = Field(5000, gt=0, description="size of the validation split (heldout = 'validation')")
+
+
+class CelebaOptions(_OfficialOptions):
+    root: str = Field("data", description="folder holding celeba/ (torchvision's layout)")
+    split: Literal["train", "valid", "test", "all"] = Field("train", description="official partition to train on")
+    heldout: Literal["valid", "test", "none"] = Field("test", description="official partition held out")
+    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+
+
+class MnistOptions(_OfficialOptions):
+    root: str = Field("data/mnist", description="folder holding MNIST/raw/ (torchvision's layout)")
+    heldout: Literal["test", "none"] = Field("test", description="held-out split")
+    verify: bool = Field(True, description="checksums of downloaded archives (torchvision never checks the "
+                                           "extracted idx files)")
+
+
+class TinyImagenetOptions(_OfficialOptions):
+    root: str = Field("data/tiny_imagenet", description="folder holding tiny-imagenet-200/")
+    heldout: Literal["val", "none"] = Field("val", description="held-out split (the labelled val set)")
+    verify: bool = Field(True, description="checksum of the downloaded zip (the extracted images have none)")
+    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+
+
+class ImageFolderOptions(_DatasetOptions):
+    root: str = Field(..., description="folder of images (optionally one subfolder per class)")
+    size: int = Field(64, gt=0, description="images are resized (shorter side) and centre-cropped to size x size")
+    grayscale: bool = Field(False, description="one channel instead of RGB")
+    labels: Literal["auto", "folders", "none"] = Field(
+        "auto", description="folders: the subfolder names are the classes; none: every image under root, "
+                            "unlabelled; auto: folders if root has subfolders, else none")
+    heldout_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the images held out")
+    split_seed: int = Field(0, description="seed of the shuffle that picks the held-out images")
+    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+
+
+# -- torchvision classes with the checksums switched off (verify = false) ----------------------------------
+
+
+def _tv():
+    import torchvision.datasets as tvd
+
+    return tvd
+
+
+def _svhn_class(verify: bool):
+    cls = _tv().SVHN
+    if verify:
+        return cls
+    table = {k: [url, name, None] for k, (url, name, _md5) in cls.split_list.items()}
+    return type("UnverifiedSVHN", (cls,), {"split_list": table})
+
+
+def _cifar10_class(verify: bool):
+    cls = _tv().CIFAR10
+    if verify:
+        return cls
+    return type("UnverifiedCIFAR10", (cls,), {
+        "train_list": [[name, None] for name, _ in cls.train_list],
+        "test_list": [[name, None] for name, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None}, "tgz_md5": None})
+
+
+def _celeba_class(verify: bool):
+    cls = _tv().CelebA
+    if verify:
+        return cls
+    return type("UnverifiedCelebA", (cls,), {"file_list": [(fid, None, name) for fid, _, name in cls.file_list]})
+
+
+def _mnist_class(verify: bool):
+    cls = _tv().MNIST
+    if verify:
+        return cls
+    # MNIST's folder is named after the class, so keep "MNIST" for the subclass.
+    return type("UnverifiedMNIST", (cls,), {
+        "resources": [(name, None) for name, _ in cls.resources],
+        "raw_folder": property(lambda self: os.path.join(self.root, "MNIST", "raw")),
+        "processed_folder": property(lambda self: os.path.join(self.root, "MNIST", "processed"))})
+
+
+# -- shared machinery --------------------------------------------------------------------------------------
+
+
+def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool = True) -> None:
+    """A UserError naming the expected files under ``root`` if any of them is missing."""
+    missing = [e for e in expected if not (root / e).exists()]
+    if not missing:
+        return
+    what = ", ".join(str(root / e) for e in expected)
+    msg = f"dataset '{name}': files not found under {root}: expected {what} (missing: {', '.join(missing)})."
+    if download_hint:
+        msg += (" Set `download = true` in [dataset] (or --set dataset.download=true) to fetch them with "
+                "torchvision's downloader, or point `root` at the folder that holds them.")
+    raise UserError(msg)
+
+
+def _torchvision(name: str, root: Path, make: Callable[[], Any]) -> Any:
+    """Build a torchvision dataset, turning its 'not found or corrupted' errors into UserErrors."""
+    try:
+        return make()
+    except RuntimeError as exc:
+        raise UserError(f"dataset '{name}': torchvision could not load the files under {root}: {exc}. If a "
+                        "checksum fails, delete the file and download it again (`download = true`), or set "
+                        "`verify = false` for files you trust.") from None
+
+
+def _cache_path(name: str, options: BaseModel, extra: Any = None) -> Path:
+    key = {"dataset": name, "format": CACHE_FORMAT, "extra": extra,
+           **{k: v for k, v in options.model_dump().items() if k not in _NOT_IN_KEY}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(options.root).expanduser() / CACHE_DIR / f"{name}-{digest}.safetensors"
+
+
+def save_cached(path: Path, data: Dataset) -> None:
+    """Write ``data``'s tensors and JSON meta to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {"train.x": data.train.x}
+    if data.train.y is not None:
+        tensors["train.y"] = data.train.y
+    if data.heldout is not None:
+        tensors["heldout.x"] = data.heldout.x
+        if data.heldout.y is not None:
+            tensors["heldout.y"] = data.heldout.y
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"advinf_meta": json.dumps(data.meta), "format": str(CACHE_FORMAT)})
+
+
+def load_cached(path: Path) -> Dataset:
+    """Read a file written by :func:`save_cached` (safetensors: no code runs)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["advinf_meta"])
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    heldout = Split(t["heldout.x"], t.get("heldout.y")) if "heldout.x" in t else None
+    return Dataset(Split(t["train.x"], t.get("train.y")), heldout, meta)
+
+
+def _cached(name: str, options: _DatasetOptions, build: Callable[[], Dataset], extra: Any = None) -> Dataset:
+    """The dataset from its cache file if there is one, else ``build()`` it and write the cache."""
+    path = _cache_path(name, options, extra)
+    if options.cache and path.is_file():
+        try:
+            return load_cached(path)
+        except Exception as exc:  # a damaged cache is rebuilt, never trusted
+            warnings.warn(f"ignoring unreadable dataset cache {path}: {exc}", stacklevel=2)
+    data = build()
+    if options.cache:
+        try:
+            save_cached(path, data)
+        except OSError as exc:
+            warnings.warn(f"could not write the dataset cache {path}: {exc}", stacklevel=2)
+    return data
+
+
+def _limit(x: Tensor, y: Tensor | None, limit: int | None) -> Split:
+    if limit is not None:
+        x, y = x[:limit], None if y is None else y[:limit]
+    return Split(x.contiguous(), None if y is None else y.contiguous())
+
+
+def _workers(o: Any) -> int:
+    return o.workers or max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_images(n: int, load: Callable[[int], Tensor], shape: tuple[int, ...], workers: int,
+                  what: str = "") -> Tensor:
+    """Decode ``n`` images with ``load(i) -> uint8 (C, H, W)`` on a thread pool into one (n, C, H, W) tensor."""
+    out = torch.empty((n, *shape), dtype=torch.uint8)
+    if n >= 5000 and what:
+        print(f"advinf: decoding {n} images of {what} (cached afterwards)", file=sys.stderr, flush=True)
+
+    def one(i: int) -> None:
+        out[i] = load(i)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(n)))
+    return out
+
+
+def _pil_to_uint8(img: Image.Image) -> Tensor:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(img)
+
+
+def resize_crop(img: Image.Image, size: int, mode: str) -> Tensor:
+    """Resize the shorter side to ``size`` (Lanczos, antialiased), centre-crop to size x size, uint8 (C, H, W)."""
+    img = img.convert(mode)
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return _pil_to_uint8(img)
+
+
+def _open(path: str | Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except OSError as exc:
+        raise UserError(f"cannot read the image {path}: {exc}") from None
+
+
+# -- SVHN --------------------------------------------------------------------------------------------------
+
+
+def svhn(options: SvhnOptions, ctx) -> Dataset:
+    """SVHN 32x32 digits from the official .mat files (format 2); train on train|extra, hold out test."""
+    root = Path(options.root).expanduser()
+    splits = [options.split] + ([options.heldout] if options.heldout != "none" else [])
+
+    def build() -> Dataset:
+        cls = _svhn_class(options.verify)
+        if not options.download:
+            _require("svhn", root, [cls.split_list[s][1] for s in splits])
+        out = []
+        for s in splits:
+            ds = _torchvision("svhn", root, lambda s=s: cls(str(root), split=s, download=options.download))
+            out.append(_limit(torch.from_numpy(ds.data), torch.from_numpy(ds.labels), options.limit))
+        return Dataset(out[0], out[1] if len(out) > 1 else None,
+                       meta={"name": "svhn", "classes": [str(i) for i in range(10)], "split": options.split})
+
+    return _cached("svhn", options, build)
+
+
+# -- CIFAR-10 ----------------------------------------------------------------------------------------------
+
+
+def cifar10(options: Cifar10Options, ctx) -> Dataset:
+    """CIFAR-10 32x32 from the official python batches; the original's 45,000 / 5,000 split by default."""
+    root = Path(options.root).expanduser()
+
+    def build() -> Dataset:
+        cls = _cifar10_class(options.verify)
+        if not options.download:
+            files = [f"{cls.base_folder}/{name}" for name, _ in cls.train_list + cls.test_list]
+            _require("cifar10", root, [*files, f"{cls.base_folder}/{cls.meta['filename']}"])
+
+        def load(train: bool) -> tuple[Tensor, Tensor]:
+            ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=options.download))
+            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+        x, y = load(True)
+        heldout = None
+        if options.heldout == "validation":
+            if options.validation >= len(x):
+                raise UserError(f"dataset 'cifar10': validation = {options.validation}, but the training batches "
+                                f"hold only {len(x)} examples")
+            cut = len(x) - options.validation
+            heldout, x, y = _limit(x[cut:], y[cut:], options.limit), x[:cut], y[:cut]
+        elif options.heldout == "test":
+            heldout = _limit(*load(False), options.limit)
+        classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        return Dataset(_limit(x, y, options.limit), heldout, meta={"name": "cifar10", "classes": classes})
+
+    return _cached("cifar10", options, build)
+
+
+# -- CelebA ------------------------------------------------------------------------------------------------
+
+CELEBA_FILES = ["img_align_celeba", "list_attr_celeba.txt", "identity_CelebA.txt", "list_bbox_celeba.txt",
+                "list_landmarks_align_celeba.txt", "list_eval_partition.txt"]
+
+
+def celeba_64(img: Image.Image) -> Tensor:
+    """Fuel's ``convert_celeba_64``: resize the aligned image to 64x78 (w x h) with antialiasing, then crop the
+    box (0, 7, 64, 71)."""
+    img = img.convert("RGB").resize((64, 78), Image.Resampling.LANCZOS).crop((0, 7, 64, 71))
+    return _pil_to_uint8(img)
+
+
+def celeba(options: CelebaOptions, ctx) -> Dataset:
+    """CelebA aligned faces at 64x64 (Fuel's crop), 40 binary attributes in {0, 1} as labels, official splits."""
+    root = Path(options.root).expanduser()
+    splits = [options.split] + ([options.heldout] if options.heldout != "none" else [])
+
+    def build() -> Dataset:
+        cls = _celeba_class(options.verify)
+        if not options.download:
+            _require("celeba", root, [f"{cls.base_folder}/{f}" for f in CELEBA_FILES])
+        out, names = [], []
+        for s in splits:
+            ds = _torchvision("celeba", root, lambda s=s: cls(str(root), split=s, target_type="attr",
+                                                              transform=celeba_64, download=options.download))
+            n = len(ds) if options.limit is None else min(options.limit, len(ds))
+            x = decode_images(n, lambda i, ds=ds: ds[i][0], (3, 64, 64), _workers(options), f"CelebA {s}")
+            out.append(Split(x, ds.attr[:n].to(torch.uint8).contiguous()))
+            names = [a for a in ds.attr_names if a]
+        return Dataset(out[0], out[1] if len(out) > 1 else None,
+                       meta={"name": "celeba", "attributes": names, "split": options.split})
+
+    return _cached("celeba", options, build)
+
+
+# -- MNIST -------------------------------------------------------------------------------------------------
+
+
+def mnist(options: MnistOptions, ctx) -> Dataset:
+    """MNIST 28x28 digits (one channel) from the official idx files; held-out split = the test set."""
+    root = Path(options.root).expanduser()
+
+    def build() -> Dataset:
+        cls = _mnist_class(options.verify)
+        if not options.download:
+            _require("mnist", root, [f"MNIST/raw/{Path(name).stem}" for name, _ in cls.resources])
+
+        def load(train: bool) -> Split:
+            ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download))
+            return _limit(ds.data.unsqueeze(1), ds.targets, options.limit)
+
+        return Dataset(load(True), load(False) if options.heldout == "test" else None,
+                       meta={"name": "mnist", "classes": [str(i) for i in range(10)]})
+
+    return _cached("mnist", options, build)
+
+
+# -- Tiny ImageNet -----------------------------------------------------------------------------------------
+
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+TINY_FOLDER = "tiny-imagenet-200"
+
+
+def tiny_imagenet(options: TinyImagenetOptions, ctx) -> Dataset:
+    """Tiny ImageNet-200 (Stanford, 64x64, 100,000 training images in 200 classes; held-out: the val set)."""
+    root = Path(options.root).expanduser()
+    base = root / TINY_FOLDER
+
+    def build() -> Dataset:
+        expected = [f"{TINY_FOLDER}/wnids.txt", f"{TINY_FOLDER}/train", f"{TINY_FOLDER}/val/images",
+                    f"{TINY_FOLDER}/val/val_annotations.txt"]
+        if options.download and any(not (root / e).exists() for e in expected):
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5 if options.verify else None)
+        _require("tiny_imagenet", root, expected)
+        from torchvision.datasets import ImageFolder
+
+        train = ImageFolder(str(base / "train"))
+        wnids = [w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()]
+        if sorted(wnids) != train.classes:
+            raise UserError(f"dataset 'tiny_imagenet': the class folders of {base / 'train'} do not match "
+                            f"{base / 'wnids.txt'}")
+
+        def split(samples: list[tuple[str, int]], what: str) -> Split:
+            samples = samples[:options.limit] if options.limit else samples
+            x = decode_images(len(samples), lambda i: resize_crop(_open(samples[i][0]), 64, "RGB"),
+                              (3, 64, 64), _workers(options), what)
+            return Split(x, torch.tensor([c for _, c in samples], dtype=torch.int64))
+
+        heldout = None
+        if options.heldout == "val":
+            rows = [ln.split("\t") for ln in (base / "val" / "val_annotations.txt").read_text().splitlines() if ln]
+            val = [(str(base / "val" / "images" / r[0]), train.class_to_idx[r[1]]) for r in rows]
+            heldout = split(val, "Tiny ImageNet val")
+        return Dataset(split(train.samples, "Tiny ImageNet train"), heldout,
+                       meta={"name": "tiny_imagenet", "classes": train.classes})
+
+    return _cached("tiny_imagenet", options, build)
+
+
+# -- a user's own images -----------------------------------------------------------------------------------
+
+
+def image_folder(options: ImageFolderOptions, ctx) -> Dataset:
+    """Your own images, resized and centre-cropped to `size`; class subfolders become labels."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = Path(options.root).expanduser()
+    exts = tuple(sorted({e.lower() for e in IMG_EXTENSIONS}))
+    if not root.is_dir():
+        raise UserError(f"dataset 'image_folder': {root} is not a folder; set `root` to a folder of images "
+                        f"({', '.join(exts)}), optionally with one subfolder per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    mode = options.labels if options.labels != "auto" else ("folders" if classes else "none")
+    if mode == "folders":
+        if not classes:
+            raise UserError(f"dataset 'image_folder': labels = 'folders', but {root} has no subfolders")
+        samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=exts, allow_empty=True)
+    else:
+        classes = []
+        samples = sorted((str(p), -1) for p in root.rglob("*")
+                         if p.suffix.lower() in exts and p.is_file()
+                         and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not samples:
+        raise UserError(f"dataset 'image_folder': no images under {root} (looked for {', '.join(exts)})")
+    # The cache key includes every file's path, size and modification time: edited folders are re-read.
+    fingerprint = hashlib.sha256("\n".join(
+        f"{os.path.relpath(p, root)}\t{c}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}"
+        for p, c in samples).encode()).hexdigest()
+
+    def build() -> Dataset:
+        g = torch.Generator().manual_seed(options.split_seed)
+        order = torch.randperm(len(samples), generator=g).tolist()
+        n_held = int(round(options.heldout_fraction * len(samples)))
+        mode_pil, channels = ("L", 1) if options.grayscale else ("RGB", 3)
+
+        def split(idx: list[int], what: str) -> Split:
+            idx = idx[:options.limit] if options.limit else idx
+            x = decode_images(len(idx), lambda i: resize_crop(_open(samples[idx[i]][0]), options.size, mode_pil),
+                              (channels, options.size, options.size), _workers(options), what)
+            y = torch.tensor([samples[i][1] for i in idx], dtype=torch.int64) if mode == "folders" else None
+            return Split(x, y)
+
+        heldout = split(order[:n_held], f"{root} (held out)") if n_held else None
+        return Dataset(split(order[n_held:], str(root)), heldout,
+                       meta={"name": "image_folder", "classes": classes, "root": str(root)})
+
+    return _cached("image_folder", options, build, extra=fingerprint)
+
+
+@hookimpl
+def register_datasets(register) -> None:
+    register("svhn", svhn, SvhnOptions)
+    register("cifar10", cifar10, Cifar10Options)
+    register("celeba", celeba, CelebaOptions)
+    register("mnist", mnist, MnistOptions)
+    register("tiny_imagenet", tiny_imagenet, TinyImagenetOptions)
+    register("image_folder", image_folder, ImageFolderOptions)

@@ -1,0 +1,240 @@
+"""Image datasets (plugins/image_datasets.py) on tiny files in each dataset's real on-disk format, their
+safetensors cache, and the paper recipes run end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES
+from image_formats import (
+    CELEBA_ATTRS,
+    write_celeba,
+    write_cifar10,
+    write_image_folder,
+    write_mnist,
+    write_svhn,
+    write_tiny_imagenet,
+)
+from PIL import Image
+
+import advinf
+from advinf import Dataset, UserError
+from advinf.cli import cli
+from advinf_plugins.image_datasets import celeba_64
+
+torch.set_num_threads(1)
+
+
+def load(name: str, **options) -> Dataset:
+    data = advinf.create("dataset", name, None, **options)
+    assert isinstance(data, Dataset)
+    return data
+
+
+def cache_files(root) -> list:
+    return sorted((root / ".advinf_cache").glob("*.safetensors"))
+
+
+def test_svhn_reads_the_official_mat_files(tmp_path):
+    files = write_svhn(tmp_path, {"train": 5, "test": 4, "extra": 6})
+    data = load("svhn", root=str(tmp_path), split="extra", verify=False)
+    x, y = files["extra"]
+    assert data.train.x.dtype == torch.uint8 and data.train.x.shape == (6, 3, 32, 32)
+    assert torch.equal(data.train.x, x) and torch.equal(data.train.y, y) and data.train.y[0] == 0  # 10 -> 0
+    assert torch.equal(data.heldout.x, files["test"][0]) and torch.equal(data.heldout.y, files["test"][1])
+    assert data.meta["name"] == "svhn" and data.meta["classes"][0] == "0"
+    train = load("svhn", root=str(tmp_path), verify=False, heldout="none", limit=3)
+    assert torch.equal(train.train.x, files["train"][0][:3]) and train.heldout is None
+
+
+def test_verify_checks_the_official_checksums(tmp_path):
+    write_svhn(tmp_path, {"train": 2, "test": 2})
+    with pytest.raises(UserError) as err:
+        load("svhn", root=str(tmp_path))  # verify = true: the tiny files are not the official ones
+    assert "verify = false" in str(err.value) and not cache_files(tmp_path)
+
+
+def test_cifar10_keeps_the_original_validation_split(tmp_path):
+    files = write_cifar10(tmp_path, per_batch=4, test=3)
+    data = load("cifar10", root=str(tmp_path), verify=False, validation=5)
+    x, y = files["train"]
+    assert data.train.x.shape == (15, 3, 32, 32) and data.train.x.dtype == torch.uint8
+    assert torch.equal(data.train.x, x[:15]) and torch.equal(data.train.y, y[:15])
+    assert torch.equal(data.heldout.x, x[15:]) and torch.equal(data.heldout.y, y[15:])
+    test = load("cifar10", root=str(tmp_path), verify=False, heldout="test")
+    assert torch.equal(test.train.x, x) and torch.equal(test.heldout.x, files["test"][0])
+    assert data.meta["classes"][0] == "airplane"
+    with pytest.raises(UserError, match="validation = 5000, but the training batches hold only 20"):
+        load("cifar10", root=str(tmp_path), verify=False)
+
+
+def test_celeba_64_crop_attributes_and_partitions(tmp_path):
+    # (torchvision's CelebA cannot hold a partition of exactly one image: none here has one)
+    paths, attrs = write_celeba(tmp_path, [0, 0, 0, 1, 1, 2, 2])
+    data = load("celeba", root=str(tmp_path), verify=False)
+    assert data.train.x.shape == (3, 3, 64, 64) and data.train.x.dtype == torch.uint8
+    assert data.heldout.x.shape == (2, 3, 64, 64)  # the test partition
+    assert data.train.y.shape == (3, 40) and data.train.y.dtype == torch.uint8
+    assert torch.equal(data.train.y, ((attrs[:3] + 1) // 2).to(torch.uint8))  # {-1, 1} -> {0, 1}
+    assert torch.equal(data.heldout.y, ((attrs[5:] + 1) // 2).to(torch.uint8))
+    assert data.meta["attributes"] == CELEBA_ATTRS
+    # Fuel's convert_celeba_64: resize to 64 x 78 (w x h) with antialiasing, crop the box (0, 7, 64, 71)
+    with Image.open(paths[1]) as img:
+        ref = img.convert("RGB").resize((64, 78), Image.Resampling.LANCZOS)
+        assert torch.equal(data.train.x[1], torch.from_numpy(np.asarray(ref)[7:71].copy()).permute(2, 0, 1))
+        assert torch.equal(celeba_64(img), data.train.x[1])
+    valid = load("celeba", root=str(tmp_path), verify=False, split="valid", heldout="none")
+    assert len(valid.train) == 2 and valid.heldout is None
+
+
+def test_mnist_reads_the_idx_files(tmp_path):
+    files = write_mnist(tmp_path, train=6, test=3)
+    data = load("mnist", root=str(tmp_path), verify=False)
+    assert data.train.x.shape == (6, 1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert torch.equal(data.train.x, files["train"][0]) and torch.equal(data.train.y, files["train"][1])
+    assert torch.equal(data.heldout.x, files["test"][0])
+    assert torch.equal(load("mnist", root=str(tmp_path)).train.x, files["train"][0])  # idx files carry no checksum
+
+
+def test_tiny_imagenet_train_and_val(tmp_path):
+    val_wnids = write_tiny_imagenet(tmp_path, ["n02", "n01"], per_class=3, val=4)
+    data = load("tiny_imagenet", root=str(tmp_path), verify=False)
+    assert data.train.x.shape == (6, 3, 64, 64) and data.train.x.dtype == torch.uint8
+    assert data.meta["classes"] == ["n01", "n02"]
+    assert data.train.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.heldout.y.tolist() == [data.meta["classes"].index(w) for w in val_wnids]
+    gray = data.train.x[3]  # n02_0 is a grayscale JPEG: three equal channels
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    root = tmp_path / "pics"
+    write_image_folder(root, {"cat": 3, "dog": 2}, size=(80, 60))
+    data = load("image_folder", root=str(root), size=32, heldout_fraction=0.4)
+    assert data.train.x.shape == (3, 3, 32, 32) and data.heldout.x.shape == (2, 3, 32, 32)
+    assert data.meta["classes"] == ["cat", "dog"]
+    assert sorted(data.train.y.tolist() + data.heldout.y.tolist()) == [0, 0, 0, 1, 1]
+    # resized (shorter side to 32) and centre-cropped: compare one image with PIL's own resize
+    all_x = torch.cat([data.train.x, data.heldout.x])
+    with Image.open(root / "dog" / "dog_1.png") as img:
+        ref = img.convert("RGB").resize((43, 32), Image.Resampling.LANCZOS).crop((5, 0, 37, 32))
+    ref_t = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)
+    assert any(torch.equal(ref_t, xi) for xi in all_x)
+    gray = load("image_folder", root=str(root), size=16, grayscale=True, labels="none")
+    assert gray.train.x.shape == (5, 1, 16, 16) and gray.train.y is None and gray.heldout is None
+
+
+def test_image_folder_flat_and_its_cache_follows_the_files(tmp_path):
+    root = tmp_path / "flat"
+    write_image_folder(root, None, n=4, size=(40, 40))
+    first = load("image_folder", root=str(root), size=24)
+    assert first.train.x.shape == (4, 3, 24, 24) and first.train.y is None and len(cache_files(root)) == 1
+    write_image_folder(root / "more", None, n=0)  # an empty subfolder: labels = "folders" finds no images
+    with pytest.raises(UserError, match="no images"):
+        load("image_folder", root=str(root), size=24, labels="folders")
+    shutil.rmtree(root / "more")
+    Image.new("RGB", (30, 50), (255, 0, 0)).save(root / "img_new.png")
+    second = load("image_folder", root=str(root), size=24)
+    assert len(second.train) == 5 and len(cache_files(root)) == 2  # a changed folder is a new cache key
+    with pytest.raises(UserError, match="is not a folder"):
+        load("image_folder", root=str(tmp_path / "nowhere"))
+
+
+def test_cache_roundtrip_is_safetensors_and_skips_the_source_files(tmp_path):
+    write_cifar10(tmp_path, per_batch=2, test=2)
+    first = load("cifar10", root=str(tmp_path), verify=False, validation=3)
+    [path] = cache_files(tmp_path)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: u64 length + JSON header
+    header = json.loads(path.read_bytes()[8:8 + header_len])
+    assert set(header) == {"__metadata__", "train.x", "train.y", "heldout.x", "heldout.y"}
+    assert header["train.x"]["dtype"] == "U8" and header["train.x"]["shape"] == [7, 3, 32, 32]
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temporary left behind
+    shutil.rmtree(tmp_path / "cifar-10-batches-py")
+    again = load("cifar10", root=str(tmp_path), verify=False, validation=3)  # from the cache alone
+    for a, b in [(first.train.x, again.train.x), (first.train.y, again.train.y), (first.heldout.x, again.heldout.x)]:
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    assert again.meta == first.meta
+    with pytest.raises(UserError):  # another option, another key: it needs the files again
+        load("cifar10", root=str(tmp_path), verify=False, validation=3, limit=2)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("svhn", ["train_32x32.mat", "test_32x32.mat"]),
+    ("cifar10", ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"]),
+    ("celeba", ["celeba/img_align_celeba", "celeba/list_eval_partition.txt"]),
+    ("mnist", ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"]),
+    ("tiny_imagenet", ["tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"]),
+])
+def test_missing_data_names_the_files_and_the_download_option(tmp_path, name, expected):
+    with pytest.raises(UserError) as err:
+        load(name, root=str(tmp_path / "empty"))
+    msg = str(err.value)
+    assert f"dataset '{name}'" in msg and "download = true" in msg
+    for e in expected:
+        assert str(tmp_path / "empty" / e) in msg
+    assert not (tmp_path / "empty").exists()  # nothing created, nothing downloaded
+
+
+def test_cli_reports_missing_data_without_a_traceback(tmp_path):
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_svhn.toml"), "--out", str(tmp_path / "run"),
+                                   "--set", f"dataset.root={tmp_path / 'nothing'}", "--set", "train.threads=1",
+                                   "--set", "train.progress=none"])
+    assert res.exit_code == 2 and "extra_32x32.mat" in res.output and "download = true" in res.output
+    assert "Traceback" not in res.output
+
+
+# -- the paper recipes, end to end on tiny real-format data --------------------------------------------------
+
+def _svhn(root):
+    write_svhn(root, {"extra": 8, "test": 2})
+    return root
+
+
+def _cifar10(root):
+    write_cifar10(root, per_batch=2, test=2)
+    return root
+
+
+def _celeba(root):
+    write_celeba(root, [0] * 8 + [2, 2])
+    return root
+
+
+def _tiny(root):
+    write_tiny_imagenet(root, ["n01", "n02"], per_class=4, val=2)
+    return root
+
+
+@pytest.mark.parametrize("recipe,writer,size,extra", [
+    ("ali_svhn", _svhn, 32, []),
+    ("ali_cifar10", _cifar10, 32, ["dataset.validation=2"]),
+    ("ali_celeba", _celeba, 64, []),
+    ("ali_tiny_imagenet", _tiny, 64, []),
+])
+def test_paper_recipe_runs_through_the_cli(tmp_path, recipe, writer, size, extra):
+    root = writer(tmp_path / "data")
+    out = tmp_path / "run"
+    overrides = [f"dataset.root={root}", "dataset.verify=false", "train.epochs=1", "train.batch_size=4",
+                 "train.threads=1", "train.progress=none", "train.sample_every=1", "train.num_samples=4",
+                 "train.log_every=1", "train.device=cpu", *extra]
+    args = ["run", str(RECIPES / f"{recipe}.toml"), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # 8 training images at batch 4: one epoch is two steps
+    assert all(math.isfinite(r["loss_critic"]) and math.isfinite(r["loss_generator"]) for r in records)
+    pngs = sorted((out / "samples").glob("*.png"))
+    assert [p.name for p in pngs] == ["step_0000000.png", "step_0000001.png", "step_0000002.png"]
+    side = 2 * (size + 2) + 2  # a 2 x 2 grid with torchvision's 2-pixel padding
+    for p in pngs:
+        with Image.open(p) as img:
+            assert img.size == (side, side)
+    assert cache_files(root)  # the decoded data was cached under the root
