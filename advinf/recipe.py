@@ -223,6 +223,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             apply_override(data, item)
         except ValueError as exc:
             problems.append(Problem(f"--set {item}", str(exc)))
+    _drop_replaced_alternatives(data, overrides)
     if problems:
         raise RecipeError(source, problems)
     try:
@@ -249,6 +250,21 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     if problems:
         raise RecipeError(source, problems)
     return Recipe(spec, options, source, base_dir or Path.cwd())
+
+
+#: Keys of which a recipe gives one: overriding one with --set drops the other.
+ALTERNATIVES = (("train", "steps", "epochs"),)
+
+
+def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    for table, a, b in ALTERNATIVES:
+        section = data.get(table)
+        if not isinstance(section, dict):
+            continue
+        for set_key, other in ((a, b), (b, a)):
+            if f"{table}.{set_key}" in keys and f"{table}.{other}" not in keys:
+                section.pop(other, None)
 
 
 def read_toml(path: Path) -> dict[str, Any]:

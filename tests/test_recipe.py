@@ -93,6 +93,15 @@ def test_overrides_apply_and_are_validated(tmp_path):
         load_recipe(path, ["seed.x=1"])
 
 
+def test_overriding_steps_replaces_epochs_and_back(tmp_path):
+    path = write(tmp_path / "r.toml", ALI.replace("steps = 20000", "epochs = 3"))
+    assert load_recipe(path, ["train.steps=5"]).spec.train.epochs is None
+    assert load_recipe(path, ["train.steps=5"]).spec.train.steps == 5
+    assert load_recipe(write(tmp_path / "s.toml", ALI), ["train.epochs=2"]).spec.train.steps is None
+    with pytest.raises(RecipeError, match="exactly one of"):
+        load_recipe(path, ["train.steps=5", "train.epochs=2"])
+
+
 def test_extends_merges_tables(tmp_path):
     write(tmp_path / "base.toml", ALI)
     child = write(tmp_path / "child.toml", 'extends = "base.toml"\nname = "child"\n[train]\nsteps = 7\n')
