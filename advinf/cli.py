@@ -205,6 +205,44 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     click.echo(rec.to_toml(), nl=False)
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Timed steps.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, repeats: int, as_json: bool) -> None:
+    """Time advinf's training step against the plain PyTorch loop in benchmarks/ on RECIPE's networks."""
+    import importlib
+
+    from advinf.build import build
+    from advinf.recipe import load_recipe
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (folder / "bench.py").is_file():
+        raise UserError(f"advinf bench needs the source checkout's benchmarks/ folder (looked in {folder})")
+    sys.path.insert(0, str(folder))
+    bench_mod = importlib.import_module("bench")
+    rec = load_recipe(recipe, overrides, host=_host())
+    built = build(rec, host=_host())
+    if rec.spec.train.threads:
+        import torch
+
+        torch.set_num_threads(rec.spec.train.threads)
+    result = bench_mod.bench(built, next(built.nets.decoder.parameters()).device, steps, warmup, repeats)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    lines = [f"{result['recipe']} on {result['device']} ({result['threads']} threads), batch "
+             f"{result['batch_size']}, median of {repeats} x {steps} steps:"]
+    for who in ("advinf", "plain"):
+        lines.append(f"  {who:7s} {result[who + '_ms_per_step']:8.2f} ms/step  "
+                     f"{result[who + '_samples_per_s']:9.0f} samples/s")
+    lines.append(f"  speedup {result['speedup']:.2f}x")
+    click.echo("\n".join(lines))
+
+
 @cli.command("list-plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(as_json: bool) -> None:

@@ -153,13 +153,18 @@ class Trainer:
         return out
 
     def _guard(self, out: GameLosses, grads: tuple[Tensor | None, ...]) -> bool:
-        """Record a non-finite loss or gradient on the device; in skip mode, say whether to apply the update."""
+        """Record a non-finite loss on the device; in skip mode, say whether to apply the update.
+
+        In stop mode only the losses are checked each step (a non-finite gradient makes the next step's
+        loss non-finite, and parameters are checked before every checkpoint); skip mode also checks the
+        gradients, since it must not apply them.
+        """
         losses = torch.stack([out.critic.detach().float(), out.generator.detach().float()])
-        present = [g for g in grads if g is not None]
         finite = torch.isfinite(losses).all()
-        if present:
-            finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(present))
         if self.spec.nonfinite == "skip":
+            present = [g for g in grads if g is not None]
+            if present:
+                finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(present))
             if not bool(finite):  # host sync: only in skip mode
                 self.skipped += 1
                 return False
@@ -169,15 +174,20 @@ class Trainer:
         self._bad_losses = torch.where(newly, losses, self._bad_losses)
         return True
 
-    def _check_diverged(self) -> None:
+    def _check_diverged(self, parameters: bool = False) -> None:
         bad = int(self._bad_step)
+        if bad < 0 and parameters:
+            params = [p.detach() for m in self.nets.modules().values() for p in m.parameters()]
+            if not bool(torch.isfinite(torch.nn.utils.get_total_norm(params))):
+                bad = self.step
+                self._bad_losses.fill_(float("nan"))
         if bad < 0:
             return
         lc, lg = self._bad_losses.tolist()
         last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
         where = f"the last good checkpoint is {last}; " if last is not None else ""
         raise TrainingDiverged(
-            f"training diverged: non-finite loss or gradient at step {bad} (loss_critic={lc:.4g}, "
+            f"training diverged: non-finite loss or weights at step {bad} (loss_critic={lc:.4g}, "
             f"loss_generator={lg:.4g}); {where}lower the learning rate and resume with --resume --allow-changes, "
             "or set train.nonfinite = \"skip\"")
 
@@ -263,7 +273,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the full training state into RUN/checkpoints/step_N (refused after a divergence)."""
         assert self.run is not None
-        self._check_diverged()
+        self._check_diverged(parameters=True)  # no checkpoint ever holds non-finite weights
         model = {f"{name}.{k}": v for name, m in self.nets.modules().items() for k, v in m.state_dict().items()}
         t_g, m_g = ckpt.optimizer_state(self.opt_g, self._named("generator"), "generator")
         t_c, m_c = ckpt.optimizer_state(self.opt_c, self._named("critic"), "critic")

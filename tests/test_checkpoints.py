@@ -153,7 +153,7 @@ def test_divergence_guard(tmp_path, mode):
                            *sets(TINY + TINY_ENCODER), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
     if mode == "stop":
         assert proc.returncode == 3, proc.stderr
-        assert "non-finite loss or gradient at step 8 (loss_critic=nan" in proc.stderr
+        assert "non-finite loss or weights at step 8 (loss_critic=nan" in proc.stderr
         assert "the last good checkpoint is" in proc.stderr and "step_0000005" in proc.stderr
         assert "Traceback" not in proc.stderr
         assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_0000005"]
@@ -230,3 +230,21 @@ def test_nothing_in_the_project_unpickles():
                  for folder in ("advinf", "plugins", "benchmarks") for path in (ROOT / folder).rglob("*.py")
                  for node in ast.walk(ast.parse(path.read_text())) if _unpickles(node)]
     assert offenders == []
+
+
+def test_a_checkpoint_never_holds_non_finite_weights(tmp_path):
+    from test_train import tiny_data, tiny_nets
+
+    from advinf import Trainer, TrainingDiverged, TrainSpec
+    from advinf_plugins.games import JointGame, JointGameOptions
+
+    nets = tiny_nets()
+    trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=4, batch_size=32, progress="none"), run_dir=tmp_path / "run", device="cpu")
+    trainer.train_step()
+    assert trainer.save_checkpoint().name == "step_0000000"
+    with torch.no_grad():
+        next(nets.decoder.parameters())[0] = float("inf")  # e.g. an overflowing gradient step
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint is .*step_0000000"):
+        trainer.save_checkpoint()
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000000"]
