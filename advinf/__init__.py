@@ -1,7 +1,7 @@
 """advinf: adversarial inference (ALI, BiGAN, GAN) with plugins, recipes and a fast training loop."""
 
 from advinf.build import BuildContext, Built, build
-from advinf.data import Dataset, Split
+from advinf.data import Dataset, Split, StreamingSplit
 from advinf.errors import PluginError, RecipeError, UserError
 from advinf.hookspecs import hookimpl
 from advinf.interfaces import (
@@ -37,6 +37,7 @@ __all__ = [
     "Batch", "BuildContext", "Built", "Dataset", "Decoder", "DeterministicPosterior", "Encoder", "Evaluator",
     "Game", "GameLosses", "GaussianPosterior", "ImplicitPosterior", "JointCritic", "Networks",
     "OptimizerSpec", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "Split",
+    "StreamingSplit",
     "TrainResult", "TrainSpec", "TrainedModel", "Trainer", "UserError", "build", "create", "default_host",
     "hookimpl", "load_recipe", "load_run", "LoadedRun", "TrainingDiverged", "__version__",
 ]

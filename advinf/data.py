@@ -30,6 +30,70 @@ class Split:
     def to(self, device: torch.device | str) -> Split:
         return Split(self.x.to(device), None if self.y is None else self.y.to(device))
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def take(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The examples at ``idx`` (stored values) and their labels."""
+        idx = idx.to(self.x.device)
+        return self.x[idx], None if self.y is None else self.y[idx]
+
+
+class StreamingSplit:
+    """A split too large to hold in memory: DataLoader workers read it batch by batch from ``source``.
+
+    ``source`` is a map-style ``torch.utils.data.Dataset`` whose items are ``x`` or ``(x, y)`` tensors (uint8
+    pixels or floats). The batches follow the same seeded order as an in-memory split, so resume is exact.
+    """
+
+    def __init__(self, source: torch.utils.data.Dataset, workers: int = 4, labelled: bool = False):
+        self.source, self.workers, self.labelled = source, workers, labelled
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        item = self.source[0]
+        return tuple((item[0] if isinstance(item, tuple) else item).shape)
+
+    def to(self, device: torch.device | str) -> StreamingSplit:
+        return self  # stays on the host; batches are copied to the device as they are drawn
+
+    def take(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        return _collate([self.source[int(i)] for i in idx])
+
+    def loader(self, batch_size: int, seed: int, epoch: int, position: int, pin: bool
+               ) -> torch.utils.data.DataLoader:
+        """Batches from data position (epoch, position) on, forever, prefetched by ``workers`` processes."""
+        return torch.utils.data.DataLoader(
+            self.source, batch_sampler=_SeededBatches(len(self), batch_size, seed, epoch, position),
+            num_workers=self.workers, pin_memory=pin, collate_fn=_collate,
+            # its own generator, so that starting the workers leaves the global RNG (the training noise) alone
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None)
+
+
+class _SeededBatches(torch.utils.data.Sampler):
+    """The batch order of IndexSampler (on the host), starting at a given data position, without end."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int):
+        self.args = (n, batch_size, seed, epoch, position)
+
+    def __iter__(self):
+        n, batch_size, seed, epoch, position = self.args
+        order = IndexSampler(n, batch_size, torch.device("cpu"), seed)
+        order.load_state({"epoch": epoch, "position": position})
+        while True:
+            yield order.next().tolist()
+
+
+def _collate(items: list) -> tuple[Tensor, Tensor | None]:
+    if isinstance(items[0], tuple):
+        return torch.stack([i[0] for i in items]), torch.as_tensor([int(i[1]) for i in items])
+    return torch.stack(items), None
+
 
 @dataclass
 class Dataset:
@@ -39,17 +103,13 @@ class Dataset:
     float values decode unchanged.
     """
 
-    train: Split
-    heldout: Split | None = None
+    train: Split | StreamingSplit
+    heldout: Split | StreamingSplit | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
-
-    @property
-    def device(self) -> torch.device:
-        return self.train.x.device
+        return self.train.sample_shape
 
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.train.to(device), None if self.heldout is None else self.heldout.to(device),
@@ -85,11 +145,14 @@ class IndexSampler:
 
     def next(self) -> Tensor:
         """Indices of the next batch; starts a new epoch when fewer than a batch remain."""
+        self.advance()
+        return self._permutation()[self.position - self.batch_size:self.position]
+
+    def advance(self) -> None:
+        """Move the data position one batch on without drawing indices (a streaming loader draws them)."""
         if self.position + self.batch_size > self.n:
             self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.position:self.position + self.batch_size]
         self.position += self.batch_size
-        return idx
 
     @property
     def steps_per_epoch(self) -> int:

@@ -33,6 +33,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
              host: PluginHost | None = None) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
 
+    With ``train.ema`` the encoder and decoder hold the moving-average weights (what samples and evaluation used).
+
     Nothing is unpickled: weights come from safetensors, the recipe from JSON. ``device`` defaults to the
     recipe's ``train.device`` (``auto``).
     """
@@ -46,8 +48,12 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     recipe = recipe_of(loaded, run_dir, host)
     dev = torch.device(device) if device is not None else resolve_device(recipe.spec.train.device)
     built = build(recipe, host=host, device=dev)
+    tensors = loaded.tensors["model"]
     for name, module in built.nets.modules().items():
-        ckpt.load_module_state(module, name, loaded.tensors["model"], path)
+        # with train.ema the moving average is the trained model; its keys are "ema_NAME.module.*"
+        ema = f"ema_{name}.module"
+        use_ema = any(k.startswith(ema + ".") for k in tensors)
+        ckpt.load_module_state(module, ema if use_ema else name, tensors, path)
         module.eval()
     nets = built.nets
     return LoadedRun(nets.prior, nets.decoder, nets.critic, nets.encoder, dev, recipe, built.dataset, loaded.step,

@@ -7,21 +7,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from advinf.data import Dataset, Split
+from advinf.data import Dataset, Split, StreamingSplit
 from advinf.errors import UserError
 from advinf.interfaces import TrainedModel
 from advinf.pictures import save_grid, save_samples, save_scatter
 
 
-def pick(split: Split, count: int, seed: int) -> Tensor:
+def pick(split: Split | StreamingSplit, count: int, seed: int) -> Tensor:
     """``count`` examples of a split, chosen at random (reproducibly by ``seed``), decoded to floats."""
     if count > len(split):
         raise UserError(f"asked for {count} examples but the split holds {len(split)}")
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
-    return Dataset.decode(split.x[idx.to(split.x.device)])
+    return Dataset.decode(split.take(idx)[0])
 
 
-def get_split(data: Dataset, which: str) -> Split:
+def get_split(data: Dataset, which: str) -> Split | StreamingSplit:
     if which == "train":
         return data.train
     if data.heldout is None:

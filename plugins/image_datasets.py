@@ -28,7 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from advinf import Dataset, Split, UserError, hookimpl
+from advinf import Dataset, Split, StreamingSplit, UserError, hookimpl
 from advinf.atomic import atomic_path
 
 #: Bump when the decoded tensors of the same options would change (invalidates every cache file).
@@ -97,6 +97,8 @@ class ImageFolderOptions(_DatasetOptions):
         "auto", description="folders: the subfolder names are the classes; none: every image under root, "
                             "unlabelled; auto: folders if root has subfolders, else none")
     heldout_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the images held out")
+    stream: bool = Field(False, description="decode the training images batch by batch in DataLoader workers "
+                                            "instead of holding them in memory (for folders too large for it)")
     split_seed: int = Field(0, description="seed of the shuffle that picks the held-out images")
     workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
@@ -478,10 +480,33 @@ def image_folder(options: ImageFolderOptions, ctx) -> Dataset:
             return Split(x, y)
 
         heldout = split(order[:n_held], f"{root} (held out)") if n_held else None
-        return Dataset(split(order[n_held:], str(root)), heldout,
-                       meta={"name": "image_folder", "classes": classes, "root": str(root)})
+        train: Split | StreamingSplit
+        if options.stream:
+            files = [samples[i] for i in order[n_held:]][:options.limit]
+            train = StreamingSplit(FolderImages(files, options.size, mode_pil, mode == "folders"),
+                                   workers=_workers(options), labelled=mode == "folders")
+        else:
+            train = split(order[n_held:], str(root))
+        return Dataset(train, heldout, meta={"name": "image_folder", "classes": classes, "root": str(root)})
 
+    if options.stream:
+        return build()  # only the (small) held-out split is decoded; nothing to cache
     return _cached("image_folder", options, build, extra=fingerprint)
+
+
+class FolderImages(torch.utils.data.Dataset):
+    """Image files decoded on demand (in DataLoader workers) to uint8 (C, size, size), with labels if any."""
+
+    def __init__(self, files: list[tuple[str, int]], size: int, mode: str, labelled: bool):
+        self.files, self.size, self.mode, self.labelled = files, size, mode, labelled
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Tensor | tuple[Tensor, int]:
+        path, label = self.files[i]
+        x = resize_crop(_open(path), self.size, self.mode)
+        return (x, label) if self.labelled else x
 
 
 @hookimpl

@@ -364,7 +364,8 @@ def _decoder_factory(arch: Arch):
         decoder = PaperDecoder(arch, channels, z_dim, options)
         data: Dataset | None = getattr(ctx, "dataset", None)
         if data is not None and options.log_odds_examples > 0:
-            decoder.init_output_bias(Dataset.decode(data.train.x[:options.log_odds_examples]))
+            n = min(options.log_odds_examples, len(data.train))
+            decoder.init_output_bias(Dataset.decode(data.train.take(torch.arange(n))[0]))
         return decoder
 
     factory.__doc__ = (f"The ALI paper's {arch.name} decoder: sigmoid output with a per-pixel log-odds bias "

@@ -36,8 +36,10 @@ def final_tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).tensors
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, ema):
     common = ["train.steps=24", "train.checkpoint_every=8", "train.sample_every=0", "train.log_every=4"]
+    common += [f"train.ema={ema}"] if ema else []
     full = run_cli("--out", str(tmp_path / "full"), extra=common)
     assert full.exit_code == 0, full.output
     first = run_cli("--out", str(tmp_path / "sliced"), "--stop-after", "10", extra=common)
@@ -51,6 +53,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part} {k} differs"
     assert any("exp_avg" in k for k in a["optim"]) and any("running_mean" in k for k in a["model"])
+    assert any(k.startswith("ema_decoder.module.") for k in a["model"]) == bool(ema)
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "sliced" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8, 10, 12, 16, 20, 24]
     assert json.loads((tmp_path / "full" / "eval.json").read_text()) == \
@@ -248,3 +251,28 @@ def test_a_checkpoint_never_holds_non_finite_weights(tmp_path):
     with pytest.raises(TrainingDiverged, match="the last good checkpoint is .*step_0000000"):
         trainer.save_checkpoint()
     assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000000"]
+
+
+def test_ema_averages_the_generator_and_load_run_returns_it(tmp_path):
+    from test_train import tiny_data, tiny_nets
+
+    from advinf import Trainer, TrainSpec
+    from advinf_plugins.games import JointGame, JointGameOptions
+
+    nets = tiny_nets()
+    trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=2, batch_size=32, ema=0.25), device="cpu")
+    w = nets.decoder.net[0].weight
+    trainer.train_step()
+    first = w.detach().clone()
+    trainer.train_step()
+    averaged = trainer.model().decoder.net[0].weight
+    assert torch.allclose(averaged, 0.25 * first + 0.75 * w.detach())  # ema = d * ema + (1 - d) * new
+    assert trainer.model().decoder is not nets.decoder and trainer.model().critic is nets.critic
+
+    out = tmp_path / "run"
+    assert run_cli("--out", str(out), extra=["train.ema=0.5"]).exit_code == 0
+    saved = final_tensors(out)["model"]
+    loaded = advinf.load_run(out, device="cpu")
+    assert torch.equal(loaded.decoder.net[0].weight, saved["ema_decoder.module.net.0.weight"])
+    assert not torch.equal(saved["ema_decoder.module.net.0.weight"], saved["decoder.net.0.weight"])

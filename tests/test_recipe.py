@@ -78,7 +78,7 @@ def test_optimizer_values_are_checked_by_building_it(tmp_path):
 
 
 def test_steps_xor_epochs(tmp_path):
-    text = problems_of(tmp_path, ALI.replace("steps = 20000", "steps = 5\nepochs = 2"))
+    text = problems_of(tmp_path, ALI.replace("steps = 12000", "steps = 5\nepochs = 2"))
     assert "give exactly one of `steps` and `epochs`" in text
 
 
@@ -94,7 +94,7 @@ def test_overrides_apply_and_are_validated(tmp_path):
 
 
 def test_overriding_steps_replaces_epochs_and_back(tmp_path):
-    path = write(tmp_path / "r.toml", ALI.replace("steps = 20000", "epochs = 3"))
+    path = write(tmp_path / "r.toml", ALI.replace("steps = 12000", "epochs = 3"))
     assert load_recipe(path, ["train.steps=5"]).spec.train.epochs is None
     assert load_recipe(path, ["train.steps=5"]).spec.train.steps == 5
     assert load_recipe(write(tmp_path / "s.toml", ALI), ["train.epochs=2"]).spec.train.steps is None
