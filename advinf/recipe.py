@@ -93,8 +93,8 @@ class TrainSpec(_Strict):
     log_every: PositiveInt = 100
     sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
     num_samples: PositiveInt = 100
-    ema: float | None = Field(None, gt=0, lt=1, description="decay of an exponential moving average of the "
-                              "encoder and decoder weights, used for samples, evaluation and load_run; none: off")
+    ema: float | None = Field(None, ge=0, lt=1, description="decay of an exponential moving average of the "
+                              "encoder and decoder weights, used for samples, evaluation and load_run; 0: off")
     checkpoint_every: int = Field(1000, ge=0, description="checkpoint every N steps (and at the end); 0: end only")
     keep_checkpoints: PositiveInt = Field(3, description="how many of the newest checkpoints to keep")
     nonfinite: Literal["stop", "skip"] = Field(
