@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from advinf.errors import UserError
+
 
 @dataclass
 class Split:
@@ -132,7 +134,7 @@ class IndexSampler:
 
     def __init__(self, n: int, batch_size: int, device: torch.device, seed: int):
         if batch_size > n:
-            raise ValueError(f"batch size {batch_size} is larger than the dataset ({n} examples)")
+            raise UserError(f"train.batch_size = {batch_size} is larger than the training split ({n} examples)")
         self.n, self.batch_size, self.device, self.seed = n, batch_size, device, seed
         self.epoch, self.position = 0, 0
         self._perm: Tensor | None = None

@@ -16,6 +16,7 @@ import torch
 from plain_loop import plain_ali_steps  # benchmarks/ is put on sys.path by the command
 
 from advinf.build import Built
+from advinf.errors import UserError
 from advinf.trainer import Trainer
 
 
@@ -62,7 +63,7 @@ def time_plain(built: Built, steps: int, warmup: int, device: torch.device) -> f
 
 def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
     if built.nets.encoder is None:
-        raise SystemExit("advinf bench compares ALI-style games (with an encoder)")
+        raise UserError("advinf bench compares games with an encoder (ALI, BiGAN); this recipe has none")
     a, p = [], []
     for _ in range(repeats):
         a.append(time_advinf(built, steps, warmup))

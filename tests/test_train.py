@@ -146,6 +146,12 @@ def test_run_refuses_to_overwrite_a_run(tmp_path):
     assert (out / "precious.txt").read_text() == "mine"
 
 
+def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
+    args = ["run", str(RECIPES / "gan_mixture25.toml"), "--out", str(tmp_path / "r")]
+    res = CliRunner().invoke(cli, args + sum((["--set", t] for t in TINY + ["train.batch_size=5000"]), []))
+    assert res.exit_code == 2 and "train.batch_size = 5000 is larger than the training split (2000" in res.output
+
+
 def test_game_and_critic_must_fit(tmp_path):
     args = ["run", str(RECIPES / "gan_mixture25.toml"), "--out", str(tmp_path / "r"), "--set", "critic.joint=true"]
     res = CliRunner().invoke(cli, args + sum((["--set", t] for t in TINY), []))
