@@ -59,7 +59,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool
     from advinf import checkpoint as ckpt
     from advinf.build import build
     from advinf.recipe import changed_keys, load_recipe
-    from advinf.rundir import CHECKPOINTS_DIR, RunDir, default_run_dir
+    from advinf.rundir import CHECKPOINTS_DIR, default_run_dir, require_run_dir
     from advinf.trainer import Trainer
 
     rec = load_recipe(recipe, overrides, host=_host())
@@ -69,7 +69,7 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool
     if resume:
         if out is None:
             raise UserError("--resume needs --out RUN_DIR, the run to continue")
-        RunDir(out, resume=True)  # checks that it is a run directory; writes nothing
+        require_run_dir(out)  # before reading anything from it
         path = ckpt.latest_checkpoint(out / CHECKPOINTS_DIR)
         if path is not None:
             checkpoint = ckpt.load_checkpoint(path)

@@ -30,6 +30,13 @@ def is_run_dir(path: Path) -> bool:
     return (path / RECIPE_FILE).is_file()
 
 
+def require_run_dir(path: Path) -> None:
+    """A UserError unless ``path`` holds an advinf run."""
+    if not is_run_dir(path):
+        raise UserError(f"{path} is not an advinf run directory (no {RECIPE_FILE}); "
+                        "check --out, or drop --resume to start a new run there")
+
+
 class RunDir:
     """Writes the files of one run; never overwrites a different run's files."""
 
@@ -41,9 +48,8 @@ class RunDir:
             what = "already holds a run" if is_run_dir(self.path) else "is not empty"
             raise UserError(f"run directory {self.path} {what}; pass --resume to continue it, "
                             "or choose another --out")
-        if resume and not is_run_dir(self.path):
-            raise UserError(f"{self.path} is not an advinf run directory (no {RECIPE_FILE}); "
-                            "check --out, or drop --resume to start a new run there")
+        if resume:
+            require_run_dir(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / SAMPLES_DIR).mkdir(exist_ok=True)
 

@@ -104,10 +104,10 @@ class Trainer:
         self._stream: Any = None  # the batch iterator of a streaming training split
         self.ema = {name: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(self.spec.ema), use_buffers=True)
                     for name, m in self.nets.modules().items() if name != "critic"} if self.spec.ema else {}
+        self._ema_pairs = [(avg, self.nets.modules()[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
         # divergence guard, kept on the device: the first non-finite step and its losses
-        self._step_t = torch.zeros((), dtype=torch.long, device=self.device)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(2, device=self.device)
 
@@ -169,8 +169,8 @@ class Trainer:
         return out
 
     def _update_ema(self) -> None:
-        for name, avg in self.ema.items():
-            avg.update_parameters(self.nets.modules()[name])
+        for avg, module in self._ema_pairs:
+            avg.update_parameters(module)
 
     def _guard(self, out: GameLosses, grads: tuple[Tensor | None, ...]) -> bool:
         """Record a non-finite loss on the device; in skip mode, say whether to apply the update.
@@ -190,7 +190,7 @@ class Trainer:
                 return False
             return True
         newly = (~finite) & (self._bad_step < 0)
-        self._bad_step = torch.where(newly, self._step_t + 1, self._bad_step)
+        self._bad_step = torch.where(newly, self.step + 1, self._bad_step)  # a host int: no sync
         self._bad_losses = torch.where(newly, losses, self._bad_losses)
         return True
 
@@ -232,7 +232,6 @@ class Trainer:
                 while self.step < end and self._stop_signal is None:
                     out = self.train_step()
                     self.step += 1
-                    self._step_t += 1
                     if acc is None:
                         keys = ["loss_critic", "loss_generator", *out.scalars]
                         acc = torch.zeros(len(keys), device=self.device)
@@ -323,7 +322,6 @@ class Trainer:
         self.sampler.load_state(checkpoint.state["sampler"])
         self._stream = None  # a streaming split restarts its loader at the restored position
         self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
-        self._step_t.fill_(self.step)
         self._rng_restored = True
         if self.run is not None:
             self.run.truncate_metrics(self.step)
