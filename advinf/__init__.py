@@ -1,11 +1,17 @@
 """advinf: adversarial inference (ALI, BiGAN, GAN) with plugins, recipes and a fast training loop."""
 
-from advinf.build import BuildContext, Built, build
+from advinf.batches import BatchSource
+from advinf.build import Built, build
+from advinf.conditions import Condition, ConditionEmbedding
 from advinf.data import Dataset, Split, StreamingSplit
 from advinf.errors import PluginError, RecipeError, UserError
 from advinf.hookspecs import hookimpl
 from advinf.interfaces import (
+    CRITIC,
+    GENERATOR,
+    WELL_KNOWN,
     Batch,
+    BuildContext,
     Decoder,
     DeterministicPosterior,
     Encoder,
@@ -16,13 +22,18 @@ from advinf.interfaces import (
     ImplicitPosterior,
     JointCritic,
     Networks,
+    Player,
     Posterior,
     Prior,
+    Stream,
     TrainedModel,
+    check_networks,
 )
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import OptimizerSpec, Recipe, TrainSpec, load_recipe
+from advinf.recipe import Recipe, load_recipe
 from advinf.runs import LoadedRun, load_run
+from advinf.session import RunOutcome, run_recipe
+from advinf.settings import OptimizerSpec, TrainSpec
 from advinf.trainer import Trainer, TrainingDiverged, TrainResult
 
 __version__ = "0.1.0"
@@ -34,10 +45,11 @@ def create(kind: str, name: str, ctx: BuildContext | None = None, /, **options: 
 
 
 __all__ = [
-    "Batch", "BuildContext", "Built", "Dataset", "Decoder", "DeterministicPosterior", "Encoder", "Evaluator",
-    "Game", "GameLosses", "GaussianPosterior", "ImplicitPosterior", "JointCritic", "Networks",
-    "OptimizerSpec", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "Split",
-    "StreamingSplit",
-    "TrainResult", "TrainSpec", "TrainedModel", "Trainer", "UserError", "build", "create", "default_host",
-    "hookimpl", "load_recipe", "load_run", "LoadedRun", "TrainingDiverged", "__version__",
+    "CRITIC", "GENERATOR", "WELL_KNOWN", "Batch", "BatchSource", "BuildContext", "Built", "Condition",
+    "ConditionEmbedding", "Dataset", "Decoder", "DeterministicPosterior", "Encoder", "Evaluator", "Game",
+    "GameLosses", "GaussianPosterior", "ImplicitPosterior", "JointCritic", "LoadedRun", "Networks",
+    "OptimizerSpec", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError",
+    "RunOutcome", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer",
+    "TrainingDiverged", "UserError", "__version__", "build", "check_networks", "create", "default_host", "hookimpl",
+    "load_recipe", "load_run", "run_recipe",
 ]

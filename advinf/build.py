@@ -1,38 +1,34 @@
-"""Turn a validated recipe into live components: dataset, prior, networks, game, evaluators."""
+"""Turn a validated recipe into live components: dataset, prior, game, networks, evaluators.
+
+Build order: dataset, prior, game, then the networks the game needs (a network the game feeds labels to is
+built with ``ctx.condition`` set), then evaluators. Networks are initialised from the recipe's seed, or from
+another run (``init_from``), and frozen where the recipe says ``trainable = false``. Nothing is moved to the
+device or checked against the game here: that happens once, where the networks meet their game (the
+trainer, ``load_run``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from advinf import checkpoint as ckpt
+from advinf.conditions import Condition
 from advinf.data import Dataset
-from advinf.errors import PluginError, UserError
-from advinf.interfaces import Decoder, Encoder, Evaluator, Game, JointCritic, Networks, Prior
+from advinf.errors import PluginError, Problem, RecipeError, UserError
+from advinf.interfaces import BuildContext, Decoder, Encoder, Evaluator, Game, JointCritic, Networks, Prior
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe
+from advinf.recipe import NetworkSpec, Recipe, build_game
+from advinf.rundir import CHECKPOINTS_DIR, is_run_dir
+from advinf.settings import resolve_device
 
 _EXPECTED: dict[str, type] = {"dataset": Dataset, "prior": Prior, "encoder": Encoder, "decoder": Decoder,
-                              "critic": JointCritic, "game": Game, "evaluator": Evaluator}
-
-
-@dataclass
-class BuildContext:
-    """What a component factory may read: the pieces built before it, the device and the seed."""
-
-    dataset: Dataset | None = None
-    prior: Prior | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
-
-    @property
-    def latent_shape(self) -> tuple[int, ...] | None:
-        return None if self.prior is None else tuple(self.prior.latent_shape)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...] | None:
-        return None if self.dataset is None else self.dataset.sample_shape
+                              "critic": JointCritic, "evaluator": Evaluator}
 
 
 @dataclass
@@ -44,53 +40,84 @@ class Built:
     nets: Networks
     game: Game
     evaluators: dict[str, Evaluator]
+    condition: Condition | None
+    device: torch.device
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA if present else CPU; ``cuda[:n]`` checked for availability."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"train.device = '{spec}' but CUDA is not available here; use 'auto' or 'cpu'")
-        dev = torch.device(spec)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"train.device = '{spec}' but only {torch.cuda.device_count()} GPU(s) are visible")
-        return dev
-    return torch.device(spec)
+def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device | str | None = None, *,
+          init: bool = True) -> Built:
+    """Build every component of ``recipe``; network initialisation is seeded by ``recipe.seed``.
 
-
-def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device | None = None) -> Built:
-    """Build every component of ``recipe`` in order; network initialisation is seeded by ``recipe.seed``."""
+    ``init = False`` skips ``init_from`` (the weights are about to come from a checkpoint anyway).
+    """
     host = host or default_host()
-    device = device or resolve_device(recipe.spec.train.device)
-    ctx = BuildContext(device=device, seed=recipe.spec.seed)
-    torch.manual_seed(recipe.spec.seed)
+    device = resolve_device(device if device is not None else recipe.spec.train.device)
+    spec = recipe.spec
+    ctx = BuildContext(device=device, seed=spec.seed)
+    torch.manual_seed(spec.seed)
 
-    def make(section: str, kind: str) -> Any:
-        found = recipe.component(section)
-        if found is None:
-            return None
-        name, options = found
+    def make(section: str, kind: str, context: BuildContext) -> Any:
+        name, options = recipe.component(section)  # type: ignore[misc]
         comp = host.get(kind, name)
-        obj = comp.factory(options, ctx)
+        obj = comp.factory(options, context)
         if not isinstance(obj, _EXPECTED[kind]):
             raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
                               f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
         return obj
 
-    ctx.dataset = make("dataset", "dataset")
-    ctx.prior = make("prior", "prior")
-    encoder, decoder, critic = make("encoder", "encoder"), make("decoder", "decoder"), make("critic", "critic")
-    game = make("game", "game")
-    game_name = recipe.spec.game.name
-    if game.uses_encoder and encoder is None:
-        raise UserError(f"{recipe.source}: game '{game_name}' trains an encoder; add an [encoder] section")
-    if not game.uses_encoder and encoder is not None:
-        raise UserError(f"{recipe.source}: game '{game_name}' has no encoder; remove the [encoder] section")
-    nets = Networks(prior=ctx.prior, decoder=decoder, critic=critic, encoder=encoder)
-    for m in nets.modules().values():
-        m.to(device)
-    game.check(nets)
-    evaluators = {name: make(f"evaluators.{name}", "evaluator") for name in recipe.spec.evaluators}
-    return Built(recipe, ctx.dataset, nets, game, evaluators)
+    ctx.dataset = make("dataset", "dataset", ctx)
+    ctx.prior = make("prior", "prior", ctx)
+    game = build_game(spec, recipe.options, host, ctx)
+    needs_labels = game.labels or bool(game.conditioned) or any(s.labelled for s in game.streams)
+    if needs_labels and not ctx.dataset.labelled:
+        raise RecipeError(recipe.source, [Problem("dataset.name", f"game '{spec.game.name}' needs labelled data, "
+                                                  f"but dataset '{spec.dataset.name}' has no labels")])
+    condition = _condition(game, ctx.dataset, spec.seed) if game.conditioned else None
+    modules: dict[str, nn.Module] = {}
+    for name, (section, kind, _nspec) in spec.network_specs().items():
+        takes_y = condition if name in game.conditioned else None
+        modules[name] = make(section, kind, dataclasses.replace(ctx, condition=takes_y, network=name))
+    nets = Networks(ctx.prior, modules)
+    for name, (section, _kind, nspec) in spec.network_specs().items():
+        if init and nspec.init_from is not None:
+            init_network(nets[name], name, nspec, section, recipe.source)
+        if not nspec.trainable:
+            nets.freeze(name)
+    evaluators = {name: make(f"evaluators.{name}", "evaluator", ctx) for name in spec.evaluators}
+    return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device)
+
+
+def _condition(game: Game, data: Dataset, seed: int) -> Condition:
+    info = data.label_info()
+    assert info is not None
+    kind, names, dim = info
+    if dim < 1:
+        raise UserError("the dataset's labels are empty; a conditional game needs at least one class or attribute")
+    return Condition(kind, dim, names, embedding_dim=game.embedding_dim, train_embedding=game.train_embedding,
+                     seed=seed)
+
+
+def init_network(module: nn.Module, name: str, nspec: NetworkSpec, section: str, source: str) -> None:
+    """Load the initial weights of network ``name`` from the run ``nspec.init_from`` (its latest checkpoint;
+    the moving average when the run kept one). Problems are recipe errors at ``SECTION.init_from``."""
+    key = f"{section}.init_from"
+    run = Path(nspec.init_from)  # type: ignore[arg-type]
+
+    def fail(message: str) -> RecipeError:
+        return RecipeError(source, [Problem(key, message, nspec.init_from, True)])
+
+    if not is_run_dir(run):
+        raise fail("not an advinf run directory (no recipe.toml); give the --out of a trained run")
+    path = ckpt.latest_checkpoint(run / CHECKPOINTS_DIR)
+    if path is None:
+        raise fail("that run has no checkpoint yet")
+    try:
+        tensors = ckpt.load_checkpoint(path).tensors["model"]
+        source_name = nspec.init_network or name
+        prefix = ckpt.network_prefix(tensors, source_name)
+        if prefix is None:
+            raise UserError(f"{path} holds no network '{source_name}' (it holds: "
+                            f"{', '.join(ckpt.network_names(tensors)) or 'none'}); set {section}.init_network")
+        ckpt.load_module_state(module, prefix, tensors, path)
+    except UserError as exc:
+        raise fail(str(exc)) from None

@@ -3,8 +3,10 @@
 Layout of ``RUN/checkpoints/``::
 
     step_0001000/            one complete checkpoint (written as .tmp-*, renamed into place)
-        model.safetensors    every network's state_dict, keys "encoder.…", "decoder.…", "critic.…"
-        optim.safetensors    optimiser state keyed by parameter name: "generator/decoder.net.0.weight/exp_avg"
+        model.safetensors    every network's state_dict, keys "NETWORK.…" (e.g. "encoder.…"), and the moving
+                             averages' "ema_NETWORK.module.…"
+        optim.safetensors    each player's optimiser state keyed by parameter name:
+                             "PLAYER/NETWORK.PARAM/KEY", e.g. "generator/decoder.net.0.weight/exp_avg"
         rng.safetensors      torch CPU and CUDA generator states
         state.json           step, data position, param groups, Python RNG, recipe, versions, file checksums
     latest                   text file: the directory name of the newest complete checkpoint
@@ -230,6 +232,20 @@ def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, T
         raise UserError(f"{where}: the checkpoint's {prefix} does not fit the recipe's {prefix} "
                         f"(a different architecture?): {'; '.join(parts)}")
     module.load_state_dict(saved)
+
+
+def network_prefix(tensors: dict[str, Tensor], name: str) -> str | None:
+    """The key prefix of network ``name`` in a checkpoint's model tensors: its moving average
+    (``ema_NAME.module``) when the run kept one, else ``NAME``; None if the checkpoint has no such network."""
+    for prefix in (f"ema_{name}.module", name):
+        if any(k.startswith(prefix + ".") for k in tensors):
+            return prefix
+    return None
+
+
+def network_names(tensors: dict[str, Tensor]) -> list[str]:
+    """The networks a checkpoint's model tensors hold (moving averages not listed separately)."""
+    return sorted({k.split(".", 1)[0] for k in tensors if not k.startswith("ema_")})
 
 
 def _sha256(path: Path) -> str:

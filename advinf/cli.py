@@ -42,70 +42,38 @@ def _host():
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (TOML value syntax), e.g. --set train.batch_size=64.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default: runs/NAME-TIMESTAMP).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue a run from its latest checkpoint: advinf run --resume RUN_DIR (its saved recipe), "
+                   "or advinf run RECIPE --out RUN_DIR --resume.")
 @click.option("--allow-changes", is_flag=True, help="With --resume: accept a recipe that differs from the run's.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None, metavar="N",
               help="End at step N (counted from the start of training) with a checkpoint, resumable.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default=None,
               help="Progress display (default: the recipe's train.progress).")
-def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
+def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
         stop_after: int | None, progress: str | None) -> None:
-    """Train the model a RECIPE describes and evaluate it."""
-    from advinf import checkpoint as ckpt
-    from advinf.build import build
-    from advinf.recipe import changed_keys, load_recipe
-    from advinf.rundir import CHECKPOINTS_DIR, default_run_dir, require_run_dir
-    from advinf.trainer import Trainer
+    """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
+    from advinf.session import run_recipe
 
-    rec = load_recipe(recipe, overrides, host=_host())
-    if progress is not None:
-        rec.spec.train.progress = progress  # type: ignore[assignment]
-    checkpoint = None
-    if resume:
-        if out is None:
-            raise UserError("--resume needs --out RUN_DIR, the run to continue")
-        require_run_dir(out)  # before reading anything from it
-        path = ckpt.latest_checkpoint(out / CHECKPOINTS_DIR)
-        if path is not None:
-            checkpoint = ckpt.load_checkpoint(path)
-            before = checkpoint.state.get("recipe") or {}
-        else:
-            import tomllib
-
-            before = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
-            click.echo(f"warning: {out} has no checkpoint yet; starting it again from step 0", err=True)
-        changes = changed_keys(before, rec.resolved())
-        if changes and not allow_changes:
-            raise UserError(f"the recipe differs from the one {out} was trained with, in: {', '.join(changes)}; "
-                            "pass --allow-changes to resume with it anyway")
-    built = build(rec, host=_host())
-    out = out or default_run_dir(rec.spec.name)
-    spec = rec.spec
-    trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
-                      critic_optimizer=spec.critic_optimizer, evaluators=built.evaluators, run_dir=out,
-                      seed=spec.seed, recipe=rec.resolved(), resume=resume)
-    if resume and checkpoint is None:
-        trainer.run.write_recipe(rec.to_toml())  # type: ignore[union-attr]
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        if allow_changes:
-            trainer.run.write_recipe(rec.to_toml())  # type: ignore[union-attr]
-        click.echo(f"resuming {out} from step {trainer.step}", err=True)
-    else:
-        click.echo(f"run directory: {out}", err=True)
-    result = trainer.fit(stop_after=stop_after)
+    if resume and out is None and recipe is not None and recipe.is_dir():
+        recipe, out = None, recipe  # advinf run --resume RUN_DIR
+    if recipe is None and not resume:
+        raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
+                        "or --resume RUN_DIR to continue a run")
+    outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
+                         overrides=overrides, progress=progress, host=_host(), log=_echo)
+    result, trainer = outcome.result, outcome.trainer
     rate = result.steps / result.seconds if result.seconds > 0 else float("nan")
-    click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
-               f"at step {trainer.step} of {trainer.total_steps}", err=True)
+    _echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
+          f"at step {trainer.step} of {trainer.total_steps}")
     if result.stopped is not None:
-        sets = "".join(f" --set {s}" for s in overrides)
-        click.echo(f"stopped ({result.stopped}); checkpoint written: {result.checkpoint}\n"
-                   f"resume with: advinf run {recipe}{sets} --out {out} --resume", err=True)
+        _echo(f"stopped ({result.stopped}); checkpoint written: {result.checkpoint}\n"
+              f"resume with: advinf run --resume {outcome.run_dir}")
         if result.stopped in ("SIGINT", "SIGTERM"):
             sys.exit(130 if result.stopped == "SIGINT" else 143)
         return
@@ -113,20 +81,21 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool
         click.echo(json.dumps(result.eval, indent=2, sort_keys=True))
 
 
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's train.device).")
 def evaluate(run_dir: Path, device: str | None) -> None:
     """Run the recipe's evaluators on a trained RUN_DIR again; rewrites its eval.json."""
-    import torch
-
+    from advinf.evaluation import evaluate as run_evaluators
     from advinf.rundir import RunDir
     from advinf.runs import load_run
 
     loaded = load_run(run_dir, device=device, host=_host())
-    with torch.no_grad():
-        results = {name: ev.evaluate(loaded, loaded.dataset.to(loaded.device), run_dir)
-                   for name, ev in loaded.built.evaluators.items()}
+    results = run_evaluators(loaded, loaded.built.evaluators, loaded.dataset.to(loaded.device), run_dir)
     RunDir(run_dir, resume=True).write_eval(results)
     click.echo(json.dumps(results, indent=2, sort_keys=True))
 
@@ -147,14 +116,47 @@ def _done(path: Path) -> None:
 
 @cli.command()
 @_picture_options("samples.png")
-@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True)
-def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int) -> None:
-    """Decoder samples from the prior of a trained RUN_DIR."""
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Samples.")
+@click.option("--condition", "conditions", multiple=True, metavar="COND",
+              help="A condition of a conditional run: a class index or name, or comma-separated attribute names "
+                   "(set to 1, the others 0; 'none': all 0). Repeat for several (one block of samples, or one "
+                   "grid row, each).")
+@click.option("--grid", type=click.Choice(["samples", "conditions"]), default="samples", show_default=True,
+              help="conditions: the paper's conditional figure, one fixed z per column and one condition per row "
+                   "(default rows: every class, or the attributes of 8 held-out examples).")
+@click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --grid conditions: columns, one fixed z each.")
+def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int,
+           conditions: tuple[str, ...], grid: str, columns: int) -> None:
+    """Decoder samples from the prior of a trained RUN_DIR (for given conditions, if it is conditional)."""
+    import torch
+
     from advinf import visualize
+    from advinf.conditions import example_conditions
     from advinf.runs import load_run
 
+    run = load_run(run_dir, device=device, host=_host())
+    if (conditions or grid == "conditions") and run.condition is None:
+        raise UserError(f"{run_dir} is not a conditional run; --condition and --grid conditions need one")
+    given = torch.stack([run.condition.parse(c) for c in conditions]) if conditions else None  # type: ignore[union-attr]
+    if grid == "conditions":
+        path = out_path or run_dir / "condition_grid.png"
+        assert run.condition is not None
+        if given is None:
+            rows = run.condition.dim if run.condition.kind == "classes" else 8
+            given = example_conditions(run.condition, run.dataset, rows, seed)
+            if run.condition.kind == "classes":
+                given = given.unique_consecutive()
+        visualize.condition_grid(run, given, path, columns=columns, seed=seed)
+        _done(path)
+        return
     path = out_path or run_dir / "samples.png"
-    visualize.samples(load_run(run_dir, device=device, host=_host()), path, count, seed)
+    y = None
+    if run.condition is not None:
+        y = (given.repeat_interleave(-(-count // len(given)), dim=0)[:count] if given is not None
+             else example_conditions(run.condition, run.dataset, count, seed))
+    visualize.samples(run, path, count, seed, y=y, rows=len(given) if given is not None and count % len(given) == 0
+                      else None)
     _done(path)
 
 
@@ -171,8 +173,8 @@ def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 
     run = load_run(run_dir, device=device, host=_host())
     path = out_path or run_dir / "reconstructions.png"
-    visualize.reconstructions(run, visualize.pick(visualize.get_split(run.dataset, split), count, seed), path,
-                              use_mean)
+    x, y = visualize.pick(visualize.get_split(run.dataset, split), count, seed)
+    visualize.reconstructions(run, x, path, use_mean, y=y)
     _done(path)
 
 
@@ -189,8 +191,8 @@ def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 
     run = load_run(run_dir, device=device, host=_host())
     path = out_path or run_dir / "interpolations.png"
-    visualize.interpolations(run, visualize.pick(visualize.get_split(run.dataset, split), 2 * pairs, seed), path,
-                             steps)
+    x, y = visualize.pick(visualize.get_split(run.dataset, split), 2 * pairs, seed)
+    visualize.interpolations(run, x, path, steps, y=y)
     _done(path)
 
 
@@ -213,24 +215,22 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, repeats: int, as_json: bool) -> None:
-    """Time advinf's training step against the plain PyTorch loop in benchmarks/ on RECIPE's networks."""
-    import importlib
-
+    """Time advinf's training step against the plain PyTorch loop (advinf_benchmarks) on RECIPE's networks."""
     from advinf.build import build
     from advinf.recipe import load_recipe
 
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not (folder / "bench.py").is_file():
-        raise UserError(f"advinf bench needs the source checkout's benchmarks/ folder (looked in {folder})")
-    sys.path.insert(0, str(folder))
-    bench_mod = importlib.import_module("bench")
+    try:
+        from advinf_benchmarks.bench import bench as run_bench
+    except ImportError as exc:
+        raise UserError(f"advinf bench needs the advinf_benchmarks package, installed with advinf ({exc}); "
+                        "reinstall advinf") from None
     rec = load_recipe(recipe, overrides, host=_host())
     built = build(rec, host=_host())
     if rec.spec.train.threads:
         import torch
 
         torch.set_num_threads(rec.spec.train.threads)
-    result = bench_mod.bench(built, next(built.nets.decoder.parameters()).device, steps, warmup, repeats)
+    result = run_bench(built, built.device, steps, warmup, repeats)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -1,7 +1,7 @@
-"""In-memory datasets and on-device batch drawing.
+"""Datasets: train and held-out splits, in memory (tensors) or streamed (read by DataLoader workers).
 
-A dataset that fits is held as a tensor on the training device (uint8 for images, float otherwise) and
-batches are drawn by index there: no DataLoader workers and no per-step host-to-device copies.
+A dataset that fits is held as a tensor on the training device (uint8 for images, float otherwise); how
+batches are drawn from it is the job of :mod:`advinf.batches`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-from advinf.errors import UserError
 
 
 @dataclass
@@ -66,30 +64,6 @@ class StreamingSplit:
     def take(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
         return _collate([self.source[int(i)] for i in idx])
 
-    def loader(self, batch_size: int, seed: int, epoch: int, position: int, pin: bool
-               ) -> torch.utils.data.DataLoader:
-        """Batches from data position (epoch, position) on, forever, prefetched by ``workers`` processes."""
-        return torch.utils.data.DataLoader(
-            self.source, batch_sampler=_SeededBatches(len(self), batch_size, seed, epoch, position),
-            num_workers=self.workers, pin_memory=pin, collate_fn=_collate,
-            # its own generator, so that starting the workers leaves the global RNG (the training noise) alone
-            generator=torch.Generator().manual_seed(seed),
-            persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers > 0 else None)
-
-
-class _SeededBatches(torch.utils.data.Sampler):
-    """The batch order of IndexSampler (on the host), starting at a given data position, without end."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int):
-        self.args = (n, batch_size, seed, epoch, position)
-
-    def __iter__(self):
-        n, batch_size, seed, epoch, position = self.args
-        order = IndexSampler(n, batch_size, torch.device("cpu"), seed)
-        order.load_state({"epoch": epoch, "position": position})
-        while True:
-            yield order.next().tolist()
-
 
 def _collate(items: list) -> tuple[Tensor, Tensor | None]:
     if isinstance(items[0], tuple):
@@ -113,6 +87,30 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         return self.train.sample_shape
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the training examples have labels y."""
+        train = self.train
+        return train.labelled if isinstance(train, StreamingSplit) else train.y is not None
+
+    def label_info(self) -> tuple[str, tuple[str, ...], int] | None:
+        """What the labels are, for conditional models: ``(kind, names, dim)`` or None without labels.
+
+        ``kind`` is ``attributes`` when ``meta["attributes"]`` names them (y holds one 0/1 per attribute),
+        else ``classes`` (y holds class indices; names from ``meta["classes"]`` when given).
+        """
+        if not self.labelled:
+            return None
+        if self.meta.get("attributes"):
+            names = tuple(str(a) for a in self.meta["attributes"])
+            return "attributes", names, len(names)
+        names = tuple(str(c) for c in self.meta.get("classes") or ())
+        if names:
+            return "classes", names, len(names)
+        y = self.train.y if isinstance(self.train, Split) else None
+        count = int(y.max()) + 1 if y is not None and len(y) else 0
+        return "classes", tuple(str(i) for i in range(count)), count
+
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.train.to(device), None if self.heldout is None else self.heldout.to(device),
                        dict(self.meta))
@@ -123,45 +121,3 @@ class Dataset:
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
         return x
-
-
-class IndexSampler:
-    """Draws minibatch indices on the data's device, one fresh permutation per epoch.
-
-    The permutation of epoch ``e`` depends only on (seed, e), so the position in the data order is fully
-    described by ``(epoch, position)`` and a resumed run draws the same batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, device: torch.device, seed: int):
-        if batch_size > n:
-            raise UserError(f"train.batch_size = {batch_size} is larger than the training split ({n} examples)")
-        self.n, self.batch_size, self.device, self.seed = n, batch_size, device, seed
-        self.epoch, self.position = 0, 0
-        self._perm: Tensor | None = None
-
-    def _permutation(self) -> Tensor:
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g).to(self.device, non_blocking=True)
-        return self._perm
-
-    def next(self) -> Tensor:
-        """Indices of the next batch; starts a new epoch when fewer than a batch remain."""
-        self.advance()
-        return self._permutation()[self.position - self.batch_size:self.position]
-
-    def advance(self) -> None:
-        """Move the data position one batch on without drawing indices (a streaming loader draws them)."""
-        if self.position + self.batch_size > self.n:
-            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-        self.position += self.batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // self.batch_size
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self._perm = int(state["epoch"]), int(state["position"]), None

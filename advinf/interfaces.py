@@ -1,24 +1,29 @@
-"""The abstract pieces of an adversarial-inference model: encoder, decoder, critic, prior, game, evaluator.
+"""The abstract pieces of an adversarial-inference model: networks, prior, conditions, game, evaluator.
 
 Names follow the ALI paper: the encoder Gz(x) gives q(z|x), the decoder Gx(z) gives p(x|z), the critic
-D(x, z) tells data pairs (x, Gz(x)) from model pairs (Gx(z), z), and the game turns critic logits into the
-critic's and the generator's (encoder + decoder) losses.
+D(x, z) tells data pairs (x, Gz(x)) from model pairs (Gx(z), z). A game declares its *players* (who trains
+which networks), the networks it needs, whether it needs labels, and how a trained model is used (sampling,
+encoding, reconstruction); the engine knows players, optimisers and gradients, never which game it plays.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from advinf.data import Dataset
+from advinf.conditions import Condition
 
+if TYPE_CHECKING:
+    from advinf.data import Dataset, Split
+
+
+# -- posteriors ------------------------------------------------------------------------------------------
 
 class Posterior:
     """What an encoder returns for a batch: q(z|x) with a reparameterised ``sample()``.
@@ -68,15 +73,22 @@ class ImplicitPosterior(Posterior):
         return self.mean
 
 
+# -- networks --------------------------------------------------------------------------------------------
+
 class Encoder(nn.Module, abc.ABC):
-    """Gz: maps data x (and an optional condition y) to a posterior over z."""
+    """Gz: maps data x (and a condition y, if ``conditional``) to a posterior over z."""
+
+    #: Whether this network was built to take a condition y (set by conditional networks).
+    conditional: bool = False
 
     @abc.abstractmethod
     def forward(self, x: Tensor, y: Tensor | None = None) -> Posterior: ...
 
 
 class Decoder(nn.Module, abc.ABC):
-    """Gx: maps a latent z (and an optional condition y) to data x."""
+    """Gx: maps a latent z (and a condition y, if ``conditional``) to data x."""
+
+    conditional: bool = False
 
     @abc.abstractmethod
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor: ...
@@ -89,6 +101,7 @@ class JointCritic(nn.Module, abc.ABC):
     """
 
     uses_z: bool = True
+    conditional: bool = False
 
     @abc.abstractmethod
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor: ...
@@ -104,55 +117,154 @@ class Prior(abc.ABC):
                ) -> Tensor: ...
 
 
-@dataclass
-class Networks:
-    """The trainable networks and the prior a game plays with."""
+#: The network names every game knows, and the component kind each is built from.
+WELL_KNOWN: dict[str, str] = {"encoder": "encoder", "decoder": "decoder", "critic": "critic"}
 
-    prior: Prior
-    decoder: Decoder
-    critic: JointCritic
-    encoder: Encoder | None = None
 
-    def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"decoder": self.decoder, "critic": self.critic}
-        if self.encoder is not None:
-            mods["encoder"] = self.encoder
-        return mods
+class Networks(MutableMapping[str, nn.Module]):
+    """The networks a game plays with, by name, plus the prior.
 
-    def generator_parameters(self) -> list[nn.Parameter]:
-        enc = list(self.encoder.parameters()) if self.encoder is not None else []
-        return [p for p in enc + list(self.decoder.parameters()) if p.requires_grad]
+    ``encoder``, ``decoder`` and ``critic`` are the well-known names (also attributes, None when absent); a
+    game may use others (``nets["cycle_critic"]``). A frozen network (``freeze``) has no trainable parameters
+    and stays in eval mode.
+    """
 
-    def critic_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.critic.parameters() if p.requires_grad]
+    def __init__(self, prior: Prior, modules: Mapping[str, nn.Module] | None = None, **named: nn.Module | None):
+        self.prior = prior
+        self._modules: dict[str, nn.Module] = {}
+        self.frozen: set[str] = set()
+        for name, module in {**(modules or {}), **named}.items():
+            if module is not None:
+                self[name] = module
+
+    # mapping
+    def __getitem__(self, name: str) -> nn.Module:
+        return self._modules[name]
+
+    def __setitem__(self, name: str, module: nn.Module) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"network '{name}' must be a torch.nn.Module, got {type(module).__name__}")
+        self._modules[name] = module
+
+    def __delitem__(self, name: str) -> None:
+        del self._modules[name]
+        self.frozen.discard(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __repr__(self) -> str:
+        return f"Networks({', '.join(self._modules)}; frozen: {sorted(self.frozen) or 'none'})"
+
+    # the well-known names
+    encoder = property(lambda self: self._modules.get("encoder"), lambda self, m: self.__setitem__("encoder", m))
+    decoder = property(lambda self: self._modules.get("decoder"), lambda self, m: self.__setitem__("decoder", m))
+    critic = property(lambda self: self._modules.get("critic"), lambda self, m: self.__setitem__("critic", m))
+
+    def freeze(self, name: str) -> None:
+        """No gradients and eval mode for network ``name``, for the whole run."""
+        self._modules[name].requires_grad_(False).eval()
+        self.frozen.add(name)
+
+    def parameters(self, names: Sequence[str]) -> list[nn.Parameter]:
+        """The trainable parameters of the named networks (those present), in a fixed order."""
+        return [p for _, p in self.named_parameters(names)]
+
+    def named_parameters(self, names: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+        """``("network.param", parameter)`` for the trainable parameters of the named networks."""
+        return [(f"{n}.{k}", p) for n in names if n in self._modules
+                for k, p in self._modules[n].named_parameters() if p.requires_grad]
 
     def train(self, mode: bool = True) -> None:
-        for m in self.modules().values():
-            m.train(mode)
+        """Train or eval mode for every network; frozen networks always stay in eval mode."""
+        for name, m in self._modules.items():
+            m.train(mode and name not in self.frozen)
+
+    def to(self, device: torch.device, channels_last: bool = False) -> Networks:
+        for m in self._modules.values():
+            m.to(device)
+            if channels_last:
+                m.to(memory_format=torch.channels_last)
+        return self
+
+
+# -- games -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Player:
+    """One player of a game: a name, the networks it trains, and its side.
+
+    ``role`` matters for the ``alternating`` scheme: ``critic`` players take ``train.critic_steps`` steps per
+    step of the ``generator`` players.
+    """
+
+    name: str
+    networks: tuple[str, ...]
+    role: Literal["critic", "generator"] = "generator"
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A data stream a game reads beside the main one (``batch.streams[name]``).
+
+    ``batch_size`` None takes ``train.batch_size``. ``labelled`` requires labels. ``select(split, seed)``
+    returns the indices of the training examples the stream draws from (e.g. a class-balanced labelled subset);
+    None draws from all of them.
+    """
+
+    name: str
+    batch_size: int | None = None
+    labelled: bool = False
+    select: Callable[[Split, int], Tensor] | None = None
 
 
 @dataclass
 class Batch:
-    """One minibatch, already on the training device, as floats in the model's data range."""
+    """One minibatch, already on the training device, as floats in the model's data range.
+
+    ``streams`` holds the batches of the game's extra streams, by name.
+    """
 
     x: Tensor
     y: Tensor | None = None
+    streams: dict[str, Batch] = field(default_factory=dict)
 
 
 @dataclass
 class GameLosses:
-    """The critic's loss, the generator's (encoder + decoder) loss, and detached scalars to log."""
+    """One loss per player (by player name) and detached scalars to log, from one forward pass."""
 
-    critic: Tensor
-    generator: Tensor
+    losses: dict[str, Tensor]
     scalars: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Game(abc.ABC):
-    """An adversarial game on (x, z): computes both players' losses from one forward pass."""
+#: ALI's players: the critic against the encoder and decoder.
+CRITIC = Player("critic", ("critic",), role="critic")
+GENERATOR = Player("generator", ("encoder", "decoder"))
 
-    #: Whether the game trains an encoder (ALI, BiGAN) or not (GAN).
-    uses_encoder: bool = True
+
+class Game(abc.ABC):
+    """The one place that knows the game: players, networks, labels, streams, losses, and use.
+
+    Subclasses set the class attributes (or instance attributes in ``__init__``) and implement ``losses``.
+    """
+
+    #: Who trains which networks.
+    players: tuple[Player, ...] = (CRITIC, GENERATOR)
+    #: The networks the game needs: name -> component kind (the recipe section that builds it).
+    networks: dict[str, str] = dict(WELL_KNOWN)
+    #: Whether the training data must have labels (y).
+    labels: bool = False
+    #: The networks that take the condition y (a conditional game); empty: y never reaches a network.
+    conditioned: tuple[str, ...] = ()
+    #: Embedding of y in conditional networks: width and whether it is trained.
+    embedding_dim: int = 256
+    train_embedding: bool = True
+    #: Extra data streams read each step, beside the main one.
+    streams: tuple[Stream, ...] = ()
 
     def check(self, nets: Networks) -> None:
         """Raise a UserError if the networks cannot play this game (called once before training)."""
@@ -160,20 +272,147 @@ class Game(abc.ABC):
     @abc.abstractmethod
     def losses(self, nets: Networks, batch: Batch) -> GameLosses: ...
 
+    # -- using a trained model (pictures, commands, evaluators, load_run users) ----------------------------
+    def condition_for(self, name: str, y: Tensor | None) -> Tensor | None:
+        """The y network ``name`` gets: the condition for conditioned networks, None for the others."""
+        if name not in self.conditioned:
+            return None
+        if y is None:
+            from advinf.errors import UserError
+
+            raise UserError(f"this model is conditional ({name} takes labels): give conditions")
+        return y
+
+    def sample(self, nets: Networks, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Decoder samples x ~ p(x|z) (for conditions y, in a conditional game)."""
+        return nets["decoder"](z, self.condition_for("decoder", y))
+
+    def encode(self, nets: Networks, x: Tensor, y: Tensor | None = None) -> Posterior:
+        """q(z|x) (given y, in a conditional game)."""
+        if "encoder" not in nets:
+            from advinf.errors import UserError
+
+            raise UserError("this model has no encoder (a plain GAN), so it cannot encode or reconstruct")
+        return nets["encoder"](x, self.condition_for("encoder", y))
+
+    def reconstruct(self, nets: Networks, x: Tensor, y: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """Gx(Gz(x)): decode a draw from q(z|x) (or its mean)."""
+        post = self.encode(nets, x, y)
+        return self.sample(nets, post.mean if use_mean else post.sample(), y)
+
+
+def check_networks(game: Game, nets: Networks) -> None:
+    """Raise a UserError unless ``nets`` are exactly the networks ``game`` plays with, conditioned where it
+    feeds them labels and unconditioned elsewhere (labels never reach a network silently), and the game's own
+    ``check`` accepts them. Called once, where networks meet their game (training, load_run)."""
+    from advinf.errors import UserError
+
+    missing = [n for n in game.networks if n not in nets]
+    unused = [n for n in nets if n not in game.networks]
+    if missing or unused:
+        parts = ([f"needs {', '.join(missing)}"] if missing else []) + \
+                ([f"does not use {', '.join(unused)}"] if unused else [])
+        raise UserError(f"the game {' and '.join(parts)} (its networks: {', '.join(game.networks)})")
+    for name, module in nets.items():
+        takes_y = bool(getattr(module, "conditional", False))
+        if name in game.conditioned and not takes_y:
+            raise UserError(f"the game feeds labels to the {name}, but this {name} cannot take them "
+                            f"({type(module).__name__} is not conditional)")
+        if name not in game.conditioned and takes_y:
+            raise UserError(f"the {name} was built to take labels, but the game does not feed it any")
+    trained: dict[str, str] = {}
+    for player in game.players:
+        for name in player.networks:
+            if name in trained and name in nets:
+                raise UserError(f"network '{name}' is trained by two players, '{trained[name]}' and "
+                                f"'{player.name}'")
+            trained[name] = player.name
+    game.check(nets)
+
+
+# -- using a trained model -------------------------------------------------------------------------------
 
 @dataclass
 class TrainedModel:
-    """A trained prior and networks in eval mode, on ``device``: what evaluators and users read."""
+    """A trained prior and networks in eval mode, on ``device``, with the game that says how to use them."""
 
-    prior: Prior
-    decoder: Decoder
-    critic: JointCritic
-    encoder: Encoder | None
+    nets: Networks
+    game: Game
     device: torch.device
+    condition: Condition | None = None
+
+    @property
+    def prior(self) -> Prior:
+        return self.nets.prior
+
+    @property
+    def encoder(self) -> Encoder | None:
+        return self.nets.get("encoder")  # type: ignore[return-value]
+
+    @property
+    def decoder(self) -> Decoder | None:
+        return self.nets.get("decoder")  # type: ignore[return-value]
+
+    @property
+    def critic(self) -> JointCritic | None:
+        return self.nets.get("critic")  # type: ignore[return-value]
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.game.conditioned)
+
+    def prior_sample(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` prior draws, the same for the same seed on any device."""
+        return self.prior.sample(n, "cpu", generator=torch.Generator().manual_seed(seed)).to(self.device)
+
+    def sample(self, n: int | None = None, *, z: Tensor | None = None, y: Tensor | None = None, seed: int = 0
+               ) -> Tensor:
+        """Decoder samples of ``z`` (or of ``n`` prior draws from ``seed``), for conditions ``y`` if conditional."""
+        if z is None:
+            if n is None:
+                raise ValueError("give n or z")
+            z = self.prior_sample(n, seed)
+        return self.game.sample(self.nets, z.to(self.device), _to(y, self.device))
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Posterior:
+        return self.game.encode(self.nets, x.to(self.device), _to(y, self.device))
+
+    def reconstruct(self, x: Tensor, y: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        return self.game.reconstruct(self.nets, x.to(self.device), _to(y, self.device), use_mean)
+
+
+def _to(y: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if y is None else y.to(device)
 
 
 class Evaluator(abc.ABC):
-    """Reads a trained model and its data, returns named metrics; may write pictures into ``out_dir``."""
+    """Reads a trained model (through its game) and its data, returns named metrics; may write pictures."""
 
     @abc.abstractmethod
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]: ...
+
+
+# -- building components ---------------------------------------------------------------------------------
+
+@dataclass
+class BuildContext:
+    """What a component factory may read: the pieces built before it, the device and the seed.
+
+    ``condition`` is set while a network that a conditional game feeds labels to is built: such a network
+    must take y (embedding it with :class:`ConditionEmbedding`) and set ``conditional = True``.
+    """
+
+    dataset: Dataset | None = None
+    prior: Prior | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    condition: Condition | None = None
+    network: str | None = None
+
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        return None if self.prior is None else tuple(self.prior.latent_shape)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        return None if self.dataset is None else self.dataset.sample_shape

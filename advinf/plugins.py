@@ -39,6 +39,16 @@ class Component:
     summary: str
     plugin: str
     version: str
+    #: Networks: whether the factory builds a network that takes labels when ``ctx.condition`` is set.
+    conditional: bool = False
+    #: Datasets: what labels the dataset has, known without building it: None, "classes", "attributes",
+    #: "unknown" (checked when built), or a function of the options returning one of these.
+    labels: Any = "unknown"
+
+    def static_labels(self, options: BaseModel) -> str | None:
+        """This dataset's labels for ``options`` as far as known before building it ("unknown" if not)."""
+        value = self.labels(options) if callable(self.labels) else self.labels
+        return value
 
 
 @dataclass
@@ -142,16 +152,21 @@ class PluginHost:
 
     def _register_callback(self, kind: str, plugin: str, version: str, staged: list[Component]):
         def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
-                     summary: str | None = None) -> None:
+                     summary: str | None = None, *, conditional: bool = False, labels: Any = "unknown") -> None:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"a {kind} name must be a non-empty string, got {name!r}")
             if not callable(factory):
                 raise TypeError(f"the factory of {kind} '{name}' is not callable")
             if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
                 raise TypeError(f"the options of {kind} '{name}' must be a pydantic model class")
+            if not isinstance(conditional, bool):
+                raise TypeError(f"`conditional` of {kind} '{name}' must be a bool")
+            if not (callable(labels) or labels in (None, "classes", "attributes", "unknown")):
+                raise TypeError(f"`labels` of {kind} '{name}' must be None, 'classes', 'attributes', 'unknown' "
+                                "or a function of the options returning one")
             doc = (factory.__doc__ or "").strip().splitlines()
             staged.append(Component(kind, name, factory, options or NoOptions,
-                                    summary or (doc[0] if doc else ""), plugin, version))
+                                    summary or (doc[0] if doc else ""), plugin, version, conditional, labels))
         return register
 
     def _add_component(self, comp: Component, info: PluginInfo) -> None:
@@ -201,7 +216,7 @@ class PluginHost:
 
     def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
         """Build a component by name with keyword options (validated by its options model)."""
-        from advinf.build import BuildContext
+        from advinf.interfaces import BuildContext
 
         comp = self.get(kind, name)
         return comp.factory(comp.options.model_validate(options), ctx or BuildContext())

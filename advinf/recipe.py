@@ -1,51 +1,38 @@
-"""Recipes: TOML files that combine registered components by name, validated in two phases.
+"""Recipes: TOML files that combine registered components by name, validated in three phases.
 
 Phase 1 checks the skeleton (sections, train settings; unknown keys forbidden everywhere). Phase 2 looks
 up each component section's ``name`` in the plugin registry and validates the rest of the section against
-the options model that component's plugin registered, keeping the recipe key in every error.
+the options model that component's plugin registered, keeping the recipe key in every error. Phase 3 builds
+the game (games are cheap and need no data) and checks that the recipe fits it: the networks it needs and no
+others, optimisers only for its players, labelled data and label-taking networks where it needs them.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args, get_origin
 
 import tomli_w
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
+from advinf.interfaces import WELL_KNOWN, BuildContext, Game
 from advinf.plugins import PluginHost, default_host
+from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec
 
-#: Recipe section -> component kind, in build order.
-COMPONENT_SECTIONS: dict[str, str] = {
-    "dataset": "dataset",
-    "prior": "prior",
-    "encoder": "encoder",
-    "decoder": "decoder",
-    "critic": "critic",
-    "game": "game",
-}
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "sgd": torch.optim.SGD,
-}
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+__all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
+
+#: Sections that are not networks, in build order, and the component kind each names.
+COMPONENT_SECTIONS: dict[str, str] = {"dataset": "dataset", "prior": "prior", "game": "game"}
+#: Keys of a network section that are not the component's options.
+NETWORK_KEYS = ("name", "kind", "trainable", "init_from", "init_network")
+#: Keys of an evaluator section that are not the evaluator's options.
+EVALUATOR_KEYS = ("every",)
 
 
 class _Strict(BaseModel):
@@ -63,59 +50,26 @@ class ComponentSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class OptimizerSpec(BaseModel):
-    """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it)."""
+class NetworkSpec(ComponentSpec):
+    """A network section: the component, plus whether it trains and where its first weights come from."""
+
+    kind: str | None = Field(None, description="component kind (encoder, decoder, critic); [networks.*] only")
+    trainable: StrictBool = Field(True, description="false: frozen (no gradients, eval mode) for the whole run")
+    init_from: str | None = Field(None, min_length=1, description="a run directory to take the initial "
+                                  "weights from (its latest checkpoint; the moving average when it kept one)")
+    init_network: str | None = Field(None, min_length=1, description="which network of that run (default: "
+                                     "the same name)")
+
+
+class EvaluatorSpec(BaseModel):
+    """An evaluator section: ``every`` N training steps (0: at the end only); the rest are its options."""
 
     model_config = ConfigDict(extra="allow")
-    name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    every: StrictInt = Field(0, ge=0)
 
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-    def build(self, params: list[torch.nn.Parameter], **extra: Any) -> torch.optim.Optimizer:
-        kwargs = self.options
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(kwargs["betas"])
-        return OPTIMIZERS[self.name](params, **kwargs, **extra)
-
-
-class TrainSpec(_Strict):
-    """How long and how to train; see docs/recipes.md for every key."""
-
-    steps: PositiveInt | None = None
-    epochs: PositiveInt | None = None
-    batch_size: PositiveInt = 100
-    update: Literal["simultaneous", "alternating"] = "simultaneous"
-    critic_steps: PositiveInt = Field(1, description="critic steps per generator step (alternating only)")
-    device: str = "auto"
-    threads: PositiveInt | None = Field(None, description="CPU threads for torch (default: torch's choice)")
-    log_every: PositiveInt = 100
-    sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
-    num_samples: PositiveInt = 100
-    ema: float | None = Field(None, ge=0, lt=1, description="decay of an exponential moving average of the "
-                              "encoder and decoder weights, used for samples, evaluation and load_run; 0: off")
-    checkpoint_every: int = Field(1000, ge=0, description="checkpoint every N steps (and at the end); 0: end only")
-    keep_checkpoints: PositiveInt = Field(3, description="how many of the newest checkpoints to keep")
-    nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="on a non-finite loss or gradient: stop the run, or skip the update (one sync a step)")
-    compile: bool = False
-    autocast: Literal["none", "bf16"] = "none"
-    channels_last: bool = False
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if not _DEVICE_RE.match(v):
-            raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        return v
-
-    @model_validator(mode="after")
-    def _length(self) -> TrainSpec:
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of `steps` and `epochs`")
-        return self
 
 
 class RecipeSpec(_Strict):
@@ -126,14 +80,26 @@ class RecipeSpec(_Strict):
     plugins: list[str] = Field(default_factory=list)
     dataset: ComponentSpec
     prior: ComponentSpec
-    encoder: ComponentSpec | None = None
-    decoder: ComponentSpec
-    critic: ComponentSpec
+    encoder: NetworkSpec | None = None
+    decoder: NetworkSpec | None = None
+    critic: NetworkSpec | None = None
+    networks: dict[str, NetworkSpec] = Field(default_factory=dict)
     game: ComponentSpec
-    evaluators: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    evaluators: dict[str, EvaluatorSpec] = Field(default_factory=dict)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    critic_optimizer: OptimizerSpec | None = None
+    optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     train: TrainSpec
+
+    def network_specs(self) -> dict[str, tuple[str, str, NetworkSpec]]:
+        """Network name -> (recipe section, component kind, spec), well-known sections first."""
+        out: dict[str, tuple[str, str, NetworkSpec]] = {}
+        for name, kind in WELL_KNOWN.items():
+            spec = getattr(self, name)
+            if spec is not None:
+                out[name] = (name, kind, spec)
+        for name, spec in self.networks.items():
+            out[name] = (f"networks.{name}", spec.kind or "", spec)
+        return out
 
 
 @dataclass
@@ -141,33 +107,49 @@ class Recipe:
     """A validated recipe: the skeleton plus each component's validated options."""
 
     spec: RecipeSpec
-    options: dict[str, BaseModel]  # "critic" / "evaluators.mode_coverage" -> options instance
+    options: dict[str, BaseModel]  # "critic" / "networks.x" / "evaluators.mode_coverage" -> options instance
     source: str
     base_dir: Path
+    optimizers: dict[str, OptimizerSpec] = field(default_factory=dict)  # per player, merged over `optimizer`
 
     def component(self, section: str) -> tuple[str, BaseModel] | None:
         """(registered name, options) of a component section, or None if the section is absent."""
         if section.startswith("evaluators."):
             name = section.split(".", 1)[1]
             return name, self.options[section]
+        if section.startswith("networks."):
+            return self.spec.networks[section.split(".", 1)[1]].name, self.options[section]
         comp = getattr(self.spec, section)
         return None if comp is None else (comp.name, self.options[section])
+
+    @property
+    def eval_every(self) -> dict[str, int]:
+        return {name: ev.every for name, ev in self.spec.evaluators.items()}
 
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in: what is saved in runs and checkpoints."""
         out = self.spec.model_dump(mode="json", exclude_none=True,
-                                   exclude=set(COMPONENT_SECTIONS) | {"evaluators", "optimizer",
-                                                                     "critic_optimizer"})
-        for section in COMPONENT_SECTIONS:
-            comp = getattr(self.spec, section)
-            if comp is not None:
-                out[section] = {"name": comp.name, **_dump(self.options[section])}
+                                   exclude={"dataset", "prior", "game", "networks", "evaluators", "optimizer",
+                                            "optimizers", *WELL_KNOWN})
+        for section in ("dataset", "prior"):
+            out[section] = {"name": getattr(self.spec, section).name, **_dump(self.options[section])}
+        networks: dict[str, Any] = {}
+        for name, (section, _kind, net) in self.spec.network_specs().items():
+            reserved = net.model_dump(mode="json", exclude_none=True, include=set(NETWORK_KEYS))
+            table = {**reserved, **_dump(self.options[section])}
+            if section == name:
+                out[name] = table
+            else:
+                networks[name] = table
+        if networks:
+            out["networks"] = networks
+        out["game"] = {"name": self.spec.game.name, **_dump(self.options["game"])}
         out["plugins"] = [str((self.base_dir / p).resolve()) if _is_path(p) else p for p in self.spec.plugins]
-        out["evaluators"] = {n: _dump(self.options[f"evaluators.{n}"]) for n in self.spec.evaluators}
+        out["evaluators"] = {n: {**({"every": ev.every} if ev.every else {}), **_dump(self.options[f"evaluators.{n}"])}
+                             for n, ev in self.spec.evaluators.items()}
         out["optimizer"] = {"name": self.spec.optimizer.name, **self.spec.optimizer.options}
-        if self.spec.critic_optimizer is not None:
-            out["critic_optimizer"] = {"name": self.spec.critic_optimizer.name,
-                                       **self.spec.critic_optimizer.options}
+        if self.optimizers:
+            out["optimizers"] = {p: {"name": o.name, **o.options} for p, o in self.optimizers.items()}
         return out
 
     def to_toml(self) -> str:
@@ -226,6 +208,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         except ValueError as exc:
             problems.append(Problem(f"--set {item}", str(exc)))
     _drop_replaced_alternatives(data, overrides)
+    problems.extend(_migrate(data))
     if problems:
         raise RecipeError(source, problems)
     try:
@@ -240,18 +223,110 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     options: dict[str, BaseModel] = {}
     for section, kind in COMPONENT_SECTIONS.items():
         comp = getattr(spec, section)
-        if comp is not None:
-            _validate_component(host, kind, section, comp.name, comp.options, options, problems)
-    for name, opts in spec.evaluators.items():
-        _validate_component(host, "evaluator", f"evaluators.{name}", name, opts, options, problems,
+        _validate_component(host, kind, section, comp.name, comp.options, options, problems)
+    for name, (section, kind, net) in spec.network_specs().items():
+        if section == name and net.kind not in (None, kind):
+            problems.append(Problem(f"{section}.kind", f"the [{section}] section builds an {kind}", net.kind, True))
+            continue
+        if section != name and net.kind not in WELL_KNOWN.values():
+            kinds = ", ".join(sorted(set(WELL_KNOWN.values())))
+            problems.append(Problem(f"{section}.kind", "missing or unknown network kind", net.kind,
+                                    net.kind is not None, f"give one of {kinds}"))
+            continue
+        _validate_component(host, kind, section, net.name, net.options, options, problems)
+    for name, ev in spec.evaluators.items():
+        _validate_component(host, "evaluator", f"evaluators.{name}", name, ev.options, options, problems,
                             name_key=f"evaluators.{name}")
-    for key in ("optimizer", "critic_optimizer"):
-        opt = getattr(spec, key)
-        if opt is not None:
-            problems.extend(_check_optimizer(key, opt))
+    problems.extend(_check_optimizer("optimizer", spec.optimizer))
+    players: dict[str, OptimizerSpec] = {}
+    for player, table in spec.optimizers.items():
+        try:
+            players[player] = spec.optimizer.merged(table)
+        except ValidationError as exc:
+            problems.extend(problems_from(exc, OptimizerSpec, table, prefix=f"optimizers.{player}"))
+            continue
+        problems.extend(_check_optimizer(f"optimizers.{player}", players[player]))
+    if not problems:
+        problems.extend(check_fit(spec, options, host))
     if problems:
         raise RecipeError(source, problems)
-    return Recipe(spec, options, source, base_dir or Path.cwd())
+    return Recipe(spec, options, source, base_dir or Path.cwd(), players)
+
+
+def _migrate(data: dict[str, Any]) -> list[Problem]:
+    """Older spellings: ``[critic_optimizer]`` is ``[optimizers.critic]``."""
+    if "critic_optimizer" not in data:
+        return []
+    table = data.pop("critic_optimizer")
+    optimizers = data.setdefault("optimizers", {})
+    if not isinstance(optimizers, dict) or "critic" in optimizers:
+        return [Problem("critic_optimizer", "give the critic's optimiser once, as [optimizers.critic]")]
+    optimizers["critic"] = table
+    return []
+
+
+def build_game(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
+               ctx: BuildContext | None = None) -> Game:
+    """The recipe's game, built by its factory (also at validation time, with no dataset in ``ctx``)."""
+    comp = host.get("game", spec.game.name)
+    try:
+        game = comp.factory(options["game"], ctx or BuildContext(seed=spec.seed))
+    except UserError:
+        raise
+    except Exception as exc:
+        from advinf.errors import PluginError
+
+        raise PluginError(f"the factory of game '{spec.game.name}' (plugin '{comp.plugin}') raised "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(game, Game):
+        from advinf.errors import PluginError
+
+        raise PluginError(f"the factory of game '{spec.game.name}' (plugin '{comp.plugin}') returned "
+                          f"{type(game).__name__}, not a Game")
+    return game
+
+
+def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost) -> list[Problem]:
+    """Phase 3: the problems of a recipe whose parts are each valid but do not fit its game."""
+    try:
+        game = build_game(spec, options, host)
+    except UserError as exc:
+        return [Problem("game", str(exc))]
+    name = spec.game.name
+    problems: list[Problem] = []
+    given = spec.network_specs()
+    for net, kind in game.networks.items():
+        section = net if net in WELL_KNOWN else f"networks.{net}"
+        if net not in given:
+            extra = f' with kind = "{kind}"' if section != net else ""
+            problems.append(Problem(section, f"missing: game '{name}' needs a {kind} network '{net}'",
+                                    hint=f"add a [{section}] section{extra}"))
+        elif given[net][1] != kind:
+            problems.append(Problem(f"{section}.kind", f"game '{name}' needs a {kind} here", given[net][1], True))
+    for net, (section, _kind, _spec) in given.items():
+        if net not in game.networks:
+            problems.append(Problem(section, f"game '{name}' does not use a network '{net}'",
+                                    hint=f"remove the [{section}] section"))
+    player_names = [p.name for p in game.players]
+    for player in spec.optimizers:
+        if player not in player_names:
+            problems.append(Problem(f"optimizers.{player}", f"game '{name}' has no player '{player}'",
+                                    hint=suggest(player, player_names) or f"players: {', '.join(player_names)}"))
+    needs_labels = game.labels or bool(game.conditioned) or any(s.labelled for s in game.streams)
+    labels = host.get("dataset", spec.dataset.name).static_labels(options["dataset"])
+    if needs_labels and labels is None:
+        problems.append(Problem("dataset.name", f"game '{name}' needs labelled data, but dataset "
+                                f"'{spec.dataset.name}' has no labels with these options"))
+    for net in game.conditioned:
+        if net not in given:
+            continue
+        section, kind, nspec = given[net]
+        if not host.get(kind, nspec.name).conditional:
+            takes = [n for n, c in host.registry[kind].items() if c.conditional]
+            problems.append(Problem(f"{section}.name", f"game '{name}' feeds labels to the {net}, but {kind} "
+                                    f"'{nspec.name}' cannot take them", hint="conditional "
+                                    f"{kind}s: {', '.join(sorted(takes)) or '(none registered)'}"))
+    return problems
 
 
 #: Keys of which a recipe gives one: overriding one with --set drops the other.
@@ -337,6 +412,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 def _validate_component(host: PluginHost, kind: str, section: str, name: str, opts: dict[str, Any],
                         out: dict[str, BaseModel], problems: list[Problem], name_key: str | None = None
                         ) -> None:
+    reserved = {"evaluator": EVALUATOR_KEYS, "encoder": NETWORK_KEYS, "decoder": NETWORK_KEYS,
+                "critic": NETWORK_KEYS}.get(kind, ("name",))
     if name not in host.registry[kind]:
         available = host.names(kind)
         hint = suggest(name, available)
@@ -352,7 +429,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     unknown = [k for k in opts if k not in fields]
     for k in unknown:
         problems.append(Problem(f"{section}.{k}", f"unknown option of {kind} '{name}'", opts[k], True,
-                                suggest(k, fields) or f"options: {', '.join(fields) or '(none)'}"))
+                                suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}"))
     if unknown:
         return
     try:

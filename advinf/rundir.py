@@ -1,4 +1,4 @@
-"""The run directory: resolved recipe, metrics.jsonl, samples/, checkpoints/, eval.json."""
+"""The run directory: resolved recipe, metrics.jsonl, samples/, checkpoints/, evals.jsonl, eval.json."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from advinf.errors import UserError
 RECIPE_FILE = "recipe.toml"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
+EVALS_FILE = "evals.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -37,19 +38,24 @@ def require_run_dir(path: Path) -> None:
                         "check --out, or drop --resume to start a new run there")
 
 
+def check_target(path: Path, *, resume: bool) -> None:
+    """A UserError unless ``path`` can take a new run (absent or empty) or, with ``resume``, holds a run.
+    Creates nothing: called before anything slow (data loading) happens."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file, not a directory")
+    if resume:
+        require_run_dir(path)
+    elif path.exists() and any(path.iterdir()):
+        what = "already holds a run" if is_run_dir(path) else "is not empty"
+        raise UserError(f"run directory {path} {what}; pass --resume to continue it, or choose another --out")
+
+
 class RunDir:
     """Writes the files of one run; never overwrites a different run's files."""
 
     def __init__(self, path: Path, *, resume: bool = False):
         self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--out {self.path} is a file, not a directory")
-        if not resume and self.path.exists() and any(self.path.iterdir()):
-            what = "already holds a run" if is_run_dir(self.path) else "is not empty"
-            raise UserError(f"run directory {self.path} {what}; pass --resume to continue it, "
-                            "or choose another --out")
-        if resume:
-            require_run_dir(self.path)
+        check_target(self.path, resume=resume)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / SAMPLES_DIR).mkdir(exist_ok=True)
 
@@ -65,17 +71,25 @@ class RunDir:
         write_text(self.path / RECIPE_FILE, toml_text)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / METRICS_FILE, "a", encoding="utf-8") as fh:
+        self._append(METRICS_FILE, record)
+
+    def append_evals(self, record: dict[str, Any]) -> None:
+        """One line of evaluations made during training (``step`` plus each evaluator's metrics)."""
+        self._append(EVALS_FILE, record)
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.path / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop records logged after ``after_step`` (they belong to steps a resume will redo)."""
-        path = self.path / METRICS_FILE
-        if not path.exists():
-            return
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and _step_of(ln) <= after_step]
-        write_text(path, "".join(ln + "\n" for ln in keep))
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics and evaluations logged after ``step`` (they belong to steps a resume will redo)."""
+        for name in (METRICS_FILE, EVALS_FILE):
+            path = self.path / name
+            if not path.exists():
+                continue
+            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and _step_of(ln) <= step]
+            write_text(path, "".join(ln + "\n" for ln in keep))
 
     def write_eval(self, results: dict[str, Any]) -> None:
         write_json(self.path / EVAL_FILE, results)

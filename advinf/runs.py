@@ -1,4 +1,4 @@
-"""Using a trained run: ``load_run(RUN_DIR)`` gives the prior and networks in eval mode."""
+"""Using a trained run: ``load_run(RUN_DIR)`` gives the trained model (networks in eval mode, with its game)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from typing import Any
 import torch
 
 from advinf import checkpoint as ckpt
-from advinf.build import Built, build, resolve_device
+from advinf.build import Built, build
 from advinf.data import Dataset
 from advinf.errors import UserError
-from advinf.interfaces import TrainedModel
+from advinf.interfaces import TrainedModel, check_networks
 from advinf.plugins import PluginHost
 from advinf.recipe import Recipe, validate_recipe
 from advinf.rundir import CHECKPOINTS_DIR, RECIPE_FILE, is_run_dir
+from advinf.settings import resolve_device
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedRun(TrainedModel):
-    """A trained run: the networks (eval mode) plus the recipe, dataset and step they come from."""
+    """A trained run: the model (eval mode) plus the recipe, dataset and step it comes from."""
 
     recipe: Recipe
     dataset: Dataset
@@ -33,7 +34,9 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
              host: PluginHost | None = None) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
 
-    With ``train.ema`` the encoder and decoder hold the moving-average weights (what samples and evaluation used).
+    With ``train.ema`` the averaged networks are loaded (what samples and evaluation used). Sampling, encoding
+    and reconstruction go through the run's game (``run.sample(...)``, ``run.reconstruct(x, y)``), so a
+    conditional model is used with its conditions.
 
     Nothing is unpickled: weights come from safetensors, the recipe from JSON. ``device`` defaults to the
     recipe's ``train.device`` (``auto``).
@@ -46,18 +49,16 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
         raise UserError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / CHECKPOINTS_DIR})")
     loaded = ckpt.load_checkpoint(path)
     recipe = recipe_of(loaded, run_dir, host)
-    dev = torch.device(device) if device is not None else resolve_device(recipe.spec.train.device)
-    built = build(recipe, host=host, device=dev)
+    dev = resolve_device(device if device is not None else recipe.spec.train.device)
+    built = build(recipe, host=host, device=dev, init=False)
     tensors = loaded.tensors["model"]
-    for name, module in built.nets.modules().items():
-        # with train.ema the moving average is the trained model; its keys are "ema_NAME.module.*"
-        ema = f"ema_{name}.module"
-        use_ema = any(k.startswith(ema + ".") for k in tensors)
-        ckpt.load_module_state(module, ema if use_ema else name, tensors, path)
-        module.eval()
-    nets = built.nets
-    return LoadedRun(nets.prior, nets.decoder, nets.critic, nets.encoder, dev, recipe, built.dataset, loaded.step,
-                     run_dir, built)
+    for name, module in built.nets.items():
+        prefix = ckpt.network_prefix(tensors, name)
+        ckpt.load_module_state(module, prefix or name, tensors, path)
+    check_networks(built.game, built.nets)
+    built.nets.to(dev).train(False)
+    return LoadedRun(nets=built.nets, game=built.game, device=dev, condition=built.condition, recipe=recipe,
+                     dataset=built.dataset, step=loaded.step, run_dir=run_dir, built=built)
 
 
 def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = None) -> Recipe:

@@ -1,11 +1,12 @@
-"""The training loop: draws on-device batches, lets the game compute both losses, applies the update.
+"""The training loop: the game computes every player's loss from one forward pass, the update scheme applies
+them, and every N steps come log lines, fixed-noise pictures, evaluations and checkpoints.
 
-Update schemes:
+Update schemes, over the game's players:
 
-* ``simultaneous`` (the original ALI): one forward pass; the critic's gradient of L_D and the generator's
-  gradient of L_G are both taken at the same parameter values (same z, noise, dropout masks and BN batch),
-  then both optimisers step.
-* ``alternating``: ``critic_steps`` critic updates on fresh batches, then one generator update.
+* ``simultaneous`` (the original ALI): one forward pass; every player's gradient of its own loss is taken at
+  the same parameter values (same z, noise, dropout masks and BN batch), then every optimiser steps.
+* ``alternating``: ``critic_steps`` updates of the critic-side players on fresh batches, then one update of
+  the generator-side players.
 
 No per-step host synchronisation: losses are summed on the device and read once per log interval, and the
 divergence guard records the first non-finite step on the device (``nonfinite = "skip"`` is the exception:
@@ -18,6 +19,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,16 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from advinf import checkpoint as ckpt
-from advinf.data import Dataset, IndexSampler, StreamingSplit
+from advinf.batches import BatchSource
+from advinf.conditions import Condition, example_conditions
+from advinf.data import Dataset
 from advinf.errors import UserError
-from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Networks, TrainedModel
+from advinf.evaluation import evaluate
+from advinf.interfaces import Evaluator, Game, GameLosses, Networks, Player, TrainedModel, check_networks
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.recipe import OptimizerSpec, TrainSpec
 from advinf.rundir import RunDir
+from advinf.settings import OptimizerSpec, TrainSpec, resolve_device
 
 
 class TrainingDiverged(UserError):
@@ -60,126 +65,121 @@ class Trainer:
 
         trainer = Trainer(nets, game, data, train=TrainSpec(steps=1000), optimizer=OptimizerSpec(lr=1e-4))
         trainer.fit()
+
+    ``optimizer`` is every player's optimiser; ``optimizers`` overrides it per player (by player name, merged
+    over ``optimizer``). ``eval_every`` runs evaluators every N steps as well as at the end (by name).
     """
 
     def __init__(self, nets: Networks, game: Game, data: Dataset, *, train: TrainSpec | None = None,
-                 optimizer: OptimizerSpec | None = None, critic_optimizer: OptimizerSpec | None = None,
-                 evaluators: dict[str, Evaluator] | None = None, run_dir: Path | str | None = None,
-                 seed: int = 0, device: torch.device | str | None = None, recipe: dict[str, Any] | None = None,
-                 resume: bool = False):
-        from advinf.build import resolve_device
-
+                 optimizer: OptimizerSpec | None = None, optimizers: Mapping[str, OptimizerSpec] | None = None,
+                 evaluators: Mapping[str, Evaluator] | None = None, eval_every: Mapping[str, int] | None = None,
+                 run_dir: Path | str | None = None, seed: int = 0, device: torch.device | str | None = None,
+                 recipe: dict[str, Any] | None = None, resume: bool = False, condition: Condition | None = None,
+                 rank: int = 0, world_size: int = 1):
         self.spec = train or TrainSpec(steps=1000)
-        self.device = torch.device(device) if device is not None else resolve_device(self.spec.device)
+        self.device = resolve_device(device if device is not None else self.spec.device)
         if self.spec.threads and self.device.type == "cpu":
             torch.set_num_threads(self.spec.threads)
-        self.nets, self.game, self.seed, self.recipe = nets, game, seed, recipe
-        if game.uses_encoder and nets.encoder is None:
-            raise UserError("this game trains an encoder, but no encoder was given")
-        game.check(nets)
-        for m in nets.modules().values():
-            m.to(self.device)
-            if self.spec.channels_last and len(data.sample_shape) == 3:
-                m.to(memory_format=torch.channels_last)
+        self.nets, self.game, self.seed, self.recipe, self.condition = nets, game, seed, recipe, condition
+        if game.conditioned and condition is None:
+            raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
+        check_networks(game, nets)
+        images = len(data.sample_shape) == 3
+        nets.to(self.device, channels_last=self.spec.channels_last and images)
         self.data = data.to(self.device)
-        self.evaluators = evaluators or {}
-        opt = optimizer or OptimizerSpec()
+        self.evaluators = dict(evaluators or {})
+        self.eval_every = {name: n for name, n in (eval_every or {}).items() if n}
+        self.players = tuple(game.players)
+        self._params = {p.name: nets.named_parameters(p.networks) for p in self.players}
+        self._param_list = {name: [p for _, p in named] for name, named in self._params.items()}
+        default, overrides = optimizer or OptimizerSpec(), dict(optimizers or {})
+        unknown = sorted(set(overrides) - {p.name for p in self.players})
+        if unknown:
+            raise UserError(f"optimizers given for {', '.join(unknown)}, but the game's players are "
+                            f"{', '.join(p.name for p in self.players)}")
         fused = self.device.type in ("cuda", "cpu")  # fused Adam: 12% faster per toy step on CPU, too
-        self._g_params, self._c_params = nets.generator_parameters(), nets.critic_parameters()
-        self.opt_g = _build_optimizer(opt, self._g_params, fused)
-        self.opt_c = _build_optimizer(critic_optimizer or opt, self._c_params, fused)
-        self.sampler = IndexSampler(len(self.data.train), self.spec.batch_size, self.device, seed)
-        self.total_steps = self.spec.steps or self.spec.epochs * self.sampler.steps_per_epoch  # type: ignore
+        self.optimizers = {p.name: _build_optimizer(overrides.get(p.name, default), self._param_list[p.name],
+                                                    fused, p) for p in self.players}
+        self.batches = BatchSource(self.data, self.spec.batch_size, self.device, seed, game.streams,
+                                   rank=rank, world_size=world_size,
+                                   channels_last=self.spec.channels_last and images)
+        self.total_steps = self.spec.steps or self.spec.epochs * self.batches.steps_per_epoch  # type: ignore
         self.step = 0
         self.skipped = 0
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
-        if self.run is not None and recipe is not None and not resume:
-            import tomli_w
-
-            self.run.write_recipe(tomli_w.dumps(recipe))
         self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
-        self._fixed_z: Tensor | None = None
-        self._stream: Any = None  # the batch iterator of a streaming training split
-        self.ema = {name: AveragedModel(m, multi_avg_fn=get_ema_multi_avg_fn(self.spec.ema), use_buffers=True)
-                    for name, m in self.nets.modules().items() if name != "critic"} if self.spec.ema else {}
-        self._ema_pairs = [(avg, self.nets.modules()[name]) for name, avg in self.ema.items()]
+        self._fixed: tuple[Tensor, Tensor | None] | None = None
+        # moving averages of what the generator-side players train (what samples and evaluation use)
+        averaged = [n for p in self.players if p.role == "generator" for n in p.networks
+                    if n in nets and nets.parameters([n])]
+        self.ema = {name: AveragedModel(nets[name], multi_avg_fn=get_ema_multi_avg_fn(self.spec.ema),
+                                        use_buffers=True) for name in averaged} if self.spec.ema else {}
+        self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
-        # divergence guard, kept on the device: the first non-finite step and its losses
+        # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._bad_losses = torch.zeros(2, device=self.device)
-
-    # -- parameters by name ----------------------------------------------------------------------------------
-    def _named(self, which: str) -> list[str]:
-        kinds = ("encoder", "decoder") if which == "generator" else ("critic",)
-        mods = self.nets.modules()
-        return [f"{k}.{n}" for k in kinds if k in mods for n, p in mods[k].named_parameters() if p.requires_grad]
+        self._bad_losses = torch.zeros(len(self.players), device=self.device)
 
     # -- one step ------------------------------------------------------------------------------------------
-    def _batch(self) -> Batch:
-        split = self.data.train
-        if isinstance(split, StreamingSplit):
-            if self._stream is None:
-                state = self.sampler.state()
-                self._stream = iter(split.loader(self.spec.batch_size, self.seed, state["epoch"], state["position"],
-                                                 pin=self.device.type == "cuda"))
-            self.sampler.advance()
-            x, y = next(self._stream)
-            x = Dataset.decode(x.to(self.device, non_blocking=True))
-            return Batch(x, None if y is None else y.to(self.device, non_blocking=True))
-        idx = self.sampler.next()
-        x = Dataset.decode(split.x.index_select(0, idx))
-        if self.spec.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = None if split.y is None else split.y.index_select(0, idx)
-        return Batch(x, y)
-
     def _forward(self) -> GameLosses:
         with self._autocast:
-            return self._losses(self.nets, self._batch())
+            out = self._losses(self.nets, self.batches.next())
+        missing = [p.name for p in self.players if p.name not in out.losses]
+        if missing:
+            raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
+        return out
+
+    def _update(self, out: GameLosses, players: tuple[Player, ...]) -> bool:
+        """Each player's gradient of its own loss (all at the current parameters), then every step."""
+        grads = []
+        for i, p in enumerate(players):
+            grads.append(torch.autograd.grad(out.losses[p.name], self._param_list[p.name],
+                                             retain_graph=i < len(players) - 1, allow_unused=True))
+        if not self._guard(out, [g for gs in grads for g in gs]):
+            return False
+        for p, gs in zip(players, grads, strict=True):
+            for param, g in zip(self._param_list[p.name], gs, strict=True):
+                param.grad = g
+        for p in players:
+            self.optimizers[p.name].step()
+        return True
 
     def train_step(self) -> GameLosses:
-        """One update of both players under the recipe's scheme; returns the (last) losses."""
-        c_params, g_params = self._c_params, self._g_params
+        """One update under the recipe's scheme; returns the (last) losses."""
         if self.spec.update == "simultaneous":
             out = self._forward()
-            g_c = torch.autograd.grad(out.critic, c_params, retain_graph=True, allow_unused=True)
-            g_g = torch.autograd.grad(out.generator, g_params, allow_unused=True)
-            if self._guard(out, g_c + g_g):
-                _assign(c_params, g_c)
-                _assign(g_params, g_g)
-                self.opt_c.step()
-                self.opt_g.step()
+            if self._update(out, self.players):
                 self._update_ema()
             return out
-        for _ in range(self.spec.critic_steps):
+        critics = tuple(p for p in self.players if p.role == "critic")
+        generators = tuple(p for p in self.players if p.role != "critic")
+        for _ in range(self.spec.critic_steps if critics else 0):
             out = self._forward()
-            g_c = torch.autograd.grad(out.critic, c_params, allow_unused=True)
-            if self._guard(out, g_c):
-                _assign(c_params, g_c)
-                self.opt_c.step()
-        out = self._forward()
-        g_g = torch.autograd.grad(out.generator, g_params, allow_unused=True)
-        if self._guard(out, g_g):
-            _assign(g_params, g_g)
-            self.opt_g.step()
-            self._update_ema()
+            self._update(out, critics)
+        if generators:
+            out = self._forward()
+            if self._update(out, generators):
+                self._update_ema()
         return out
 
     def _update_ema(self) -> None:
         for avg, module in self._ema_pairs:
             avg.update_parameters(module)
 
-    def _guard(self, out: GameLosses, grads: tuple[Tensor | None, ...]) -> bool:
+    def _losses_vector(self, out: GameLosses) -> Tensor:
+        return torch.stack([out.losses[p.name].detach().float() for p in self.players])
+
+    def _guard(self, out: GameLosses, grads: list[Tensor | None]) -> bool:
         """Record a non-finite loss on the device; in skip mode, say whether to apply the update.
 
         In stop mode only the losses are checked each step (a non-finite gradient makes the next step's
         loss non-finite, and parameters are checked before every checkpoint); skip mode also checks the
         gradients, since it must not apply them.
         """
-        losses = torch.stack([out.critic.detach().float(), out.generator.detach().float()])
+        losses = self._losses_vector(out)
         finite = torch.isfinite(losses).all()
         if self.spec.nonfinite == "skip":
             present = [g for g in grads if g is not None]
@@ -197,19 +197,19 @@ class Trainer:
     def _check_diverged(self, parameters: bool = False) -> None:
         bad = int(self._bad_step)
         if bad < 0 and parameters:
-            params = [p.detach() for m in self.nets.modules().values() for p in m.parameters()]
+            params = [p.detach() for m in self.nets.values() for p in m.parameters()]
             if not bool(torch.isfinite(torch.nn.utils.get_total_norm(params))):
                 bad = self.step
                 self._bad_losses.fill_(float("nan"))
         if bad < 0:
             return
-        lc, lg = self._bad_losses.tolist()
+        losses = ", ".join(f"loss_{p.name}={v:.4g}" for p, v in zip(self.players, self._bad_losses.tolist(),
+                                                                     strict=True))
         last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
         where = f"the last good checkpoint is {last}; " if last is not None else ""
         raise TrainingDiverged(
-            f"training diverged: non-finite loss or weights at step {bad} (loss_critic={lc:.4g}, "
-            f"loss_generator={lg:.4g}); {where}lower the learning rate and resume with --resume --allow-changes, "
-            "or set train.nonfinite = \"skip\"")
+            f"training diverged: non-finite loss or weights at step {bad} ({losses}); {where}lower the learning "
+            "rate and resume with --resume --allow-changes, or set train.nonfinite = \"skip\"")
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:
@@ -233,15 +233,16 @@ class Trainer:
                     out = self.train_step()
                     self.step += 1
                     if acc is None:
-                        keys = ["loss_critic", "loss_generator", *out.scalars]
+                        keys = [f"loss_{p.name}" for p in self.players] + list(out.scalars)
                         acc = torch.zeros(len(keys), device=self.device)
-                    acc += torch.stack([out.critic.detach().float(), out.generator.detach().float(),
-                                        *(v.detach().float() for v in out.scalars.values())])
+                    acc += torch.cat([self._losses_vector(out),
+                                      torch.stack([v.detach().float() for v in out.scalars.values()])
+                                      if out.scalars else acc.new_zeros(0)])
                     count += 1
                     if self.step % self.spec.log_every == 0 or self.step == end:
                         now = time.perf_counter()
                         values = (acc / count).tolist()  # the one host sync per log interval
-                        last = {"step": self.step, "epoch": self.sampler.epoch,
+                        last = {"step": self.step, "epoch": self.batches.epoch,
                                 **dict(zip(keys, values, strict=True)),
                                 "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
                                 "time": round(now - t_start, 3)}
@@ -253,12 +254,7 @@ class Trainer:
                         progress.update(self.step, last)
                         acc.zero_()
                         count, t_log = 0, time.perf_counter()
-                    if self.run is not None:
-                        if self.spec.sample_every and self.step % self.spec.sample_every == 0:
-                            self._save_samples()
-                        if self.spec.checkpoint_every and self.step % self.spec.checkpoint_every == 0 \
-                                and self.step != end:
-                            self.save_checkpoint()
+                    self._periodic(end)
             finally:
                 progress.close()
             result.stopped = self._stop_signal or ("stop_after" if self.step < self.total_steps else None)
@@ -268,6 +264,19 @@ class Trainer:
         if result.stopped is None:
             result.eval = self.evaluate()
         return result
+
+    def _periodic(self, end: int) -> None:
+        """Evaluations, pictures and checkpoints due at this step (the final ones are written by ``fit``)."""
+        due = {n: ev for n, ev in self.evaluators.items() if n in self.eval_every
+               and self.step % self.eval_every[n] == 0 and self.step != self.total_steps}
+        if due:
+            self.evaluate(due, final=False)
+        if self.run is None:
+            return
+        if self.spec.sample_every and self.step % self.spec.sample_every == 0:
+            self._save_samples()
+        if self.spec.checkpoint_every and self.step % self.spec.checkpoint_every == 0 and self.step != end:
+            self.save_checkpoint()
 
     @contextlib.contextmanager
     def _signals(self):
@@ -294,18 +303,20 @@ class Trainer:
         assert self.run is not None
         self._check_diverged(parameters=True)  # no checkpoint ever holds non-finite weights
         model = {f"{name}.{k}": v for name, m in self._stateful().items() for k, v in m.state_dict().items()}
-        t_g, m_g = ckpt.optimizer_state(self.opt_g, self._named("generator"), "generator")
-        t_c, m_c = ckpt.optimizer_state(self.opt_c, self._named("critic"), "critic")
+        optim: dict[str, Tensor] = {}
+        metas: dict[str, Any] = {}
+        for p in self.players:
+            tensors, metas[p.name] = ckpt.optimizer_state(self.optimizers[p.name], self._names(p), p.name)
+            optim.update(tensors)
         t_rng, m_rng = ckpt.rng_state()
         import advinf
 
         state = {
-            "epoch": self.sampler.epoch, "sampler": self.sampler.state(), "skipped": self.skipped,
-            "optimizers": {"generator": m_g, "critic": m_c}, "rng": m_rng, "recipe": self.recipe,
+            "epoch": self.batches.epoch, "sampler": self.batches.state(), "skipped": self.skipped,
+            "optimizers": metas, "rng": m_rng, "recipe": self.recipe,
             "versions": {"advinf": advinf.__version__, "torch": torch.__version__},
         }
-        return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": {**t_g, **t_c},
-                                                                       "rng": t_rng},
+        return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": optim, "rng": t_rng},
                                     state, keep=self.spec.keep_checkpoints)
 
     def restore(self, checkpoint: ckpt.Checkpoint) -> None:
@@ -314,79 +325,85 @@ class Trainer:
         for name, module in self._stateful().items():
             ckpt.load_module_state(module, name, checkpoint.tensors["model"], where)
         opts = checkpoint.state["optimizers"]
-        ckpt.load_optimizer_state(self.opt_g, self._named("generator"), "generator", checkpoint.tensors["optim"],
-                                  opts["generator"], where)
-        ckpt.load_optimizer_state(self.opt_c, self._named("critic"), "critic", checkpoint.tensors["optim"],
-                                  opts["critic"], where)
+        for p in self.players:
+            if p.name not in opts:
+                raise UserError(f"{where}: the checkpoint holds no optimiser state for player '{p.name}' (it has "
+                                f"{', '.join(opts) or 'none'}); was it written by another game?")
+            ckpt.load_optimizer_state(self.optimizers[p.name], self._names(p), p.name, checkpoint.tensors["optim"],
+                                      opts[p.name], where)
         ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
-        self.sampler.load_state(checkpoint.state["sampler"])
-        self._stream = None  # a streaming split restarts its loader at the restored position
+        self.batches.load_state(checkpoint.state["sampler"])
         self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
         self._rng_restored = True
         if self.run is not None:
-            self.run.truncate_metrics(self.step)
+            self.run.truncate_after(self.step)
+
+    def _names(self, player: Player) -> list[str]:
+        return [name for name, _ in self._params[player.name]]
 
     def _stateful(self) -> dict[str, torch.nn.Module]:
         """Every module whose state a checkpoint holds: the networks and their moving averages (ema_*)."""
-        return {**self.nets.modules(), **{f"ema_{name}": avg for name, avg in self.ema.items()}}
+        return {**self.nets, **{f"ema_{name}": avg for name, avg in self.ema.items()}}
 
     # -- outputs -------------------------------------------------------------------------------------------
     def model(self) -> TrainedModel:
-        """The networks as a TrainedModel (with ``train.ema``, the averaged encoder and decoder)."""
-        enc, dec = self.nets.encoder, self.nets.decoder
-        if self.ema:
-            dec = self.ema["decoder"].module
-            enc = self.ema["encoder"].module if "encoder" in self.ema else None
-        return TrainedModel(self.nets.prior, dec, self.nets.critic, enc, self.device)
+        """The trained model, through its game (with ``train.ema``, the averaged networks)."""
+        nets = Networks(self.nets.prior, {name: self.ema[name].module if name in self.ema else m
+                                          for name, m in self.nets.items()})
+        nets.frozen = set(self.nets.frozen)
+        return TrainedModel(nets, self.game, self.device, self.condition)
 
-    def fixed_noise(self) -> Tensor:
-        """The z used for every sample picture of this run (a function of the seed: comparable across restarts)."""
-        if self._fixed_z is None:
+    def fixed_inputs(self) -> tuple[Tensor, Tensor | None]:
+        """The z (and, for a conditional game, the conditions) of every sample picture of this run: a function
+        of the seed, so pictures are comparable across steps and restarts."""
+        if self._fixed is None:
             g = torch.Generator().manual_seed(self.seed + 12345)
-            self._fixed_z = self.nets.prior.sample(self.spec.num_samples, "cpu", generator=g).to(self.device)
-        return self._fixed_z
+            z = self.nets.prior.sample(self.spec.num_samples, "cpu", generator=g).to(self.device)
+            y = None
+            if self.game.conditioned and self.condition is not None:
+                y = example_conditions(self.condition, self.data, self.spec.num_samples, self.seed).to(self.device)
+            self._fixed = (z, y)
+        return self._fixed
 
-    @torch.no_grad()
     def _save_samples(self) -> None:
         assert self.run is not None
-        decoder = self.model().decoder
-        decoder.eval()
-        try:
-            x = decoder(self.fixed_noise())
-        finally:
-            decoder.train()
-        save_samples(x, self.run.samples / f"step_{self.step:07d}.png")
-
-    def evaluate(self) -> dict[str, Any]:
-        """Run every evaluator on the trained model; writes eval.json and pictures into the run dir."""
-        if not self.evaluators:
-            return {}
+        z, y = self.fixed_inputs()
         model = self.model()
-        nets = [m for m in (model.encoder, model.decoder, model.critic) if m is not None]
-        for m in nets:
-            m.eval()
+        evaluate_pictures = {"samples": _Pictures(z, y, self.run.samples / f"step_{self.step:07d}.png")}
+        evaluate(model, evaluate_pictures, self.data, self.run.path)
+
+    def evaluate(self, evaluators: Mapping[str, Evaluator] | None = None, final: bool = True) -> dict[str, Any]:
+        """Run the evaluators on the trained model: the final ones go to eval.json, periodic ones to
+        evals.jsonl (with the step)."""
+        evaluators = self.evaluators if evaluators is None else evaluators
+        if not evaluators:
+            return {}
         out_dir = self.run.path if self.run is not None else Path.cwd()
-        results: dict[str, Any] = {}
-        try:
-            with torch.no_grad():
-                for name, ev in self.evaluators.items():
-                    results[name] = ev.evaluate(model, self.data, out_dir)
-        finally:
-            for m in nets:
-                m.train()
+        results = evaluate(self.model(), evaluators, self.data, out_dir)
         if self.run is not None:
-            self.run.write_eval(results)
+            if final:
+                self.run.write_eval(results)
+            else:
+                self.run.append_evals({"step": self.step, **results})
         return results
 
 
-def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool
+class _Pictures(Evaluator):
+    """The fixed-noise sample picture, drawn through the game like any evaluation."""
+
+    def __init__(self, z: Tensor, y: Tensor | None, path: Path):
+        self.z, self.y, self.path = z, y, path
+
+    def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
+        x = model.sample(z=self.z, y=self.y)
+        save_samples(x, self.path)
+        return {}
+
+
+def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player
                      ) -> torch.optim.Optimizer:
     extra = {"fused": True} if fused and spec.name in ("adam", "adamw") and "fused" not in spec.options else {}
     if not params:
-        raise UserError("a player has no trainable parameters")
+        raise UserError(f"player '{player.name}' has no trainable parameters (its networks "
+                        f"{', '.join(player.networks)} are frozen or absent)")
     return spec.build(params, **extra)
-
-
-def _assign(params: list[torch.nn.Parameter], grads: tuple[Tensor | None, ...]) -> None:
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g

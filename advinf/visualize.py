@@ -1,4 +1,8 @@
-"""Pictures of a trained run, as in the paper: samples, reconstructions, latent interpolations."""
+"""Pictures of a trained model, as in the paper: samples, conditional grids, reconstructions, interpolations.
+
+Everything goes through the model's game (``model.sample``, ``model.encode``), so a conditional model is
+drawn with its conditions.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ from advinf.interfaces import TrainedModel
 from advinf.pictures import save_grid, save_samples, save_scatter
 
 
-def pick(split: Split | StreamingSplit, count: int, seed: int) -> Tensor:
-    """``count`` examples of a split, chosen at random (reproducibly by ``seed``), decoded to floats."""
+def pick(split: Split | StreamingSplit, count: int, seed: int) -> tuple[Tensor, Tensor | None]:
+    """``count`` examples of a split and their labels, chosen at random (reproducibly by ``seed``), decoded."""
     if count > len(split):
         raise UserError(f"asked for {count} examples but the split holds {len(split)}")
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
-    return Dataset.decode(split.take(idx)[0])
+    x, y = split.take(idx)
+    return Dataset.decode(x), y
 
 
 def get_split(data: Dataset, which: str) -> Split | StreamingSplit:
@@ -29,28 +34,49 @@ def get_split(data: Dataset, which: str) -> Split | StreamingSplit:
     return data.heldout
 
 
+def _labels_for(model: TrainedModel, y: Tensor | None) -> Tensor | None:
+    """The labels to pass for examples: theirs for a conditional model (which needs them), else none."""
+    if not model.conditional:
+        return None
+    if y is None:
+        raise UserError("this model is conditional, but the examples have no labels")
+    return y
+
+
 @torch.no_grad()
-def samples(model: TrainedModel, path: Path, count: int = 100, seed: int = 0) -> Tensor:
-    """Decoder samples of ``count`` prior draws."""
-    z = model.prior.sample(count, "cpu", generator=torch.Generator().manual_seed(seed)).to(model.device)
-    x = model.decoder(z)
-    save_samples(x, path)
+def samples(model: TrainedModel, path: Path, count: int = 100, seed: int = 0, y: Tensor | None = None,
+            rows: int | None = None) -> Tensor:
+    """Decoder samples of ``count`` prior draws (for conditions ``y``: one per sample), ``rows`` rows."""
+    x = model.sample(count, y=y, seed=seed)
+    if x.dim() == 4 and rows:
+        save_grid(x, path, nrow=max(1, count // rows))
+    else:
+        save_samples(x, path)
     return x
 
 
-def _need_encoder(model: TrainedModel) -> None:
-    if model.encoder is None:
-        raise UserError("this run has no encoder (a plain GAN), so it cannot reconstruct or interpolate")
+@torch.no_grad()
+def condition_grid(model: TrainedModel, conditions: Tensor, path: Path, columns: int = 8, seed: int = 0) -> Tensor:
+    """The paper's conditional figure: one fixed z per column, one condition per row."""
+    if not model.conditional:
+        raise UserError("this run is not conditional: there are no conditions to vary")
+    z = model.prior_sample(columns, seed)
+    rows = len(conditions)
+    z_all = z.repeat(rows, *([1] * (z.dim() - 1)))  # row-major: every row holds the same columns of z
+    y_all = conditions.repeat_interleave(columns, dim=0)
+    x = model.sample(z=z_all, y=y_all)
+    if x.dim() != 4:
+        raise UserError("a condition grid needs image data")
+    save_grid(x, path, nrow=columns)
+    return x
 
 
 @torch.no_grad()
-def reconstructions(model: TrainedModel, x: Tensor, path: Path, use_mean: bool = False, pairs_per_row: int = 5
-                    ) -> Tensor:
+def reconstructions(model: TrainedModel, x: Tensor, path: Path, use_mean: bool = False, pairs_per_row: int = 5,
+                    y: Tensor | None = None) -> Tensor:
     """Gx(Gz(x)); for images a grid whose odd columns are data and even columns their reconstructions."""
-    _need_encoder(model)
     x = x.to(model.device)
-    post = model.encoder(x)  # type: ignore[misc]
-    recon = model.decoder(post.mean if use_mean else post.sample())
+    recon = model.reconstruct(x, _labels_for(model, y), use_mean)
     if x.dim() == 4:
         pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # x0, r0, x1, r1, ...
         save_grid(pairs, path, nrow=2 * pairs_per_row)
@@ -60,21 +86,23 @@ def reconstructions(model: TrainedModel, x: Tensor, path: Path, use_mean: bool =
 
 
 @torch.no_grad()
-def interpolations(model: TrainedModel, x: Tensor, path: Path, steps: int = 10) -> Tensor:
+def interpolations(model: TrainedModel, x: Tensor, path: Path, steps: int = 10, y: Tensor | None = None) -> Tensor:
     """Decode a straight line in z between the codes of consecutive example pairs (rows of the grid).
 
     Each row starts with the first example and ends with the second; between them, ``steps`` decodings of
-    z = (1 - t) z1 + t z2 for t from 0 to 1.
+    z = (1 - t) z1 + t z2 for t from 0 to 1. A conditional model decodes the whole row with the first
+    example's condition.
     """
-    _need_encoder(model)
     if len(x) % 2:
         raise UserError("interpolation needs an even number of examples (pairs)")
     x = x.to(model.device)
-    z = model.encoder(x).mean  # type: ignore[misc]
+    y = _labels_for(model, y)
+    z = model.encode(x, y).mean
     z1, z2 = z[0::2], z[1::2]
     t = torch.linspace(0, 1, steps, device=model.device).view(1, steps, *([1] * (z.dim() - 1)))
     line = (1 - t) * z1.unsqueeze(1) + t * z2.unsqueeze(1)  # (pairs, steps, *latent)
-    decoded = model.decoder(line.flatten(0, 1)).view(len(z1), steps, *x.shape[1:])
+    y_line = None if y is None else y[0::2].repeat_interleave(steps, dim=0)
+    decoded = model.sample(z=line.flatten(0, 1), y=y_line).view(len(z1), steps, *x.shape[1:])
     if x.dim() == 4:
         rows = torch.cat([x[0::2].unsqueeze(1), decoded, x[1::2].unsqueeze(1)], dim=1)
         save_grid(rows.flatten(0, 1), path, nrow=steps + 2)

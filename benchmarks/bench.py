@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import torch
-from plain_loop import plain_ali_steps  # benchmarks/ is put on sys.path by the command
 
 from advinf.build import Built
 from advinf.errors import UserError
 from advinf.trainer import Trainer
+from advinf_benchmarks.plain_loop import plain_ali_steps
 
 
 def _sync(device: torch.device) -> None:
@@ -30,7 +30,8 @@ def time_advinf(built: Built, steps: int, warmup: int) -> float:
     train = spec.train.model_copy(update={"steps": warmup + steps, "epochs": None, "progress": "none",
                                           "log_every": warmup + steps, "sample_every": 0})
     trainer = Trainer(copy.deepcopy(built.nets), built.game, built.dataset, train=train, optimizer=spec.optimizer,
-                      critic_optimizer=spec.critic_optimizer, seed=spec.seed)
+                      optimizers=built.recipe.optimizers, seed=spec.seed, device=built.device,
+                      condition=built.condition)
     for _ in range(warmup):
         trainer.train_step()
     _sync(trainer.device)
@@ -42,9 +43,8 @@ def time_advinf(built: Built, steps: int, warmup: int) -> float:
 
 
 def time_plain(built: Built, steps: int, warmup: int, device: torch.device) -> float:
-    nets = copy.deepcopy(built.nets)
-    for m in nets.modules().values():
-        m.to(device).train()
+    nets = copy.deepcopy(built.nets).to(device)
+    nets.train(True)
     opt = built.recipe.spec.optimizer.options
     kwargs = {"lr": opt.get("lr", 1e-3), "betas": tuple(opt.get("betas", (0.9, 0.999)))}
     data = built.dataset.train.x  # kept on the host, as plain loops usually do
@@ -62,8 +62,10 @@ def time_plain(built: Built, steps: int, warmup: int, device: torch.device) -> f
 
 
 def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    if built.nets.encoder is None:
-        raise UserError("advinf bench compares games with an encoder (ALI, BiGAN); this recipe has none")
+    if [p.name for p in built.game.players] != ["critic", "generator"] or built.game.conditioned \
+            or set(built.nets) != {"encoder", "decoder", "critic"}:
+        raise UserError("advinf bench compares unconditional ALI/BiGAN games (an encoder, a decoder and a critic "
+                        "against each other) with the plain loop; this recipe's game is another kind")
     a, p = [], []
     for _ in range(repeats):
         a.append(time_advinf(built, steps, warmup))

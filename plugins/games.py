@@ -1,4 +1,4 @@
-"""Games: ALI (stochastic encoder), BiGAN (deterministic encoder) and GAN (no encoder)."""
+"""Games: ALI (stochastic encoder), BiGAN (deterministic encoder), GAN (no encoder) and conditional ALI."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
-from advinf import Batch, Game, GameLosses, Networks, UserError, hookimpl
+from advinf import CRITIC, GENERATOR, Batch, Game, GameLosses, JointCritic, Networks, Player, UserError, hookimpl
 from advinf.divergences import losses
 
 
@@ -23,65 +24,88 @@ class GanOptions(JointGameOptions):
     pass
 
 
+class ConditionalOptions(JointGameOptions):
+    train_embedding: bool = Field(True, description="train the label/attribute embedding (each network its own); "
+                                                     "false: a fixed random projection, as the original code")
+    embedding_dim: int = Field(256, gt=0, description="width of the embedding of y (the original: 256)")
+
+
 class JointGame(Game):
     """Matches the joint distributions q(x, z) = q(x) q(z|x) and p(x, z) = p(z) p(x|z).
 
     ``stochastic`` picks ALI (z_hat is a draw from q(z|x)) or BiGAN (z_hat is the encoder's mean).
+    Players: the critic against the generator (encoder + decoder).
     """
 
-    uses_encoder = True
+    players = (CRITIC, GENERATOR)
+    networks = {"encoder": "encoder", "decoder": "decoder", "critic": "critic"}
 
     def __init__(self, options: JointGameOptions, stochastic: bool):
         self.divergence, self.joint_batch, self.stochastic = options.divergence, options.joint_batch, stochastic
 
     def check(self, nets: Networks) -> None:
-        if not nets.critic.uses_z:
+        if not nets["critic"].uses_z:
             raise UserError("ALI/BiGAN need a joint critic D(x, z), but the critic ignores z")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
-        assert nets.encoder is not None
         x, y = batch.x, batch.y
-        posterior = nets.encoder(x, y)
+        posterior = nets["encoder"](x, self.condition_for("encoder", y))
         z_hat = posterior.sample() if self.stochastic else posterior.mean
         z = nets.prior.sample(x.shape[0], x.device)
-        x_tilde = nets.decoder(z, y)
-        d_data, d_model = _critic_pairs(nets, (x, z_hat), (x_tilde, z), y, self.joint_batch)
+        x_tilde = nets["decoder"](z, self.condition_for("decoder", y))
+        d_data, d_model = critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z), self.condition_for("critic", y),
+                                       self.joint_batch)
         critic, generator = losses(self.divergence, d_data, d_model)
-        return GameLosses(critic, generator, _probabilities(d_data, d_model))
+        return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
+
+
+class ConditionalAli(JointGame):
+    """ALI with labels y fed to the encoder, the decoder and the critic (ali-reference §6): both joint pairs
+    use the batch's own labels, (x, Gz(x, y), y) against (Gx(z, y), z, y)."""
+
+    labels = True
+    conditioned = ("encoder", "decoder", "critic")
+
+    def __init__(self, options: ConditionalOptions):
+        super().__init__(options, stochastic=True)
+        self.train_embedding, self.embedding_dim = options.train_embedding, options.embedding_dim
 
 
 class GanGame(Game):
     """Plain GAN: the degenerate case without an encoder; the critic sees x only."""
 
-    uses_encoder = False
+    players = (CRITIC, Player("generator", ("decoder",)))
+    networks = {"decoder": "decoder", "critic": "critic"}
 
     def __init__(self, options: GanOptions):
         self.divergence, self.joint_batch = options.divergence, options.joint_batch
 
     def check(self, nets: Networks) -> None:
-        if nets.critic.uses_z:
+        if nets["critic"].uses_z:
             raise UserError("game 'gan' needs a marginal critic that ignores z (for the toy critic: "
                             "set critic.joint = false)")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         z = nets.prior.sample(batch.x.shape[0], batch.x.device)
-        x_tilde = nets.decoder(z, batch.y)
-        d_data, d_model = _critic_pairs(nets, (batch.x, None), (x_tilde, None), batch.y, self.joint_batch)
+        x_tilde = nets["decoder"](z)
+        d_data, d_model = critic_pairs(nets["critic"], (batch.x, None), (x_tilde, None), None, self.joint_batch)
         critic, generator = losses(self.divergence, d_data, d_model)
-        return GameLosses(critic, generator, _probabilities(d_data, d_model))
+        return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
 
 
-def _critic_pairs(nets: Networks, data: tuple, model: tuple, y, joint: bool):
+def critic_pairs(critic: JointCritic, data: tuple[Tensor, Tensor | None], model: tuple[Tensor, Tensor | None],
+                 y: Tensor | None, joint: bool) -> tuple[Tensor, Tensor]:
+    """The critic's logits on data pairs and model pairs: one batch (shared BN statistics) or two passes."""
     (x, zx), (xm, zm) = data, model
     if not joint:
-        return nets.critic(x, zx, y), nets.critic(xm, zm, y)
+        return critic(x, zx, y), critic(xm, zm, y)
     z_in = None if zx is None else torch.cat([zx, zm])
     y_in = None if y is None else torch.cat([y, y])
-    logits = nets.critic(torch.cat([x, xm]), z_in, y_in)
+    logits = critic(torch.cat([x, xm]), z_in, y_in)
     return logits[: x.shape[0]], logits[x.shape[0]:]
 
 
-def _probabilities(d_data, d_model) -> dict:
+def _probabilities(d_data: Tensor, d_model: Tensor) -> dict[str, Tensor]:
     return {"critic_data": torch.sigmoid(d_data.detach()).mean(),
             "critic_model": torch.sigmoid(d_model.detach()).mean()}
 
@@ -101,8 +125,14 @@ def gan(options: GanOptions, ctx) -> Game:
     return GanGame(options)
 
 
+def conditional_ali(options: ConditionalOptions, ctx) -> Game:
+    """Conditional ALI: labels or attributes y enter the encoder, decoder and critic (the paper's CelebA)."""
+    return ConditionalAli(options)
+
+
 @hookimpl
 def register_games(register) -> None:
     register("ali", ali, JointGameOptions)
     register("bigan", bigan, JointGameOptions)
     register("gan", gan, GanOptions)
+    register("conditional_ali", conditional_ali, ConditionalOptions)

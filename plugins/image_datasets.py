@@ -77,6 +77,8 @@ class CelebaOptions(_OfficialOptions):
 
 class MnistOptions(_OfficialOptions):
     root: str = Field("data/mnist", description="folder holding MNIST/raw/ (torchvision's layout)")
+    size: Literal[28, 32] = Field(28, description="32: pad the 28x28 digits with 2 black pixels on every side "
+                                                 "(for the 32x32 networks, e.g. the paper's SVHN ones)")
     heldout: Literal["test", "none"] = Field("test", description="held-out split")
     verify: bool = Field(True, description="checksums of downloaded archives (torchvision never checks the "
                                            "extracted idx files)")
@@ -373,7 +375,7 @@ def celeba(options: CelebaOptions, ctx) -> Dataset:
 
 
 def mnist(options: MnistOptions, ctx) -> Dataset:
-    """MNIST 28x28 digits (one channel) from the official idx files; held-out split = the test set."""
+    """MNIST 28x28 digits (one channel, or padded to 32x32) from the official idx files; held out: the test set."""
     root = Path(options.root).expanduser()
 
     def build() -> Dataset:
@@ -383,7 +385,10 @@ def mnist(options: MnistOptions, ctx) -> Dataset:
 
         def load(train: bool) -> Split:
             ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download))
-            return _limit(ds.data.unsqueeze(1), ds.targets, options.limit)
+            x = ds.data.unsqueeze(1)
+            if options.size == 32:
+                x = torch.nn.functional.pad(x, (2, 2, 2, 2))
+            return _limit(x, ds.targets, options.limit)
 
         return Dataset(load(True), load(False) if options.heldout == "test" else None,
                        meta={"name": "mnist", "classes": [str(i) for i in range(10)]})
@@ -511,9 +516,14 @@ class FolderImages(torch.utils.data.Dataset):
 
 @hookimpl
 def register_datasets(register) -> None:
-    register("svhn", svhn, SvhnOptions)
-    register("cifar10", cifar10, Cifar10Options)
-    register("celeba", celeba, CelebaOptions)
-    register("mnist", mnist, MnistOptions)
-    register("tiny_imagenet", tiny_imagenet, TinyImagenetOptions)
-    register("image_folder", image_folder, ImageFolderOptions)
+    register("svhn", svhn, SvhnOptions, labels="classes")
+    register("cifar10", cifar10, Cifar10Options, labels="classes")
+    register("celeba", celeba, CelebaOptions, labels="attributes")
+    register("mnist", mnist, MnistOptions, labels="classes")
+    register("tiny_imagenet", tiny_imagenet, TinyImagenetOptions, labels="classes")
+    register("image_folder", image_folder, ImageFolderOptions, labels=_folder_labels)
+
+
+def _folder_labels(options: ImageFolderOptions) -> str | None:
+    """labels = "folders": classes; "none": no labels; "auto": known only once the folder is read."""
+    return {"folders": "classes", "none": None}.get(options.labels, "unknown")

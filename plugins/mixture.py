@@ -28,7 +28,7 @@ def grid_centres(grid: int, spacing: float) -> torch.Tensor:
 
 
 def draw(centres: torch.Tensor, std: float, n: int, generator: torch.Generator) -> Split:
-    """n points from the equal-weight mixture; labels are the component indices."""
+    """n points from the equal-weight mixture; labels are the component indices (the classes)."""
     k = torch.randint(len(centres), (n,), generator=generator)
     x = centres[k] + std * torch.randn(n, centres.shape[1], generator=generator)
     return Split(x, k)
@@ -40,9 +40,10 @@ def mixture25(options: MixtureOptions, ctx) -> Dataset:
     g = torch.Generator().manual_seed(options.data_seed)
     train = draw(centres, options.std, options.samples, g)
     heldout = draw(centres, options.std, options.heldout, g) if options.heldout else None
-    return Dataset(train, heldout, meta={"centres": centres, "std": options.std})
+    classes = [f"mode {i}" for i in range(len(centres))]
+    return Dataset(train, heldout, meta={"centres": centres, "std": options.std, "classes": classes})
 
 
 @hookimpl
 def register_datasets(register) -> None:
-    register("mixture25", mixture25, MixtureOptions)
+    register("mixture25", mixture25, MixtureOptions, labels="classes")

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from advinf import Dataset, Evaluator, TrainedModel, UserError, hookimpl
 from advinf.atomic import atomic_path
+from advinf.conditions import example_conditions
 
 
 class ModeCoverageOptions(BaseModel):
@@ -64,15 +65,17 @@ class ModeCoverage(Evaluator):
                             "e.g. dataset 'mixture25'")
         centres = data.meta["centres"].to(model.device)
         std = float(data.meta["std"])
-        g = torch.Generator().manual_seed(self.o.seed)
-        z = model.prior.sample(self.o.samples, "cpu", generator=g).to(model.device)
-        x_model = model.decoder(z)
-        result = coverage_metrics(x_model, centres, std, self.o.radius_std, self.o.min_samples)
+        z = model.prior_sample(self.o.samples, self.o.seed)
         held = data.heldout if data.heldout is not None else data.train
+        # a conditional model: prior samples for classes in equal shares, data with its own labels
+        y_prior = example_conditions(model.condition, data, self.o.samples) if model.condition else None
+        y_held = held.y if model.conditional else None
+        x_model = model.sample(z=z, y=y_prior)
+        result = coverage_metrics(x_model, centres, std, self.o.radius_std, self.o.min_samples)
         codes = recon = None
         if model.encoder is not None:
-            codes = model.encoder(held.x).sample()
-            recon = model.decoder(codes)
+            codes = model.encode(held.x, y_held).sample()
+            recon = model.sample(z=codes, y=y_held)
             result["reconstruction_accuracy"] = reconstruction_accuracy(held.x, recon, centres)
         if self.o.plot:
             self._plot(out_dir / "mode_coverage.png", held.x, codes, recon, z, x_model, centres, result)

@@ -12,6 +12,11 @@ so the resolved recipe shows the dataset's own defaults (e.g. the LeakyReLU slop
 
 Where the paper's tables and the code disagree (ali-reference §9) the code is the default and the
 table's reading is ``variant = "paper"`` (CIFAR-10 and CelebA critics, the only networks concerned).
+
+Every network is conditional when a conditional game builds it (``ctx.condition``), as the original conditional
+CelebA model (ali-reference §6): the embedding of y (B, E, 1, 1) is concatenated to the encoder's last hidden
+features (before its output conv), to z at the decoder's input, and to concat(D(x), D(z)) at the critic's joint
+head.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import Tensor, nn
 
 from advinf import (
+    Condition,
+    ConditionEmbedding,
     Dataset,
     Decoder,
     DeterministicPosterior,
@@ -181,6 +188,23 @@ def _as_map(z: Tensor) -> Tensor:
     return z[:, :, None, None] if z.dim() == 2 else z
 
 
+def _embedding(condition: Condition | None) -> ConditionEmbedding | None:
+    return None if condition is None else ConditionEmbedding(condition)
+
+
+def _with_y(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
+    """The (B, C, 1, 1) map ``h`` with the embedding of y as extra channels (conditional networks)."""
+    if embed is None:
+        return h
+    if y is None:
+        raise ValueError("this network is conditional and needs y")
+    return torch.cat([h, embed(y).to(h.dtype)[:, :, None, None]], dim=1)
+
+
+def _extra(condition: Condition | None) -> int:
+    return 0 if condition is None else condition.embedding_dim
+
+
 def conv_out(size: int, kernel: int, stride: int) -> int:
     return (size - kernel) // stride + 1
 
@@ -199,7 +223,8 @@ class PaperEncoder(Encoder):
     layers: with ``posterior.mean`` these are the paper's SVM features (5,376 dimensions for SVHN).
     """
 
-    def __init__(self, arch: Arch, channels: int, z_dim: int, o: EncoderOptions):
+    def __init__(self, arch: Arch, channels: int, z_dim: int, o: EncoderOptions,
+                 condition: Condition | None = None):
         super().__init__()
         self.z_dim, self.stochastic = z_dim, o.stochastic
         bn = (o.bn_eps, o.bn_momentum)
@@ -208,8 +233,10 @@ class PaperEncoder(Encoder):
             blocks.append(Block(cin, cout, k, s, bn=bn, act=nn.LeakyReLU(o.slope)))
             cin = cout
         self.hidden = nn.ModuleList(blocks)
-        self.out = nn.Conv2d(cin, 2 * z_dim if o.stochastic else z_dim, 1, bias=True)
+        self.out = nn.Conv2d(cin + _extra(condition), 2 * z_dim if o.stochastic else z_dim, 1, bias=True)
         init_conv_weights(self, o.init_std)
+        self.embed = _embedding(condition)
+        self.conditional = condition is not None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> GaussianPosterior | DeterministicPosterior:
         feats: list[Tensor] = []
@@ -219,7 +246,7 @@ class PaperEncoder(Encoder):
             if i >= len(self.hidden) - FEATURE_LAYERS:
                 feats.append(h)
             h = block.act(h)
-        params = self.out(h)
+        params = self.out(_with_y(h, self.embed, y))
         if not self.stochastic:
             return DeterministicPosterior(params, features=feats)
         mean, log_sigma = params[:, :self.z_dim], params[:, self.z_dim:]
@@ -230,10 +257,11 @@ class PaperDecoder(Decoder):
     """Gx(z): (transposed) conv -> BN -> LeakyReLU stack, a 1x1 conv to C channels without a bias, a per-pixel
     untied bias of shape (1, C, H, W), then a sigmoid: images in [0, 1]."""
 
-    def __init__(self, arch: Arch, channels: int, z_dim: int, o: DecoderOptions):
+    def __init__(self, arch: Arch, channels: int, z_dim: int, o: DecoderOptions,
+                 condition: Condition | None = None):
         super().__init__()
         bn = (o.bn_eps, o.bn_momentum)
-        cin, blocks, size = z_dim, [], 1
+        cin, blocks, size = z_dim + _extra(condition), [], 1
         for op, k, s, cout in arch.decoder:
             blocks.append(Block(cin, cout, k, s, transpose=op == "t", bn=bn, act=nn.LeakyReLU(o.slope)))
             size = convt_out(size, k, s) if op == "t" else conv_out(size, k, s)
@@ -242,6 +270,8 @@ class PaperDecoder(Decoder):
         self.out = nn.Conv2d(cin, channels, 1, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(1, channels, size, size))
         init_conv_weights(self, o.init_std)
+        self.embed = _embedding(condition)
+        self.conditional = condition is not None
 
     @torch.no_grad()
     def init_output_bias(self, images: Tensor) -> None:
@@ -254,7 +284,7 @@ class PaperDecoder(Decoder):
         self.output_bias.copy_(torch.log(mean / (1 - mean)).to(self.output_bias))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return torch.sigmoid(self.out(self.hidden(_as_map(z))) + self.output_bias)
+        return torch.sigmoid(self.out(self.hidden(_with_y(_as_map(z), self.embed, y))) + self.output_bias)
 
 
 def _bn_critic_plan(arch: Arch, o: CriticOptions, bn: tuple[float, float]) -> tuple[list, list, list]:
@@ -293,7 +323,8 @@ class PaperCritic(JointCritic):
     With ``joint = false`` there is no D(z) branch and the head reads D(x) alone (a GAN's critic).
     """
 
-    def __init__(self, arch: Arch, channels: int, z_dim: int, o: CriticOptions | Cifar10CriticOptions):
+    def __init__(self, arch: Arch, channels: int, z_dim: int, o: CriticOptions | Cifar10CriticOptions,
+                 condition: Condition | None = None):
         super().__init__()
         self.uses_z = o.joint
         if arch.maxout:
@@ -311,12 +342,14 @@ class PaperCritic(JointCritic):
             blocks.append(Block(cin, cout, 1, 1, **kw))
             cin = cout // shrink
         self.z_net = nn.Sequential(*blocks) if o.joint else None
-        cin, blocks = x_out + (cin if o.joint else 0), []
+        cin, blocks = x_out + (cin if o.joint else 0) + _extra(condition), []
         for cout, kw in zip((*arch.critic_joint, 1), js, strict=True):
             blocks.append(Block(cin, cout, 1, 1, **kw))
             cin = cout // shrink
         self.joint_net = nn.Sequential(*blocks)
         init_conv_weights(self, o.init_std)
+        self.embed = _embedding(condition)
+        self.conditional = condition is not None
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
         h = self.x_net(x)
@@ -324,7 +357,7 @@ class PaperCritic(JointCritic):
             if z is None:
                 raise ValueError("this critic is joint (D(x, z)) and needs z")
             h = torch.cat([h, self.z_net(_as_map(z))], dim=1)
-        return self.joint_net(h).reshape(x.shape[0])
+        return self.joint_net(_with_y(h, self.embed, y)).reshape(x.shape[0])
 
 
 # -- factories ---------------------------------------------------------------------------------------------
@@ -352,7 +385,7 @@ def _shapes(arch: Arch, o: _Options, ctx, what: str) -> tuple[int, int]:
 def _encoder_factory(arch: Arch):
     def factory(options: EncoderOptions, ctx) -> Encoder:
         channels, z_dim = _shapes(arch, options, ctx, f"encoder 'ali_{arch.name}_encoder'")
-        return PaperEncoder(arch, channels, z_dim, options)
+        return PaperEncoder(arch, channels, z_dim, options, getattr(ctx, "condition", None))
 
     factory.__doc__ = f"The ALI paper's {arch.name} encoder: Gaussian q(z|x) from mu and log sigma (NLAT {arch.nlat})."
     return factory
@@ -361,7 +394,7 @@ def _encoder_factory(arch: Arch):
 def _decoder_factory(arch: Arch):
     def factory(options: DecoderOptions, ctx) -> Decoder:
         channels, z_dim = _shapes(arch, options, ctx, f"decoder 'ali_{arch.name}_decoder'")
-        decoder = PaperDecoder(arch, channels, z_dim, options)
+        decoder = PaperDecoder(arch, channels, z_dim, options, getattr(ctx, "condition", None))
         data: Dataset | None = getattr(ctx, "dataset", None)
         if data is not None and options.log_odds_examples > 0:
             n = min(options.log_odds_examples, len(data.train))
@@ -376,7 +409,7 @@ def _decoder_factory(arch: Arch):
 def _critic_factory(arch: Arch):
     def factory(options, ctx) -> JointCritic:
         channels, z_dim = _shapes(arch, options, ctx, f"critic 'ali_{arch.name}_critic'")
-        return PaperCritic(arch, channels, z_dim, options)
+        return PaperCritic(arch, channels, z_dim, options, getattr(ctx, "condition", None))
 
     kind = "maxout (2 pieces)" if arch.maxout else "BN + LeakyReLU"
     factory.__doc__ = f"The ALI paper's {arch.name} critic D(x, z) with dropout, {kind}."
@@ -409,16 +442,16 @@ def create_networks(arch: str, ctx=None, **options) -> tuple[PaperEncoder, Paper
 @hookimpl
 def register_encoders(register) -> None:
     for arch in ARCHS.values():
-        register(f"ali_{arch.name}_encoder", _encoder_factory(arch), OPTIONS[arch.name]["encoder"])
+        register(f"ali_{arch.name}_encoder", _encoder_factory(arch), OPTIONS[arch.name]["encoder"], conditional=True)
 
 
 @hookimpl
 def register_decoders(register) -> None:
     for arch in ARCHS.values():
-        register(f"ali_{arch.name}_decoder", _decoder_factory(arch), OPTIONS[arch.name]["decoder"])
+        register(f"ali_{arch.name}_decoder", _decoder_factory(arch), OPTIONS[arch.name]["decoder"], conditional=True)
 
 
 @hookimpl
 def register_critics(register) -> None:
     for arch in ARCHS.values():
-        register(f"ali_{arch.name}_critic", _critic_factory(arch), OPTIONS[arch.name]["critic"])
+        register(f"ali_{arch.name}_critic", _critic_factory(arch), OPTIONS[arch.name]["critic"], conditional=True)

@@ -1,5 +1,9 @@
 """The paper's toy networks for 2-D data (ali-reference §4): change-of-variables encoder, 4x400 decoder,
-maxout critic with 5 pieces. All Linear weights start N(0, init_std^2), biases 0."""
+maxout critic with 5 pieces. All Linear weights start N(0, init_std^2), biases 0.
+
+Each is conditional when a conditional game builds it (``ctx.condition``): the embedding of y is concatenated
+to the network's input.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from advinf import Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
+from advinf import Condition, ConditionEmbedding, Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
 
 
 class _Options(BaseModel):
@@ -57,30 +61,47 @@ def init_gaussian(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _embedding(condition: Condition | None) -> ConditionEmbedding | None:
+    return None if condition is None else ConditionEmbedding(condition)
+
+
+def _with_y(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
+    """``h`` with the embedding of y concatenated (conditional networks), else ``h`` as it is."""
+    if embed is None:
+        return h
+    if y is None:
+        raise ValueError("this network is conditional and needs y")
+    return torch.cat([h, embed(y).to(h.dtype)], dim=1)
+
+
 class ToyEncoder(Encoder):
     """z = f(x, eps), eps ~ N(0, I): a stochastic encoder by change of variables (not mu/sigma)."""
 
-    def __init__(self, x_dim: int, z_dim: int, o: EncoderOptions):
+    def __init__(self, x_dim: int, z_dim: int, o: EncoderOptions, condition: Condition | None = None):
         super().__init__()
         self.noise_dim = o.noise_dim
-        self.net = _mlp(x_dim + o.noise_dim, z_dim, o, o.layers)
+        self.net = _mlp(x_dim + o.noise_dim + (condition.embedding_dim if condition else 0), z_dim, o, o.layers)
         init_gaussian(self, o.init_std)
+        self.embed = _embedding(condition)  # after init_gaussian: the embedding keeps its own initialisation
+        self.conditional = condition is not None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> ImplicitPosterior:
         eps = torch.randn(x.shape[0], self.noise_dim, device=x.device, dtype=x.dtype)
-        return ImplicitPosterior(self.net(torch.cat([x, eps], dim=1)))
+        return ImplicitPosterior(self.net(_with_y(torch.cat([x, eps], dim=1), self.embed, y)))
 
 
 class ToyDecoder(Decoder):
     """x = g(z): Linear -> [BN -> ReLU -> Linear] x layers, identity output."""
 
-    def __init__(self, z_dim: int, x_dim: int, o: DecoderOptions):
+    def __init__(self, z_dim: int, x_dim: int, o: DecoderOptions, condition: Condition | None = None):
         super().__init__()
-        self.net = _mlp(z_dim, x_dim, o, o.layers)
+        self.net = _mlp(z_dim + (condition.embedding_dim if condition else 0), x_dim, o, o.layers)
         init_gaussian(self, o.init_std)
+        self.embed = _embedding(condition)
+        self.conditional = condition is not None
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.net(z)
+        return self.net(_with_y(z, self.embed, y))
 
 
 class LinearMaxout(nn.Module):
@@ -100,17 +121,20 @@ class LinearMaxout(nn.Module):
 class ToyCritic(JointCritic):
     """D(x, z) = Linear(maxout^layers(concat(x, z))); with joint = false, D(x) only."""
 
-    def __init__(self, x_dim: int, z_dim: int, o: CriticOptions):
+    def __init__(self, x_dim: int, z_dim: int, o: CriticOptions, condition: Condition | None = None):
         super().__init__()
         self.uses_z = o.joint
-        dims = [x_dim + (z_dim if o.joint else 0)] + [o.hidden] * o.layers
+        dims = [x_dim + (z_dim if o.joint else 0) + (condition.embedding_dim if condition else 0)]
+        dims += [o.hidden] * o.layers
         self.body = nn.Sequential(*(LinearMaxout(dims[i], o.hidden, o.pieces) for i in range(o.layers)))
         self.out = nn.Linear(o.hidden, 1)
         init_gaussian(self, o.init_std)
+        self.embed = _embedding(condition)
+        self.conditional = condition is not None
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
         h = torch.cat([x, z], dim=1) if self.uses_z else x
-        return self.out(self.body(h)).squeeze(1)
+        return self.out(self.body(_with_y(h, self.embed, y))).squeeze(1)
 
 
 def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
@@ -132,31 +156,31 @@ def _flat(shape: tuple[int, ...] | None) -> int | None:
 def toy_encoder(options: EncoderOptions, ctx) -> Encoder:
     """Change-of-variables MLP encoder z = f(x, eps) (ALI's toy experiment)."""
     x_dim, z_dim = _dims(options, ctx, "encoder 'toy_encoder'")
-    return ToyEncoder(x_dim, z_dim, options)
+    return ToyEncoder(x_dim, z_dim, options, getattr(ctx, "condition", None))
 
 
 def toy_decoder(options: DecoderOptions, ctx) -> Decoder:
     """MLP decoder with BN and ReLU, 4 hidden layers of 400 (ALI's toy experiment)."""
     x_dim, z_dim = _dims(options, ctx, "decoder 'toy_decoder'")
-    return ToyDecoder(z_dim, x_dim, options)
+    return ToyDecoder(z_dim, x_dim, options, getattr(ctx, "condition", None))
 
 
 def toy_critic(options: CriticOptions, ctx) -> JointCritic:
     """Maxout MLP critic on concat(x, z), 3 x 200 units x 5 pieces (ALI's toy experiment)."""
     x_dim, z_dim = _dims(options, ctx, "critic 'toy_critic'")
-    return ToyCritic(x_dim, z_dim, options)
+    return ToyCritic(x_dim, z_dim, options, getattr(ctx, "condition", None))
 
 
 @hookimpl
 def register_encoders(register) -> None:
-    register("toy_encoder", toy_encoder, EncoderOptions)
+    register("toy_encoder", toy_encoder, EncoderOptions, conditional=True)
 
 
 @hookimpl
 def register_decoders(register) -> None:
-    register("toy_decoder", toy_decoder, DecoderOptions)
+    register("toy_decoder", toy_decoder, DecoderOptions, conditional=True)
 
 
 @hookimpl
 def register_critics(register) -> None:
-    register("toy_critic", toy_critic, CriticOptions)
+    register("toy_critic", toy_critic, CriticOptions, conditional=True)

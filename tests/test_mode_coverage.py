@@ -57,9 +57,11 @@ def test_evaluator_on_a_known_decoder_and_a_non_mixture(tmp_path):
         def forward(self, z, y=None):
             return CENTRES[7].expand(len(z), 2).clone()
 
+    from advinf import Networks
+    from advinf_plugins.games import GanGame, GanOptions
     from advinf_plugins.priors import GaussianPrior
 
-    model = TrainedModel(GaussianPrior((2,)), Snap(), None, None, torch.device("cpu"))
+    model = TrainedModel(Networks(GaussianPrior((2,)), decoder=Snap()), GanGame(GanOptions()), torch.device("cpu"))
     data = Dataset(Split(around(0, 100)), Split(around(1, 50)), meta={"centres": CENTRES, "std": STD})
     m = ModeCoverage(ModeCoverageOptions(samples=100)).evaluate(model, data, tmp_path)
     assert (m["modes_covered"], m["modes_covered_strict"], m["high_quality_fraction"]) == (1, 1, 1.0)

@@ -84,7 +84,7 @@ def test_builtins_load_through_entry_points():
     host = PluginHost(strict=True, disabled=set())
     host.load_entry_points()
     assert set(host.plugins) >= BUILTIN
-    assert host.names("game") == ["ali", "bigan", "gan"]
+    assert host.names("game") == ["ali", "bigan", "conditional_ali", "gan"]
     assert host.plugins["games"].version == advinf.__version__
     assert host.get("game", "ali").plugin == "games"
 
@@ -183,7 +183,8 @@ def test_unknown_name_lists_available(advinf_host):
     import advinf_plugins.games
 
     advinf_host.add_plugin(advinf_plugins.games, name="games")
-    with pytest.raises(UserError, match="unknown game 'alli'; did you mean 'ali'\\? Available: ali, bigan, gan"):
+    expected = "unknown game 'alli'; did you mean 'ali'\\? Available: ali, bigan, conditional_ali, gan"
+    with pytest.raises(UserError, match=expected):
         advinf_host.get("game", "alli")
     game = advinf_host.create("game", "ali", None, divergence="minimax")
     assert game.divergence == "minimax"

@@ -41,24 +41,26 @@ def test_simultaneous_update_takes_both_gradients_at_the_same_parameters():
     trainer = Trainer(nets, game, data, train=TrainSpec(steps=1, batch_size=32), optimizer=SGD, device="cpu")
     batch_source = Trainer(copy.deepcopy(nets), game, data, train=TrainSpec(steps=1, batch_size=32),
                            optimizer=SGD, device="cpu")
-    batch = batch_source._batch()  # same sampler seed: the batch the trainer will draw
+    batch = batch_source.batches.next()  # same data seed: the batch the trainer will draw
+    critic_params = lambda n: n.parameters(["critic"])  # noqa: E731
+    generator_params = lambda n: n.parameters(["encoder", "decoder"])  # noqa: E731
 
     def expected(sequential: bool) -> Networks:
         nets2 = copy.deepcopy(reference)
         torch.manual_seed(7)
-        out = game.losses(nets2, batch)
-        g_c = torch.autograd.grad(out.critic, nets2.critic_parameters(), retain_graph=True)
+        out = game.losses(nets2, batch).losses
+        g_c = torch.autograd.grad(out["critic"], critic_params(nets2), retain_graph=True)
         if not sequential:  # both gradients at the same parameter values
-            g_g = torch.autograd.grad(out.generator, nets2.generator_parameters())
+            g_g = torch.autograd.grad(out["generator"], generator_params(nets2))
         with torch.no_grad():
-            for p, g in zip(nets2.critic_parameters(), g_c, strict=True):
+            for p, g in zip(critic_params(nets2), g_c, strict=True):
                 p -= 0.5 * g
         if sequential:  # the common bug: step the critic, then take the generator's gradient
             torch.manual_seed(7)
-            out = game.losses(nets2, batch)
-            g_g = torch.autograd.grad(out.generator, nets2.generator_parameters())
+            out = game.losses(nets2, batch).losses
+            g_g = torch.autograd.grad(out["generator"], generator_params(nets2))
         with torch.no_grad():
-            for p, g in zip(nets2.generator_parameters(), g_g, strict=True):
+            for p, g in zip(generator_params(nets2), g_g, strict=True):
                 p -= 0.5 * g
         return nets2
 
@@ -67,8 +69,7 @@ def test_simultaneous_update_takes_both_gradients_at_the_same_parameters():
 
     def same(a: Networks, b: Networks) -> bool:
         return all(torch.allclose(p, q, rtol=1e-5, atol=1e-7) for p, q in zip(
-            a.generator_parameters() + a.critic_parameters(),
-            b.generator_parameters() + b.critic_parameters(), strict=True))
+            generator_params(a) + critic_params(a), generator_params(b) + critic_params(b), strict=True))
 
     assert same(nets, expected(sequential=False))
     assert not same(nets, expected(sequential=True))  # the test can tell the two schemes apart
@@ -80,10 +81,10 @@ def test_alternating_update_steps_the_critic_n_times_per_generator_step():
     spec = TrainSpec(steps=3, batch_size=32, update="alternating", critic_steps=2, progress="none")
     trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), data, train=spec, device="cpu")
     trainer.fit()
-    c_state = trainer.opt_c.state[nets.critic_parameters()[0]]["step"]
-    g_state = trainer.opt_g.state[nets.generator_parameters()[0]]["step"]
+    c_state = trainer.optimizers["critic"].state[nets.parameters(["critic"])[0]]["step"]
+    g_state = trainer.optimizers["generator"].state[nets.parameters(["encoder"])[0]]["step"]
     assert (int(c_state), int(g_state)) == (6, 3)
-    assert (trainer.sampler.epoch, trainer.sampler.position) == (1, 32)  # 9 fresh batches of 8 per epoch
+    assert trainer.batches.state() == {"epoch": 1, "position": 32, "streams": {}}  # 9 fresh batches, 8 an epoch
 
 
 def test_library_use_with_a_custom_critic(tmp_path):
@@ -98,7 +99,7 @@ def test_library_use_with_a_custom_critic(tmp_path):
             return self.net(torch.cat([x, z], 1)).squeeze(1)
 
     nets = tiny_nets()
-    nets.critic = DotCritic()
+    nets["critic"] = DotCritic()  # a network is replaced by name (nets.critic = ... works too)
     game = advinf.create("game", "ali")
     data = advinf.create("dataset", "mixture25", None, samples=512, heldout=128)
     evaluator = advinf.create("evaluator", "mode_coverage", None, samples=300, plot=False)
@@ -158,15 +159,17 @@ def test_game_and_critic_must_fit(tmp_path):
     assert res.exit_code == 2 and "marginal critic" in res.output
     args = ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(tmp_path / "r"), "--set", "game.name=gan"]
     res = CliRunner().invoke(cli, args + sum((["--set", t] for t in TINY), []))
-    assert res.exit_code == 2 and "has no encoder; remove the [encoder] section" in res.output
+    expected = "encoder: game 'gan' does not use a network 'encoder'; remove the [encoder] section"
+    assert res.exit_code == 2 and expected in res.output
 
 
 def test_batch_draw_is_on_device_and_covers_an_epoch():
     data = tiny_data()
     trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), data,
                       train=TrainSpec(steps=1, batch_size=64), device="cpu")
-    seen = torch.cat([trainer.sampler.next() for _ in range(4)])
-    assert sorted(seen.tolist()) == list(range(256)) and trainer.sampler.epoch == 0
-    trainer.sampler.next()
-    assert trainer.sampler.epoch == 1
-    assert isinstance(trainer._batch(), Batch)
+    sampler = trainer.batches.main.sampler
+    seen = torch.cat([sampler.next() for _ in range(4)])
+    assert sorted(seen.tolist()) == list(range(256)) and sampler.epoch == 0
+    sampler.next()
+    assert sampler.epoch == 1
+    assert isinstance(trainer.batches.next(), Batch)

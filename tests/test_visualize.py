@@ -9,9 +9,10 @@ from click.testing import CliRunner
 from conftest import RECIPES, TINY, TINY_ENCODER
 from PIL import Image
 
-from advinf import Decoder, DeterministicPosterior, Encoder, TrainedModel, UserError
+from advinf import Decoder, DeterministicPosterior, Encoder, Networks, TrainedModel, UserError
 from advinf.cli import cli
 from advinf.visualize import interpolations, reconstructions, samples
+from advinf_plugins.games import GanGame, GanOptions, JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior
 
 
@@ -25,6 +26,11 @@ class Invert(Decoder):  # decodes z back to the image, inverted, so data and rec
         return 1 - z.view(len(z), 1, 4, 4).clamp(0, 1)
 
 
+def trained(encoder: Encoder | None) -> TrainedModel:
+    game = JointGame(JointGameOptions(), stochastic=True) if encoder else GanGame(GanOptions())
+    return TrainedModel(Networks(GaussianPrior((16,)), encoder=encoder, decoder=Invert()), game, torch.device("cpu"))
+
+
 def cells(path, rows, cols, size=4, pad=2):
     img = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
     assert img.shape == (rows * (size + pad) + pad, cols * (size + pad) + pad)
@@ -33,7 +39,7 @@ def cells(path, rows, cols, size=4, pad=2):
 
 
 def test_reconstruction_grid_alternates_data_and_reconstruction(tmp_path):
-    model = TrainedModel(GaussianPrior((16,)), Invert(), None, Flatten(), torch.device("cpu"))
+    model = trained(Flatten())
     x = torch.rand(10, 1, 4, 4).mul(255).round().div(255)
     reconstructions(model, x, tmp_path / "r.png", pairs_per_row=5)
     grid = cells(tmp_path / "r.png", rows=2, cols=10)
@@ -44,7 +50,7 @@ def test_reconstruction_grid_alternates_data_and_reconstruction(tmp_path):
 
 
 def test_interpolation_rows_run_from_one_example_to_the_other(tmp_path):
-    model = TrainedModel(GaussianPrior((16,)), Invert(), None, Flatten(), torch.device("cpu"))
+    model = trained(Flatten())
     x = torch.zeros(4, 1, 4, 4)
     x[1] = 1.0
     x[3] = 0.5
@@ -56,7 +62,7 @@ def test_interpolation_rows_run_from_one_example_to_the_other(tmp_path):
 
 
 def test_gan_run_cannot_reconstruct(tmp_path):
-    model = TrainedModel(GaussianPrior((16,)), Invert(), None, None, torch.device("cpu"))
+    model = trained(None)
     with pytest.raises(UserError, match="no encoder"):
         reconstructions(model, torch.zeros(2, 1, 4, 4), tmp_path / "r.png")
     samples(model, tmp_path / "s.png", count=9)

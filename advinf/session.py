@@ -1,0 +1,121 @@
+"""The run session: runs a recipe into a run directory, fresh, resumed or stopped after N steps.
+
+``run_recipe`` is what ``advinf run``, library users and the tests call; the CLI only parses arguments and
+prints. Resuming reads the run's own saved recipe (a recipe given again must match it, unless changes are
+allowed), restores the latest checkpoint, and continues exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from advinf import checkpoint as ckpt
+from advinf.build import build
+from advinf.errors import UserError
+from advinf.plugins import PluginHost, default_host
+from advinf.recipe import Recipe, changed_keys, load_recipe, validate_recipe
+from advinf.rundir import CHECKPOINTS_DIR, RECIPE_FILE, check_target, default_run_dir
+from advinf.trainer import Trainer, TrainResult
+
+
+@dataclass
+class RunOutcome:
+    """What a session did: where, from which step, and the training result (``result.stopped`` says why it
+    ended early, if it did)."""
+
+    run_dir: Path
+    recipe: Recipe
+    trainer: Trainer
+    result: TrainResult
+    resumed_from: int | None = None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | None = None, resume: bool = False,
+               allow_changes: bool = False, stop_after: int | None = None, overrides: Sequence[str] = (),
+               progress: str | None = None, host: PluginHost | None = None,
+               log: Callable[[str], None] = _stderr) -> RunOutcome:
+    """Train the model ``recipe`` describes into ``out`` (default ``runs/NAME-TIMESTAMP``) and evaluate it.
+
+    With ``resume`` the run in ``out`` continues from its latest checkpoint; ``recipe`` may then be None (the
+    run's saved recipe is used, with ``overrides`` on top). ``stop_after`` ends at that step with a checkpoint.
+    """
+    host = host or default_host()
+    out_dir = Path(out) if out is not None else None
+    saved: dict[str, Any] | None = None
+    checkpoint = None
+    if resume:
+        if out_dir is None:
+            raise UserError("--resume needs the run directory to continue (advinf run --resume RUN_DIR)")
+        check_target(out_dir, resume=True)  # before reading anything from it
+        path = ckpt.latest_checkpoint(out_dir / CHECKPOINTS_DIR)
+        if path is not None:
+            checkpoint = ckpt.load_checkpoint(path)
+            saved = checkpoint.state.get("recipe")
+        if saved is None:
+            saved = _read_saved_recipe(out_dir)
+    if recipe is None:
+        if saved is None:
+            raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
+        rec = validate_recipe(saved, overrides, source=str(out_dir / RECIPE_FILE), base_dir=out_dir, host=host)
+    elif isinstance(recipe, Recipe):
+        rec = recipe
+    else:
+        rec = load_recipe(recipe, overrides, host=host)
+    if progress is not None:
+        rec.spec.train.progress = progress  # type: ignore[assignment]
+    if saved is not None:
+        changes = changed_keys(_normalised(saved, out_dir, host), rec.resolved())  # type: ignore[arg-type]
+        if changes and not allow_changes:
+            raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}; "
+                            "pass --allow-changes to resume with it anyway")
+    if out_dir is None:
+        out_dir = default_run_dir(rec.spec.name)
+    elif not resume:
+        check_target(out_dir, resume=False)  # before the (possibly slow) build
+    built = build(rec, host=host, init=checkpoint is None)
+    spec = rec.spec
+    trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
+                      optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
+                      run_dir=out_dir, seed=spec.seed, device=built.device, recipe=rec.resolved(), resume=resume,
+                      condition=built.condition)
+    assert trainer.run is not None
+    resumed_from = None
+    if checkpoint is not None:
+        trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing
+        resumed_from = trainer.step
+    if checkpoint is None or allow_changes:
+        trainer.run.write_recipe(rec.to_toml())
+    if checkpoint is not None:
+        log(f"resuming {out_dir} from step {trainer.step}")
+    elif resume:
+        log(f"warning: {out_dir} has no checkpoint yet; starting it again from step 0")
+    else:
+        log(f"run directory: {out_dir}")
+    result = trainer.fit(stop_after=stop_after)
+    return RunOutcome(out_dir, rec, trainer, result, resumed_from)
+
+
+def _read_saved_recipe(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RECIPE_FILE
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc}); give the recipe again to resume") from None
+
+
+def _normalised(saved: dict[str, Any], run_dir: Path, host: PluginHost) -> dict[str, Any]:
+    """A saved recipe as this version resolves it (older spellings and defaults filled in), so that only real
+    changes are reported; as saved if it no longer validates."""
+    try:
+        return validate_recipe(saved, source=str(run_dir / RECIPE_FILE), base_dir=run_dir, host=host).resolved()
+    except UserError:
+        return saved
