@@ -155,8 +155,8 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
     if run.condition is not None:
         y = (given.repeat_interleave(-(-count // len(given)), dim=0)[:count] if given is not None
              else example_conditions(run.condition, run.dataset, count, seed))
-    visualize.samples(run, path, count, seed, y=y, rows=len(given) if given is not None and count % len(given) == 0
-                      else None)
+    several = given is not None and len(given) > 1 and count % len(given) == 0
+    visualize.samples(run, path, count, seed, y=y, rows=len(given) if several else None)  # type: ignore[arg-type]
     _done(path)
 
 
