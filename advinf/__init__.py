@@ -35,8 +35,7 @@ from advinf.runs import LoadedRun, load_run
 from advinf.session import RunOutcome, run_recipe
 from advinf.settings import OptimizerSpec, TrainSpec
 from advinf.trainer import Trainer, TrainingDiverged, TrainResult
-
-__version__ = "0.1.0"
+from advinf.version import __version__
 
 
 def create(kind: str, name: str, ctx: BuildContext | None = None, /, **options: object) -> object:

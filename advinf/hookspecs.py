@@ -3,12 +3,19 @@
 Every registration hook is called once per plugin with a ``register`` callback::
 
     register(name: str, factory: Callable[[Options, BuildContext], Component],
-             options: type[pydantic.BaseModel] | None = None, summary: str | None = None)
+             options: type[pydantic.BaseModel] | None = None, summary: str | None = None, *,
+             conditional: bool = False, labels: str | None | Callable[[Options], str | None] = "unknown")
 
 ``factory`` receives the validated options (an instance of ``options``, or an empty model when
 ``options`` is None) and a :class:`advinf.BuildContext` (the dataset and prior already built, the device),
 and returns the component. ``summary`` defaults to the first line of the factory's docstring.
 The ``name`` is what recipes use (``[critic] name = "..."``); names are unique per kind across all plugins.
+
+Two facts ``advinf validate`` reads without building anything: ``conditional`` (networks) says the factory
+builds a network that takes labels y when ``ctx.condition`` is set (it then embeds y with
+:class:`advinf.ConditionEmbedding` and sets ``conditional = True`` on the module); ``labels`` (datasets) says
+what labels the dataset has: None, ``"classes"``, ``"attributes"``, ``"unknown"`` (checked once built), or a
+function of the options returning one of these.
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ Register = Any  # the register(name, factory, options=None, summary=None) callba
 
 @hookspec
 def register_games(register: Register) -> None:
-    """Register games: factories returning an :class:`advinf.Game` (the losses of both players)."""
+    """Register games: factories returning an :class:`advinf.Game`: its players, the networks it needs, whether it
+    needs labels, its losses (one per player) and how a trained model is sampled, encoded and reconstructed.
+
+    A game factory is also called when a recipe is validated, with a BuildContext that holds no dataset or prior
+    (to read the game's declarations): keep it cheap and independent of the data.
+    """
 
 
 @hookspec

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from advinf import hookspecs
 from advinf.errors import PluginError, UserError, suggest
+from advinf.interfaces import BuildContext
 
 ENTRY_POINT_GROUP = "advinf"
 
@@ -216,8 +217,6 @@ class PluginHost:
 
     def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
         """Build a component by name with keyword options (validated by its options model)."""
-        from advinf.interfaces import BuildContext
-
         comp = self.get(kind, name)
         return comp.factory(comp.options.model_validate(options), ctx or BuildContext())
 

@@ -39,6 +39,7 @@ from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
 from advinf.rundir import RunDir
 from advinf.settings import OptimizerSpec, TrainSpec, resolve_device
+from advinf.version import __version__
 
 
 class TrainingDiverged(UserError):
@@ -309,12 +310,10 @@ class Trainer:
             tensors, metas[p.name] = ckpt.optimizer_state(self.optimizers[p.name], self._names(p), p.name)
             optim.update(tensors)
         t_rng, m_rng = ckpt.rng_state()
-        import advinf
-
         state = {
             "epoch": self.batches.epoch, "sampler": self.batches.state(), "skipped": self.skipped,
             "optimizers": metas, "rng": m_rng, "recipe": self.recipe,
-            "versions": {"advinf": advinf.__version__, "torch": torch.__version__},
+            "versions": {"advinf": __version__, "torch": torch.__version__},
         }
         return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": optim, "rng": t_rng},
                                     state, keep=self.spec.keep_checkpoints)
