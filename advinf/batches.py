@@ -46,10 +46,14 @@ class IndexSampler:
     def global_batch(self) -> int:
         return self.batch_size * self.world_size
 
+    def permutation(self, epoch: int) -> Tensor:
+        """The order of the examples in ``epoch`` (on the host): a function of (seed, epoch) only."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
     def _permutation(self) -> Tensor:
         if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g).to(self.device, non_blocking=True)
+            self._perm = self.permutation(self.epoch).to(self.device, non_blocking=True)
         return self._perm
 
     def next(self) -> Tensor:
@@ -103,6 +107,18 @@ class StreamSource:
                 idx = self.subset.index_select(0, idx)
             x = self.split.x.index_select(0, idx)
             y = None if self.split.y is None else self.split.y.index_select(0, idx)
+        return self._batch(x, y)
+
+    def first(self) -> Batch:
+        """This rank's first batch of epoch 0, without moving the position (for a trial step)."""
+        s = self.sampler
+        idx = s.permutation(0)[s.rank * s.batch_size:(s.rank + 1) * s.batch_size]
+        if self.subset is not None:
+            idx = self.subset.cpu()[idx]
+        x, y = self.split.take(idx)
+        return self._batch(x.to(self.device), None if y is None else y.to(self.device))
+
+    def _batch(self, x: Tensor, y: Tensor | None) -> Batch:
         x = Dataset.decode(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -178,6 +194,12 @@ class BatchSource:
     def next(self) -> Batch:
         batch = self.main.next()
         batch.streams = {name: src.next() for name, src in self.extra.items()}
+        return batch
+
+    def first(self) -> Batch:
+        """The first batch of every stream, without moving any position (for a trial step)."""
+        batch = self.main.first()
+        batch.streams = {name: src.first() for name, src in self.extra.items()}
         return batch
 
     @property

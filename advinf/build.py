@@ -59,7 +59,14 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     def make(section: str, kind: str, context: BuildContext) -> Any:
         name, options = recipe.component(section)  # type: ignore[misc]
         comp = host.get(kind, name)
-        obj = comp.factory(options, context)
+        key = section if section.startswith("evaluators.") else f"{section}.name"
+        try:
+            obj = comp.factory(options, context)
+        except UserError as exc:  # the factory's own message, e.g. sizes that do not fit the data
+            raise RecipeError(recipe.source, [Problem(key, str(exc))]) from None
+        except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
+            raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
+                                                            f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
         if not isinstance(obj, _EXPECTED[kind]):
             raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
                               f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
@@ -85,6 +92,11 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
             nets.freeze(name)
     evaluators = {name: make(f"evaluators.{name}", "evaluator", ctx) for name in spec.evaluators}
     return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device)
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _condition(game: Game, data: Dataset, seed: int) -> Condition:

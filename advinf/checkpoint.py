@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -101,36 +102,92 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories that look complete (have state.json), oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _NAME_RE.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [p for p in root.iterdir() if _NAME_RE.match(p.name) and not p.is_symlink() and p.is_dir()
+             and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(_NAME_RE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint ``latest`` names; if it is missing or incomplete, the newest complete one (warned)."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is not a directory; move it away (a run keeps its checkpoints in that folder)")
     complete = list_checkpoints(root)
     pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8").strip()
-        target = root / name
-        if _NAME_RE.match(name) and (target / STATE_FILE).is_file():
+    if pointer.exists() or pointer.is_symlink():
+        name = None
+        if pointer.is_file() and not pointer.is_symlink():
+            try:
+                name = pointer.read_bytes()[:64].decode("utf-8").strip()
+            except (UnicodeDecodeError, OSError):
+                name = None
+        target = root / name if name else None
+        if name and _NAME_RE.match(name) and target in complete:  # type: ignore[operator]
             return target
         fallback = complete[-1].name if complete else "none"
-        warnings.warn(f"{pointer} names '{name}', which is missing or incomplete; using the newest complete "
-                      f"checkpoint ({fallback})", stacklevel=2)
+        what = f"names {name[:40]!r}, which is missing or incomplete" if name else "is not a readable pointer file"
+        warnings.warn(f"{pointer} {what}; using the newest complete checkpoint ({fallback})", stacklevel=2)
     return complete[-1] if complete else None
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class SamplerState(_Loose):
+    epoch: int = Field(ge=0)
+    position: int = Field(ge=0)
+    streams: dict[str, SamplerState] = Field(default_factory=dict)
+
+
+class OptimizerMeta(_Loose):
+    param_groups: list[dict[str, Any]]
+    scalars: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("param_groups")
+    @classmethod
+    def _groups(cls, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for g in groups:
+            if not isinstance(g.get("params"), list) or not all(isinstance(p, str) for p in g["params"]):
+                raise ValueError("every param group needs `params`, a list of parameter names")
+            for k, v in g.items():
+                if k != "params" and not (v is None or isinstance(v, bool | int | float)
+                                          or (isinstance(v, list) and all(isinstance(x, int | float) for x in v))):
+                    raise ValueError(f"param group value {k!r} is not a number, flag or list of numbers")
+        return groups
+
+
+class PythonRng(_Loose):
+    python: tuple[int, list[int], float | None] = Field(strict=False)  # JSON has no tuples
+
+
+class CheckpointState(_Loose):
+    """The schema of state.json: a damaged file is a clear error, never a traceback later in training."""
+
+    step: int = Field(ge=0)
+    epoch: int = Field(0, ge=0)
+    sampler: SamplerState
+    skipped: int = Field(0, ge=0)
+    optimizers: dict[str, OptimizerMeta]
+    rng: PythonRng
+    recipe: dict[str, Any] | None = None
+    checksums: dict[str, str]
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and verify a checkpoint directory; a UserError says what is wrong with it."""
     state_path = path / STATE_FILE
+    advice = f"delete {path} to resume from an older checkpoint"
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
+        CheckpointState.model_validate(state)
         sums = state["checksums"]
     except FileNotFoundError:
         raise UserError(f"{path} is not a complete checkpoint (no {STATE_FILE})") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{state_path} is corrupted ({exc}); delete {path} to resume from an older checkpoint")\
-            from None
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()[:3])
+        raise UserError(f"{state_path} is damaged ({where}); {advice}") from None
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise UserError(f"{state_path} is corrupted ({type(exc).__name__}: {str(exc)[:200]}); {advice}") from None
     tensors = {}
     for name in FILES:
         file = path / f"{name}.safetensors"

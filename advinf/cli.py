@@ -15,8 +15,24 @@ from rich.table import Table
 from advinf.errors import UserError
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training (training handles it itself: a checkpoint, then exit status 143)."""
+
+
 class AdvinfGroup(click.Group):
-    """Renders UserError as one message with exit status 2; ``--debug`` shows the traceback instead."""
+    """Renders UserError as one message with exit status 2 (``--debug`` shows the traceback instead), an
+    interrupt as exit status 130 or 143 without a traceback, and finds plugin commands only when asked for one
+    (``advinf --help`` imports no plugin)."""
+
+    _plugin_commands_added = False
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and not AdvinfGroup._plugin_commands_added:
+            AdvinfGroup._plugin_commands_added = True
+            _add_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,9 +42,17 @@ class AdvinfGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Terminated:
+            click.echo("terminated", err=True)
+            ctx.exit(143)
 
 
-@click.group(cls=AdvinfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AdvinfGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Plugins may add commands: `advinf list-plugins` shows the installed plugins; run a plugin's "
+                    "command as `advinf NAME`.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for user errors.")
 @click.version_option(package_name="advinf")
 def cli(debug: bool) -> None:
@@ -39,6 +63,12 @@ def _host():
     from advinf.plugins import default_host
 
     return default_host()
+
+
+def _plugin_option(f):
+    return click.option("--plugin", "plugins", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+                        help="Load this local plugin file (or module). A run directory's own `plugins` are never "
+                             "imported from it: name the files you trust here.")(f)
 
 
 @cli.command()
@@ -55,8 +85,9 @@ def _host():
               help="End at step N (counted from the start of training) with a checkpoint, resumable.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default=None,
               help="Progress display (default: the recipe's train.progress).")
+@_plugin_option
 def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
-        stop_after: int | None, progress: str | None) -> None:
+        stop_after: int | None, progress: str | None, plugins: tuple[Path, ...]) -> None:
     """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
     from advinf.session import run_recipe
 
@@ -66,7 +97,7 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
         raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
                         "or --resume RUN_DIR to continue a run")
     outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
-                         overrides=overrides, progress=progress, host=_host(), log=_echo)
+                         overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo)
     result, trainer = outcome.result, outcome.trainer
     rate = result.steps / result.seconds if result.seconds > 0 else float("nan")
     _echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
@@ -88,13 +119,14 @@ def _echo(message: str) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's train.device).")
-def evaluate(run_dir: Path, device: str | None) -> None:
+@_plugin_option
+def evaluate(run_dir: Path, device: str | None, plugins: tuple[Path, ...]) -> None:
     """Run the recipe's evaluators on a trained RUN_DIR again; rewrites its eval.json."""
     from advinf.evaluation import evaluate as run_evaluators
     from advinf.rundir import RunDir
     from advinf.runs import load_run
 
-    loaded = load_run(run_dir, device=device, host=_host())
+    loaded = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     results = run_evaluators(loaded, loaded.built.evaluators, loaded.dataset.to(loaded.device), run_dir)
     RunDir(run_dir, resume=True).write_eval(results)
     click.echo(json.dumps(results, indent=2, sort_keys=True))
@@ -103,6 +135,7 @@ def evaluate(run_dir: Path, device: str | None) -> None:
 def _picture_options(default_name: str):
     def wrap(f):
         f = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's).")(f)
+        f = _plugin_option(f)
         f = click.option("--seed", type=int, default=0, show_default=True, help="Which prior draws / examples.")(f)
         f = click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
                          help=f"PNG to write (default: RUN_DIR/{default_name}).")(f)
@@ -126,7 +159,7 @@ def _done(path: Path) -> None:
                    "(default rows: every class, or the attributes of 8 held-out examples).")
 @click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True,
               help="With --grid conditions: columns, one fixed z each.")
-def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int,
+def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...], count: int,
            conditions: tuple[str, ...], grid: str, columns: int) -> None:
     """Decoder samples from the prior of a trained RUN_DIR (for given conditions, if it is conditional)."""
     import torch
@@ -135,7 +168,7 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
     from advinf.conditions import example_conditions
     from advinf.runs import load_run
 
-    run = load_run(run_dir, device=device, host=_host())
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     if (conditions or grid == "conditions") and run.condition is None:
         raise UserError(f"{run_dir} is not a conditional run; --condition and --grid conditions need one")
     given = torch.stack([run.condition.parse(c) for c in conditions]) if conditions else None  # type: ignore[union-attr]
@@ -165,13 +198,13 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
 @click.option("--count", type=click.IntRange(min=1), default=50, show_default=True, help="Examples.")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--mean", "use_mean", is_flag=True, help="Decode the posterior mean instead of a sample.")
-def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | None, count: int, split: str,
-                use_mean: bool) -> None:
+def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
+                count: int, split: str, use_mean: bool) -> None:
     """Reconstructions Gx(Gz(x)): odd columns data, even columns their reconstructions."""
     from advinf import visualize
     from advinf.runs import load_run
 
-    run = load_run(run_dir, device=device, host=_host())
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     path = out_path or run_dir / "reconstructions.png"
     x, y = visualize.pick(visualize.get_split(run.dataset, split), count, seed)
     visualize.reconstructions(run, x, path, use_mean, y=y)
@@ -183,13 +216,13 @@ def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 @click.option("--pairs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
-def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | None, pairs: int, steps: int,
-                split: str) -> None:
+def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
+                pairs: int, steps: int, split: str) -> None:
     """Latent interpolations between pairs of examples (one pair a row, data at both ends)."""
     from advinf import visualize
     from advinf.runs import load_run
 
-    run = load_run(run_dir, device=device, host=_host())
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     path = out_path or run_dir / "interpolations.png"
     x, y = visualize.pick(visualize.get_split(run.dataset, split), 2 * pairs, seed)
     visualize.interpolations(run, x, path, steps, y=y)
@@ -204,6 +237,8 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     from advinf.recipe import load_recipe
 
     rec = load_recipe(recipe, overrides, host=_host())
+    for path in rec.imported:  # recipe plugins are code: say what validating ran
+        click.echo(f"imported local plugin: {path}", err=True)
     click.echo(rec.to_toml(), nl=False)
 
 
@@ -253,12 +288,13 @@ def list_plugins(as_json: bool) -> None:
         click.echo(json.dumps([p.as_json() for p in infos], indent=2))
         return
     table = Table(title="advinf plugins")
-    for col in ("plugin", "version", "components", "error"):
+    for col in ("plugin", "version", "load (s)", "components", "error"):
         table.add_column(col, overflow="fold")
     for p in infos:
         comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(p.components.items()))
         status = "disabled" if p.disabled else (p.error or "")
-        table.add_row(p.name, p.version, comps, f"[red]{status}[/red]" if p.error else status)
+        table.add_row(p.name, p.version, f"{p.load_seconds:.2f}", comps,
+                      f"[red]{status}[/red]" if p.error else status)
     Console().print(table)
 
 
@@ -267,7 +303,7 @@ def _add_plugin_commands() -> None:
     for impl in host.pm.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)
-        except Exception as exc:  # a broken plugin must not break the command line
+        except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not break the command line
             name = host.pm.get_name(impl.plugin) or "?"
             info = host.plugins.get(name)
             if info is not None:
@@ -276,13 +312,27 @@ def _add_plugin_commands() -> None:
                 raise UserError(f"plugin '{name}': register_commands raised {exc}") from exc
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings as one clean line (not Python's format, which echoes the source line)."""
+    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGTERM, _terminate)  # start-up and commands; training installs its own handler
+    warnings.showwarning = _warning_line
     try:
-        _add_plugin_commands()
-    except UserError as exc:
-        if "--debug" in (argv or sys.argv):
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    cli.main(args=argv, prog_name="advinf")
+        cli.main(args=argv, prog_name="advinf")
+    except KeyboardInterrupt:  # outside a command (click turns one inside into Abort: see AdvinfGroup.invoke)
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(143)

@@ -205,6 +205,12 @@ class Player:
     networks: tuple[str, ...]
     role: Literal["critic", "generator"] = "generator"
 
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.networks, tuple) or not self.networks:
+            raise ValueError(f"player {self.name!r}: give a name and a non-empty tuple of network names")
+        if self.role not in ("critic", "generator"):
+            raise ValueError(f"player {self.name!r}: role must be 'critic' or 'generator', not {self.role!r}")
+
 
 @dataclass(frozen=True)
 class Stream:
@@ -307,6 +313,8 @@ def check_networks(game: Game, nets: Networks) -> None:
     ``check`` accepts them. Called once, where networks meet their game (training, load_run)."""
     from advinf.errors import UserError
 
+    if not game.players:
+        raise UserError(f"game {type(game).__name__} declares no players: nothing would be trained")
     missing = [n for n in game.networks if n not in nets]
     unused = [n for n in nets if n not in game.networks]
     if missing or unused:

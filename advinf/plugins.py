@@ -7,6 +7,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,11 @@ class PluginInfo:
     components: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     disabled: bool = False
+    load_seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "components": self.components,
-                "error": self.error, "disabled": self.disabled}
+                "error": self.error, "disabled": self.disabled, "load_seconds": round(self.load_seconds, 4)}
 
 
 class PluginHost:
@@ -92,24 +94,30 @@ class PluginHost:
             if ep.name in self.disabled:
                 self.plugins[ep.name] = PluginInfo(ep.name, version, disabled=True)
                 continue
+            start = time.perf_counter()
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin must not break the others
-                self._fail(ep.name, version, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
-                continue
-            self.add_plugin(module, name=ep.name, version=version)
+            except BaseException as exc:  # noqa: BLE001 -- a broken plugin (even one calling sys.exit) must not
+                # break the others or the command line
+                self._fail(ep.name, version, f"failed to import {ep.value}: {_describe(exc)}")
+            else:
+                self.add_plugin(module, name=ep.name, version=version)
+            self.plugins[ep.name].load_seconds = time.perf_counter() - start
 
-    def load_local(self, spec: str, base_dir: Path | None = None) -> None:
-        """Load a project-local plugin named by a recipe: a module name or a path to a .py file."""
+    def load_local(self, spec: str, base_dir: Path | None = None) -> str:
+        """Load a project-local plugin (named by a recipe, or --plugin): a module name or a path to a .py file.
+
+        Returns the plugin's name (the resolved file path, or the module name); loading it again does nothing.
+        """
         is_file = spec.endswith(".py") or "/" in spec or os.sep in spec
         path = ((base_dir or Path.cwd()) / spec).resolve()  # an absolute spec stays absolute
         name = str(path) if is_file else spec
         if name in self.plugins:
-            return
+            return name
         try:
             if is_file:
                 if not path.is_file():
-                    raise UserError(f"plugin file {path} does not exist (named in the recipe's `plugins`)")
+                    raise UserError(f"plugin file {path} does not exist (named by a recipe's `plugins` or --plugin)")
                 mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}", path)
                 assert mod_spec is not None and mod_spec.loader is not None
                 module = importlib.util.module_from_spec(mod_spec)
@@ -119,13 +127,14 @@ class PluginHost:
                 module = importlib.import_module(spec)
         except UserError:
             raise
-        except Exception as exc:
-            raise PluginError(f"plugin '{spec}' named in the recipe's `plugins` failed to import: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:  # noqa: BLE001 -- sys.exit or KeyboardInterrupt from a plugin's import
+            raise PluginError(f"plugin '{spec}' (a recipe's `plugins` or --plugin) failed to import: "
+                              f"{_describe(exc)}") from exc
         self.add_plugin(module, name=name, version=getattr(module, "__version__", "local"))
         info = self.plugins[name]
         if info.error:
-            raise PluginError(f"plugin '{spec}' named in the recipe's `plugins`: {info.error}")
+            raise PluginError(f"plugin '{spec}' (a recipe's `plugins` or --plugin): {info.error}")
+        return name
 
     def add_plugin(self, plugin: ModuleType | object, *, name: str, version: str = "?") -> PluginInfo:
         """Register one plugin object (usually a module) and collect its components."""
@@ -144,9 +153,9 @@ class PluginHost:
                     continue
                 try:
                     impl.function(register=self._register_callback(kind, name, version, staged))
-                except Exception as exc:
+                except BaseException as exc:  # noqa: BLE001
                     self._unregister(plugin)
-                    return self._fail(name, version, f"{hook_name} raised {type(exc).__name__}: {exc}")
+                    return self._fail(name, version, f"{hook_name} raised {_describe(exc)}")
         for comp in staged:
             self._add_component(comp, info)
         return info
@@ -228,6 +237,14 @@ def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[
     if hint:
         msg += f"; {hint}"
     return msg + f" Available: {', '.join(names) if names else '(none registered)'}"
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception a plugin raised (SystemExit and KeyboardInterrupt included)."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def _owner(comp: Component) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 import torch
@@ -23,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game
 from advinf.plugins import PluginHost, default_host
-from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec
+from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
 
@@ -75,8 +77,9 @@ class EvaluatorSpec(BaseModel):
 class RecipeSpec(_Strict):
     """The skeleton of a recipe (component options are validated in phase 2)."""
 
-    name: str
-    seed: int = 0
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
+                      description="names the run (runs/NAME-TIMESTAMP): letters, digits, '.', '_', '+', '-'")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds initialisation, noise and the data order")
     plugins: list[str] = Field(default_factory=list)
     dataset: ComponentSpec
     prior: ComponentSpec
@@ -111,6 +114,7 @@ class Recipe:
     source: str
     base_dir: Path
     optimizers: dict[str, OptimizerSpec] = field(default_factory=dict)  # per player, merged over `optimizer`
+    imported: list[str] = field(default_factory=list)  # the local plugins this validation imported
 
     def component(self, section: str) -> tuple[str, BaseModel] | None:
         """(registered name, options) of a component section, or None if the section is absent."""
@@ -126,8 +130,11 @@ class Recipe:
     def eval_every(self) -> dict[str, int]:
         return {name: ev.every for name, ev in self.spec.evaluators.items()}
 
-    def resolved(self) -> dict[str, Any]:
-        """The recipe with every default filled in: what is saved in runs and checkpoints."""
+    def resolved(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """The recipe with every default filled in: what is saved in runs and checkpoints.
+
+        Local plugin files are absolute paths, or relative to ``relative_to`` (a run directory, so that the run
+        can be moved with its plugins beside it)."""
         out = self.spec.model_dump(mode="json", exclude_none=True,
                                    exclude={"dataset", "prior", "game", "networks", "evaluators", "optimizer",
                                             "optimizers", *WELL_KNOWN})
@@ -144,7 +151,7 @@ class Recipe:
         if networks:
             out["networks"] = networks
         out["game"] = {"name": self.spec.game.name, **_dump(self.options["game"])}
-        out["plugins"] = [str((self.base_dir / p).resolve()) if _is_path(p) else p for p in self.spec.plugins]
+        out["plugins"] = plugin_paths(self.spec.plugins, self.base_dir, relative_to)
         out["evaluators"] = {n: {**({"every": ev.every} if ev.every else {}), **_dump(self.options[f"evaluators.{n}"])}
                              for n, ev in self.spec.evaluators.items()}
         out["optimizer"] = {"name": self.spec.optimizer.name, **self.spec.optimizer.options}
@@ -152,12 +159,24 @@ class Recipe:
             out["optimizers"] = {p: {"name": o.name, **o.options} for p, o in self.optimizers.items()}
         return out
 
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.resolved())
+    def to_toml(self, relative_to: Path | None = None) -> str:
+        return tomli_w.dumps(self.resolved(relative_to))
 
 
 def _is_path(plugin: str) -> bool:
     return plugin.endswith(".py") or "/" in plugin
+
+
+def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = None) -> list[str]:
+    """Local plugin files as absolute paths (or relative to ``relative_to``); module names unchanged."""
+    out = []
+    for p in plugins:
+        if not _is_path(p):
+            out.append(p)
+            continue
+        path = (base_dir / p).resolve()
+        out.append(os.path.relpath(path, relative_to.resolve()) if relative_to is not None else str(path))
+    return out
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ("train.progress",)
@@ -198,8 +217,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *,
                     source: str = "<recipe>", base_dir: Path | None = None,
-                    host: PluginHost | None = None) -> Recipe:
-    """Validate an already-parsed recipe dictionary (see load_recipe)."""
+                    host: PluginHost | None = None, load_plugins: bool = True) -> Recipe:
+    """Validate an already-parsed recipe dictionary (see load_recipe).
+
+    ``load_plugins = False`` for a recipe read from data (a run directory, a checkpoint): its ``plugins`` are
+    code and are never imported from there; the caller loads the ones the user names (``--plugin``).
+    """
     data = copy.deepcopy(data)
     problems: list[Problem] = []
     for item in overrides:
@@ -209,16 +232,16 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             problems.append(Problem(f"--set {item}", str(exc)))
     _drop_replaced_alternatives(data, overrides)
     problems.extend(_migrate(data))
+    problems.extend(_non_finite(data))
     if problems:
         raise RecipeError(source, problems)
     try:
-        spec = RecipeSpec.model_validate(data)
+        spec = RecipeSpec.model_validate(data, strict=True)
     except ValidationError as exc:
         raise RecipeError(source, problems_from(exc, RecipeSpec, data)) from None
 
     host = host or default_host()
-    for plugin in spec.plugins:
-        host.load_local(plugin, base_dir)
+    imported = [host.load_local(plugin, base_dir) for plugin in spec.plugins] if load_plugins else []
 
     options: dict[str, BaseModel] = {}
     for section, kind in COMPONENT_SECTIONS.items():
@@ -249,8 +272,13 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     if not problems:
         problems.extend(check_fit(spec, options, host))
     if problems:
+        unknown = [p for p in problems if p.message.startswith("unknown ")]
+        if unknown and spec.plugins and not load_plugins:
+            raise UserError(f"{source} uses components from local plugins ({', '.join(spec.plugins)}), which advinf "
+                            "does not import from a run directory (plugins are code). Load the ones you trust with "
+                            "--plugin PATH (library: plugins=[...]).")
         raise RecipeError(source, problems)
-    return Recipe(spec, options, source, base_dir or Path.cwd(), players)
+    return Recipe(spec, options, source, base_dir or Path.cwd(), players, imported)
 
 
 def _migrate(data: dict[str, Any]) -> list[Problem]:
@@ -294,6 +322,10 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost)
         return [Problem("game", str(exc))]
     name = spec.game.name
     problems: list[Problem] = []
+    try:
+        resolve_device(spec.train.device)
+    except UserError as exc:
+        problems.append(Problem("train.device", str(exc)))
     given = spec.network_specs()
     for net, kind in game.networks.items():
         section = net if net in WELL_KNOWN else f"networks.{net}"
@@ -432,6 +464,10 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
                                 suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}"))
     if unknown:
         return
+    posing = _bools_posing_as_numbers(comp.options, opts, f"{section}.")
+    if posing:
+        problems.extend(posing)
+        return
     try:
         out[section] = comp.options.model_validate(opts)
     except ValidationError as exc:
@@ -440,18 +476,79 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
 
 def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:
     cls = OPTIMIZERS[spec.name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "params")]
+    signature = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in signature if p not in ("self", "params")]
     problems = [Problem(f"{key}.{k}", f"unknown option of optimizer '{spec.name}'", v, True,
                         suggest(k, allowed) or f"options: {', '.join(allowed)}")
                 for k, v in spec.options.items() if k not in allowed]
+    for k, v in spec.options.items():
+        default = signature[k].default if k in signature else None
+        if isinstance(v, bool) and not isinstance(default, bool) and default is not None:
+            problems.append(Problem(f"{key}.{k}", "a boolean where a number is expected", v, True))
+    betas = spec.options.get("betas")
+    if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
+            isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        problems.append(Problem(f"{key}.betas", "must be two numbers in [0, 1), e.g. [0.5, 0.999]", betas, True))
     if problems:
         return problems
-    try:  # build it once on a dummy parameter so a bad value fails now, not after data loading
-        spec.build([torch.nn.Parameter(torch.zeros(1))])
-    except (TypeError, ValueError, RuntimeError) as exc:
+    try:  # build it once (fused where the trainer fuses it) and take a step on a dummy parameter, so that a bad
+        # value or combination fails now, not after data loading
+        param = torch.nn.Parameter(torch.zeros(1))
+        extra = {"fused": True} if spec.name in ("adam", "adamw") and "fused" not in spec.options else {}
+        opt = spec.build([param], **extra)
+        param.grad = torch.ones(1)
+        opt.step()
+    except Exception as exc:
         problems.append(Problem(key, f"optimizer '{spec.name}' rejects these options: {exc}",
                                 spec.options, True))
     return problems
+
+
+def _non_finite(data: Any, prefix: str = "") -> list[Problem]:
+    """Every inf or nan in the recipe: no recipe value means an infinity (TOML allows writing one)."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _non_finite(v, f"{prefix}{k}.")]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _non_finite(v, f"{prefix}{i}.")]
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(prefix.rstrip("."), "must be a finite number", data, True)]
+    return []
+
+
+def _bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
+    """true/false given for a numeric option, or a number or string for a true/false one (pydantic's lax mode
+    would read them as 1 and 0, or 1 and "yes" as true)."""
+    out = []
+    for key, value in data.items():
+        field_info = model.model_fields.get(key)
+        if field_info is None:
+            continue
+        ann = field_info.annotation
+        if isinstance(value, bool) and not _admits_bool(ann) and _admits_number(ann):
+            out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
+        elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
+            out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
+        sub = _unwrap_model(ann)
+        if sub is not None and isinstance(value, dict):
+            out.extend(_bools_posing_as_numbers(sub, value, f"{prefix}{key}."))
+    return out
+
+
+def _leaves(tp: Any) -> list[Any]:
+    args = get_args(tp)
+    return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
+
+
+def _admits_bool(tp: Any) -> bool:
+    return any(t is bool or t is Any for t in _leaves(tp))
+
+
+def _admits_number(tp: Any) -> bool:
+    return any(t in (int, float) for t in _leaves(tp))
+
+
+def _admits_other(tp: Any) -> bool:
+    return any(t not in (bool, type(None)) for t in _leaves(tp))
 
 
 # -- error conversion ------------------------------------------------------------------------------------
@@ -469,6 +566,9 @@ def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefi
             out.append(Problem(key, "unknown key", err.get("input"), True, hint))
         elif etype == "missing":
             out.append(Problem(key, "missing required key"))
+        elif etype == "string_pattern_mismatch" and key == "name":
+            out.append(Problem(key, "must be a plain name of at most 100 letters, digits, '.', '_', '+' or '-' "
+                                    "(it names the run directory)", err.get("input"), True))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             out.append(Problem(key, msg, err.get("input"), "input" in err and etype != "model_type"))

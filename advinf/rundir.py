@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ def is_run_dir(path: Path) -> bool:
 
 def require_run_dir(path: Path) -> None:
     """A UserError unless ``path`` holds an advinf run."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file, not an advinf run directory")
     if not is_run_dir(path):
         raise UserError(f"{path} is not an advinf run directory (no {RECIPE_FILE}); "
                         "check --out, or drop --resume to start a new run there")
@@ -41,13 +45,49 @@ def require_run_dir(path: Path) -> None:
 def check_target(path: Path, *, resume: bool) -> None:
     """A UserError unless ``path`` can take a new run (absent or empty) or, with ``resume``, holds a run.
     Creates nothing: called before anything slow (data loading) happens."""
+    try:
+        _check_target(path, resume)
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise UserError(f"cannot use the run directory {path}: {exc.strerror or exc}; choose another --out") from None
+
+
+def _check_target(path: Path, resume: bool) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"--out {path} is a symbolic link to nothing; remove it or choose another --out")
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is a file, not a directory")
     if resume:
         require_run_dir(path)
+        for name in (CHECKPOINTS_DIR, SAMPLES_DIR):
+            if (path / name).exists() and not (path / name).is_dir():
+                raise UserError(f"{path / name} is not a directory; move it away to resume the run")
     elif path.exists() and any(path.iterdir()):
         what = "already holds a run" if is_run_dir(path) else "is not empty"
         raise UserError(f"run directory {path} {what}; pass --resume to continue it, or choose another --out")
+
+
+def prepare_target(path: Path, *, resume: bool) -> bool:
+    """Check ``path`` (see check_target), create it if needed and check that files can be written there, before
+    anything slow happens. Returns whether it was created (so that a failed start can remove it again)."""
+    check_target(path, resume=resume)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".advinf-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if created:
+            remove_if_empty(path)
+        raise UserError(f"cannot write the run directory {path}: {exc.strerror or exc}; choose another --out")\
+            from None
+    return created
+
+
+def remove_if_empty(path: Path) -> None:
+    """Remove a run directory that holds no file (only empty folders): what a failed start leaves."""
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class RunDir:
@@ -87,16 +127,18 @@ class RunDir:
             path = self.path / name
             if not path.exists():
                 continue
-            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and _step_of(ln) <= step]
+            keep = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if (s := _step_of(ln)) is not None and s <= step]  # a torn last line (a crash) is dropped
             write_text(path, "".join(ln + "\n" for ln in keep))
 
     def write_eval(self, results: dict[str, Any]) -> None:
         write_json(self.path / EVAL_FILE, results)
 
 
-def _step_of(line: str) -> int:
+def _step_of(line: str) -> int | None:
+    """The step of one JSON line, or None if the line is not a complete record."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 0
+        record = json.loads(line)
+        return int(record["step"]) if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+    except (ValueError, TypeError):
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from advinf.build import Built, build
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.interfaces import TrainedModel, check_networks
-from advinf.plugins import PluginHost
+from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
 from advinf.rundir import CHECKPOINTS_DIR, RECIPE_FILE, is_run_dir
 from advinf.settings import resolve_device
@@ -31,15 +32,16 @@ class LoadedRun(TrainedModel):
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, checkpoint: str | Path | None = None,
-             host: PluginHost | None = None) -> LoadedRun:
+             host: PluginHost | None = None, plugins: Sequence[str | Path] = ()) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
 
     With ``train.ema`` the averaged networks are loaded (what samples and evaluation used). Sampling, encoding
     and reconstruction go through the run's game (``run.sample(...)``, ``run.reconstruct(x, y)``), so a
     conditional model is used with its conditions.
 
-    Nothing is unpickled: weights come from safetensors, the recipe from JSON. ``device`` defaults to the
-    recipe's ``train.device`` (``auto``).
+    Nothing is unpickled and nothing is imported: weights come from safetensors, the recipe from JSON, and the
+    run's local plugins (code) are loaded only when named in ``plugins`` (the CLI's ``--plugin``). ``device``
+    defaults to the recipe's ``train.device`` (``auto``).
     """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
@@ -48,6 +50,9 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / CHECKPOINTS_DIR})")
     loaded = ckpt.load_checkpoint(path)
+    host = host or default_host()
+    for plugin in plugins:
+        host.load_local(str(plugin))
     recipe = recipe_of(loaded, run_dir, host)
     dev = resolve_device(device if device is not None else recipe.spec.train.device)
     built = build(recipe, host=host, device=dev, init=False)
@@ -66,4 +71,4 @@ def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = 
     data: dict[str, Any] | None = loaded.state.get("recipe")
     if data is None:
         raise UserError(f"{loaded.path} holds no recipe; it was not written by advinf run")
-    return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host)
+    return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host, load_plugins=False)

@@ -18,8 +18,15 @@ from advinf import checkpoint as ckpt
 from advinf.build import build
 from advinf.errors import UserError
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe, changed_keys, load_recipe, validate_recipe
-from advinf.rundir import CHECKPOINTS_DIR, RECIPE_FILE, check_target, default_run_dir
+from advinf.recipe import Recipe, changed_keys, load_recipe, plugin_paths, validate_recipe
+from advinf.rundir import (
+    CHECKPOINTS_DIR,
+    RECIPE_FILE,
+    check_target,
+    default_run_dir,
+    prepare_target,
+    remove_if_empty,
+)
 from advinf.trainer import Trainer, TrainResult
 
 
@@ -41,17 +48,22 @@ def _stderr(message: str) -> None:
 
 def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | None = None, resume: bool = False,
                allow_changes: bool = False, stop_after: int | None = None, overrides: Sequence[str] = (),
-               progress: str | None = None, host: PluginHost | None = None,
+               progress: str | None = None, host: PluginHost | None = None, plugins: Sequence[str | Path] = (),
                log: Callable[[str], None] = _stderr) -> RunOutcome:
     """Train the model ``recipe`` describes into ``out`` (default ``runs/NAME-TIMESTAMP``) and evaluate it.
 
     With ``resume`` the run in ``out`` continues from its latest checkpoint; ``recipe`` may then be None (the
     run's saved recipe is used, with ``overrides`` on top). ``stop_after`` ends at that step with a checkpoint.
+    A run directory is data: the local plugins its recipe lists are not imported from there; ``plugins`` names
+    the files to load (``--plugin``). A recipe file the user names loads its own ``plugins``.
     """
     host = host or default_host()
+    for plugin in plugins:
+        host.load_local(str(plugin))
     out_dir = Path(out) if out is not None else None
     saved: dict[str, Any] | None = None
     checkpoint = None
+    changes: list[str] = []
     if resume:
         if out_dir is None:
             raise UserError("--resume needs the run directory to continue (advinf run --resume RUN_DIR)")
@@ -65,7 +77,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     if recipe is None:
         if saved is None:
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
-        rec = validate_recipe(saved, overrides, source=str(out_dir / RECIPE_FILE), base_dir=out_dir, host=host)
+        rec = validate_recipe(saved, overrides, source=str(out_dir / RECIPE_FILE), base_dir=out_dir, host=host,
+                              load_plugins=False)
     elif isinstance(recipe, Recipe):
         rec = recipe
     else:
@@ -74,34 +87,56 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         rec.spec.train.progress = progress  # type: ignore[assignment]
     if saved is not None:
         changes = changed_keys(_normalised(saved, out_dir, host), rec.resolved())  # type: ignore[arg-type]
+        changes = [k for k in changes if k != "plugins"] if _same_plugins(saved, rec, out_dir) else changes  # type: ignore[arg-type]
         if changes and not allow_changes:
             raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}; "
                             "pass --allow-changes to resume with it anyway")
+        kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")]
+        if kinds and checkpoint is not None:
+            raise UserError(f"{', '.join(kinds)} changed: a resumed run cannot change the kind of an optimiser (its "
+                            "saved state belongs to the old one); start a new run, with init_from = "
+                            f"\"{out_dir}\" in the network sections to keep the weights")
     if out_dir is None:
         out_dir = default_run_dir(rec.spec.name)
-    elif not resume:
-        check_target(out_dir, resume=False)  # before the (possibly slow) build
+    created = prepare_target(out_dir, resume=resume)  # before the (possibly slow) build
+    try:
+        trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log)
+    except BaseException:
+        if created:
+            remove_if_empty(out_dir)  # a failed start leaves nothing behind
+        raise
+    resumed_from = trainer.step if checkpoint is not None else None
+    if checkpoint is not None and allow_changes:
+        applied = [k for k in changes if k.startswith("optimizer")]
+        trainer.apply_optimizer_settings()
+        if applied:
+            log(f"applied the changed optimiser settings: {', '.join(applied)}")
+    result = trainer.fit(stop_after=stop_after)
+    return RunOutcome(out_dir, rec, trainer, result, resumed_from)
+
+
+def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoint: ckpt.Checkpoint | None,
+           allow_changes: bool, log: Callable[[str], None]) -> Trainer:
+    """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given."""
     built = build(rec, host=host, init=checkpoint is None)
     spec = rec.spec
     trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
                       optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
-                      run_dir=out_dir, seed=spec.seed, device=built.device, recipe=rec.resolved(), resume=resume,
-                      condition=built.condition)
+                      run_dir=out_dir, seed=spec.seed, device=built.device, recipe=rec.resolved(out_dir),
+                      resume=resume, condition=built.condition)
     assert trainer.run is not None
-    resumed_from = None
     if checkpoint is not None:
         trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing
-        resumed_from = trainer.step
     if checkpoint is None or allow_changes:
-        trainer.run.write_recipe(rec.to_toml())
+        trainer.run.write_recipe(rec.to_toml(out_dir))
     if checkpoint is not None:
         log(f"resuming {out_dir} from step {trainer.step}")
     elif resume:
+        trainer.run.truncate_after(0)  # lines of the steps about to be redone
         log(f"warning: {out_dir} has no checkpoint yet; starting it again from step 0")
     else:
         log(f"run directory: {out_dir}")
-    result = trainer.fit(stop_after=stop_after)
-    return RunOutcome(out_dir, rec, trainer, result, resumed_from)
+    return trainer
 
 
 def _read_saved_recipe(run_dir: Path) -> dict[str, Any]:
@@ -114,8 +149,17 @@ def _read_saved_recipe(run_dir: Path) -> dict[str, Any]:
 
 def _normalised(saved: dict[str, Any], run_dir: Path, host: PluginHost) -> dict[str, Any]:
     """A saved recipe as this version resolves it (older spellings and defaults filled in), so that only real
-    changes are reported; as saved if it no longer validates."""
+    changes are reported; as saved if it no longer validates. Imports nothing."""
     try:
-        return validate_recipe(saved, source=str(run_dir / RECIPE_FILE), base_dir=run_dir, host=host).resolved()
+        return validate_recipe(saved, source=str(run_dir / RECIPE_FILE), base_dir=run_dir, host=host,
+                               load_plugins=False).resolved()
     except UserError:
         return saved
+
+
+def _same_plugins(saved: dict[str, Any], rec: Recipe, run_dir: Path) -> bool:
+    """Whether the saved recipe's local plugins are the same files as ``rec``'s (saved paths are relative to
+    the run, or absolute in runs written by older versions)."""
+    listed = saved.get("plugins", [])
+    return isinstance(listed, list) and all(isinstance(p, str) for p in listed) and \
+        plugin_paths(listed, run_dir) == plugin_paths(rec.spec.plugins, rec.base_dir)

@@ -56,7 +56,7 @@ class TrainSpec(BaseModel):
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     critic_steps: PositiveInt = Field(1, description="critic-side steps per generator step (alternating only)")
     device: str = "auto"
-    threads: PositiveInt | None = Field(None, description="CPU threads for torch (default: torch's choice)")
+    threads: PositiveInt | None = Field(None, le=4096, description="CPU threads for torch (default: torch's choice)")
     log_every: PositiveInt = 100
     sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
     num_samples: PositiveInt = 100

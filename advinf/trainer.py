@@ -16,6 +16,7 @@ deciding to skip an update needs the value on the host).
 from __future__ import annotations
 
 import contextlib
+import copy
 import signal
 import threading
 import time
@@ -99,7 +100,8 @@ class Trainer:
             raise UserError(f"optimizers given for {', '.join(unknown)}, but the game's players are "
                             f"{', '.join(p.name for p in self.players)}")
         fused = self.device.type in ("cuda", "cpu")  # fused Adam: 12% faster per toy step on CPU, too
-        self.optimizers = {p.name: _build_optimizer(overrides.get(p.name, default), self._param_list[p.name],
+        self._optimizer_specs = {p.name: overrides.get(p.name, default) for p in self.players}
+        self.optimizers = {p.name: _build_optimizer(self._optimizer_specs[p.name], self._param_list[p.name],
                                                     fused, p) for p in self.players}
         self.batches = BatchSource(self.data, self.spec.batch_size, self.device, seed, game.streams,
                                    rank=rank, world_size=world_size,
@@ -120,18 +122,46 @@ class Trainer:
         self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
+        self._trial()
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
 
     # -- one step ------------------------------------------------------------------------------------------
-    def _forward(self) -> GameLosses:
-        with self._autocast:
-            out = self._losses(self.nets, self.batches.next())
+    def _trial(self) -> None:
+        """One forward and backward pass on copies of the networks with a first batch, before anything is
+        trained or written: networks that do not fit the data, the batch size or the device fail here with a
+        clear message, not after data loading and a first checkpoint. Changes no state (RNG forked, copies)."""
+        nets = copy.deepcopy(self.nets)
+        nets.train(True)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                with self._autocast:
+                    out = self._checked(self.game.losses(nets, self.batches.first()))
+                total = sum(out.losses[p.name].float().sum() for p in self.players)
+                params = [q for p in self.players for q in nets.parameters(p.networks)]
+                torch.autograd.grad(total, params, allow_unused=True)  # type: ignore[arg-type]
+        except UserError:
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split())[:400]
+            hint = ("train.batch_size: batch norm needs at least 2 examples per batch"
+                    if "Expected more than 1 value per channel" in text else
+                    "check the networks' options (sizes, x_dim/z_dim, channels) against the dataset and prior, "
+                    "and train.batch_size")
+            raise UserError(f"the networks fail on a first batch, before training: {type(exc).__name__}: {text}; "
+                            f"{hint}") from exc
+
+    def _checked(self, out: GameLosses) -> GameLosses:
         missing = [p.name for p in self.players if p.name not in out.losses]
         if missing:
             raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
         return out
+
+    def _forward(self) -> GameLosses:
+        with self._autocast:
+            return self._checked(self._losses(self.nets, self.batches.next()))
 
     def _update(self, out: GameLosses, players: tuple[Player, ...]) -> bool:
         """Each player's gradient of its own loss (all at the current parameters), then every step."""
@@ -243,7 +273,7 @@ class Trainer:
                     if self.step % self.spec.log_every == 0 or self.step == end:
                         now = time.perf_counter()
                         values = (acc / count).tolist()  # the one host sync per log interval
-                        last = {"step": self.step, "epoch": self.batches.epoch,
+                        last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
                                 **dict(zip(keys, values, strict=True)),
                                 "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
                                 "time": round(now - t_start, 3)}
@@ -322,20 +352,39 @@ class Trainer:
         """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly."""
         where = checkpoint.path
         for name, module in self._stateful().items():
+            if name.startswith("ema_") and ckpt.network_prefix(checkpoint.tensors["model"], name) is None:
+                continue  # a moving average the run did not keep yet (train.ema changed): it starts from here
             ckpt.load_module_state(module, name, checkpoint.tensors["model"], where)
         opts = checkpoint.state["optimizers"]
-        for p in self.players:
-            if p.name not in opts:
-                raise UserError(f"{where}: the checkpoint holds no optimiser state for player '{p.name}' (it has "
-                                f"{', '.join(opts) or 'none'}); was it written by another game?")
-            ckpt.load_optimizer_state(self.optimizers[p.name], self._names(p), p.name, checkpoint.tensors["optim"],
-                                      opts[p.name], where)
-        ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
-        self.batches.load_state(checkpoint.state["sampler"])
+        try:
+            for p in self.players:
+                if p.name not in opts:
+                    raise UserError(f"{where}: the checkpoint holds no optimiser state for player '{p.name}' (it "
+                                    f"has {', '.join(opts) or 'none'}); was it written by another game?")
+                ckpt.load_optimizer_state(self.optimizers[p.name], self._names(p), p.name,
+                                          checkpoint.tensors["optim"], opts[p.name], where)
+            ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
+            self.batches.load_state(checkpoint.state["sampler"])
+        except UserError:
+            raise
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            raise UserError(f"{where} cannot be restored ({type(exc).__name__}: {str(exc)[:200]}); delete it to "
+                            "resume from an older checkpoint") from None
         self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
         self._rng_restored = True
         if self.run is not None:
             self.run.truncate_after(self.step)
+
+    def apply_optimizer_settings(self) -> None:
+        """Set every optimiser's hyperparameters (lr, betas, weight decay, ...) to this trainer's specs, over the
+        values a restored checkpoint brought: what ``--resume --allow-changes`` with a changed optimiser does."""
+        for p in self.players:
+            spec = self._optimizer_specs[p.name]
+            fresh = spec.build([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]
+            for group in self.optimizers[p.name].param_groups:
+                for key, value in fresh.items():
+                    if key not in ("params", "fused", "foreach", "capturable", "differentiable"):
+                        group[key] = value
 
     def _names(self, player: Player) -> list[str]:
         return [name for name, _ in self._params[player.name]]

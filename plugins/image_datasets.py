@@ -7,7 +7,10 @@ dataset classes. Every section takes ``root``, ``download`` (default false: a mi
 naming the files it expects) and ``verify`` (default true: torchvision's checksum check of the official
 files). ``verify = false`` skips only the checksum: each torchvision class is subclassed with its checksum
 table set to ``None``, which torchvision's ``check_integrity`` treats as "the file exists"; parsing stays
-torchvision's. The decoded tensors are cached under ``root/.advinf_cache/<name>-<key>.safetensors`` (key: a
+torchvision's. CIFAR-10 is the exception: its python batches are pickles, which can run code, so advinf reads
+the official *binary* version (``cifar-10-batches-bin/``, plain bytes; what ``download = true`` fetches) and
+unpickles the python version only when every file has the official release's checksum, whatever ``verify``
+says. The decoded tensors are cached under ``root/.advinf_cache/<name>-<key>.safetensors`` (key: a
 hash of every option that changes the tensors), written atomically, so a second run starts fast.
 """
 
@@ -23,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,12 +64,15 @@ class SvhnOptions(_OfficialOptions):
 
 
 class Cifar10Options(_OfficialOptions):
-    root: str = Field("data/cifar10", description="folder holding cifar-10-batches-py/")
+    root: str = Field("data/cifar10", description="folder holding cifar-10-batches-bin/ (the official binary "
+                                                  "version, preferred) or cifar-10-batches-py/ (the python version)")
     heldout: Literal["validation", "test", "none"] = Field(
         "validation", description="validation: hold out the last `validation` training examples (the original: "
                                   "train on 0-44,999, validate on 45,000-49,999); test: train on all 50,000, "
                                   "hold out the test batch; none: train on all 50,000")
     validation: int = Field(5000, gt=0, description="size of the validation split (heldout = 'validation')")
+    verify: bool = Field(True, description="checksum of the downloaded archive; python batches (pickles) are read "
+                                           "only if they are the official files, whatever this says")
 
 
 class CelebaOptions(_OfficialOptions):
@@ -120,16 +127,6 @@ def _svhn_class(verify: bool):
         return cls
     table = {k: [url, name, None] for k, (url, name, _md5) in cls.split_list.items()}
     return type("UnverifiedSVHN", (cls,), {"split_list": table})
-
-
-def _cifar10_class(verify: bool):
-    cls = _tv().CIFAR10
-    if verify:
-        return cls
-    return type("UnverifiedCIFAR10", (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None}, "tgz_md5": None})
 
 
 def _celeba_class(verify: bool):
@@ -305,19 +302,67 @@ def svhn(options: SvhnOptions, ctx) -> Dataset:
 # -- CIFAR-10 ----------------------------------------------------------------------------------------------
 
 
+CIFAR_BIN = "cifar-10-batches-bin"
+CIFAR_BIN_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_BIN_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+CIFAR_BIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+
+
+def read_cifar10_bin(path: Path) -> tuple[Tensor, Tensor]:
+    """One file of the official binary version: records of 1 label byte and 3,072 pixel bytes (the red, green
+    and blue 32x32 planes). Plain bytes: reading it runs no code."""
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise UserError(f"dataset 'cifar10': {path} is not a CIFAR-10 binary batch (its size, {raw.size} bytes, is "
+                        "not a multiple of 3073)")
+    records = raw.reshape(-1, 3073)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise UserError(f"dataset 'cifar10': {path} holds labels above 9; it is not a CIFAR-10 binary batch")
+    return torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
+
+
+def _official_python_batches(root: Path) -> Callable[[bool], tuple[Tensor, Tensor]]:
+    """The python version, read by torchvision, which unpickles it: only files with the official release's
+    checksums are read (a pickle can run code), whatever ``verify`` says."""
+    from torchvision.datasets.utils import check_integrity
+
+    cls = _tv().CIFAR10
+    base = root / cls.base_folder
+    for name, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
+        if not check_integrity(str(base / name), md5):
+            raise UserError(f"dataset 'cifar10': {base / name} is not the official release's file (checksum); advinf "
+                            "unpickles only the official python batches, since a pickle can run code. Use the "
+                            f"official binary version instead ({CIFAR_BIN}/, plain bytes), e.g. with download = true")
+
+    def load(train: bool) -> tuple[Tensor, Tensor]:
+        ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=False))
+        return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+
+    return load
+
+
 def cifar10(options: Cifar10Options, ctx) -> Dataset:
-    """CIFAR-10 32x32 from the official python batches; the original's 45,000 / 5,000 split by default."""
+    """CIFAR-10 32x32 from the official binary batches (or the official python ones); the original's 45,000 /
+    5,000 split by default."""
     root = Path(options.root).expanduser()
 
     def build() -> Dataset:
-        cls = _cifar10_class(options.verify)
-        if not options.download:
-            files = [f"{cls.base_folder}/{name}" for name, _ in cls.train_list + cls.test_list]
-            _require("cifar10", root, [*files, f"{cls.base_folder}/{cls.meta['filename']}"])
+        binary = root / CIFAR_BIN
+        python = root / "cifar-10-batches-py"
+        if not binary.is_dir() and not python.is_dir() and options.download:
+            from torchvision.datasets.utils import download_and_extract_archive
 
-        def load(train: bool) -> tuple[Tensor, Tensor]:
-            ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=options.download))
-            return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
+            download_and_extract_archive(CIFAR_BIN_URL, str(root), md5=CIFAR_BIN_MD5 if options.verify else None)
+        if binary.is_dir() or not python.is_dir():
+            _require("cifar10", root, [f"{CIFAR_BIN}/{name}" for name in CIFAR_BIN_FILES])
+
+            def load(train: bool) -> tuple[Tensor, Tensor]:
+                parts = [read_cifar10_bin(binary / name) for name in
+                         (CIFAR_BIN_FILES[:5] if train else CIFAR_BIN_FILES[5:])]
+                return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        else:
+            load = _official_python_batches(root)
 
         x, y = load(True)
         heldout = None

@@ -25,12 +25,13 @@ from advinf.conditions import example_conditions
 
 class ModeCoverageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    samples: int = Field(10_000, ge=1, description="decoder samples drawn from the prior (the paper: 10,000)")
+    samples: int = Field(10_000, ge=1, le=1_000_000,
+                         description="decoder samples drawn from the prior (the paper: 10,000)")
     radius_std: float = Field(3.0, gt=0, description="strict radius in standard deviations")
     min_samples: int = Field(20, ge=1, description="samples a mode needs within the radius (strict count)")
-    seed: int = Field(0, description="seed of the prior draw")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the prior draw")
     plot: bool = Field(True, description="write mode_coverage.png like the paper's mixture figure")
-    plot_points: int = Field(2500, ge=1, description="points per panel of the figure")
+    plot_points: int = Field(2500, ge=1, le=1_000_000, description="points per panel of the figure")
 
 
 def coverage_metrics(samples: Tensor, centres: Tensor, std: float, radius_std: float = 3.0,

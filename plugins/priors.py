@@ -10,7 +10,7 @@ from advinf import Prior, hookimpl
 
 class PriorOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dim: int = Field(..., gt=0, description="latent dimensions")
+    dim: int = Field(..., gt=0, le=1_000_000, description="latent dimensions")
     spatial: bool = Field(False, description="shape (dim, 1, 1) for convolutional networks instead of (dim,)")
 
 

@@ -16,8 +16,8 @@ from advinf import Condition, ConditionEmbedding, Decoder, Encoder, ImplicitPost
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    x_dim: int | None = Field(None, gt=0, description="data dimensions (default: from the dataset)")
-    z_dim: int | None = Field(None, gt=0, description="latent dimensions (default: from the prior)")
+    x_dim: int | None = Field(None, gt=0, le=1_000_000, description="data dimensions (default: from the dataset)")
+    z_dim: int | None = Field(None, gt=0, le=1_000_000, description="latent dimensions (default: from the prior)")
     init_std: float = Field(0.02, gt=0, description="std of the Gaussian weight initialisation")
 
 
@@ -138,8 +138,14 @@ class ToyCritic(JointCritic):
 
 
 def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
-    x_dim = o.x_dim or _flat(ctx.sample_shape if ctx is not None else None)
-    z_dim = o.z_dim or _flat(ctx.latent_shape if ctx is not None else None)
+    data = _flat(ctx.sample_shape if ctx is not None else None)
+    latent = _flat(ctx.latent_shape if ctx is not None else None)
+    for key, given, known, source in (("x_dim", o.x_dim, data, "the dataset's examples have"),
+                                      ("z_dim", o.z_dim, latent, "the prior's z has")):
+        if given is not None and known is not None and given != known:
+            raise UserError(f"{what}: {key} = {given}, but {source} {known} dimensions; remove {key} to take it "
+                            "from there")
+    x_dim, z_dim = o.x_dim or data, o.z_dim or latent
     if x_dim is None or z_dim is None:
         raise UserError(f"{what}: give x_dim and z_dim, or build it from a recipe with a dataset and prior")
     return x_dim, z_dim

@@ -62,6 +62,26 @@ def write_cifar10(root: Path, per_batch: int, test: int, seed: int = 0) -> dict[
             "test": (torch.from_numpy(xs["test_batch"]), torch.tensor(ys["test_batch"]))}
 
 
+def write_cifar10_bin(root: Path, per_batch: int, test: int, seed: int = 0
+                      ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``cifar-10-batches-bin/``, the official binary version: data_batch_1..5.bin and test_batch.bin, records of
+    one label byte and 3,072 pixel bytes (R, G and B planes), plus batches.meta.txt."""
+    base = root / "cifar-10-batches-bin"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = _rng(seed)
+    xs, ys = {}, {}
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        (base / f"{name}.bin").write_bytes(np.concatenate([labels[:, None], data], axis=1).tobytes())
+        xs[name], ys[name] = data.reshape(n, 3, 32, 32), labels.astype(np.int64)
+    (base / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n")
+    train = [f"data_batch_{i}" for i in range(1, 6)]
+    return {"train": (torch.from_numpy(np.concatenate([xs[n] for n in train])),
+                      torch.from_numpy(np.concatenate([ys[n] for n in train]))),
+            "test": (torch.from_numpy(xs["test_batch"]), torch.from_numpy(ys["test_batch"]))}
+
+
 def write_celeba(root: Path, partitions: list[int], seed: int = 0) -> tuple[list[Path], torch.Tensor]:
     """``celeba/`` as torchvision expects it: img_align_celeba/*.jpg (178 x 218) and the five text files.
 

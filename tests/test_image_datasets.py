@@ -16,6 +16,7 @@ from image_formats import (
     CELEBA_ATTRS,
     write_celeba,
     write_cifar10,
+    write_cifar10_bin,
     write_image_folder,
     write_mnist,
     write_svhn,
@@ -53,6 +54,38 @@ def test_svhn_reads_the_official_mat_files(tmp_path):
     assert torch.equal(train.train.x, files["train"][0][:3]) and train.heldout is None
 
 
+EVIL = """
+import os
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+"""
+
+
+def test_a_crafted_pickle_under_the_cifar_root_never_runs(tmp_path):
+    """CIFAR-10's python batches are pickles: advinf unpickles only the official files, even with verify = false."""
+    write_cifar10(tmp_path, per_batch=2, test=2)  # the python version, but not the official files
+    marker = tmp_path / "pwned"
+    namespace: dict = {}
+    exec(EVIL.format(marker=marker), namespace)
+    import pickle
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(namespace["Evil"]()))
+    with pytest.raises(UserError, match="not the official release's file .* advinf unpickles only the official"):
+        load("cifar10", root=str(tmp_path), verify=False, validation=3, cache=False)
+    assert not marker.exists()
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_cifar10.toml")])
+    assert res.exit_code == 0  # the recipe itself is fine; only the data is refused
+
+
+def test_cifar10_binary_batches_are_checked(tmp_path):
+    write_cifar10_bin(tmp_path, per_batch=2, test=2)
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(UserError, match="data_batch_3.bin is not a CIFAR-10 binary batch"):
+        load("cifar10", root=str(tmp_path), validation=3, cache=False)
+
+
 def test_verify_checks_the_official_checksums(tmp_path):
     write_svhn(tmp_path, {"train": 2, "test": 2})
     with pytest.raises(UserError) as err:
@@ -61,7 +94,7 @@ def test_verify_checks_the_official_checksums(tmp_path):
 
 
 def test_cifar10_keeps_the_original_validation_split(tmp_path):
-    files = write_cifar10(tmp_path, per_batch=4, test=3)
+    files = write_cifar10_bin(tmp_path, per_batch=4, test=3)
     data = load("cifar10", root=str(tmp_path), verify=False, validation=5)
     x, y = files["train"]
     assert data.train.x.shape == (15, 3, 32, 32) and data.train.x.dtype == torch.uint8
@@ -147,7 +180,7 @@ def test_image_folder_flat_and_its_cache_follows_the_files(tmp_path):
 
 
 def test_cache_roundtrip_is_safetensors_and_skips_the_source_files(tmp_path):
-    write_cifar10(tmp_path, per_batch=2, test=2)
+    write_cifar10_bin(tmp_path, per_batch=2, test=2)
     first = load("cifar10", root=str(tmp_path), verify=False, validation=3)
     [path] = cache_files(tmp_path)
     header_len = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: u64 length + JSON header
@@ -155,7 +188,7 @@ def test_cache_roundtrip_is_safetensors_and_skips_the_source_files(tmp_path):
     assert set(header) == {"__metadata__", "train.x", "train.y", "heldout.x", "heldout.y"}
     assert header["train.x"]["dtype"] == "U8" and header["train.x"]["shape"] == [7, 3, 32, 32]
     assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temporary left behind
-    shutil.rmtree(tmp_path / "cifar-10-batches-py")
+    shutil.rmtree(tmp_path / "cifar-10-batches-bin")
     again = load("cifar10", root=str(tmp_path), verify=False, validation=3)  # from the cache alone
     for a, b in [(first.train.x, again.train.x), (first.train.y, again.train.y), (first.heldout.x, again.heldout.x)]:
         assert torch.equal(a, b) and a.dtype == b.dtype
@@ -166,7 +199,7 @@ def test_cache_roundtrip_is_safetensors_and_skips_the_source_files(tmp_path):
 
 @pytest.mark.parametrize("name,expected", [
     ("svhn", ["train_32x32.mat", "test_32x32.mat"]),
-    ("cifar10", ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"]),
+    ("cifar10", ["cifar-10-batches-bin/data_batch_1.bin", "cifar-10-batches-bin/test_batch.bin"]),
     ("celeba", ["celeba/img_align_celeba", "celeba/list_eval_partition.txt"]),
     ("mnist", ["MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-labels-idx1-ubyte"]),
     ("tiny_imagenet", ["tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"]),
@@ -197,7 +230,7 @@ def _svhn(root):
 
 
 def _cifar10(root):
-    write_cifar10(root, per_batch=2, test=2)
+    write_cifar10_bin(root, per_batch=2, test=2)
     return root
 
 

@@ -1,0 +1,372 @@
+"""Reliability and safety: no code from data, every bad input a clear error before anything is written,
+damaged run directories, resume that applies what changed, plugins that misbehave, signals at start-up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES, TINY, TINY_ENCODER, cli_env, write
+
+import advinf
+from advinf import checkpoint as ckpt
+from advinf.cli import cli
+
+ALI = RECIPES / "ali_mixture25.toml"
+
+
+def sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def invoke(*args: str | Path):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def tiny_run(out: Path, *extra: str, recipe: Path = ALI):
+    res = invoke("run", recipe, "--out", out, *sets(TINY + TINY_ENCODER), *extra)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def snapshot(path: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# -- no code from data ---------------------------------------------------------------------------------------
+
+MARKING_PLUGIN = """
+from pathlib import Path
+Path(__file__).with_name("imported.log").open("a").write("imported\\n")
+from advinf import hookimpl
+from advinf_plugins.priors import gaussian, PriorOptions
+
+@hookimpl
+def register_priors(register):
+    register("marked_prior", gaussian, PriorOptions)
+"""
+
+
+def test_a_run_directory_never_imports_its_plugins(tmp_path):
+    project = tmp_path / "project"
+    write(project / "mark.py", MARKING_PLUGIN)
+    recipe = write(project / "r.toml", ALI.read_text().replace('seed = 0', 'seed = 0\nplugins = ["mark.py"]')
+                   .replace('name = "gaussian"', 'name = "marked_prior"'))
+    res = invoke("validate", recipe)
+    assert res.exit_code == 0 and f"imported local plugin: {project / 'mark.py'}" in res.output
+    run = project / "runs" / "r"
+    tiny_run(run, recipe=recipe)
+    log = project / "imported.log"
+    log.unlink()
+    from advinf.plugins import reset_default_host
+
+    reset_default_host()  # as a fresh process: nothing imported yet
+    assert '"../../mark.py"' in (run / "recipe.toml").read_text()  # stored relative to the run
+    res = invoke("sample", run, "--out", tmp_path / "s.png")
+    assert res.exit_code == 2 and "--plugin PATH" in res.output and not log.exists()
+    res = invoke("evaluate", run)
+    assert res.exit_code == 2 and not log.exists()
+    res = invoke("run", "--resume", run)
+    assert res.exit_code == 2 and "does not import from a run directory" in res.output and not log.exists()
+    res = invoke("sample", run, "--out", tmp_path / "s.png", "--plugin", project / "mark.py")
+    assert res.exit_code == 0, res.output
+    assert log.read_text() == "imported\n"
+    reset_default_host()
+
+    # moved with its plugin beside it, the run resumes with the moved plugin and sees no change of recipe
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    res = invoke("run", "--resume", moved / "runs" / "r", "--plugin", moved / "mark.py",
+                 "--set", "train.steps=40", "--allow-changes")
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output
+
+
+def test_an_edited_run_directory_cannot_make_advinf_import_a_file(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run)
+    evil = write(tmp_path / "evil.py", "from pathlib import Path\nPath(__file__).with_name('pwned').touch()\n")
+    state_path = ckpt.latest_checkpoint(run / "checkpoints") / "state.json"
+    state = json.loads(state_path.read_text())
+    state["recipe"]["plugins"] = [str(evil)]
+    state_path.write_text(json.dumps(state))
+    (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace("plugins = []",
+                                                                              f'plugins = ["{evil}"]'))
+    for args in (["evaluate", run], ["sample", run, "--out", tmp_path / "s.png"],
+                 ["reconstruct", run, "--out", tmp_path / "r.png"], ["run", "--resume", run, "--stop-after", "31"]):
+        invoke(*args)
+        assert not (tmp_path / "pwned").exists(), args
+    advinf.load_run(run, device="cpu")
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- bad values: clear errors before anything is written ------------------------------------------------
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.batch_size=true", "train.batch_size: Input should be a valid integer"),
+    ("optimizer.lr=false", "optimizer.lr: a boolean where a number is expected"),
+    ("critic.hidden=true", "critic.hidden: a boolean where a number is expected"),
+    ("critic.joint=1", "critic.joint: must be true or false"),
+    ("optimizer.lr=inf", "optimizer.lr: must be a finite number"),
+    ("dataset.std=nan", "dataset.std: must be a finite number"),
+    ("seed=18446744073709551616", "seed: Input should be less than 4294967296"),
+    ("train.threads=1099511627776", "train.threads: Input should be less than or equal to 4096"),
+    ("optimizer.betas=[0.5]", "optimizer.betas: must be two numbers in [0, 1)"),
+    ("optimizer.differentiable=true", "`fused` does not support `differentiable`"),
+    ("train.device=\"cuda:99\"", "train.device: train.device = 'cuda:99' but"),
+    ("name=\"../../escape\"", "name: must be a plain name"),
+    ("name=\"a\\nb\"", "name: must be a plain name"),
+    ("evaluators.mode_coverage.samples=100000000000", "evaluators.mode_coverage.samples: Input should be less"),
+])
+def test_values_validation_can_know_are_wrong(tmp_path, override, expected):
+    res = invoke("validate", ALI, "--set", override)
+    assert res.exit_code == 2 and expected in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.batch_size=1", "train.batch_size: batch norm needs at least 2 examples per batch"),
+    ("encoder.x_dim=3", "encoder.name: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
+    ("decoder.hidden=10000000", "decoder.name: building decoder 'toy_decoder' (plugin 'toy_networks') failed"),
+])
+def test_what_fails_only_when_built_fails_before_training_and_writes_nothing(tmp_path, override, expected):
+    out = tmp_path / "run"
+    res = invoke("run", ALI, "--out", out, *sets(TINY + TINY_ENCODER), "--set", override)
+    assert res.exit_code == 2 and expected in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+# -- run directories ----------------------------------------------------------------------------------------
+
+def test_bad_run_directories_are_clear_errors(tmp_path):
+    file = write(tmp_path / "a_file", "x")
+    cases = [(file, "is a file"), (file / "under", "cannot write the run directory"),
+             (tmp_path / ("n" * 300), "File name too long")]
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    cases.append((dangling, "symbolic link to nothing"))
+    for out, expected in cases:
+        res = invoke("run", ALI, "--out", out, *sets(TINY + TINY_ENCODER))
+        assert res.exit_code == 2 and expected in res.output, (out, res.output)
+        assert "Traceback" not in res.output
+    assert not (tmp_path / "nowhere").exists()
+
+
+def _damage_cases(run: Path):
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    state = latest / "state.json"
+    good = json.loads(state.read_text())
+
+    def edit(**changes):
+        def apply():
+            data = json.loads(json.dumps(good))
+            for dotted, value in changes.items():
+                node = data
+                *path, last = dotted.split("__")
+                for part in path:
+                    node = node[part]
+                node[last] = value
+            state.write_text(json.dumps(data))
+        return apply
+
+    return [
+        ("step is text", edit(step="ten"), "state.json is damaged (step"),
+        ("sampler not a table", edit(sampler=[1, 2]), "state.json is damaged (sampler"),
+        ("param groups without names", edit(optimizers__critic__param_groups=[{"lr": 1}]), "state.json is damaged"),
+        ("rng of the wrong shape", edit(rng={"python": [3]}), "state.json is damaged (rng.python"),
+        ("negative position", edit(sampler__position=-4), "state.json is damaged (sampler.position"),
+        ("not JSON", lambda: state.write_bytes(b"\xff\xfe{"), "state.json is corrupted"),
+        ("optimiser value wrong", edit(optimizers__critic__param_groups=[{**good["optimizers"]["critic"]
+                                                                          ["param_groups"][0], "betas": "x"}]),
+         "state.json is damaged"),
+    ]
+
+
+def test_a_damaged_state_json_is_a_clear_error_and_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "10")
+    for what, damage, expected in _damage_cases(run):
+        latest = ckpt.latest_checkpoint(run / "checkpoints")
+        original = (latest / "state.json").read_bytes()
+        damage()
+        before = snapshot(run)
+        res = invoke("run", "--resume", run)
+        assert res.exit_code == 2 and expected in res.output, (what, res.output)
+        assert "Traceback" not in res.output
+        assert snapshot(run) == before, what
+        (latest / "state.json").write_bytes(original)
+
+
+def test_a_damaged_latest_pointer_or_checkpoints_folder(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "10", "--set", "train.checkpoint_every=5")
+    pointer = run / "checkpoints" / "latest"
+    outside = write(tmp_path / "outside", "step_0000005\n")
+    for damage in (lambda: pointer.write_bytes(b"\xff\xfe\x00"), lambda: pointer.mkdir(),
+                   lambda: pointer.symlink_to(outside)):
+        if pointer.is_dir() and not pointer.is_symlink():
+            pointer.rmdir()
+        else:
+            pointer.unlink(missing_ok=True)
+        damage()
+        with pytest.warns(UserWarning, match="using the newest complete checkpoint \\(step_0000010\\)"):
+            assert ckpt.latest_checkpoint(run / "checkpoints").name == "step_0000010"
+    proc = subprocess.run([sys.executable, "-m", "advinf", "run", "--resume", str(run), "--stop-after", "12"],
+                          capture_output=True, text=True, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    warning = [ln for ln in proc.stderr.splitlines() if "is not a readable pointer file" in ln]
+    assert len(warning) == 1 and warning[0].startswith("warning: ")  # one clean line, no source echo
+    assert "warnings.warn" not in proc.stderr
+
+    other = tmp_path / "other"
+    tiny_run(other, "--stop-after", "5")
+    shutil.rmtree(other / "checkpoints")
+    (other / "checkpoints").write_text("not a folder")
+    res = invoke("run", "--resume", other)
+    assert res.exit_code == 2 and "checkpoints is not a directory" in res.output
+
+
+def test_a_resume_without_checkpoints_drops_the_stale_lines_and_a_torn_line(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "20", "--set", "train.checkpoint_every=0")
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 21, "loss_cri')  # a crash in the middle of a line
+    shutil.rmtree(run / "checkpoints")
+    res = invoke("run", "--resume", run, "--stop-after", "10")
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10]
+
+    tiny_run(tmp_path / "b", "--stop-after", "15", "--set", "train.checkpoint_every=0")
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 16, "lo')
+    assert invoke("run", "--resume", tmp_path / "b").exit_code == 0
+    records = [json.loads(ln) for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["steps_averaged"]) for r in records] == [(10, 10), (15, 5), (20, 5), (30, 10)]
+
+
+# -- resume applies what changed -----------------------------------------------------------------------------
+
+def test_resume_with_allowed_changes_applies_the_new_optimiser_settings(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "10")
+    res = invoke("run", "--resume", run, "--set", "optimizers.critic.lr=0.05", "--set", "optimizer.betas=[0.1, 0.9]",
+                 "--set", "train.ema=0.5", "--allow-changes", "--stop-after", "12")
+    assert res.exit_code == 0, res.output
+    assert "applied the changed optimiser settings" in res.output
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).state
+    assert state["optimizers"]["critic"]["param_groups"][0]["lr"] == 0.05
+    assert state["optimizers"]["generator"]["param_groups"][0]["betas"] == [0.1, 0.9]
+    res = invoke("run", "--resume", run, "--set", "optimizer.name=adamw", "--allow-changes")
+    assert res.exit_code == 2 and "cannot change the kind of an optimiser" in res.output
+
+
+# -- plugins that misbehave ----------------------------------------------------------------------------------
+
+def _dist(root: Path, modules: dict[str, str]) -> Path:
+    from test_plugins import make_dist
+
+    return make_dist(root, "advinf-bad", {name: name for name in modules}, modules)
+
+
+def test_plugins_that_exit_or_interrupt_at_import_are_reported_like_any_broken_plugin(tmp_path):
+    marker = tmp_path / "imported"
+    root = _dist(tmp_path / "site", {
+        "exits": "import sys\nsys.exit(0)\n",
+        "interrupts": "raise KeyboardInterrupt\n",
+        "base": "raise BaseException('odd')\n",
+        "slow": f"import time\nfrom pathlib import Path\nPath({str(marker)!r}).touch()\ntime.sleep(0.3)\n",
+    })
+    env = cli_env(PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    listing = {p["name"]: p for p in json.loads(out.stdout)}
+    assert listing["exits"]["error"].endswith("called sys.exit(0)")
+    assert "KeyboardInterrupt" in listing["interrupts"]["error"] and "odd" in listing["base"]["error"]
+    assert listing["slow"]["load_seconds"] >= 0.3 and listing["games"]["error"] is None
+    marker.unlink()
+    helped = subprocess.run([sys.executable, "-m", "advinf", "--help"], capture_output=True, text=True, env=env)
+    assert helped.returncode == 0 and "list-plugins" in helped.stdout
+    assert not marker.exists()  # --help imports no plugin
+    ran = subprocess.run([sys.executable, "-m", "advinf", "validate", str(ALI)], capture_output=True, text=True,
+                         env=env)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_a_factory_that_raises_names_its_plugin(tmp_path):
+    plugin = write(tmp_path / "p.py", """
+from advinf import hookimpl
+from advinf_plugins.toy_networks import CriticOptions
+
+def broken(options, ctx):
+    raise ZeroDivisionError("oops")
+
+@hookimpl
+def register_critics(register):
+    register("broken_critic", broken, CriticOptions)
+""")
+    recipe = write(tmp_path / "r.toml", ALI.read_text().replace("seed = 0", f'seed = 0\nplugins = ["{plugin}"]')
+                   .replace('name = "toy_critic"', 'name = "broken_critic"'))
+    res = invoke("run", recipe, "--out", tmp_path / "run", *sets(TINY + TINY_ENCODER))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"critic.name: building critic 'broken_critic' (plugin '{plugin}') failed: ZeroDivisionError: oops" \
+        in res.output
+
+
+# -- signals -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_start_up_exits_cleanly(tmp_path, sig, code):
+    slow = write(tmp_path / "slow.py", """
+import time
+from advinf import hookimpl
+from advinf_plugins.mixture import MixtureOptions, mixture25
+
+def slow_mixture(options, ctx):
+    print("loading", flush=True)
+    time.sleep(30)
+    return mixture25(options, ctx)
+
+@hookimpl
+def register_datasets(register):
+    register("slow_mixture", slow_mixture, MixtureOptions)
+""")
+    recipe = write(tmp_path / "r.toml", ALI.read_text().replace("seed = 0", f'seed = 0\nplugins = ["{slow}"]')
+                   .replace('name = "mixture25"', 'name = "slow_mixture"'))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advinf", "run", str(recipe), "--out", str(out),
+                             *sets(TINY + TINY_ENCODER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    assert proc.stdout.readline().strip() == "loading"
+    time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and ("interrupted" in err or "terminated" in err)
+    assert not out.exists()  # the run directory it had created is gone again: it held nothing
+
+
+def test_frozen_and_trainable_must_be_booleans_and_evaluators_every_an_integer(tmp_path):
+    res = invoke("validate", ALI, "--set", "evaluators.mode_coverage.every=true")
+    assert res.exit_code == 2 and "evaluators.mode_coverage.every: Input should be a valid integer" in res.output
+    res = invoke("validate", ALI, "--set", "evaluators.mode_coverage.every=-1")
+    assert res.exit_code == 2 and "greater than or equal to 0" in res.output
+
+
+def test_the_loaded_model_is_the_same_after_all_this(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run)
+    a = advinf.load_run(run, device="cpu")
+    b = advinf.load_run(run, device="cpu")
+    z = a.prior_sample(8)
+    with torch.no_grad():
+        assert torch.equal(a.sample(z=z), b.sample(z=z))
