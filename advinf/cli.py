@@ -103,8 +103,14 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
     _echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
           f"at step {trainer.step} of {trainer.total_steps}")
     if result.stopped is not None:
+        import shlex
+
+        from advinf.recipe import plugin_paths
+
+        rec = outcome.recipe
+        named = "".join(f" --plugin {shlex.quote(p)}" for p in plugin_paths(rec.spec.plugins, rec.base_dir))
         _echo(f"stopped ({result.stopped}); checkpoint written: {result.checkpoint}\n"
-              f"resume with: advinf run --resume {outcome.run_dir}")
+              f"resume with: advinf run --resume {shlex.quote(str(outcome.run_dir))}{named}")
         if result.stopped in ("SIGINT", "SIGTERM"):
             sys.exit(130 if result.stopped == "SIGINT" else 143)
         return

@@ -3,29 +3,14 @@ and later from a run directory (``advinf evaluate``)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from advinf.data import Dataset
-from advinf.interfaces import Evaluator, Networks, TrainedModel
-
-
-@contextlib.contextmanager
-def evaluating(nets: Networks) -> Iterator[None]:
-    """Eval mode and no gradients for ``nets``; restores each network's mode afterwards."""
-    modes = {name: m.training for name, m in nets.items()}
-    for m in nets.values():
-        m.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for name, m in nets.items():
-            m.train(modes[name])
+from advinf.interfaces import Evaluator, TrainedModel, evaluating
 
 
 def evaluate(model: TrainedModel, evaluators: Mapping[str, Evaluator], data: Dataset, out_dir: Path

@@ -9,6 +9,7 @@ encoding, reconstruction); the engine knows players, optimisers and gradients, n
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,9 +341,27 @@ def check_networks(game: Game, nets: Networks) -> None:
 
 # -- using a trained model -------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def evaluating(nets: Networks) -> Iterator[None]:
+    """Eval mode and no gradients for ``nets``; restores each network's mode afterwards."""
+    modes = {name: m.training for name, m in nets.items()}
+    for m in nets.values():
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for name, m in nets.items():
+            m.train(modes[name])
+
+
 @dataclass
 class TrainedModel:
-    """A trained prior and networks in eval mode, on ``device``, with the game that says how to use them."""
+    """A trained prior and networks on ``device``, with the game that says how to use them.
+
+    ``sample``, ``encode`` and ``reconstruct`` always run the networks in eval mode and without gradients
+    (whatever mode they are in, e.g. a trainer's networks mid-training), and leave their modes as they were.
+    """
 
     nets: Networks
     game: Game
@@ -380,13 +399,16 @@ class TrainedModel:
             if n is None:
                 raise ValueError("give n or z")
             z = self.prior_sample(n, seed)
-        return self.game.sample(self.nets, z.to(self.device), _to(y, self.device))
+        with evaluating(self.nets):
+            return self.game.sample(self.nets, z.to(self.device), _to(y, self.device))
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Posterior:
-        return self.game.encode(self.nets, x.to(self.device), _to(y, self.device))
+        with evaluating(self.nets):
+            return self.game.encode(self.nets, x.to(self.device), _to(y, self.device))
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None, use_mean: bool = False) -> Tensor:
-        return self.game.reconstruct(self.nets, x.to(self.device), _to(y, self.device), use_mean)
+        with evaluating(self.nets):
+            return self.game.reconstruct(self.nets, x.to(self.device), _to(y, self.device), use_mean)
 
 
 def _to(y: Tensor | None, device: torch.device) -> Tensor | None:

@@ -155,8 +155,9 @@ class Recipe:
         out["evaluators"] = {n: {**({"every": ev.every} if ev.every else {}), **_dump(self.options[f"evaluators.{n}"])}
                              for n, ev in self.spec.evaluators.items()}
         out["optimizer"] = {"name": self.spec.optimizer.name, **self.spec.optimizer.options}
-        if self.optimizers:
-            out["optimizers"] = {p: {"name": o.name, **o.options} for p, o in self.optimizers.items()}
+        if self.optimizers:  # complete, effective specs: `inherit = false` keeps them so when read again
+            out["optimizers"] = {p: {"name": o.name, **o.options, "inherit": False}
+                                 for p, o in self.optimizers.items()}
         return out
 
     def to_toml(self, relative_to: Path | None = None) -> str:
@@ -249,7 +250,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         _validate_component(host, kind, section, comp.name, comp.options, options, problems)
     for name, (section, kind, net) in spec.network_specs().items():
         if section == name and net.kind not in (None, kind):
-            problems.append(Problem(f"{section}.kind", f"the [{section}] section builds an {kind}", net.kind, True))
+            problems.append(Problem(f"{section}.kind", f"the [{section}] section builds the {kind}", net.kind, True))
             continue
         if section != name and net.kind not in WELL_KNOWN.values():
             kinds = ", ".join(sorted(set(WELL_KNOWN.values())))
@@ -263,6 +264,9 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     problems.extend(_check_optimizer("optimizer", spec.optimizer))
     players: dict[str, OptimizerSpec] = {}
     for player, table in spec.optimizers.items():
+        if not isinstance(table.get("inherit", True), bool):
+            problems.append(Problem(f"optimizers.{player}.inherit", "must be true or false", table["inherit"], True))
+            continue
         try:
             players[player] = spec.optimizer.merged(table)
         except ValidationError as exc:
@@ -282,14 +286,15 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def _migrate(data: dict[str, Any]) -> list[Problem]:
-    """Older spellings: ``[critic_optimizer]`` is ``[optimizers.critic]``."""
+    """Older spellings: ``[critic_optimizer]`` is ``[optimizers.critic]`` with ``inherit = false`` (it was a
+    whole spec of its own, not merged over ``[optimizer]``)."""
     if "critic_optimizer" not in data:
         return []
     table = data.pop("critic_optimizer")
     optimizers = data.setdefault("optimizers", {})
-    if not isinstance(optimizers, dict) or "critic" in optimizers:
+    if not isinstance(optimizers, dict) or "critic" in optimizers or not isinstance(table, dict):
         return [Problem("critic_optimizer", "give the critic's optimiser once, as [optimizers.critic]")]
-    optimizers["critic"] = table
+    optimizers["critic"] = {"inherit": False, **table}
     return []
 
 
@@ -483,8 +488,12 @@ def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:
                 for k, v in spec.options.items() if k not in allowed]
     for k, v in spec.options.items():
         default = signature[k].default if k in signature else None
-        if isinstance(v, bool) and not isinstance(default, bool) and default is not None:
-            problems.append(Problem(f"{key}.{k}", "a boolean where a number is expected", v, True))
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            problems.append(Problem(f"{key}.{k}", "must be true or false", v, True))
+        elif isinstance(default, int | float) and not isinstance(default, bool) and not number:
+            what = "a boolean where a number is expected" if isinstance(v, bool) else "must be a number"
+            problems.append(Problem(f"{key}.{k}", what, v, True))
     betas = spec.options.get("betas")
     if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
             isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):

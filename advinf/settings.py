@@ -34,10 +34,17 @@ class OptimizerSpec(BaseModel):
         return dict(self.model_extra or {})
 
     def merged(self, override: dict[str, Any]) -> OptimizerSpec:
-        """This spec with ``override``'s keys on top; naming another optimiser starts from its defaults."""
-        if override.get("name", self.name) != self.name:
-            return OptimizerSpec.model_validate(override)
+        """This spec with ``override``'s keys on top. Naming another optimiser, or ``inherit = false``, starts
+        from torch's defaults instead of this spec's options."""
+        override = dict(override)
+        inherit = override.pop("inherit", True)
+        if override.get("name", self.name) != self.name or inherit is False:
+            return OptimizerSpec.model_validate({"name": self.name, **override})
         return OptimizerSpec.model_validate({"name": self.name, **self.options, **override})
+
+    def explicit(self) -> dict[str, Any]:
+        """The keys given when this spec was made (its name only if given): what it overrides when merged."""
+        return {**({"name": self.name} if "name" in self.model_fields_set else {}), **self.options}
 
     def build(self, params: list[torch.nn.Parameter], **extra: Any) -> torch.optim.Optimizer:
         kwargs = self.options

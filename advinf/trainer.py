@@ -94,7 +94,8 @@ class Trainer:
         self.players = tuple(game.players)
         self._params = {p.name: nets.named_parameters(p.networks) for p in self.players}
         self._param_list = {name: [p for _, p in named] for name, named in self._params.items()}
-        default, overrides = optimizer or OptimizerSpec(), dict(optimizers or {})
+        default = optimizer or OptimizerSpec()
+        overrides = {name: default.merged(spec.explicit()) for name, spec in (optimizers or {}).items()}
         unknown = sorted(set(overrides) - {p.name for p in self.players})
         if unknown:
             raise UserError(f"optimizers given for {', '.join(unknown)}, but the game's players are "

@@ -1,16 +1,45 @@
-"""The code in the docs runs (with a tiny budget)."""
+"""The docs are true: their code runs (with a tiny budget), their recipes validate, and the architecture's
+layer table matches the imports of advinf/."""
 
 from __future__ import annotations
 
+import ast
+import json
 import re
+import shutil
+import sys
+import types
 from pathlib import Path
 
-DOCS = Path(__file__).parent.parent / "docs"
+import pytest
+from conftest import RECIPES, ROOT, TINY, TINY_ENCODER
+
+DOCS = ROOT / "docs"
+
+#: How many ```python blocks each doc has; every one of them is run by a test below.
+PYTHON_BLOCKS = {"library.md": 3, "plugins.md": 3}
 
 
 def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
+
+def toml_blocks(path: Path) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def tiny(code: str) -> str:
+    """A doc's run_recipe call with the tiny budget of the tests instead of its own."""
+    assert '"train.steps=2000"' in code
+    return code.replace('"train.steps=2000"', ", ".join(f'"{o}"' for o in TINY + TINY_ENCODER))
+
+
+def test_every_python_block_is_tested():
+    found = {p.name: len(python_blocks(p)) for p in DOCS.glob("*.md")}
+    assert {name: n for name, n in found.items() if n} == PYTHON_BLOCKS
+
+
+# -- docs/library.md -------------------------------------------------------------------------------------
 
 def test_library_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -18,14 +47,46 @@ def test_library_example_runs(tmp_path, monkeypatch, capsys):
     code = code.replace("steps=5000", "steps=5").replace('"mixture25")', '"mixture25", None, samples=500)')
     evaluator = 'create("evaluator", "mode_coverage"'
     code = code.replace(evaluator + ")", evaluator + ", None, plot=False)")
-    exec(compile(code, "library.md", "exec"), {})
+    namespace: dict = {}
+    exec(compile(code, "library.md", "exec"), namespace)
     assert "modes_covered" in capsys.readouterr().out
     assert (tmp_path / "runs" / "mine" / "eval.json").is_file()
+    trainer = namespace["trainer"]
+    critic, generator = trainer.optimizers["critic"], trainer.optimizers["generator"]
+    assert critic.param_groups[0]["lr"] == 4e-4 and critic.param_groups[0]["betas"] == (0.2, 0.999)
+    assert generator.param_groups[0]["lr"] == 1e-4
 
+
+@pytest.fixture
+def recipes_here(tmp_path, monkeypatch):
+    """A working directory holding a copy of recipes/, as in a checkout."""
+    shutil.copytree(RECIPES, tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_library_run_recipe_and_load_run(recipes_here, capsys):
+    code = tiny(python_blocks(DOCS / "library.md")[1])
+    exec(compile(code, "library.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[0] == "30"  # steps trained
+    assert out[1] == "30 torch.Size([500, 2]) torch.Size([500, 2]) torch.Size([500, 2])"
+    assert (recipes_here / "runs" / "ali" / "eval.json").is_file()
+
+
+def test_library_conditional_run(recipes_here, capsys):
+    code = tiny(python_blocks(DOCS / "library.md")[2])
+    namespace: dict = {}
+    exec(compile(code, "library.md", "exec"), namespace)
+    assert capsys.readouterr().out.startswith("mode 7 ")
+    run = namespace["run"]
+    assert run.condition.kind == "classes" and run.condition.dim == 25
+    assert namespace["x"].shape == namespace["x_rec"].shape == (200, 2)
+
+
+# -- docs/plugins.md -------------------------------------------------------------------------------------
 
 def test_plugin_example_registers_and_validates(tmp_path, advinf_host):
-    import types
-
     code = python_blocks(DOCS / "plugins.md")[0]
     module = types.ModuleType("doc_plugin")
     exec(compile(code, "plugins.md", "exec"), module.__dict__)
@@ -37,3 +98,160 @@ def test_plugin_example_registers_and_validates(tmp_path, advinf_host):
                               prior=advinf.create("prior", "gaussian", None, dim=2))
     critic = advinf_host.create("critic", "dot", ctx, hidden=8)
     assert critic.net[0].in_features == 4
+
+
+def test_plugin_game_example_trains_from_its_recipe(tmp_path, monkeypatch):
+    """The one-player game of "Writing a game", run from its recipe on the decoder of a (tiny) GAN run."""
+    import advinf
+    from advinf.plugins import PluginHost
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inverse.py").write_text(python_blocks(DOCS / "plugins.md")[1])
+    recipe = next(b for b in toml_blocks(DOCS / "plugins.md") if 'name = "inverse"' in b)
+    (tmp_path / "inverse.toml").write_text(recipe.replace("steps = 2000", "steps = 30"))
+    host = PluginHost(strict=False, disabled=set())
+    host.load_entry_points()
+    small = [o for o in TINY if not o.startswith(("decoder.", "critic."))]
+    advinf.run_recipe(RECIPES / "gan_mixture25.toml", out="runs/gan", overrides=small, host=host)
+    outcome = advinf.run_recipe("inverse.toml", out="runs/inverse", overrides=small, host=host)
+    assert [p.name for p in outcome.trainer.players] == ["encoder"]
+    assert outcome.trainer.nets.frozen == {"decoder"}
+    record = json.loads((tmp_path / "runs" / "inverse" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss_encoder", "data_error"} <= set(record)
+    assert "modes_covered" in outcome.result.eval["mode_coverage"]
+    run = advinf.load_run("runs/inverse", plugins=["inverse.py"], host=host)
+    assert run.encode(run.sample(4)).mean.shape == (4, 2)
+    with pytest.raises(advinf.UserError, match="does not use a network 'critic'"):
+        advinf.load_recipe("inverse.toml", ["critic.name=toy_critic"], host=host)
+    with pytest.raises(advinf.UserError, match="needs a fixed decoder"):
+        advinf.run_recipe("inverse.toml", out="runs/unfrozen", overrides=[*small, "decoder.trainable=true"],
+                          host=host)
+
+
+def test_plugin_testing_example(tmp_path, monkeypatch, advinf_host):
+    package = tmp_path / "my_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "critics.py").write_text(python_blocks(DOCS / "plugins.md")[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        namespace: dict = {}
+        exec(compile(python_blocks(DOCS / "plugins.md")[2], "plugins.md", "exec"), namespace)
+        namespace["test_dot_critic"](advinf_host)
+    finally:
+        for name in ("my_package", "my_package.critics"):
+            sys.modules.pop(name, None)
+
+
+# -- recipes shown in the docs ---------------------------------------------------------------------------
+
+def test_readme_recipe_validates(tmp_path):
+    import advinf
+
+    block = next(b for b in toml_blocks(ROOT / "README.md") if b.startswith('name = "ali_mixture25"'))
+    rec = advinf.load_recipe(_write(tmp_path / "readme.toml", block))
+    assert rec.optimizers["critic"].options == {"lr": 4e-4}
+    assert rec.eval_every == {"mode_coverage": 5000}
+
+
+def test_recipes_doc_optimizer_example_merges(tmp_path):
+    import advinf
+
+    block = next(b for b in toml_blocks(DOCS / "recipes.md") if "[optimizers.critic]" in b)
+    base = (RECIPES / "ali_mixture25.toml").read_text().split("[optimizer]")[0]
+    train = "\n[train]\nsteps = 10\n"
+    rec = advinf.load_recipe(_write(tmp_path / "r.toml", base + block + train))
+    critic = rec.optimizers["critic"]
+    assert (critic.name, critic.options) == ("adam", {"lr": 4e-4, "betas": [0.2, 0.999]})
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# -- docs/architecture.md --------------------------------------------------------------------------------
+
+LAYERS = ["foundations", "config", "engine", "use", "cli", "package"]
+
+
+def _advinf_modules(node: ast.AST) -> set[str]:
+    """The advinf modules an import statement names (``__init__`` for the package itself)."""
+    core = ROOT / "advinf"
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        parts = node.module.split(".")
+        if parts[0] != "advinf":
+            return set()
+        if len(parts) > 1:
+            return {parts[1]}
+        return {a.name if (core / f"{a.name}.py").exists() else "__init__" for a in node.names}
+    if isinstance(node, ast.Import):
+        return {a.name.split(".")[1] if "." in a.name else "__init__"
+                for a in node.names if a.name.split(".")[0] == "advinf"}
+    return set()
+
+
+def _imports() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per module of advinf/: the modules it imports when loaded, and every module it imports anywhere."""
+    loaded: dict[str, set[str]] = {}
+    anywhere: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "advinf").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        found: set[str] = set()
+        stack = list(tree.body)
+        while stack:  # module level, into if/try blocks, but not functions, classes or `if TYPE_CHECKING`
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or (
+                    isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):
+                continue
+            found |= _advinf_modules(node)
+            for name in ("body", "orelse", "finalbody", "handlers"):
+                stack.extend(getattr(node, name, None) or [])
+        loaded[path.stem] = found - {path.stem}
+        anywhere[path.stem] = set().union(*map(_advinf_modules, ast.walk(tree))) - {path.stem}
+    return loaded, anywhere
+
+
+def _architecture() -> tuple[dict[str, tuple[str, set[str]]], set[tuple[str, str]]]:
+    """docs/architecture.md: module -> (layer, documented imports), and the documented upward imports."""
+    text = (DOCS / "architecture.md").read_text()
+    table = {}
+    for layer, module, deps in re.findall(r"^\| (\w+) \| `(\w+)` \| .*? \| ([^|]*) \|$", text, flags=re.M):
+        table[module] = (layer, set(re.findall(r"`(\w+)`", deps)))
+    upward = set()
+    for src, dsts in re.findall(r"^- `(\w+)` → ((?:`\w+`(?:, )?)+):", text, flags=re.M):
+        upward |= {(src, d) for d in re.findall(r"`(\w+)`", dsts)}
+    return table, upward
+
+
+def test_architecture_table_lists_every_module_with_its_imports():
+    table, _ = _architecture()
+    loaded, _ = _imports()
+    assert set(table) == set(loaded), "docs/architecture.md: modules missing or gone: " \
+                                      f"{sorted(set(table) ^ set(loaded))}"
+    for module, deps in loaded.items():
+        layer, documented = table[module]
+        assert layer in LAYERS
+        row = ", ".join(f"`{d}`" for d in sorted(deps)) or "–"
+        assert documented == deps, f"docs/architecture.md: the imports of `{module}` are now: {row}"
+
+
+def test_architecture_layers_hold_and_there_is_no_import_cycle():
+    table, upward = _architecture()
+    loaded, anywhere = _imports()
+    rank = {m: LAYERS.index(layer) for m, (layer, _) in table.items()}
+    found = {(m, d) for m, deps in loaded.items() for d in deps if rank[d] > rank[m]}
+    assert found == upward, "imports that go up a layer, as found vs as docs/architecture.md lists them"
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(anywhere[m]):
+            assert state.get(d) != 1, f"import cycle: {' -> '.join([*path, d])}"
+            if d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(anywhere):
+        if m not in state:
+            visit(m, [m])

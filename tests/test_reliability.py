@@ -63,7 +63,9 @@ def test_a_run_directory_never_imports_its_plugins(tmp_path):
     res = invoke("validate", recipe)
     assert res.exit_code == 0 and f"imported local plugin: {project / 'mark.py'}" in res.output
     run = project / "runs" / "r"
-    tiny_run(run, recipe=recipe)
+    res = tiny_run(run, "--stop-after", "5", recipe=recipe)
+    assert f"resume with: advinf run --resume {run} --plugin {project / 'mark.py'}" in res.output
+    tiny_run(run, "--resume", recipe=recipe)
     log = project / "imported.log"
     log.unlink()
     from advinf.plugins import reset_default_host
