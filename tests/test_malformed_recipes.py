@@ -5,7 +5,6 @@ no traceback, or a valid recipe (exit status 0), never anything else."""
 from __future__ import annotations
 
 import math
-import tomllib
 from typing import Any
 
 import tomli_w
