@@ -66,7 +66,7 @@ class TrainSpec(BaseModel):
     threads: PositiveInt | None = Field(None, le=4096, description="CPU threads for torch (default: torch's choice)")
     log_every: PositiveInt = 100
     sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
-    num_samples: PositiveInt = 100
+    num_samples: PositiveInt = Field(100, le=10_000, description="samples per picture")
     ema: float | None = Field(None, ge=0, lt=1, description="decay of an exponential moving average of the "
                               "generator-side networks, used for samples, evaluation and load_run; 0: off")
     checkpoint_every: int = Field(1000, ge=0, description="checkpoint every N steps (and at the end); 0: end only")

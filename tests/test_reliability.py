@@ -236,6 +236,17 @@ def test_a_damaged_latest_pointer_or_checkpoints_folder(tmp_path):
     assert res.exit_code == 2 and "checkpoints is not a directory" in res.output
 
 
+def test_a_broken_saved_recipe_without_checkpoints_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "5", "--set", "train.checkpoint_every=0")
+    shutil.rmtree(run / "checkpoints")
+    (run / "recipe.toml").write_text("name = [unclosed\n")
+    before = snapshot(run)
+    res = invoke("run", "--resume", run)
+    assert res.exit_code == 2 and "recipe.toml cannot be read" in res.output and "Traceback" not in res.output
+    assert snapshot(run) == before
+
+
 def test_a_resume_without_checkpoints_drops_the_stale_lines_and_a_torn_line(tmp_path):
     run = tmp_path / "run"
     tiny_run(run, "--stop-after", "20", "--set", "train.checkpoint_every=0")
