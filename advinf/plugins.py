@@ -216,7 +216,15 @@ class PluginHost:
         try:
             return self.registry[kind][name]
         except KeyError:
-            raise UserError(unknown_name_message(kind, name, self.registry[kind])) from None
+            raise UserError(unknown_name_message(kind, name, self.registry[kind]) + self.broken_note()) from None
+
+    def broken_note(self) -> str:
+        """'; plugins that failed to load: ...' (a missing component may be theirs), or ''."""
+        broken = {n: e for n, e in self.errors().items() if "registered by both" not in e}
+        if not broken:
+            return ""
+        return "; plugins that failed to load (the name may be theirs): " + "; ".join(
+            f"{n} ({e[:120]})" for n, e in sorted(broken.items()))
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.registry[kind])

@@ -455,7 +455,8 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
         available = host.names(kind)
         hint = suggest(name, available)
         hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
-        problems.append(Problem(name_key or f"{section}.name", f"unknown {kind}", name, True, hint))
+        problems.append(Problem(name_key or f"{section}.name", f"unknown {kind}", name, True,
+                                hint + host.broken_note()))
         return
     try:
         comp = host.get(kind, name)

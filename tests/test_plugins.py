@@ -210,3 +210,14 @@ def test_every_hook_is_documented_with_its_signature_and_tested():
         assert f"{name}({args})" in docs, f"docs/plugins.md lacks {name}({args})"
         assert spec.__doc__, f"{name} has no docstring"
         assert name in tests or name in hookspecs.COMPONENT_HOOKS
+
+
+def test_an_unknown_name_also_names_the_plugins_that_failed_to_load(third_party, tmp_path):
+    env = cli_env(PYTHONPATH=str(third_party))
+    recipe = write(tmp_path / "r.toml", (RECIPES / "ali_mixture25.toml").read_text()
+                   .replace('name = "toy_critic"', 'name = "critic_from_a_broken_plugin"'))
+    out = subprocess.run([sys.executable, "-m", "advinf", "validate", str(recipe)], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 2 and "critic.name: unknown critic" in out.stderr
+    assert "plugins that failed to load (the name may be theirs): broken (failed to import broken_plugin: " \
+           "ImportError: missing dependency xyz)" in out.stderr
