@@ -110,10 +110,11 @@ class Trainer:
         self.total_steps = self.spec.steps or self.spec.epochs * self.batches.steps_per_epoch  # type: ignore
         self.step = 0
         self.skipped = 0
-        self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
-        self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
+        self._trial()  # before the run directory is touched
+        self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
+        self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._fixed: tuple[Tensor, Tensor | None] | None = None
         # moving averages of what the generator-side players train (what samples and evaluation use)
         averaged = [n for p in self.players if p.role == "generator" for n in p.networks
@@ -123,7 +124,6 @@ class Trainer:
         self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
-        self._trial()
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)

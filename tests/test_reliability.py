@@ -383,3 +383,14 @@ def test_the_loaded_model_is_the_same_after_all_this(tmp_path):
     z = a.prior_sample(8)
     with torch.no_grad():
         assert torch.equal(a.sample(z=z), b.sample(z=z))
+
+
+def test_a_library_trainer_that_cannot_train_touches_no_run_directory(tmp_path):
+    from test_train import tiny_data, tiny_nets
+
+    from advinf_plugins.games import JointGame, JointGameOptions
+
+    with pytest.raises(advinf.UserError, match="batch norm needs at least 2 examples"):
+        advinf.Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                       train=advinf.TrainSpec(steps=2, batch_size=1), run_dir=tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
