@@ -255,11 +255,11 @@ class Trainer:
         keys: list[str] = []
         count, start_step = 0, self.step
         last: dict[str, Any] = {}
-        if self.run is not None and self.spec.sample_every and self.step == 0:
-            self._save_samples()
         result = TrainResult(0, 0.0, run_dir=self.run.path if self.run else None)
         t_log = t_start = time.perf_counter()
         with self._signals():
+            if self.run is not None and self.spec.sample_every and self.step == 0:
+                self._save_samples()
             try:
                 while self.step < end and self._stop_signal is None:
                     out = self.train_step()

@@ -394,3 +394,35 @@ def test_a_library_trainer_that_cannot_train_touches_no_run_directory(tmp_path):
         advinf.Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
                        train=advinf.TrainSpec(steps=2, batch_size=1), run_dir=tmp_path / "run", device="cpu")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_double_ctrl_c_leaves_only_complete_files(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "advinf", "run", str(ALI), "--out", str(out),
+                             *sets(TINY + TINY_ENCODER + ["train.steps=100000", "train.checkpoint_every=1",
+                                                          "train.log_every=1", "train.sample_every=7"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc.stderr.readline()  # "run directory: ...": training starts
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # the second one aborts at once, whatever is being written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    root = out / "checkpoints"
+    assert not [p for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    ckpt.load_checkpoint(ckpt.latest_checkpoint(root))  # complete, checksums verified
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+    assert not [p for p in out.rglob(".*.tmp")]  # no half-written picture or recipe
+
+
+def test_extends_never_echoes_another_file(tmp_path):
+    secret = write(tmp_path / "secret.txt", "root:x:0:0:" + "S3CRET" * 50 + "\n")
+    recipe = write(tmp_path / "r.toml", f'extends = "{secret}"\nname = "x"\n')
+    res = invoke("validate", recipe)
+    assert res.exit_code == 2 and "S3CRET" not in res.output and len(res.output) < 400, res.output
