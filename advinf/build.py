@@ -57,20 +57,7 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     torch.manual_seed(spec.seed)
 
     def make(section: str, kind: str, context: BuildContext) -> Any:
-        name, options = recipe.component(section)  # type: ignore[misc]
-        comp = host.get(kind, name)
-        key = section if section.startswith("evaluators.") else f"{section}.name"
-        try:
-            obj = comp.factory(options, context)
-        except UserError as exc:  # the factory's own message, e.g. sizes that do not fit the data
-            raise RecipeError(recipe.source, [Problem(key, str(exc))]) from None
-        except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
-            raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
-                                                            f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
-        if not isinstance(obj, _EXPECTED[kind]):
-            raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
-                              f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
-        return obj
+        return _make(recipe, host, section, kind, context)
 
     ctx.dataset = make("dataset", "dataset", ctx)
     ctx.prior = make("prior", "prior", ctx)
@@ -90,8 +77,32 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
             init_network(nets[name], name, nspec, section, recipe.source)
         if not nspec.trainable:
             nets.freeze(name)
-    evaluators = {name: make(f"evaluators.{name}", "evaluator", ctx) for name in spec.evaluators}
+    evaluators = build_evaluators(recipe, ctx, host)
     return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device)
+
+
+def build_evaluators(recipe: Recipe, ctx: BuildContext, host: PluginHost | None = None) -> dict[str, Evaluator]:
+    """The recipe's evaluators, built with ``ctx`` (its dataset and prior)."""
+    host = host or default_host()
+    return {name: _make(recipe, host, f"evaluators.{name}", "evaluator", ctx) for name in recipe.spec.evaluators}
+
+
+def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: BuildContext) -> Any:
+    """One component of ``recipe`` by its factory; what goes wrong is a recipe error naming the section."""
+    name, options = recipe.component(section)  # type: ignore[misc]
+    comp = host.get(kind, name)
+    key = section if section.startswith("evaluators.") else f"{section}.name"
+    try:
+        obj = comp.factory(options, context)
+    except UserError as exc:  # the factory's own message, e.g. sizes that do not fit the data
+        raise RecipeError(recipe.source, [Problem(key, str(exc))]) from None
+    except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
+        raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
+                                                        f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
+    if not isinstance(obj, _EXPECTED[kind]):
+        raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
+                          f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
+    return obj
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any
 import torch
 
 from advinf import checkpoint as ckpt
-from advinf.build import Built, build
+from advinf.atomic import write_json
+from advinf.build import Built, build, build_evaluators
 from advinf.data import Dataset
 from advinf.errors import UserError
-from advinf.interfaces import TrainedModel, check_networks
+from advinf.evaluation import evaluate
+from advinf.interfaces import BuildContext, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
-from advinf.rundir import CHECKPOINTS_DIR, RECIPE_FILE, is_run_dir
+from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, RECIPE_FILE, is_run_dir
 from advinf.settings import resolve_device
 
 
@@ -64,6 +67,37 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     built.nets.to(dev).train(False)
     return LoadedRun(nets=built.nets, game=built.game, device=dev, condition=built.condition, recipe=recipe,
                      dataset=built.dataset, step=loaded.step, run_dir=run_dir, built=built)
+
+
+def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overrides: Sequence[str] = (), *,
+                 device: str | torch.device | None = None, plugins: Sequence[str | Path] = (),
+                 host: PluginHost | None = None) -> dict[str, Any]:
+    """Run evaluators on a trained run and merge their results into its eval.json (earlier entries are kept).
+
+    ``names`` picks registered evaluators (the run's recipe's options where it configures them, else their
+    defaults; None: the recipe's own); ``overrides`` are ``evaluators.NAME.key=value`` settings.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, device=device, plugins=plugins, host=host)
+    data = run.recipe.resolved(run_dir)
+    configured = data.get("evaluators", {})
+    data["evaluators"] = dict(configured) if names is None else {n: configured.get(n, {}) for n in names}
+    bad = [o for o in overrides if not o.strip().startswith("evaluators.")]
+    if bad:
+        raise UserError(f"--set with advinf evaluate changes evaluators only (evaluators.NAME.key=value), not: "
+                        f"{', '.join(bad)}")
+    recipe = validate_recipe(data, overrides, source=f"{run_dir / RECIPE_FILE} (with --with/--set)",
+                             base_dir=run_dir, host=host, load_plugins=False)
+    ctx = BuildContext(dataset=run.dataset, prior=run.prior, device=run.device, seed=recipe.spec.seed)
+    evaluators = build_evaluators(recipe, ctx, host)
+    results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
+    path = run_dir / EVAL_FILE
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (ValueError, OSError):
+        earlier = {}
+    write_json(path, {**(earlier if isinstance(earlier, dict) else {}), **results})
+    return results
 
 
 def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = None) -> Recipe:

@@ -1,0 +1,104 @@
+"""``advinf plot RUN``: the curves of a run over its steps, from metrics.jsonl, evals.jsonl and eval.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from advinf.atomic import atomic_path
+from advinf.errors import UserError
+from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, is_run_dir
+
+#: Record keys that are bookkeeping, not curves.
+_NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON records of a .jsonl file (a torn or foreign line is skipped)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            out.append(record)
+    return out
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every finite number in a (nested) record, by dotted key."""
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Curve name -> (steps, values): the training metrics, then each evaluation metric (``eval/NAME.key``),
+    the final evaluation (eval.json) as the last point at the run's last step."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def add(name: str, step: int, value: float) -> None:
+        steps, values = series.setdefault(name, ([], []))
+        steps.append(step)
+        values.append(value)
+
+    metrics = read_jsonl(run_dir / METRICS_FILE)
+    for record in metrics:
+        for key, value in flatten({k: v for k, v in record.items() if k not in _NOT_CURVES}).items():
+            add(key, record["step"], value)
+    for record in read_jsonl(run_dir / EVALS_FILE):
+        for key, value in flatten({k: v for k, v in record.items() if k != "step"}).items():
+            add(f"eval/{key}", record["step"], value)
+    final = run_dir / EVAL_FILE
+    if final.is_file() and metrics:
+        try:
+            data = json.loads(final.read_text(encoding="utf-8"))
+        except ValueError:
+            data = {}
+        if isinstance(data, dict):
+            for key, value in flatten(data).items():
+                add(f"eval/{key}", metrics[-1]["step"], value)
+    return series
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None, columns: int = 3) -> Path:
+    """One panel per curve (training losses and scalars, samples/s, each evaluation metric) as a PNG."""
+    run_dir = Path(run_dir)
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not an advinf run directory (no recipe.toml)")
+    series = curves(run_dir)
+    if not series:
+        raise UserError(f"{run_dir} has no metrics to plot yet ({METRICS_FILE} is empty or missing)")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(series, key=lambda n: (n.startswith("eval/"), not n.startswith("loss_"), n))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = series[name]
+        ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, linewidth=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle(str(run_dir), fontsize=10)
+    fig.tight_layout()
+    path = Path(out) if out is not None else run_dir / "curves.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,53 @@
+"""Using a trained run: evaluators on demand (merged into eval.json), the curves over steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import RECIPES, TINY, TINY_ENCODER
+from PIL import Image
+
+import advinf
+from advinf.cli import cli
+from advinf.plots import curves, plot_run
+from advinf.runs import evaluate_run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("use") / "run"
+    args = ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(out),
+            "--set", "evaluators.mode_coverage.every=10"]
+    res = CliRunner().invoke(cli, args + [a for t in TINY + TINY_ENCODER for a in ("--set", t)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_evaluators_on_demand_merge_into_eval_json(trained):
+    before = json.loads((trained / "eval.json").read_text())
+    (trained / "eval.json").write_text(json.dumps({**before, "earlier": {"kept": 1}}))
+    results = evaluate_run(trained, ["mode_coverage"], ["evaluators.mode_coverage.samples=200",
+                                                         "evaluators.mode_coverage.plot=false"], device="cpu")
+    merged = json.loads((trained / "eval.json").read_text())
+    assert merged["earlier"] == {"kept": 1}  # never loses earlier entries
+    assert merged["mode_coverage"] == results["mode_coverage"]
+    assert results["mode_coverage"]["modes_total"] == 25
+    with pytest.raises(advinf.UserError, match="unknown evaluator"):
+        evaluate_run(trained, ["mode_coverag"], device="cpu")
+    with pytest.raises(advinf.UserError, match="changes evaluators only"):
+        evaluate_run(trained, ["mode_coverage"], ["train.steps=5"], device="cpu")
+    with pytest.raises(advinf.RecipeError, match="evaluators.mode_coverage.samples"):
+        evaluate_run(trained, ["mode_coverage"], ["evaluators.mode_coverage.samples=true"], device="cpu")
+
+
+def test_curves_over_steps(trained, tmp_path):
+    series = curves(trained)
+    assert series["loss_critic"][0] == [10, 20, 30] and len(series["loss_critic"][1]) == 3
+    assert series["eval/mode_coverage.modes_covered"][0] == [10, 20, 30]  # every 10, then eval.json at the end
+    path = plot_run(trained, tmp_path / "curves.png")
+    with Image.open(path) as img:
+        assert img.size[0] > 800 and img.size[1] > 400
+    with pytest.raises(advinf.UserError, match="not an advinf run directory"):
+        plot_run(tmp_path)
