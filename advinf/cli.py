@@ -124,18 +124,43 @@ def _echo(message: str) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--with", "names", default=None, metavar="NAME[,NAME...]",
+              help="Registered evaluators to run (default: the recipe's own); options from the recipe where it "
+                   "configures them, else their defaults.")
+@click.option("--set", "overrides", multiple=True, metavar="evaluators.NAME.KEY=VALUE",
+              help="Set an evaluator's option (TOML value syntax).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's train.device).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @_plugin_option
-def evaluate(run_dir: Path, device: str | None, plugins: tuple[Path, ...]) -> None:
-    """Run the recipe's evaluators on a trained RUN_DIR again; rewrites its eval.json."""
-    from advinf.evaluation import evaluate as run_evaluators
-    from advinf.rundir import RunDir
-    from advinf.runs import load_run
+def evaluate(run_dir: Path, names: str | None, overrides: tuple[str, ...], device: str | None, as_json: bool,
+             plugins: tuple[Path, ...]) -> None:
+    """Run evaluators on a trained RUN_DIR; merges the results into its eval.json (earlier entries are kept)."""
+    from advinf.plots import flatten
+    from advinf.runs import evaluate_run
 
-    loaded = load_run(run_dir, device=device, host=_host(), plugins=plugins)
-    results = run_evaluators(loaded, loaded.built.evaluators, loaded.dataset.to(loaded.device), run_dir)
-    RunDir(run_dir, resume=True).write_eval(results)
-    click.echo(json.dumps(results, indent=2, sort_keys=True))
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
+    results = evaluate_run(run_dir, chosen, overrides, device=device, plugins=plugins, host=_host())
+    if as_json:
+        click.echo(json.dumps(results, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{run_dir}: evaluation (merged into eval.json)")
+    for col in ("evaluator", "metric", "value"):
+        table.add_column(col)
+    for name, metrics in results.items():
+        for key, value in flatten(metrics if isinstance(metrics, dict) else {"value": metrics}).items():
+            table.add_row(name, key, f"{value:.6g}")
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="PNG to write (default: RUN_DIR/curves.png).")
+def plot(run_dir: Path, out_path: Path | None) -> None:
+    """The curves of RUN_DIR over its steps: losses, scalars, samples/s and every evaluation, as a PNG."""
+    from advinf.plots import plot_run
+
+    _done(plot_run(run_dir, out_path))
 
 
 def _picture_options(default_name: str):

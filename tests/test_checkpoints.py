@@ -119,7 +119,7 @@ def test_load_run_gives_eval_mode_networks(tmp_path):
         x = loaded.decoder(z)
         assert torch.equal(x, loaded.decoder(z))  # eval mode: deterministic
         assert loaded.encoder(x).sample().shape == (5, 2)
-    res = CliRunner().invoke(cli, ["evaluate", str(out), "--device", "cpu"])
+    res = CliRunner().invoke(cli, ["evaluate", str(out), "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == json.loads((out / "eval.json").read_text())
 

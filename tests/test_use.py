@@ -51,3 +51,14 @@ def test_curves_over_steps(trained, tmp_path):
         assert img.size[0] > 800 and img.size[1] > 400
     with pytest.raises(advinf.UserError, match="not an advinf run directory"):
         plot_run(tmp_path)
+
+
+def test_evaluate_and_plot_commands(trained, tmp_path):
+    res = CliRunner().invoke(cli, ["evaluate", str(trained), "--with", "mode_coverage", "--set",
+                                   "evaluators.mode_coverage.plot=false", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "modes_covered" in res.output and "merged into eval.json" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(trained), "--json", "--device", "cpu"])
+    assert res.exit_code == 0 and json.loads(res.output)["mode_coverage"]["modes_total"] == 25
+    res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "c.png")])
+    assert res.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 10_000
