@@ -1,0 +1,264 @@
+"""The probes (svm_probe, knn_probe) and the reconstruction evaluator on constructed features with known answers,
+and the labelled subsets they share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import advinf
+from advinf import Dataset, DeterministicPosterior, Networks, Split, TrainedModel, UserError
+from advinf_plugins.games import JointGame, JointGameOptions
+from advinf_plugins.priors import GaussianPrior
+from advinf_plugins.probes import (
+    KnnProbeOptions,
+    SvmProbeOptions,
+    draw_labelled,
+    fit_l2svm,
+    nearest_neighbour_predict,
+    untrained_encoder,
+)
+from advinf_plugins.reconstruction import ReconstructionOptions
+
+torch.set_num_threads(1)
+
+CLASSES = 4
+DIM = 6
+
+
+def clusters(per_class: int, seed: int, spread: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points around the first CLASSES unit vectors of R^DIM (scaled by 2): linearly separable with a wide margin."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(CLASSES).repeat_interleave(per_class)
+    x = 2 * torch.eye(DIM)[y] + spread * torch.randn(len(y), DIM, generator=g)
+    return x, y
+
+
+def cluster_data(train: int = 60, heldout: int = 20) -> Dataset:
+    return Dataset(Split(*clusters(train, 0)), Split(*clusters(heldout, 1)), meta={"classes": ["a", "b", "c", "d"]})
+
+
+class Identity(advinf.Encoder):
+    def forward(self, x, y=None):
+        return DeterministicPosterior(x.flatten(1))
+
+
+class Constant(advinf.Encoder):
+    def forward(self, x, y=None):
+        return DeterministicPosterior(torch.ones(len(x), 3, device=x.device))
+
+
+class Linear(advinf.Encoder):
+    """A trainable encoder (parameters that an untrained copy re-initialises) with one hidden feature layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(DIM, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x, y=None):
+        h = self.hidden(x)
+        return DeterministicPosterior(self.out(h), features=[h])
+
+
+class Reshape(advinf.Decoder):
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, z, y=None):
+        return z.reshape(len(z), *self.shape)
+
+
+class ConstantDecoder(advinf.Decoder):
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, z, y=None):
+        return self.value.expand(len(z), *self.value.shape).clone()
+
+
+def model_with(encoder: nn.Module, decoder: nn.Module | None = None, dim: int = DIM) -> TrainedModel:
+    nets = Networks(GaussianPrior((dim,)), encoder=encoder, decoder=decoder or Reshape((DIM,)))
+    return TrainedModel(nets, JointGame(JointGameOptions(), stochastic=False), torch.device("cpu"))
+
+
+# -- labelled subsets ----------------------------------------------------------------------------------------
+
+
+def test_labelled_sets_are_class_balanced_disjoint_from_validation_and_reproducible():
+    y = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(3))
+    a = draw_labelled(y, labels=100, validation=300, repeats=4, seed=7, classes=10)
+    assert len(a.validation) == 300 and len(torch.unique(a.validation)) == 300
+    for draw in a.labelled:
+        assert torch.equal(torch.bincount(y[draw], minlength=10), torch.full((10,), 10))
+        assert len(torch.unique(draw)) == 100
+        assert not set(draw.tolist()) & set(a.validation.tolist())
+    assert not torch.equal(a.labelled[0], a.labelled[1])  # the draws differ
+    b = draw_labelled(y, labels=100, validation=300, repeats=6, seed=7, classes=10)
+    assert torch.equal(a.validation, b.validation)
+    assert all(torch.equal(p, q) for p, q in zip(a.labelled, b.labelled[:4], strict=True))  # more repeats: a prefix
+    c = draw_labelled(y, labels=100, validation=300, repeats=4, seed=8, classes=10)
+    assert not torch.equal(a.labelled[0], c.labelled[0])
+
+
+def test_a_remainder_goes_to_distinct_classes_and_shortages_are_clear():
+    y = torch.arange(10).repeat(30)
+    d = draw_labelled(y, labels=23, validation=10, repeats=1, seed=0, classes=10)
+    counts = torch.bincount(y[d.labelled[0]], minlength=10)
+    assert counts.sum() == 23 and sorted(counts.tolist()) == [2] * 7 + [3] * 3
+    with pytest.raises(UserError, match="class-balanced"):
+        draw_labelled(torch.tensor([0] * 50 + [1] * 3), labels=20, validation=5, repeats=1, seed=0, classes=2)
+    with pytest.raises(UserError, match="fewer than validation"):
+        draw_labelled(y, labels=250, validation=100, repeats=1, seed=0, classes=10)
+
+
+# -- the L2-SVM --------------------------------------------------------------------------------------------
+
+
+def test_svm_separates_a_separable_set_and_the_span_reformulation_is_exact():
+    from sklearn.svm import LinearSVC
+
+    x, y = clusters(10, 0)
+    model, converged = fit_l2svm(x, y, 1.0)
+    assert converged and torch.equal(model.predict(x), y)
+    xt, yt = clusters(50, 1)
+    assert torch.equal(model.predict(xt), yt)
+    # fewer examples than features: fitted in the examples' span; the same weights as sklearn on all features
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(30, 200, generator=g, dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    span, _ = fit_l2svm(wide, labels, 0.01, standardize=False)
+    full = LinearSVC(C=0.01, dual=True, max_iter=100_000, tol=1e-6).fit(wide.numpy(), labels.numpy())
+    assert torch.allclose(span.weight, torch.from_numpy(full.coef_), atol=1e-4)
+    assert torch.allclose(span.bias, torch.from_numpy(full.intercept_), atol=1e-4)
+
+
+def test_svm_probe_scores_zero_on_separable_features_and_chance_on_constant_ones(tmp_path):
+    data = cluster_data()
+    options = dict(labels=20, validation=40, repeats=3, c_grid=[0.01, 1.0])
+    probe = advinf.create("evaluator", "svm_probe", None, **options)
+    result = probe.evaluate(model_with(Identity()), data, tmp_path)
+    assert result["test_error_mean"] == 0.0 and result["test_error_std"] == 0.0 and result["val_error"] == 0.0
+    assert result["test_errors"] == [0.0] * 3 and result["feature_dim"] == DIM
+    assert (result["labels"], result["repeats"], result["validation"], result["test_examples"]) == (20, 3, 40, 80)
+    assert result["raw_pixels"]["test_error_mean"] == 0.0 and result["C"] in (0.01, 1.0)
+    assert "untrained" in result and not result["encoder_sees_labels"]
+    # constant features: every test example gets the same class, 3 of 4 balanced classes are wrong
+    constant = advinf.create("evaluator", "svm_probe", None, baselines=False, **options)
+    assert constant.evaluate(model_with(Constant(), dim=3), data, tmp_path)["test_error_mean"] == pytest.approx(0.75)
+
+
+def test_svm_probe_options_pick_c_per_draw_and_features():
+    data = cluster_data()
+    probe = advinf.create("evaluator", "svm_probe", None, labels=8, validation=40, repeats=2, select_c="each_draw",
+                          features="mean", baselines=False, c_grid=[1.0, 1e-3])
+    result = probe.evaluate(model_with(Linear()), data, None)
+    assert len(result["C_per_draw"]) == 2 and result["feature_dim"] == 2
+    assert SvmProbeOptions(c_grid=[1.0, 1e-3]).c_grid == [1e-3, 1.0]
+    with pytest.raises(ValueError):
+        SvmProbeOptions(c_grid=[0.0])
+    both = advinf.create("evaluator", "svm_probe", None, labels=8, validation=40, repeats=1, baselines=False)
+    assert both.evaluate(model_with(Linear()), data, None)["feature_dim"] == 2 + 5  # mean + hidden layer
+
+
+def test_probes_refuse_what_they_cannot_probe(tmp_path):
+    probe = advinf.create("evaluator", "svm_probe", None, labels=8, validation=8, repeats=1)
+    x, y = clusters(10, 0)
+    with pytest.raises(UserError, match="held-out"):
+        probe.evaluate(model_with(Identity()), Dataset(Split(x, y), None, {}), tmp_path)
+    with pytest.raises(UserError, match="class labels"):
+        probe.evaluate(model_with(Identity()), Dataset(Split(x), Split(x), {}), tmp_path)
+    no_encoder = TrainedModel(Networks(GaussianPrior((DIM,)), decoder=Reshape((DIM,))), JointGame(
+        JointGameOptions(), stochastic=False), torch.device("cpu"))
+    with pytest.raises(UserError, match="no encoder"):
+        probe.evaluate(no_encoder, cluster_data(), tmp_path)
+
+
+def test_untrained_encoder_without_a_recipe_is_a_seeded_reinitialised_copy(tmp_path):
+    trained = Linear()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(5.0)  # "training" moved every weight far from any initialisation
+    a, how = untrained_encoder(model_with(trained), tmp_path, seed=3)
+    b, _ = untrained_encoder(model_with(trained), tmp_path, seed=3)
+    c, _ = untrained_encoder(model_with(trained), tmp_path, seed=4)
+    assert "torch's default initialisation under seed 3" in how
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.hidden.weight, c.hidden.weight)
+    assert a.hidden.weight.abs().max() < 1 and trained.hidden.weight.min() > 3  # reset, and the original untouched
+
+
+# -- nearest neighbours ------------------------------------------------------------------------------------
+
+
+def test_nearest_neighbour_by_cosine_and_by_distance():
+    train = torch.tensor([[1.0, 0.0], [10.0, 10.0]])
+    labels = torch.tensor([0, 1])
+    query = torch.tensor([[5.0, 4.0], [0.0, 3.0]])
+    # (5, 4) points almost along (10, 10) but lies closer to (1, 0); (0, 3) is closer to (1, 0) either way
+    assert nearest_neighbour_predict(train, labels, query, metric="cosine").tolist() == [1, 1]
+    assert nearest_neighbour_predict(train, labels, query, metric="euclidean").tolist() == [0, 0]
+    # k = 3: the majority of the three nearest; a 1-1-1 tie goes to the nearest
+    train3 = torch.tensor([[0.0], [1.0], [1.1], [5.0]])
+    assert nearest_neighbour_predict(train3, torch.tensor([0, 1, 1, 2]), torch.tensor([[0.2]]), k=3,
+                                     metric="euclidean").tolist() == [1]
+    assert nearest_neighbour_predict(train3, torch.tensor([0, 1, 2, 2]), torch.tensor([[0.2]]), k=3,
+                                     metric="euclidean").tolist() == [0]
+
+
+def test_knn_probe_on_known_features(tmp_path):
+    data = cluster_data()
+    probe = advinf.create("evaluator", "knn_probe", None, labels=8, validation=40, repeats=2)
+    result = probe.evaluate(model_with(Identity()), data, tmp_path)
+    assert result["test_error_mean"] == 0.0 and result["test_accuracy_mean"] == 1.0
+    assert result["k"] == 1 and result["metric"] == "cosine" and result["raw_pixels"]["test_error_mean"] == 0.0
+    # the same labelled sets as svm_probe with the same options: its nearest neighbours come from them
+    assert KnnProbeOptions(labels=8, validation=40, repeats=2).seed == SvmProbeOptions().seed
+    constant = advinf.create("evaluator", "knn_probe", None, labels=8, validation=40, repeats=2, baselines=False)
+    # every example is equally similar to all labelled ones: the first (lowest index) wins, one class of 4
+    assert constant.evaluate(model_with(Constant(), dim=3), data, tmp_path)["test_error_mean"] == 0.75
+
+
+# -- reconstruction ----------------------------------------------------------------------------------------
+
+
+def image_clusters(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4x4 one-channel 'images' in [0, 1] whose class is which quadrant is bright, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(CLASSES).repeat_interleave(per_class)
+    base = torch.zeros(CLASSES, 1, 4, 4)
+    for c, (r, s) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+        base[c, 0, r:r + 2, s:s + 2] = 0.8
+    x = (base[y] + 0.3 * torch.rand(len(y), 1, 4, 4, generator=g)).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8), y
+
+
+def test_identity_autoencoder_reconstructs_exactly_and_keeps_every_label_the_classifier_reads(tmp_path):
+    data = Dataset(Split(*image_clusters(40, 0)), Split(*image_clusters(15, 1)), meta={"classes": list("abcd")})
+    model = model_with(Identity(), Reshape((1, 4, 4)), dim=16)
+    ev = advinf.create("evaluator", "reconstruction", None, classifier_labels=40, classifier_validation=40,
+                       c_grid=[1e-3, 1e-1], pictures=8)
+    result = ev.evaluate(model, data, tmp_path)
+    assert result["mse_mean"] == 0.0 and result["mse_sample"] == 0.0 and result["examples"] == 60
+    assert result["label_kept_mean"] == result["classifier_accuracy"] == result["label_kept_sample"]
+    assert result["mse_random_pair"] > result["mse_mean_image"] > 0
+    assert (tmp_path / "eval_reconstructions.png").is_file()
+    # a decoder that always draws the training mean image scores the mean-image reference exactly
+    mean = Dataset.decode(data.train.x).mean(0)
+    blurry = model_with(Identity(), ConstantDecoder(mean), dim=16)
+    out = ev.evaluate(blurry, data, tmp_path)
+    assert out["mse_mean"] == pytest.approx(out["mse_mean_image"], rel=1e-6)
+    assert out["label_kept_mean"] == 0.25  # one image for all: one class of four kept
+
+
+def test_reconstruction_options_and_unlabelled_data(tmp_path):
+    x, _ = image_clusters(10, 0)
+    data = Dataset(Split(x), Split(x[:12]), meta={})
+    model = model_with(Identity(), Reshape((1, 4, 4)), dim=16)
+    out = advinf.create("evaluator", "reconstruction", None, examples=5, pictures=0).evaluate(model, data, tmp_path)
+    assert out["examples"] == 5 and "label_kept_mean" not in out and out["mse_mean"] == 0.0
+    assert not (tmp_path / "eval_reconstructions.png").exists()
+    assert ReconstructionOptions(c_grid=[1.0, 0.1]).c_grid == [0.1, 1.0]
