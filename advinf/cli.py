@@ -261,6 +261,65 @@ def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 
 
 @cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: each recipe's train.device).")
+@_plugin_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Folder for compare.png and compare.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead.")
+@click.option("--points", type=click.IntRange(min=1), default=2500, show_default=True,
+              help="Held-out examples and prior draws per panel of the figure (the paper: 2,500).")
+def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path, ...], out_dir: Path, as_json: bool,
+            points: int) -> None:
+    """Trained runs side by side: the paper's mixture figure (one column per run: held-out data, latent codes,
+    reconstructions, prior samples, decoder samples) and a table of each run's metrics (its eval.json, or its
+    evaluators run again); runs of the same recipe are also summarised as mean ± std."""
+    from advinf.compare import compare_runs, metric_columns
+
+    result = compare_runs(run_dirs, out_dir, device=device, host=_host(), plugins=plugins, points=points)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+    else:
+        columns = metric_columns(result.runs)
+        names = [m for _, m in columns]
+        heads = [(m if names.count(m) == 1 else f"{ev}.{m}").replace("_", " ") for ev, m in columns]
+        table = Table(title="runs")
+        table.add_column("run", overflow="fold", min_width=12)
+        for col in ("game", "seed", "step", *heads):
+            table.add_column(col, overflow="fold")
+        for r in result.runs:
+            values = [_cell(r.metrics.get(ev, {}).get(m)) for ev, m in columns]
+            table.add_row(r.label, r.game, str(r.seed), str(r.step), *values)
+        console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: no columns cut
+        console.print(table)
+        if result.groups:
+            summary = Table(title="runs of the same recipe: mean ± std (sample)")
+            summary.add_column("recipe", overflow="fold", min_width=12)
+            for col in ("game", "seeds", *heads):
+                summary.add_column(col, overflow="fold")
+            for g in result.groups:
+                stats = [g["metrics"].get(ev, {}).get(m) for ev, m in columns]
+                summary.add_row(g["recipe"], g["game"], ",".join(map(str, g["seeds"])),
+                                *("–" if s is None else f"{s['mean']:.3g} ± {s['std']:.2g}" for s in stats))
+            console.print(summary)
+    for r in result.runs:
+        if r.metrics_from != "eval.json":
+            _echo(f"{r.run_dir}: no eval.json; " + ("its evaluators were run again" if r.metrics_from == "recomputed"
+                                                     else "its recipe has no evaluators"))
+    if result.figure is not None:
+        _done(result.figure)
+    _done(result.table)  # type: ignore[arg-type]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+@cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
