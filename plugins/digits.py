@@ -3,7 +3,7 @@
 ``digits`` is scikit-learn's bundled copy of the UCI optical handwritten digits (``sklearn.datasets.load_digits``):
 1,797 grey 8x8 images of the digits 0-9 (about 180 per class) with values 0..16, shipped inside the package.
 They are stored as uint8 (N, 1, S, S) pixels like every image dataset here: value v becomes round(v * 255 / 16)
-(0 -> 0, 16 -> 255), so they decode to [0, 1]. ``size`` upscales the 8x8 images to S x S:
+(0 -> 0, 16 -> 255), so they decode to [0, 1]. ``size`` (default 8: as shipped) upscales the images to S x S:
 
 * ``resize = "bilinear"`` (default): bilinear interpolation of the 0..16 values (``align_corners = False``, no
   antialiasing, which only matters for shrinking), then rounding. Smooth strokes, the same mean intensity; the
@@ -21,13 +21,13 @@ Networks ``digits_encoder``, ``digits_decoder`` and ``digits_critic`` (DCGAN-lik
 * encoder: conv 3x3 -> [conv 4x4 stride 2] x k -> Linear to ``hidden``, each followed by BN and LeakyReLU, then
   a Linear to (mu, log sigma) (ALI) or to z (``stochastic = false``, BiGAN). ``posterior.features`` holds the BN
   outputs (before the LeakyReLU) of the last three hidden layers, as the paper's SVHN encoder does (ali-reference
-  §5.1). At S = 16, width 32, hidden 256 and 64 latent dimensions the probes read 64 + 64x8x8 + 128x4x4 + 256
-  = 6,464 dimensions.
+  §5.1). With recipes/ali_digits.toml (S = 8, width 32, hidden 256, 64 latent dimensions) the probes read
+  64 + 32x8x8 + 64x4x4 + 256 = 3,392 dimensions; at S = 16, 64 + 64x8x8 + 128x4x4 + 256 = 6,464.
 * decoder: Linear to width * 2^k x 4 x 4 -> [transposed conv 4x4 stride 2] x k, each with BN and LeakyReLU, a conv
   3x3 to the image channels, a per-pixel bias initialised from the log-odds of the data's mean image, a sigmoid.
-* critic: D(x, z) = joint(concat(D(x), D(z))): D(x) the encoder's conv stack without BN, D(z) two Linear layers,
-  the joint head two Linear layers to one logit; LeakyReLU everywhere and element-wise dropout on the input of
-  every layer (the paper's critics).
+* critic: D(x, z) = joint(concat(D(x), D(z))): D(x) the encoder's conv stack (BN after the stride-2 convs, not
+  after the first: ``bn``), D(z) two Linear layers, the joint head two Linear layers to one logit; LeakyReLU
+  everywhere and element-wise dropout on the input of every layer, as the paper's critics.
 
 Weights start N(0, init_std^2), biases 0. Every network is conditional when a conditional game builds it
 (``ctx.condition``): the embedding of y is concatenated to the encoder's last hidden layer (before its output),
@@ -68,7 +68,7 @@ DIGITS_COUNT = 1797
 
 class DigitsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: int = Field(16, ge=8, description="image side S: the 8x8 digits are upscaled to S x S (8: as shipped)")
+    size: int = Field(8, ge=8, description="image side S: 8 as shipped, larger sizes upscale the 8x8 digits")
     resize: Literal["bilinear", "nearest"] = Field(
         "bilinear", description="upscaling: bilinear (smooth strokes) or nearest (blocks of the original pixels)")
     heldout: float = Field(0.2, ge=0, description="held-out images: a count (>= 1) or a fraction of all 1,797 "
@@ -164,9 +164,11 @@ class DecoderOptions(_BnOptions):
                                                           "initialises the output bias (0: the bias starts at 0)")
 
 
-class CriticOptions(_Options):
+class CriticOptions(_BnOptions):
     hidden: int = Field(256, gt=0, description="width of D(z) and of the joint head")
     dropout: float = Field(0.2, ge=0, lt=1, description="element-wise dropout on the input of every layer")
+    bn: bool = Field(True, description="BatchNorm after the stride-2 convs of D(x) (the paper's critics: every "
+                                       "D(x) layer but the first)")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
 
 
@@ -299,7 +301,7 @@ class DigitsDecoder(Decoder):
 
 
 class DigitsCritic(JointCritic):
-    """D(x, z) = joint(concat(D(x), D(z))) -> one logit per example, shape (B,); no BN, dropout on every input."""
+    """D(x, z) = joint(concat(D(x), D(z))) -> one logit per example, shape (B,); dropout on every input."""
 
     def __init__(self, channels: int, size: int, z_dim: int, o: CriticOptions, condition: Condition | None = None):
         super().__init__()
@@ -310,7 +312,10 @@ class DigitsCritic(JointCritic):
         x_layers: list[nn.Module] = [drop(), nn.Conv2d(channels, o.width, 3, 1, 1), act()]
         c = o.width
         for _ in range(k):
-            x_layers += [drop(), nn.Conv2d(c, 2 * c, 4, 2, 1), act()]
+            x_layers += [drop(), nn.Conv2d(c, 2 * c, 4, 2, 1, bias=not o.bn)]
+            if o.bn:
+                x_layers.append(nn.BatchNorm2d(2 * c, eps=o.bn_eps, momentum=o.bn_momentum))
+            x_layers.append(act())
             c *= 2
         self.x_net = nn.Sequential(*x_layers, nn.Flatten())
         self.z_net = nn.Sequential(drop(), nn.Linear(z_dim, o.hidden), act(), drop(), nn.Linear(o.hidden, o.hidden),
