@@ -262,3 +262,15 @@ def test_reconstruction_options_and_unlabelled_data(tmp_path):
     assert out["examples"] == 5 and "label_kept_mean" not in out and out["mse_mean"] == 0.0
     assert not (tmp_path / "eval_reconstructions.png").exists()
     assert ReconstructionOptions(c_grid=[1.0, 0.1]).c_grid == [0.1, 1.0]
+
+
+def test_the_paper_svhn_encoder_gives_the_documented_5376_features():
+    """mu (256) + BN outputs of conv 4 (256x4x4), conv 5 (512) and the 1x1 conv 6 (512): ali-reference §5.1."""
+    from advinf_plugins.probes import posterior_features
+
+    encoder = advinf.create("encoder", "ali_svhn_encoder", None).eval()
+    with torch.no_grad():
+        post = encoder(torch.rand(2, 3, 32, 32))
+    assert [f[0].numel() for f in post.features] == [4096, 512, 512]
+    assert posterior_features(post, "mean_and_hidden").shape == (2, 5376)
+    assert posterior_features(post, "mean").shape == (2, 256)
