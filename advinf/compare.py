@@ -237,9 +237,9 @@ def draw_figure(runs: Sequence[RunResult], panels: Sequence[_Panels], path: Path
                         color="0.4", transform=ax.transAxes)
             else:
                 _cell(ax, pts, colour, box, cyclic=row >= 3)
-            if c == 0:
-                ax.text(-0.12, 0.5, ROWS[row], rotation=90, ha="center", va="center", fontsize=9,
-                        transform=ax.transAxes)
+            if c == 0:  # left of the tick labels, also beside an empty cell
+                ax.annotate(ROWS[row], xy=(0, 0.5), xycoords="axes fraction", xytext=(-26, 0),
+                            textcoords="offset points", rotation=90, ha="right", va="center", fontsize=9)
         axes[0][c].set_title(_title(r), fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
