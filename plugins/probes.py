@@ -44,7 +44,8 @@ recipe and seed that built the networks training started from, so the rebuilt en
 deep copy of the trained encoder re-initialised under ``torch.manual_seed(recipe seed)`` by the network's own
 ``reset_parameters()`` if it has one (the digits networks do), else every submodule's torch default
 ``reset_parameters`` (an approximation: another initialisation scheme). ``untrained.init`` records which one
-was used.
+was used. The baselines do not change while a model trains: an evaluator computes them once per dataset and
+reuses them for evaluations every N steps.
 """
 
 from __future__ import annotations
@@ -475,6 +476,8 @@ class _Probe(Evaluator):
 
     def __init__(self, options: ProbeOptions, recipe_seed: int = 0):
         self.o, self.recipe_seed = options, recipe_seed
+        # the baselines do not change while a run trains: evaluations every N steps compute them once
+        self._baselines: dict[tuple, dict[str, Any]] = {}
 
     def protocol(self, f: FeatureSets, pd: ProbeData) -> dict[str, Any]:
         raise NotImplementedError
@@ -492,14 +495,22 @@ class _Probe(Evaluator):
         result.update(labels=o.labels, repeats=o.repeats, validation=o.validation, test_examples=len(pd.test_idx),
                       features=o.features, encoder_sees_labels=model.conditional)
         if o.baselines:
-            result["raw_pixels"] = self.protocol(pd.features(raw_inputs, o.batch_size), pd)
+            result.update(self._baseline_results(model, data, out_dir, pd))
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        return result
+
+
+    def _baseline_results(self, model: TrainedModel, data: Dataset, out_dir: Path | None, pd: ProbeData
+                          ) -> dict[str, Any]:
+        key = (id(data), len(data.train), str(out_dir), type(model.encoder).__name__)
+        if key not in self._baselines:
+            raw = self.protocol(pd.features(raw_inputs, self.o.batch_size), pd)
             encoder, how = untrained_encoder(model, out_dir, self.recipe_seed)
             nets = Networks(model.prior, encoder=encoder)
             with torch.no_grad():
-                untrained = pd.features(encoder_fn(model, nets, o.features), o.batch_size)
-            result["untrained"] = {**self.protocol(untrained, pd), "init": how}
-        result["seconds"] = round(time.perf_counter() - start, 3)
-        return result
+                untrained = pd.features(encoder_fn(model, nets, self.o.features), self.o.batch_size)
+            self._baselines = {key: {"raw_pixels": raw, "untrained": {**self.protocol(untrained, pd), "init": how}}}
+        return copy.deepcopy(self._baselines[key])
 
 
 class SvmProbe(_Probe):

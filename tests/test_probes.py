@@ -146,6 +146,9 @@ def test_svm_probe_scores_zero_on_separable_features_and_chance_on_constant_ones
     assert (result["labels"], result["repeats"], result["validation"], result["test_examples"]) == (20, 3, 40, 80)
     assert result["raw_pixels"]["test_error_mean"] == 0.0 and result["C"] in (0.01, 1.0)
     assert "untrained" in result and not result["encoder_sees_labels"]
+    cached = probe._baselines
+    again = probe.evaluate(model_with(Identity()), data, tmp_path)  # e.g. the next evaluation during training
+    assert probe._baselines is cached and again["raw_pixels"] == result["raw_pixels"]  # computed once
     # constant features: every test example gets the same class, 3 of 4 balanced classes are wrong
     constant = advinf.create("evaluator", "svm_probe", None, baselines=False, **options)
     assert constant.evaluate(model_with(Constant(), dim=3), data, tmp_path)["test_error_mean"] == pytest.approx(0.75)
