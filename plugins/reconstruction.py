@@ -100,6 +100,15 @@ def train_pixel_classifier(data: Dataset, o: ReconstructionOptions, classes: int
 class Reconstruction(Evaluator):
     def __init__(self, options: ReconstructionOptions):
         self.o = options
+        # what depends on the data only (the mean image, the pixel classifier), kept for evaluations every N steps
+        self._cache: dict[tuple, Any] = {}
+
+    def _once(self, data: Dataset, what: str, make):
+        key = (id(data), len(data.train), what)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == id(data)}
+            self._cache[key] = make()
+        return self._cache[key]
 
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
         o = self.o
@@ -130,7 +139,7 @@ class Reconstruction(Evaluator):
         if r_mean.shape != x.shape:
             raise UserError(f"reconstructions have shape {tuple(r_mean.shape[1:])}, the data "
                             f"{tuple(x.shape[1:])}")
-        mean_image = split_mean(data.train, o.batch_size)
+        mean_image = self._once(data, "mean", lambda: split_mean(data.train, o.batch_size))
         g = torch.Generator().manual_seed(o.seed)
         perm = torch.randperm(len(x), generator=g)
         other = torch.empty_like(perm)
@@ -143,9 +152,9 @@ class Reconstruction(Evaluator):
         info = data.label_info()
         if o.classifier and info is not None and info[0] == "classes" and y is not None and data.train.y is not None:
             classes = max(info[2], int(data.train.y.max()) + 1)
-            classifier, about = train_pixel_classifier(data, o, classes)
+            classifier, about = self._once(data, "classifier", lambda: train_pixel_classifier(data, o, classes))
             result.update(label_kept(classifier, x, r_mean, r_sample, y.cpu().long().reshape(-1)))
-            result["classifier"] = about
+            result["classifier"] = dict(about)
         if o.pictures and x.dim() == 4:
             k = min(o.pictures, len(x))
             save_grid(torch.stack([x[:k], r_mean[:k]], dim=1).flatten(0, 1), out_dir / "eval_reconstructions.png",

@@ -252,7 +252,10 @@ def test_identity_autoencoder_reconstructs_exactly_and_keeps_every_label_the_cla
     # a decoder that always draws the training mean image scores the mean-image reference exactly
     mean = Dataset.decode(data.train.x).mean(0)
     blurry = model_with(Identity(), ConstantDecoder(mean), dim=16)
+    cached = dict(ev._cache)
     out = ev.evaluate(blurry, data, tmp_path)
+    assert ev._cache.keys() == cached.keys() and all(ev._cache[k] is v for k, v in cached.items())  # reused
+    assert out["classifier_accuracy"] == result["classifier_accuracy"] and out["classifier"] == result["classifier"]
     assert out["mse_mean"] == pytest.approx(out["mse_mean_image"], rel=1e-6)
     assert out["label_kept_mean"] == 0.25  # one image for all: one class of four kept
 
