@@ -300,7 +300,7 @@ def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path,
             for g in result.groups:
                 stats = [g["metrics"].get(ev, {}).get(m) for ev, m in columns]
                 summary.add_row(g["recipe"], g["game"], ",".join(map(str, g["seeds"])),
-                                *("–" if s is None else f"{s['mean']:.3g} ± {s['std']:.2g}" for s in stats))
+                                *("–" if s is None else f"{_short(s['mean'])} ± {_short(s['std'], 2)}" for s in stats))
             console.print(summary)
     for r in result.runs:
         if r.metrics_from != "eval.json":
@@ -309,6 +309,10 @@ def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path,
     if result.figure is not None:
         _done(result.figure)
     _done(result.table)  # type: ignore[arg-type]
+
+
+def _short(value: float, digits: int = 3) -> str:
+    return f"{value:.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
 
 
 def _cell(value: Any) -> str:
