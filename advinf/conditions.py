@@ -93,6 +93,24 @@ class ConditionEmbedding(nn.Module):
         return self.linear(self.condition.as_input(y).to(self.linear.weight.dtype))
 
 
+def embedding_for(condition: Condition | None) -> ConditionEmbedding | None:
+    """The embedding a network built with ``ctx.condition`` owns; None for an unconditional network."""
+    return None if condition is None else ConditionEmbedding(condition)
+
+
+def with_condition(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
+    """``h`` (B, C) or (B, C, H, W) with the embedding of y appended as extra features or channels; ``h`` itself
+    when ``embed`` is None (an unconditional network)."""
+    if embed is None:
+        return h
+    if y is None:
+        raise ValueError("this network is conditional and needs y")
+    e = embed(y).to(h.dtype)
+    if h.dim() == 4:
+        e = e[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+    return torch.cat([h, e], dim=1)
+
+
 def example_conditions(condition: Condition, data: Dataset | None, n: int, seed: int = 0) -> Tensor:
     """``n`` conditions to draw pictures with: for classes, the classes in equal consecutive blocks (a row
     each in a grid of ``n`` = classes x k pictures); for attributes, the attribute vectors of ``n`` examples

@@ -45,6 +45,7 @@ from advinf import (
     UserError,
     hookimpl,
 )
+from advinf.conditions import embedding_for, with_condition
 from advinf.divergences import losses
 from advinf_plugins.games import JointGame, JointGameOptions, critic_pairs
 from advinf_plugins.priors import GaussianPrior, UniformPrior
@@ -55,10 +56,8 @@ from advinf_plugins.toy_networks import (
     ToyCritic,
     ToyDecoder,
     _dims,
-    _embedding,
     _flat,
     _mlp,
-    _with_y,
     init_gaussian,
 )
 
@@ -279,11 +278,11 @@ class ToyGaussianEncoder(Encoder):
         net = _mlp(x_dim + (condition.embedding_dim if condition else 0), 2 * z_dim, o, o.layers)
         self.body, self.head = net[:-1], net[-1]
         init_gaussian(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> GaussianPosterior:
-        h = self.body(_with_y(x, self.embed, y))
+        h = self.body(with_condition(x, self.embed, y))
         out = self.head(h)
         return GaussianPosterior(out[:, : self.z_dim], out[:, self.z_dim:], features=[h])
 

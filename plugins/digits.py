@@ -57,6 +57,7 @@ from advinf import (
     UserError,
     hookimpl,
 )
+from advinf.conditions import embedding_for, with_condition
 
 #: How many of the encoder's last hidden BN outputs go into ``posterior.features`` (as the paper's SVHN encoder).
 FEATURE_LAYERS = 3
@@ -195,18 +196,6 @@ def init_normal(module: nn.Module, std: float) -> None:
             m.reset_parameters()
 
 
-def _embedding(condition: Condition | None) -> ConditionEmbedding | None:
-    return None if condition is None else ConditionEmbedding(condition)
-
-
-def _with_y(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
-    if embed is None:
-        return h
-    if y is None:
-        raise ValueError("this network is conditional and needs y")
-    return torch.cat([h, embed(y).to(h.dtype)], dim=1)
-
-
 def _extra(condition: Condition | None) -> int:
     return 0 if condition is None else condition.embedding_dim
 
@@ -239,7 +228,7 @@ class DigitsEncoder(Encoder):
                               nn.BatchNorm1d(o.hidden, eps=o.bn_eps, momentum=o.bn_momentum), o.slope))
         self.hidden = nn.ModuleList(layers)
         self.out = nn.Linear(o.hidden + _extra(condition), 2 * z_dim if o.stochastic else z_dim)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
         self.reset_parameters()
 
@@ -255,7 +244,7 @@ class DigitsEncoder(Encoder):
             if i >= len(self.hidden) - FEATURE_LAYERS:
                 feats.append(h)
             h = block.act(h)
-        params = self.out(_with_y(h, self.embed, y))
+        params = self.out(with_condition(h, self.embed, y))
         if not self.stochastic:
             return DeterministicPosterior(params, features=feats)
         return GaussianPosterior(params[:, :self.z_dim], params[:, self.z_dim:], features=feats)
@@ -281,7 +270,7 @@ class DigitsDecoder(Decoder):
         self.act = nn.LeakyReLU(o.slope)
         self.out = nn.Conv2d(c, channels, 3, 1, 1, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(1, channels, size, size))
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
         init_normal(self, o.init_std)
 
@@ -295,7 +284,7 @@ class DigitsDecoder(Decoder):
         self.output_bias.copy_(torch.log(mean / (1 - mean)).to(self.output_bias))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        h = self.act(self.fc_bn(self.fc(_with_y(z.flatten(1), self.embed, y))))
+        h = self.act(self.fc_bn(self.fc(with_condition(z.flatten(1), self.embed, y))))
         h = self.ups(h.view(len(h), self.start, 4, 4))
         return torch.sigmoid(self.out(h) + self.output_bias)
 
@@ -323,7 +312,7 @@ class DigitsCritic(JointCritic):
         joint_in = c * 16 + (o.hidden if o.joint else 0) + _extra(condition)
         self.joint_net = nn.Sequential(drop(), nn.Linear(joint_in, 2 * o.hidden), act(), drop(),
                                        nn.Linear(2 * o.hidden, 1))
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
         init_normal(self, o.init_std)
 
@@ -333,7 +322,7 @@ class DigitsCritic(JointCritic):
             if z is None:
                 raise ValueError("this critic is joint (D(x, z)) and needs z")
             h = torch.cat([h, self.z_net(z.flatten(1))], dim=1)
-        return self.joint_net(_with_y(h, self.embed, y)).reshape(x.shape[0])
+        return self.joint_net(with_condition(h, self.embed, y)).reshape(x.shape[0])
 
 
 # -- factories ---------------------------------------------------------------------------------------------

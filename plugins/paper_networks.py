@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from advinf import (
     Condition,
-    ConditionEmbedding,
     Dataset,
     Decoder,
     DeterministicPosterior,
@@ -40,6 +39,7 @@ from advinf import (
     UserError,
     hookimpl,
 )
+from advinf.conditions import embedding_for, with_condition
 
 # -- architectures as data ---------------------------------------------------------------------------------
 
@@ -188,19 +188,6 @@ def _as_map(z: Tensor) -> Tensor:
     return z[:, :, None, None] if z.dim() == 2 else z
 
 
-def _embedding(condition: Condition | None) -> ConditionEmbedding | None:
-    return None if condition is None else ConditionEmbedding(condition)
-
-
-def _with_y(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
-    """The (B, C, 1, 1) map ``h`` with the embedding of y as extra channels (conditional networks)."""
-    if embed is None:
-        return h
-    if y is None:
-        raise ValueError("this network is conditional and needs y")
-    return torch.cat([h, embed(y).to(h.dtype)[:, :, None, None]], dim=1)
-
-
 def _extra(condition: Condition | None) -> int:
     return 0 if condition is None else condition.embedding_dim
 
@@ -235,7 +222,7 @@ class PaperEncoder(Encoder):
         self.hidden = nn.ModuleList(blocks)
         self.out = nn.Conv2d(cin + _extra(condition), 2 * z_dim if o.stochastic else z_dim, 1, bias=True)
         init_conv_weights(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> GaussianPosterior | DeterministicPosterior:
@@ -246,7 +233,7 @@ class PaperEncoder(Encoder):
             if i >= len(self.hidden) - FEATURE_LAYERS:
                 feats.append(h)
             h = block.act(h)
-        params = self.out(_with_y(h, self.embed, y))
+        params = self.out(with_condition(h, self.embed, y))
         if not self.stochastic:
             return DeterministicPosterior(params, features=feats)
         mean, log_sigma = params[:, :self.z_dim], params[:, self.z_dim:]
@@ -270,7 +257,7 @@ class PaperDecoder(Decoder):
         self.out = nn.Conv2d(cin, channels, 1, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(1, channels, size, size))
         init_conv_weights(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     @torch.no_grad()
@@ -284,7 +271,7 @@ class PaperDecoder(Decoder):
         self.output_bias.copy_(torch.log(mean / (1 - mean)).to(self.output_bias))
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return torch.sigmoid(self.out(self.hidden(_with_y(_as_map(z), self.embed, y))) + self.output_bias)
+        return torch.sigmoid(self.out(self.hidden(with_condition(_as_map(z), self.embed, y))) + self.output_bias)
 
 
 def _bn_critic_plan(arch: Arch, o: CriticOptions, bn: tuple[float, float]) -> tuple[list, list, list]:
@@ -348,7 +335,7 @@ class PaperCritic(JointCritic):
             cin = cout // shrink
         self.joint_net = nn.Sequential(*blocks)
         init_conv_weights(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
@@ -357,7 +344,7 @@ class PaperCritic(JointCritic):
             if z is None:
                 raise ValueError("this critic is joint (D(x, z)) and needs z")
             h = torch.cat([h, self.z_net(_as_map(z))], dim=1)
-        return self.joint_net(_with_y(h, self.embed, y)).reshape(x.shape[0])
+        return self.joint_net(with_condition(h, self.embed, y)).reshape(x.shape[0])
 
 
 # -- factories ---------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from advinf import Condition, ConditionEmbedding, Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
+from advinf import Condition, Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
+from advinf.conditions import embedding_for, with_condition
 
 
 class _Options(BaseModel):
@@ -61,19 +62,6 @@ def init_gaussian(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _embedding(condition: Condition | None) -> ConditionEmbedding | None:
-    return None if condition is None else ConditionEmbedding(condition)
-
-
-def _with_y(h: Tensor, embed: ConditionEmbedding | None, y: Tensor | None) -> Tensor:
-    """``h`` with the embedding of y concatenated (conditional networks), else ``h`` as it is."""
-    if embed is None:
-        return h
-    if y is None:
-        raise ValueError("this network is conditional and needs y")
-    return torch.cat([h, embed(y).to(h.dtype)], dim=1)
-
-
 class ToyEncoder(Encoder):
     """z = f(x, eps), eps ~ N(0, I): a stochastic encoder by change of variables (not mu/sigma)."""
 
@@ -82,12 +70,12 @@ class ToyEncoder(Encoder):
         self.noise_dim = o.noise_dim
         self.net = _mlp(x_dim + o.noise_dim + (condition.embedding_dim if condition else 0), z_dim, o, o.layers)
         init_gaussian(self, o.init_std)
-        self.embed = _embedding(condition)  # after init_gaussian: the embedding keeps its own initialisation
+        self.embed = embedding_for(condition)  # after init_gaussian: the embedding keeps its own initialisation
         self.conditional = condition is not None
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> ImplicitPosterior:
         eps = torch.randn(x.shape[0], self.noise_dim, device=x.device, dtype=x.dtype)
-        return ImplicitPosterior(self.net(_with_y(torch.cat([x, eps], dim=1), self.embed, y)))
+        return ImplicitPosterior(self.net(with_condition(torch.cat([x, eps], dim=1), self.embed, y)))
 
 
 class ToyDecoder(Decoder):
@@ -97,11 +85,11 @@ class ToyDecoder(Decoder):
         super().__init__()
         self.net = _mlp(z_dim + (condition.embedding_dim if condition else 0), x_dim, o, o.layers)
         init_gaussian(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.net(_with_y(z, self.embed, y))
+        return self.net(with_condition(z, self.embed, y))
 
 
 class LinearMaxout(nn.Module):
@@ -129,12 +117,12 @@ class ToyCritic(JointCritic):
         self.body = nn.Sequential(*(LinearMaxout(dims[i], o.hidden, o.pieces) for i in range(o.layers)))
         self.out = nn.Linear(o.hidden, 1)
         init_gaussian(self, o.init_std)
-        self.embed = _embedding(condition)
+        self.embed = embedding_for(condition)
         self.conditional = condition is not None
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
         h = torch.cat([x, z], dim=1) if self.uses_z else x
-        return self.out(self.body(_with_y(h, self.embed, y))).squeeze(1)
+        return self.out(self.body(with_condition(h, self.embed, y))).squeeze(1)
 
 
 def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
