@@ -169,27 +169,39 @@ def stream_seed(seed: int, name: str) -> int:
 
 class BatchSource:
     """Every stream a game reads per step: the main one (``batch.x``/``batch.y``) and the game's extra
-    streams (``batch.streams[name]``), with one saved state for all of them."""
+    streams (``batch.streams[name]``), with one saved state for all of them.
+
+    A game's stream named ``MAIN`` (``"data"``) is not an extra stream: it configures the main one (its
+    ``select`` restricts the examples it draws from, e.g. to those a labelled stream leaves out; its
+    ``batch_size``, if given, replaces ``train.batch_size``)."""
 
     def __init__(self, data: Dataset, batch_size: int, device: torch.device, seed: int,
                  streams: Sequence[Stream] = (), *, rank: int = 0, world_size: int = 1, channels_last: bool = False):
         self.rank, self.world_size = rank, world_size
         common = dict(rank=rank, world_size=world_size, channels_last=channels_last)
-        self.main = StreamSource(data.train, batch_size, device, seed, **common)  # type: ignore[arg-type]
-        self.extra: dict[str, StreamSource] = {}
-        for spec in streams:
-            if spec.name == MAIN or spec.name in self.extra:
-                raise ValueError(f"stream name {spec.name!r} is used twice (or is the main stream's)")
-            if spec.labelled and not data.labelled:
-                raise UserError(f"the game reads a labelled stream '{spec.name}', but the dataset's training "
-                                "split has no labels")
-            s_seed = stream_seed(seed, spec.name)
-            subset = spec.select(data.train, s_seed) if spec.select is not None else None  # type: ignore[arg-type]
-            if subset is not None and len(subset) == 0:
-                raise UserError(f"stream '{spec.name}' selected no training examples")
-            self.extra[spec.name] = StreamSource(data.train, spec.batch_size or batch_size, device, s_seed,
-                                                 subset=subset, what=f"the batch size of stream '{spec.name}'",
-                                                 **common)  # type: ignore[arg-type]
+        names = [spec.name for spec in streams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a stream name is used twice: {names}")
+        specs = {spec.name: spec for spec in streams}
+        main = specs.pop(MAIN, Stream(MAIN))
+        self.main = self._source(data, main, batch_size, device, seed, "train.batch_size", common)
+        self.extra: dict[str, StreamSource] = {
+            name: self._source(data, spec, batch_size, device, seed, f"the batch size of stream '{name}'", common)
+            for name, spec in specs.items()}
+
+    @staticmethod
+    def _source(data: Dataset, spec: Stream, batch_size: int, device: torch.device, seed: int, what: str,
+                common: dict[str, Any]) -> StreamSource:
+        """One stream's source. ``select`` gets the run's seed (the same for every stream, so that streams can
+        pick complementary subsets); the stream's data order is seeded by ``stream_seed``."""
+        if spec.labelled and not data.labelled:
+            raise UserError(f"the game reads a labelled stream '{spec.name}', but the dataset's training "
+                            "split has no labels")
+        subset = spec.select(data.train, seed) if spec.select is not None else None  # type: ignore[arg-type]
+        if subset is not None and len(subset) == 0:
+            raise UserError(f"stream '{spec.name}' selected no training examples")
+        return StreamSource(data.train, spec.batch_size or batch_size, device, stream_seed(seed, spec.name),
+                            subset=subset, what=what, **common)  # type: ignore[arg-type]
 
     def next(self) -> Batch:
         batch = self.main.next()

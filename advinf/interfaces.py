@@ -219,7 +219,10 @@ class Stream:
 
     ``batch_size`` None takes ``train.batch_size``. ``labelled`` requires labels. ``select(split, seed)``
     returns the indices of the training examples the stream draws from (e.g. a class-balanced labelled subset);
-    None draws from all of them.
+    None draws from all of them. ``seed`` is the run's seed, the same for every stream, so that two streams can
+    select complementary subsets. A stream named ``"data"`` configures the main stream (``batch.x``) instead of
+    adding one: e.g. ``Stream("data", select=...)`` makes the main stream draw from the examples a labelled
+    stream leaves out.
     """
 
     name: str

@@ -318,9 +318,40 @@ def test_bench_ships_with_the_package(tmp_path):
 def test_stream_spec_validation():
     data = advinf.Dataset(advinf.Split(torch.zeros(10, 2), torch.zeros(10, dtype=torch.long)))
     with pytest.raises(ValueError, match="used twice"):
-        BatchSource(data, 2, torch.device("cpu"), 0, (Stream("data"),))
+        BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x"), Stream("x")))
     with pytest.raises(UserError, match="selected no training examples"):
         BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x", select=lambda split, seed: torch.arange(0)),))
+
+
+def test_a_data_stream_restricts_the_main_stream_and_select_gets_the_run_seed():
+    """Stream("data", select=...) makes batch.x draw from a subset; every select gets the run's seed, so two
+    streams can split the training examples between them (a labelled subset and the rest)."""
+    y = torch.arange(40) % 4
+    data = advinf.Dataset(advinf.Split(torch.arange(40, dtype=torch.float32)[:, None], y))
+    seeds = []
+
+    def first_ten(split, seed):
+        seeds.append(seed)
+        return torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:10]
+
+    def the_rest(split, seed):
+        seeds.append(seed)
+        mask = torch.ones(len(split), dtype=torch.bool)
+        mask[first_ten(split, seed)] = False
+        return mask.nonzero().flatten()
+
+    streams = (Stream("data", select=the_rest), Stream("labelled", batch_size=5, labelled=True, select=first_ten))
+    source = BatchSource(data, 6, torch.device("cpu"), 11, streams)
+    assert set(seeds) == {11} and list(source.extra) == ["labelled"] and source.steps_per_epoch == 5
+    main, labelled = set(), set()
+    for _ in range(10):
+        batch = source.next()
+        assert batch.x.shape == (6, 1) and batch.streams["labelled"].x.shape == (5, 1)
+        main |= set(batch.x.flatten().long().tolist())
+        labelled |= set(batch.streams["labelled"].x.flatten().long().tolist())
+    assert len(labelled) == 10 and len(main) == 30 and not main & labelled
+    first = source.first()
+    assert not set(first.x.flatten().long().tolist()) & labelled
 
 
 def test_recipes_validate_with_their_game():
