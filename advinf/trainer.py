@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from advinf import checkpoint as ckpt
 from advinf.batches import BatchSource
 from advinf.conditions import Condition, example_conditions
 from advinf.data import Dataset
+from advinf.ema import MovingAverage
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import Evaluator, Game, GameLosses, Networks, Player, TrainedModel, check_networks
@@ -119,8 +119,7 @@ class Trainer:
         # moving averages of what the generator-side players train (what samples and evaluation use)
         averaged = [n for p in self.players if p.role == "generator" for n in p.networks
                     if n in nets and nets.parameters([n])]
-        self.ema = {name: AveragedModel(nets[name], multi_avg_fn=get_ema_multi_avg_fn(self.spec.ema),
-                                        use_buffers=True) for name in averaged} if self.spec.ema else {}
+        self.ema = {name: MovingAverage(nets[name], self.spec.ema) for name in averaged} if self.spec.ema else {}
         self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
@@ -199,7 +198,7 @@ class Trainer:
 
     def _update_ema(self) -> None:
         for avg, module in self._ema_pairs:
-            avg.update_parameters(module)
+            avg.update(module)
 
     def _losses_vector(self, out: GameLosses) -> Tensor:
         return torch.stack([out.losses[p.name].detach().float() for p in self.players])

@@ -1,0 +1,107 @@
+"""The step's speed properties that hold on any device: the moving average lives on the device and matches
+torch's AveragedModel, and the loop reads nothing back to the host between log intervals."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from test_train import tiny_data, tiny_nets
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from advinf import OptimizerSpec, Trainer, TrainSpec
+from advinf.ema import MovingAverage
+from advinf_plugins.games import JointGame, JointGameOptions
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2))
+
+
+def _train(net: nn.Module) -> None:
+    """Move the parameters and the BN statistics (and its integer step count)."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    net.train()
+    net(torch.randn(8, 3))
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.999])
+def test_moving_average_equals_torch_averaged_model(decay):
+    net = _net()
+    ours = MovingAverage(net, decay)
+    theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    assert list(ours.state_dict()) == list(theirs.state_dict())  # the checkpoint names ema_*.module.*, n_averaged
+    for _ in range(5):
+        _train(net)
+        ours.update(net)
+        theirs.update_parameters(net)
+        for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+            assert torch.equal(a, b), k
+    assert int(ours.n_averaged) == 5
+
+
+def test_moving_average_resumes_from_an_averaged_model_state():
+    """A checkpoint written with AveragedModel (before this class) loads, and the average continues the same."""
+    net = _net()
+    theirs = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for _ in range(3):
+        _train(net)
+        theirs.update_parameters(net)
+    ours = MovingAverage(_net(), 0.9)
+    ours.load_state_dict(theirs.state_dict())
+    _train(net)
+    ours.update(net)  # not a copy: the loaded count says the average has started
+    theirs.update_parameters(net)
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    fresh = MovingAverage(_net(), 0.9)
+    fresh.update(net)
+    assert not torch.equal(fresh.module[0].weight, ours.module[0].weight)
+
+
+_SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "numpy", "cpu")
+
+
+@contextlib.contextmanager
+def _record_host_reads(trainer: Trainer, reads: list[tuple[int, str]]):
+    """Every read of a tensor's value on the host, with the trainer's step at that moment."""
+    patches = contextlib.ExitStack()
+    with patches:
+        for name in _SYNCS:
+            original = getattr(torch.Tensor, name)
+
+            def spy(self, *args, _original=original, _name=name, **kwargs):
+                reads.append((trainer.step, _name))
+                return _original(self, *args, **kwargs)
+
+            patches.enter_context(_patched(torch.Tensor, name, spy))
+        yield
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
+def test_the_loop_reads_values_back_only_at_log_intervals(update):
+    spec = TrainSpec(steps=12, batch_size=32, log_every=4, update=update, critic_steps=2, ema=0.9, progress="none",
+                     sample_every=0, threads=1)
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=spec,
+                      optimizer=OptimizerSpec(lr=1e-3), device="cpu")
+    reads: list[tuple[int, str]] = []
+    with _record_host_reads(trainer, reads):
+        result = trainer.fit()
+    assert result.steps == 12
+    assert reads, "the spy saw nothing: the log lines must read the losses"
+    assert {step for step, _ in reads} <= {4, 8, 12}, sorted(set(reads))
