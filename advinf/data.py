@@ -39,6 +39,10 @@ class Split:
         idx = idx.to(self.x.device)
         return self.x[idx], None if self.y is None else self.y[idx]
 
+    def labels(self) -> Tensor | None:
+        """Every example's label on the host (int64, flattened for class indices), or None without labels."""
+        return None if self.y is None else self.y.detach().cpu().long().reshape(len(self.y), -1).squeeze(1)
+
 
 class StreamingSplit:
     """A split too large to hold in memory: DataLoader workers read it batch by batch from ``source``.
@@ -63,6 +67,13 @@ class StreamingSplit:
 
     def take(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
         return _collate([self.source[int(i)] for i in idx])
+
+    def labels(self, chunk: int = 4096) -> Tensor | None:
+        """Every example's label on the host, read through ``take`` (every example is loaded once)."""
+        if not self.labelled or len(self) == 0:
+            return None
+        parts = [self.take(torch.arange(i, min(i + chunk, len(self))))[1] for i in range(0, len(self), chunk)]
+        return torch.cat([p for p in parts if p is not None]).long()
 
 
 def _collate(items: list) -> tuple[Tensor, Tensor | None]:

@@ -27,7 +27,8 @@ Networks ``digits_encoder``, ``digits_decoder`` and ``digits_critic`` (DCGAN-lik
   3x3 to the image channels, a per-pixel bias initialised from the log-odds of the data's mean image, a sigmoid.
 * critic: D(x, z) = joint(concat(D(x), D(z))): D(x) the encoder's conv stack (BN after the stride-2 convs, not
   after the first: ``bn``), D(z) two Linear layers, the joint head two Linear layers to one logit; LeakyReLU
-  everywhere and element-wise dropout on the input of every layer, as the paper's critics.
+  everywhere and element-wise dropout on the input of every layer, as the paper's critics. ``outputs`` logits per
+  example: 1 (shape (B,)), or K+1 (shape (B, K+1)) for the semi-supervised game ``ali_semisup``.
 
 Weights start N(0, init_std^2), biases 0. Every network is conditional when a conditional game builds it
 (``ctx.condition``): the embedding of y is concatenated to the encoder's last hidden layer (before its output),
@@ -171,6 +172,8 @@ class CriticOptions(_BnOptions):
     bn: bool = Field(True, description="BatchNorm after the stride-2 convs of D(x) (the paper's critics: every "
                                        "D(x) layer but the first)")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
+    outputs: int = Field(1, ge=1, le=100_000, description="logits per example: 1 (real/fake), or K+1 (K with a "
+                                                          "fixed fake logit) for the semi-supervised game")
 
 
 def _levels(size: int, what: str) -> int:
@@ -290,7 +293,8 @@ class DigitsDecoder(Decoder):
 
 
 class DigitsCritic(JointCritic):
-    """D(x, z) = joint(concat(D(x), D(z))) -> one logit per example, shape (B,); dropout on every input."""
+    """D(x, z) = joint(concat(D(x), D(z))) -> one logit per example, shape (B,) (``outputs`` > 1: (B, outputs));
+    dropout on every input. ``head`` is the last layer: its input is what feature matching compares."""
 
     def __init__(self, channels: int, size: int, z_dim: int, o: CriticOptions, condition: Condition | None = None):
         super().__init__()
@@ -310,11 +314,17 @@ class DigitsCritic(JointCritic):
         self.z_net = nn.Sequential(drop(), nn.Linear(z_dim, o.hidden), act(), drop(), nn.Linear(o.hidden, o.hidden),
                                    act()) if o.joint else None
         joint_in = c * 16 + (o.hidden if o.joint else 0) + _extra(condition)
+        self.outputs = o.outputs
         self.joint_net = nn.Sequential(drop(), nn.Linear(joint_in, 2 * o.hidden), act(), drop(),
-                                       nn.Linear(2 * o.hidden, 1))
+                                       nn.Linear(2 * o.hidden, o.outputs))
         self.embed = embedding_for(condition)
         self.conditional = condition is not None
         init_normal(self, o.init_std)
+
+    @property
+    def head(self) -> nn.Module:
+        """The last layer (its input: the critic's features, which feature matching compares)."""
+        return self.joint_net[-1]
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
         h = self.x_net(x)
@@ -322,7 +332,8 @@ class DigitsCritic(JointCritic):
             if z is None:
                 raise ValueError("this critic is joint (D(x, z)) and needs z")
             h = torch.cat([h, self.z_net(z.flatten(1))], dim=1)
-        return self.joint_net(with_condition(h, self.embed, y)).reshape(x.shape[0])
+        logits = self.joint_net(with_condition(h, self.embed, y))
+        return logits.reshape(x.shape[0]) if self.outputs == 1 else logits
 
 
 # -- factories ---------------------------------------------------------------------------------------------

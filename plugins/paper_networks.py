@@ -16,7 +16,8 @@ table's reading is ``variant = "paper"`` (CIFAR-10 and CelebA critics, the only 
 Every network is conditional when a conditional game builds it (``ctx.condition``), as the original conditional
 CelebA model (ali-reference §6): the embedding of y (B, E, 1, 1) is concatenated to the encoder's last hidden
 features (before its output conv), to z at the decoder's input, and to concat(D(x), D(z)) at the critic's joint
-head.
+head. Every critic takes ``outputs`` (default 1): K+1 gives the K+1-class head of the semi-supervised game
+(ali-reference §5.2), the same network with a wider last 1x1 conv.
 """
 
 from __future__ import annotations
@@ -115,9 +116,14 @@ class DecoderOptions(_BnOptions):
                                                           "initialises the output bias (0: the bias starts at 0)")
 
 
+_OUTPUTS = Field(1, ge=1, le=100_000, description="logits per example: 1 (real/fake), or K+1 (K with a fixed fake "
+                                                   "logit) for the semi-supervised game")
+
+
 class CriticOptions(_BnOptions):
     dropout: float = Field(0.2, ge=0, lt=1, description="element-wise dropout on the input of every critic conv")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
+    outputs: int = _OUTPUTS
 
 
 class CelebaCriticOptions(CriticOptions):
@@ -133,6 +139,7 @@ class Cifar10CriticOptions(_Options):
         "code", description="code: the original code's irregular dropout placement (ali-reference §1.3); "
                             "paper: the table's, on the input of every critic conv")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
+    outputs: int = _OUTPUTS
 
 
 def _with_slope(base: type[BaseModel], slope: float, name: str) -> type[BaseModel]:
@@ -305,7 +312,8 @@ def _maxout_critic_plan(arch: Arch, o: Cifar10CriticOptions) -> tuple[list, list
 
 
 class PaperCritic(JointCritic):
-    """D(x, z) = joint(concat_channels(D(x), D(z))) -> one logit per example, shape (B,).
+    """D(x, z) = joint(concat_channels(D(x), D(z))) -> one logit per example, shape (B,); with ``outputs`` = K+1
+    (the semi-supervised game) the last 1x1 conv gives K+1 logits, shape (B, K+1). ``head`` is that conv.
 
     With ``joint = false`` there is no D(z) branch and the head reads D(x) alone (a GAN's critic).
     """
@@ -330,13 +338,19 @@ class PaperCritic(JointCritic):
             cin = cout // shrink
         self.z_net = nn.Sequential(*blocks) if o.joint else None
         cin, blocks = x_out + (cin if o.joint else 0) + _extra(condition), []
-        for cout, kw in zip((*arch.critic_joint, 1), js, strict=True):
+        for cout, kw in zip((*arch.critic_joint, o.outputs), js, strict=True):
             blocks.append(Block(cin, cout, 1, 1, **kw))
             cin = cout // shrink
         self.joint_net = nn.Sequential(*blocks)
+        self.outputs = o.outputs
         init_conv_weights(self, o.init_std)
         self.embed = embedding_for(condition)
         self.conditional = condition is not None
+
+    @property
+    def head(self) -> nn.Module:
+        """The last 1x1 conv (its input: the critic's features, which feature matching compares)."""
+        return self.joint_net[-1].conv
 
     def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
         h = self.x_net(x)
@@ -344,7 +358,8 @@ class PaperCritic(JointCritic):
             if z is None:
                 raise ValueError("this critic is joint (D(x, z)) and needs z")
             h = torch.cat([h, self.z_net(_as_map(z))], dim=1)
-        return self.joint_net(with_condition(h, self.embed, y)).reshape(x.shape[0])
+        logits = self.joint_net(with_condition(h, self.embed, y))
+        return logits.reshape(x.shape[0]) if self.outputs == 1 else logits.flatten(1)
 
 
 # -- factories ---------------------------------------------------------------------------------------------

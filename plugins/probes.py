@@ -308,12 +308,10 @@ def probe_data(data: Dataset, o: ProbeOptions, what: str) -> ProbeData:
 
 
 def _labels(split: Split | StreamingSplit) -> Tensor:
-    if isinstance(split, Split):
-        if split.y is None:
-            raise UserError("the probes need labels on both splits")
-        return split.y.detach().cpu().long().reshape(-1)
-    return torch.cat([split.take(torch.arange(i, min(i + 4096, len(split))))[1]
-                      for i in range(0, len(split), 4096)]).long()
+    y = split.labels()
+    if y is None:
+        raise UserError("the probes need labels on both splits")
+    return y.reshape(-1)
 
 
 # -- the L2-SVM --------------------------------------------------------------------------------------------
