@@ -4,6 +4,7 @@ from advinf.batches import BatchSource
 from advinf.build import Built, build
 from advinf.conditions import Condition, ConditionEmbedding
 from advinf.data import Dataset, Split, StreamingSplit
+from advinf.divergences import Divergence, critic_pairs
 from advinf.errors import PluginError, RecipeError, UserError
 from advinf.hookspecs import hookimpl
 from advinf.interfaces import (
@@ -25,6 +26,7 @@ from advinf.interfaces import (
     Player,
     Posterior,
     Prior,
+    RegisteredName,
     Stream,
     TrainedModel,
     check_networks,
@@ -44,11 +46,11 @@ def create(kind: str, name: str, ctx: BuildContext | None = None, /, **options: 
 
 
 __all__ = [
-    "CRITIC", "GENERATOR", "WELL_KNOWN", "Batch", "BatchSource", "BuildContext", "Built", "Condition",
-    "ConditionEmbedding", "Dataset", "Decoder", "DeterministicPosterior", "Encoder", "Evaluator", "Game",
-    "GameLosses", "GaussianPosterior", "ImplicitPosterior", "JointCritic", "LoadedRun", "Networks",
-    "OptimizerSpec", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError",
-    "RunOutcome", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer",
-    "TrainingDiverged", "UserError", "__version__", "build", "check_networks", "create", "default_host", "hookimpl",
-    "load_recipe", "load_run", "run_recipe",
+    "Batch", "BatchSource", "BuildContext", "Built", "CRITIC", "Condition", "ConditionEmbedding", "Dataset",
+    "Decoder", "DeterministicPosterior", "Divergence", "Encoder", "Evaluator", "GENERATOR", "Game", "GameLosses",
+    "GaussianPosterior", "ImplicitPosterior", "JointCritic", "LoadedRun", "Networks", "OptimizerSpec", "Player",
+    "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "RegisteredName", "RunOutcome",
+    "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer", "TrainingDiverged",
+    "UserError", "WELL_KNOWN", "__version__", "build", "check_networks", "create", "critic_pairs", "default_host",
+    "hookimpl", "load_recipe", "load_run", "run_recipe",
 ]

@@ -72,6 +72,11 @@ class IndexSampler:
     def steps_per_epoch(self) -> int:
         return self.n // self.global_batch
 
+    @property
+    def drawn(self) -> int:
+        """How many global batches were drawn so far (a function of the saved position: exact on resume)."""
+        return self.epoch * self.steps_per_epoch + self.position // self.global_batch
+
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
@@ -107,7 +112,9 @@ class StreamSource:
                 idx = self.subset.index_select(0, idx)
             x = self.split.x.index_select(0, idx)
             y = None if self.split.y is None else self.split.y.index_select(0, idx)
-        return self._batch(x, y)
+        batch = self._batch(x, y)
+        batch.index = self.sampler.drawn - 1
+        return batch
 
     def first(self) -> Batch:
         """This rank's first batch of epoch 0, without moving the position (for a trial step)."""

@@ -71,6 +71,21 @@ def register_evaluators(register: Register) -> None:
 
 
 @hookspec
+def register_divergences(register: Register) -> None:
+    """Register divergences: ``register(name, function, summary=None)``. Unlike the other kinds, the second
+    argument is the divergence itself, not a factory, and a divergence takes no options.
+
+    ``function(d_data, d_model) -> (critic_loss, generator_loss)``: ``d_data`` are the critic's logits on data
+    pairs (x, Gz(x)), ``d_model`` on model pairs (Gx(z), z), both of shape (B,); it returns two 0-dim tensors,
+    the loss the critic minimises and the loss the generator (encoder and decoder) minimises. It may accept a
+    keyword ``smoothing`` (a float in [0, 1)) for one-sided label smoothing: the critic's loss then counts each
+    data pair as data with weight 1 - smoothing and as model with weight smoothing. Games with a ``divergence``
+    option (the built-in ``ali``, ``bigan``, ``gan``, ``conditional_ali``, ``alice``) take any registered name;
+    the game's factory gets the function from ``ctx.divergence(name)``.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``advinf`` command line: ``cli`` is the root :class:`click.Group`.
 
@@ -87,5 +102,6 @@ COMPONENT_HOOKS: dict[str, str] = {
     "register_priors": "prior",
     "register_datasets": "dataset",
     "register_evaluators": "evaluator",
+    "register_divergences": "divergence",
 }
 KINDS: tuple[str, ...] = tuple(COMPONENT_HOOKS.values())

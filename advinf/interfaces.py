@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from advinf.conditions import Condition
+from advinf.errors import UserError
 
 if TYPE_CHECKING:
     from advinf.data import Dataset, Split
@@ -235,12 +236,17 @@ class Stream:
 class Batch:
     """One minibatch, already on the training device, as floats in the model's data range.
 
-    ``streams`` holds the batches of the game's extra streams, by name.
+    ``x``: the examples (B, ...); ``y``: their labels (class indices (B,) or attributes (B, K) in {0, 1}) when the
+    dataset has them, else None; ``streams`` holds the batches of the game's extra streams, by name.
     """
 
     x: Tensor
     y: Tensor | None = None
     streams: dict[str, Batch] = field(default_factory=dict)
+    #: How many batches of this stream were drawn before this one, from the start of training (resumes
+    #: included; 0 in the trial step): a host-side count, e.g. for a regulariser applied every k steps
+    #: without reading a device value.
+    index: int = 0
 
 
 @dataclass
@@ -288,8 +294,6 @@ class Game(abc.ABC):
         if name not in self.conditioned:
             return None
         if y is None:
-            from advinf.errors import UserError
-
             raise UserError(f"this model is conditional ({name} takes labels): give conditions")
         return y
 
@@ -300,8 +304,6 @@ class Game(abc.ABC):
     def encode(self, nets: Networks, x: Tensor, y: Tensor | None = None) -> Posterior:
         """q(z|x) (given y, in a conditional game)."""
         if "encoder" not in nets:
-            from advinf.errors import UserError
-
             raise UserError("this model has no encoder (a plain GAN), so it cannot encode or reconstruct")
         return nets["encoder"](x, self.condition_for("encoder", y))
 
@@ -315,8 +317,6 @@ def check_networks(game: Game, nets: Networks) -> None:
     """Raise a UserError unless ``nets`` are exactly the networks ``game`` plays with, conditioned where it
     feeds them labels and unconditioned elsewhere (labels never reach a network silently), and the game's own
     ``check`` accepts them. Called once, where networks meet their game (training, load_run)."""
-    from advinf.errors import UserError
-
     if not game.players:
         raise UserError(f"game {type(game).__name__} declares no players: nothing would be trained")
     missing = [n for n in game.networks if n not in nets]
@@ -427,6 +427,17 @@ class Evaluator(abc.ABC):
 
 # -- building components ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class RegisteredName:
+    """Marks an option that names another registered component, checked against the registry when a recipe is
+    validated (the error names the key and the available names), e.g. a game's divergence::
+
+        divergence: Annotated[str, RegisteredName("divergence")] = "original"
+    """
+
+    kind: str
+
+
 @dataclass
 class BuildContext:
     """What a component factory may read: the pieces built before it, the device and the seed.
@@ -441,6 +452,16 @@ class BuildContext:
     seed: int = 0
     condition: Condition | None = None
     network: str | None = None
+    #: The registered divergences by name (filled in by the plugin host for a game's factory).
+    divergences: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def divergence(self, name: str) -> Callable[..., Any]:
+        """The registered divergence ``name`` (see ``register_divergences``); a UserError naming the others."""
+        try:
+            return self.divergences[name]
+        except KeyError:
+            raise UserError(f"unknown divergence '{name}'. Available: "
+                            f"{', '.join(sorted(self.divergences)) or '(none registered)'}") from None
 
     @property
     def latent_shape(self) -> tuple[int, ...] | None:

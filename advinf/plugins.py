@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -36,6 +37,7 @@ class Component:
 
     kind: str
     name: str
+    #: ``factory(options, ctx) -> component``; for a divergence, the divergence function itself.
     factory: Callable[..., Any]
     options: type[BaseModel]
     summary: str
@@ -167,6 +169,9 @@ class PluginHost:
                 raise TypeError(f"a {kind} name must be a non-empty string, got {name!r}")
             if not callable(factory):
                 raise TypeError(f"the factory of {kind} '{name}' is not callable")
+            if kind == "divergence" and options is not None:
+                raise TypeError(f"divergence '{name}' is given an options model, but divergences take no options "
+                                "(register(name, function, summary=None))")
             if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
                 raise TypeError(f"the options of {kind} '{name}' must be a pydantic model class")
             if not isinstance(conditional, bool):
@@ -232,10 +237,22 @@ class PluginHost:
     def errors(self) -> dict[str, str]:
         return {n: p.error for n, p in self.plugins.items() if p.error}
 
+    def divergences(self) -> dict[str, Callable[..., Any]]:
+        """The registered divergence functions, by name (what ``BuildContext.divergences`` holds)."""
+        return {name: comp.factory for name, comp in self.registry["divergence"].items()}
+
+    def context(self, ctx: BuildContext | None = None) -> BuildContext:
+        """``ctx`` (or an empty one) with this host's divergences, for a game's factory."""
+        return dataclasses.replace(ctx or BuildContext(), divergences=self.divergences())
+
     def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
-        """Build a component by name with keyword options (validated by its options model)."""
+        """Build a component by name with keyword options (validated by its options model); a divergence is
+        returned as registered (it is a function and takes no options)."""
         comp = self.get(kind, name)
-        return comp.factory(comp.options.model_validate(options), ctx or BuildContext())
+        if kind == "divergence":
+            comp.options.model_validate(options)
+            return comp.factory
+        return comp.factory(comp.options.model_validate(options), self.context(ctx))
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[str]) -> str:

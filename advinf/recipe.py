@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
-from advinf.interfaces import WELL_KNOWN, BuildContext, Game
+from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName
 from advinf.plugins import PluginHost, default_host
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
 
@@ -303,7 +303,7 @@ def build_game(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost
     """The recipe's game, built by its factory (also at validation time, with no dataset in ``ctx``)."""
     comp = host.get("game", spec.game.name)
     try:
-        game = comp.factory(options["game"], ctx or BuildContext(seed=spec.seed))
+        game = comp.factory(options["game"], host.context(ctx or BuildContext(seed=spec.seed)))
     except UserError:
         raise
     except Exception as exc:
@@ -452,11 +452,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     reserved = {"evaluator": EVALUATOR_KEYS, "encoder": NETWORK_KEYS, "decoder": NETWORK_KEYS,
                 "critic": NETWORK_KEYS}.get(kind, ("name",))
     if name not in host.registry[kind]:
-        available = host.names(kind)
-        hint = suggest(name, available)
-        hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
-        problems.append(Problem(name_key or f"{section}.name", f"unknown {kind}", name, True,
-                                hint + host.broken_note()))
+        problems.append(_unknown(host, kind, name_key or f"{section}.name", name))
         return
     try:
         comp = host.get(kind, name)
@@ -478,6 +474,20 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
         out[section] = comp.options.model_validate(opts)
     except ValidationError as exc:
         problems.extend(problems_from(exc, comp.options, opts, prefix=section))
+        return
+    for field_name, info in comp.options.model_fields.items():  # options that name other components
+        for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
+            value = getattr(out[section], field_name)
+            if isinstance(value, str) and value not in host.registry.get(ref.kind, {}):
+                problems.append(_unknown(host, ref.kind, f"{section}.{field_name}", value))
+
+
+def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:
+    """An unknown component name at ``key``: near misses, the available names, plugins that failed to load."""
+    available = host.names(kind)
+    hint = suggest(name, available)
+    hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
+    return Problem(key, f"unknown {kind}", name, True, hint + host.broken_note())
 
 
 def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:

@@ -34,6 +34,7 @@ from advinf import (
     Batch,
     Decoder,
     DeterministicPosterior,
+    Divergence,
     Encoder,
     Game,
     GameLosses,
@@ -43,11 +44,12 @@ from advinf import (
     Player,
     Posterior,
     UserError,
+    critic_pairs,
     hookimpl,
 )
 from advinf.conditions import embedding_for, with_condition
 from advinf.divergences import losses
-from advinf_plugins.games import JointGame, JointGameOptions, critic_pairs
+from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior, UniformPrior
 from advinf_plugins.toy_networks import (
     CriticOptions,
@@ -217,8 +219,8 @@ class Alice(JointGame):
     running statistics) as they were, so they keep describing decoder inputs drawn from the prior, as in ALI.
     """
 
-    def __init__(self, options: AliceOptions):
-        super().__init__(options, stochastic=True)
+    def __init__(self, options: AliceOptions, divergence: Divergence | None = None):
+        super().__init__(options, stochastic=True, divergence=divergence)
         self.cycle, self.weight = options.cycle, options.weight
         if self.cycle == "adversarial":
             self.players = (CRITIC, Player("cycle_critic", ("cycle_critic",), role="critic"), GENERATOR)
@@ -237,7 +239,7 @@ class Alice(JointGame):
         z = nets.prior.sample(x.shape[0], x.device)
         x_tilde = nets["decoder"](z)
         d_data, d_model = critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z), None, self.joint_batch)
-        critic, generator = losses(self.divergence, d_data, d_model)
+        critic, generator = losses(self.divergence_fn, d_data, d_model)
         scalars = {"critic_data": torch.sigmoid(d_data.detach()).mean(),
                    "critic_model": torch.sigmoid(d_model.detach()).mean()}
         x_rec = without_buffer_updates(nets["decoder"], z_hat)
@@ -248,7 +250,7 @@ class Alice(JointGame):
             out["generator"] = generator + self.weight * error
         else:
             c_data, c_model = critic_pairs(nets["cycle_critic"], (x, x), (x, x_rec), None, self.joint_batch)
-            cycle_critic, cycle_generator = losses(self.divergence, c_data, c_model)
+            cycle_critic, cycle_generator = losses(self.divergence_fn, c_data, c_model)
             out["cycle_critic"] = cycle_critic
             out["generator"] = generator + self.weight * cycle_generator
             scalars["cycle_critic_data"] = torch.sigmoid(c_data.detach()).mean()
@@ -348,7 +350,7 @@ def vae(options: VaeOptions, ctx) -> Game:
 
 def alice(options: AliceOptions, ctx) -> Game:
     """ALICE: ALI plus an l2 or adversarial cycle (conditional-entropy) term; weight 0 is ALI."""
-    return Alice(options)
+    return Alice(options, ctx.divergence(options.divergence))
 
 
 @hookimpl

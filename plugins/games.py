@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from advinf import CRITIC, GENERATOR, Batch, Game, GameLosses, JointCritic, Networks, Player, UserError, hookimpl
+from advinf import (
+    CRITIC,
+    GENERATOR,
+    Batch,
+    Divergence,
+    Game,
+    GameLosses,
+    Networks,
+    Player,
+    RegisteredName,
+    UserError,
+    critic_pairs,
+    hookimpl,
+)
+from advinf import divergences as div
 from advinf.divergences import losses
 
 
 class JointGameOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    divergence: Literal["original", "minimax", "hinge", "least_squares"] = Field(
-        "original", description="original = non-saturating with swapped labels (ALI's code)")
+    divergence: Annotated[str, RegisteredName("divergence")] = Field(
+        "original", description="any registered divergence (advinf list-plugins); original = non-saturating "
+                                "with swapped labels (ALI's code), minimax, hinge, least_squares")
     joint_batch: bool = Field(True, description="pass data and model pairs through the critic as one batch "
                                                 "(shared BN statistics, as the original); false: two passes")
 
@@ -40,8 +55,9 @@ class JointGame(Game):
     players = (CRITIC, GENERATOR)
     networks = {"encoder": "encoder", "decoder": "decoder", "critic": "critic"}
 
-    def __init__(self, options: JointGameOptions, stochastic: bool):
+    def __init__(self, options: JointGameOptions, stochastic: bool, divergence: Divergence | None = None):
         self.divergence, self.joint_batch, self.stochastic = options.divergence, options.joint_batch, stochastic
+        self.divergence_fn = divergence or builtin_divergence(options.divergence)
 
     def check(self, nets: Networks) -> None:
         if not nets["critic"].uses_z:
@@ -55,7 +71,7 @@ class JointGame(Game):
         x_tilde = nets["decoder"](z, self.condition_for("decoder", y))
         d_data, d_model = critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z), self.condition_for("critic", y),
                                        self.joint_batch)
-        critic, generator = losses(self.divergence, d_data, d_model)
+        critic, generator = losses(self.divergence_fn, d_data, d_model)
         return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
 
 
@@ -66,8 +82,8 @@ class ConditionalAli(JointGame):
     labels = True
     conditioned = ("encoder", "decoder", "critic")
 
-    def __init__(self, options: ConditionalOptions):
-        super().__init__(options, stochastic=True)
+    def __init__(self, options: ConditionalOptions, divergence: Divergence | None = None):
+        super().__init__(options, stochastic=True, divergence=divergence)
         self.train_embedding, self.embedding_dim = options.train_embedding, options.embedding_dim
 
 
@@ -77,8 +93,9 @@ class GanGame(Game):
     players = (CRITIC, Player("generator", ("decoder",)))
     networks = {"decoder": "decoder", "critic": "critic"}
 
-    def __init__(self, options: GanOptions):
+    def __init__(self, options: GanOptions, divergence: Divergence | None = None):
         self.divergence, self.joint_batch = options.divergence, options.joint_batch
+        self.divergence_fn = divergence or builtin_divergence(options.divergence)
 
     def check(self, nets: Networks) -> None:
         if nets["critic"].uses_z:
@@ -89,20 +106,16 @@ class GanGame(Game):
         z = nets.prior.sample(batch.x.shape[0], batch.x.device)
         x_tilde = nets["decoder"](z)
         d_data, d_model = critic_pairs(nets["critic"], (batch.x, None), (x_tilde, None), None, self.joint_batch)
-        critic, generator = losses(self.divergence, d_data, d_model)
+        critic, generator = losses(self.divergence_fn, d_data, d_model)
         return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
 
 
-def critic_pairs(critic: JointCritic, data: tuple[Tensor, Tensor | None], model: tuple[Tensor, Tensor | None],
-                 y: Tensor | None, joint: bool) -> tuple[Tensor, Tensor]:
-    """The critic's logits on data pairs and model pairs: one batch (shared BN statistics) or two passes."""
-    (x, zx), (xm, zm) = data, model
-    if not joint:
-        return critic(x, zx, y), critic(xm, zm, y)
-    z_in = None if zx is None else torch.cat([zx, zm])
-    y_in = None if y is None else torch.cat([y, y])
-    logits = critic(torch.cat([x, xm]), z_in, y_in)
-    return logits[: x.shape[0]], logits[x.shape[0]:]
+def builtin_divergence(name: str) -> Divergence:
+    """A built-in divergence by name, for games constructed directly (their factories take any registered one)."""
+    if name not in div.BUILTIN:
+        raise UserError(f"divergence '{name}' is not built in ({', '.join(div.BUILTIN)}): build the game through "
+                        "its factory (advinf.create, a recipe) to use a plugin's, or pass the function")
+    return div.BUILTIN[name]
 
 
 def _probabilities(d_data: Tensor, d_model: Tensor) -> dict[str, Tensor]:
@@ -112,22 +125,22 @@ def _probabilities(d_data: Tensor, d_model: Tensor) -> dict[str, Tensor]:
 
 def ali(options: JointGameOptions, ctx) -> Game:
     """ALI: stochastic encoder, joint critic (Dumoulin et al. 2017)."""
-    return JointGame(options, stochastic=True)
+    return JointGame(options, stochastic=True, divergence=ctx.divergence(options.divergence))
 
 
 def bigan(options: JointGameOptions, ctx) -> Game:
     """BiGAN: deterministic encoder, joint critic (Donahue et al. 2017)."""
-    return JointGame(options, stochastic=False)
+    return JointGame(options, stochastic=False, divergence=ctx.divergence(options.divergence))
 
 
 def gan(options: GanOptions, ctx) -> Game:
     """Plain GAN: decoder against a marginal critic, no encoder."""
-    return GanGame(options)
+    return GanGame(options, ctx.divergence(options.divergence))
 
 
 def conditional_ali(options: ConditionalOptions, ctx) -> Game:
     """Conditional ALI: labels or attributes y enter the encoder, decoder and critic (the paper's CelebA)."""
-    return ConditionalAli(options)
+    return ConditionalAli(options, ctx.divergence(options.divergence))
 
 
 @hookimpl
@@ -136,3 +149,9 @@ def register_games(register) -> None:
     register("bigan", bigan, JointGameOptions)
     register("gan", gan, GanOptions)
     register("conditional_ali", conditional_ali, ConditionalOptions)
+
+
+@hookimpl
+def register_divergences(register) -> None:
+    for name, function in div.BUILTIN.items():  # the core's functions, registered like any plugin's
+        register(name, function)

@@ -17,7 +17,7 @@ from conftest import RECIPES, ROOT, TINY, TINY_ENCODER
 DOCS = ROOT / "docs"
 
 #: How many ```python blocks each doc has; every one of them is run by a test below.
-PYTHON_BLOCKS = {"library.md": 3, "plugins.md": 3}
+PYTHON_BLOCKS = {"library.md": 3, "plugins.md": 4}
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -100,13 +100,30 @@ def test_plugin_example_registers_and_validates(tmp_path, advinf_host):
     assert critic.net[0].in_features == 4
 
 
+def test_divergence_example_trains(tmp_path, monkeypatch):
+    """The relativistic divergence of register_divergences: a recipe names it and ALI trains with it."""
+    import advinf
+
+    monkeypatch.chdir(tmp_path)
+    block = python_blocks(DOCS / "plugins.md")[1]
+    assert block.startswith("# relativistic.py\n")
+    (tmp_path / "relativistic.py").write_text(block)
+    overrides = [*TINY, *TINY_ENCODER, f'plugins=["{tmp_path / "relativistic.py"}"]', "game.divergence=relativistic"]
+    outcome = advinf.run_recipe(RECIPES / "ali_mixture25.toml", out="runs/rel", overrides=overrides)
+    assert outcome.trainer.game.divergence_fn.__name__ == "relativistic"
+    record = json.loads((tmp_path / "runs" / "rel" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 30 and {"loss_critic", "loss_generator"} <= set(record)
+    with pytest.raises(advinf.RecipeError, match="did you mean 'relativistic'"):
+        advinf.load_recipe(RECIPES / "ali_mixture25.toml", [*overrides[-2:-1], "game.divergence=relativstic"])
+
+
 def test_plugin_game_example_trains_from_its_recipe(tmp_path, monkeypatch):
     """The one-player game of "Writing a game", run from its recipe on the decoder of a (tiny) GAN run."""
     import advinf
     from advinf.plugins import PluginHost
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "inverse.py").write_text(python_blocks(DOCS / "plugins.md")[1])
+    (tmp_path / "inverse.py").write_text(python_blocks(DOCS / "plugins.md")[2])
     recipe = next(b for b in toml_blocks(DOCS / "plugins.md") if 'name = "inverse"' in b)
     (tmp_path / "inverse.toml").write_text(recipe.replace("steps = 2000", "steps = 30"))
     host = PluginHost(strict=False, disabled=set())
@@ -136,7 +153,7 @@ def test_plugin_testing_example(tmp_path, monkeypatch, advinf_host):
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         namespace: dict = {}
-        exec(compile(python_blocks(DOCS / "plugins.md")[2], "plugins.md", "exec"), namespace)
+        exec(compile(python_blocks(DOCS / "plugins.md")[3], "plugins.md", "exec"), namespace)
         namespace["test_dot_critic"](advinf_host)
     finally:
         for name in ("my_package", "my_package.critics"):
