@@ -340,21 +340,27 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Timed steps.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed steps first.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Median of this many.")
+@click.option("--data", type=click.Choice(["auto", "recipe", "random"]), default="auto", show_default=True,
+              help="The recipe's data, random data of its shape, or the recipe's when it is on this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, repeats: int, as_json: bool) -> None:
-    """Time advinf's training step against the plain PyTorch loop (advinf_benchmarks) on RECIPE's networks."""
-    from advinf.build import build
+def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, repeats: int, data: str,
+          as_json: bool) -> None:
+    """Time advinf's training step against the plain PyTorch loop (advinf_benchmarks) on RECIPE's networks,
+    and measure the step's FLOP/s against the device's peak."""
     from advinf.recipe import load_recipe
 
     try:
         from advinf_benchmarks.bench import bench as run_bench
+        from advinf_benchmarks.bench import build_for_bench
     except ImportError as exc:
         raise UserError(f"advinf bench needs the advinf_benchmarks package, installed with advinf ({exc}); "
                         "reinstall advinf") from None
     rec = load_recipe(recipe, overrides, host=_host())
-    built = build(rec, host=_host())
+    built, why_random = build_for_bench(rec, _host(), data)
+    if why_random is not None:
+        click.echo(f"advinf bench: timing on random data shaped like the recipe's ({why_random})", err=True)
     if rec.spec.train.threads:
         import torch
 
@@ -363,12 +369,16 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    lines = [f"{result['recipe']} on {result['device']} ({result['threads']} threads), batch "
-             f"{result['batch_size']}, median of {repeats} x {steps} steps:"]
-    for who in ("advinf", "plain"):
-        lines.append(f"  {who:7s} {result[who + '_ms_per_step']:8.2f} ms/step  "
+    lines = [f"{result['recipe']} on {result['device']} ({result['device_name']}, {result['threads']} threads, "
+             f"{result['dtype']}), batch {result['batch_size']}, {result['data']} data, median of {repeats} x "
+             f"{steps} steps:"]
+    for who in ("advinf", "reference"):
+        lines.append(f"  {who:9s} {result[who + '_ms_per_step']:8.2f} ms/step  "
                      f"{result[who + '_samples_per_s']:9.0f} samples/s")
-    lines.append(f"  speedup {result['speedup']:.2f}x")
+    lines.append(f"  speedup {result['speedup']:.2f}x over the plain loop")
+    lines.append(f"  {result['flops_per_sample'] / 1e6:.1f} MFLOP per sample, {result['achieved_flops'] / 1e9:.1f} "
+                 f"GFLOP/s of a measured peak {result['peak_flops'] / 1e9:.1f} GFLOP/s: "
+                 f"{100 * result['fraction_of_peak']:.1f} % of peak")
     click.echo("\n".join(lines))
 
 

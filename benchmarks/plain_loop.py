@@ -1,41 +1,91 @@
-"""The plain reference loop `advinf bench` compares against: how ALI is usually written in PyTorch.
+"""The plain reference loop `advinf bench` compares against: how ALI/BiGAN is usually written in PyTorch.
 
-It computes the same thing as advinf's simultaneous update (both gradients from one forward pass at the same
-parameters) but in the everyday style: batches gathered on the host from a float tensor and copied to the
-device each step, zero_grad/backward, and a `.item()` per step for logging.
+It does the same maths as advinf's step for the recipe's game and update scheme (the divergence, a stochastic or
+deterministic encoder, the critic's data and model pairs as one batch or two, `simultaneous` or `alternating`
+updates), in the everyday style: the data kept on the host as uint8 and each batch indexed, copied to the device
+and scaled there, zero_grad/backward, and a `.item()` per step for logging. It draws its random numbers in the
+same order as advinf's game, so that one step of each from the same state and seed gives the same parameters
+(tests/test_bench.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: (critic loss, generator loss) from the critic's logits on data pairs and on model pairs, written out here
+#: rather than imported, so that the reference checks advinf's divergences instead of reusing them.
+DIVERGENCES: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "original": lambda d, m: (F.softplus(-d).mean() + F.softplus(m).mean(),
+                              F.softplus(d).mean() + F.softplus(-m).mean()),
+    "minimax": lambda d, m: (F.softplus(-d).mean() + F.softplus(m).mean(),
+                             -(F.softplus(-d).mean() + F.softplus(m).mean())),
+    "hinge": lambda d, m: (F.relu(1 - d).mean() + F.relu(1 + m).mean(), d.mean() - m.mean()),
+    "least_squares": lambda d, m: ((d - 1).pow(2).mean() + m.pow(2).mean(),
+                                   d.pow(2).mean() + (m - 1).pow(2).mean()),
+}
 
 
-def plain_ali_steps(encoder, decoder, critic, prior_sample, data_x: torch.Tensor, steps: int, batch_size: int,
-                    device: torch.device, lr: float = 1e-4, betas=(0.5, 0.999)) -> list[float]:
-    """Train ``steps`` ALI updates; returns the per-step critic losses (read with .item(), as usual)."""
-    data = data_x.float() / 255 if data_x.dtype == torch.uint8 else data_x.float()  # whole set as floats
-    gen_params = list(encoder.parameters()) + list(decoder.parameters())
-    opt_g = torch.optim.Adam(gen_params, lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=lr, betas=betas)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(len(data), (batch_size,))
-        x = data[idx].to(device)
-        z_hat = encoder(x).sample()
-        z = prior_sample(batch_size, device)
-        x_tilde = decoder(z)
-        logits = critic(torch.cat([x, x_tilde]), torch.cat([z_hat, z]))
-        d_data, d_model = logits[:batch_size], logits[batch_size:]
-        loss_d = F.softplus(-d_data).mean() + F.softplus(d_model).mean()
-        loss_g = F.softplus(d_data).mean() + F.softplus(-d_model).mean()
-        opt_d.zero_grad()
-        opt_g.zero_grad()
-        grads_d = torch.autograd.grad(loss_d, list(critic.parameters()), retain_graph=True)
-        loss_g.backward()
-        for p, g in zip(critic.parameters(), grads_d, strict=True):
-            p.grad = g
-        opt_d.step()
-        opt_g.step()
-        losses.append(loss_d.item())
-    return losses
+class PlainAli:
+    """ALI (``stochastic``) or BiGAN trained the plain way; ``optimizer(player, params)`` makes the optimiser of
+    player ``critic`` and of player ``generator`` (encoder and decoder)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, critic: nn.Module, prior_sample: Callable,
+                 optimizer: Callable[[str, list[nn.Parameter]], torch.optim.Optimizer], *, divergence: str = "original",
+                 joint_batch: bool = True, stochastic: bool = True, update: str = "simultaneous",
+                 critic_steps: int = 1):
+        self.encoder, self.decoder, self.critic, self.prior_sample = encoder, decoder, critic, prior_sample
+        self.divergence, self.joint_batch, self.stochastic = DIVERGENCES[divergence], joint_batch, stochastic
+        self.update, self.critic_steps = update, critic_steps
+        self.critic_params = list(critic.parameters())
+        self.opt_d = optimizer("critic", self.critic_params)
+        self.opt_g = optimizer("generator", list(encoder.parameters()) + list(decoder.parameters()))
+
+    def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        posterior = self.encoder(x)
+        z_hat = posterior.sample() if self.stochastic else posterior.mean
+        z = self.prior_sample(x.shape[0], x.device)
+        x_tilde = self.decoder(z)
+        if self.joint_batch:
+            logits = self.critic(torch.cat([x, x_tilde]), torch.cat([z_hat, z])).reshape(-1)
+            d_data, d_model = logits[: x.shape[0]], logits[x.shape[0]:]
+        else:
+            d_data, d_model = self.critic(x, z_hat).reshape(-1), self.critic(x_tilde, z).reshape(-1)
+        return self.divergence(d_data, d_model)
+
+    def step(self, next_batch: Callable[[], Tensor]) -> float:
+        """One update under the scheme; ``next_batch()`` gives a fresh batch on the device. Returns the critic
+        loss (read with .item(), as plain loops do)."""
+        if self.update == "simultaneous":
+            loss_d, loss_g = self.losses(next_batch())
+            self.opt_d.zero_grad()
+            self.opt_g.zero_grad()
+            grads_d = torch.autograd.grad(loss_d, self.critic_params, retain_graph=True)
+            loss_g.backward()  # reaches the critic too; its gradient is replaced by its own loss's below
+            for p, g in zip(self.critic_params, grads_d, strict=True):
+                p.grad = g
+            self.opt_d.step()
+            self.opt_g.step()
+            return loss_d.item()
+        for _ in range(self.critic_steps):
+            loss_d, _ = self.losses(next_batch())
+            self.opt_d.zero_grad()
+            loss_d.backward(inputs=self.critic_params)
+            self.opt_d.step()
+        _, loss_g = self.losses(next_batch())
+        self.opt_g.zero_grad()
+        loss_g.backward(inputs=self.opt_g.param_groups[0]["params"])
+        self.opt_g.step()
+        return loss_d.item()
+
+    def run(self, data: Tensor, steps: int, *, batch_size: int, device: torch.device) -> list[float]:
+        """``steps`` updates on batches drawn at random from ``data`` (host, uint8 pixels or floats)."""
+
+        def next_batch() -> Tensor:
+            x = data[torch.randint(len(data), (batch_size,))].to(device)
+            return x.float() / 255 if x.dtype == torch.uint8 else x
+
+        return [self.step(next_batch) for _ in range(steps)]
