@@ -33,7 +33,7 @@ from advinf.plugins import PluginHost
 from advinf.recipe import Recipe
 from advinf.settings import TrainSpec
 from advinf.trainer import Trainer
-from advinf_benchmarks.plain_loop import PlainAli
+from advinf_benchmarks.plain_loop import DIVERGENCES, PlainAli
 
 
 def _sync(device: torch.device) -> None:
@@ -91,6 +91,9 @@ def check_game(built: Built) -> None:
             or not all(hasattr(game, a) for a in ("divergence", "joint_batch", "stochastic")):
         raise UserError("advinf bench compares unconditional ALI/BiGAN games (an encoder, a decoder and a critic "
                         "against each other, all trained) with the plain loop; this recipe's game is another kind")
+    if game.divergence not in DIVERGENCES:  # type: ignore[attr-defined]
+        raise UserError(f"advinf bench: the plain loop writes out the built-in divergences "
+                        f"({', '.join(DIVERGENCES)}), not '{game.divergence}'")  # type: ignore[attr-defined]
 
 
 def count_flops(built: Built) -> int:
