@@ -35,7 +35,7 @@ from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, load_recipe
 from advinf.runs import LoadedRun, load_run
 from advinf.session import RunOutcome, run_recipe
-from advinf.settings import OptimizerSpec, TrainSpec
+from advinf.settings import OptimizerSpec, ScheduleSpec, TrainSpec
 from advinf.trainer import Trainer, TrainingDiverged, TrainResult
 from advinf.version import __version__
 
@@ -50,7 +50,8 @@ __all__ = [
     "Decoder", "DeterministicPosterior", "Divergence", "Encoder", "Evaluator", "GENERATOR", "Game", "GameLosses",
     "GaussianPosterior", "ImplicitPosterior", "JointCritic", "LoadedRun", "Networks", "OptimizerSpec", "Player",
     "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "RegisteredName", "RunOutcome",
-    "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer", "TrainingDiverged",
-    "UserError", "WELL_KNOWN", "__version__", "build", "check_networks", "create", "critic_pairs", "default_host",
+    "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer",
+    "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build", "check_networks", "create", "critic_pairs",
+    "default_host",
     "hookimpl", "load_recipe", "load_run", "run_recipe",
 ]

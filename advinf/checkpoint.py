@@ -8,7 +8,8 @@ Layout of ``RUN/checkpoints/``::
         optim.safetensors    each player's optimiser state keyed by parameter name:
                              "PLAYER/NETWORK.PARAM/KEY", e.g. "generator/decoder.net.0.weight/exp_avg"
         rng.safetensors      torch CPU and CUDA generator states
-        state.json           step, data position, param groups, Python RNG, recipe, versions, file checksums
+        state.json           step, data position, param groups, Python RNG, learning-rate schedules and other
+                             components' state, recipe, versions, file checksums
     latest                   text file: the directory name of the newest complete checkpoint
 
 A crash at any moment leaves the previous checkpoint intact: a checkpoint directory only ever appears by an
@@ -170,6 +171,7 @@ class CheckpointState(_Loose):
     optimizers: dict[str, OptimizerMeta]
     rng: PythonRng
     recipe: dict[str, Any] | None = None
+    components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. "lr_schedule.PLAYER" -> its state
     checksums: dict[str, str]
 
 

@@ -154,10 +154,9 @@ class Recipe:
         out["plugins"] = plugin_paths(self.spec.plugins, self.base_dir, relative_to)
         out["evaluators"] = {n: {**({"every": ev.every} if ev.every else {}), **_dump(self.options[f"evaluators.{n}"])}
                              for n, ev in self.spec.evaluators.items()}
-        out["optimizer"] = {"name": self.spec.optimizer.name, **self.spec.optimizer.options}
+        out["optimizer"] = self.spec.optimizer.as_table()
         if self.optimizers:  # complete, effective specs: `inherit = false` keeps them so when read again
-            out["optimizers"] = {p: {"name": o.name, **o.options, "inherit": False}
-                                 for p, o in self.optimizers.items()}
+            out["optimizers"] = {p: {**o.as_table(), "inherit": False} for p, o in self.optimizers.items()}
         return out
 
     def to_toml(self, relative_to: Path | None = None) -> str:

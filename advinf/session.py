@@ -91,7 +91,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         if changes and not allow_changes:
             raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}; "
                             "pass --allow-changes to resume with it anyway")
-        kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")]
+        kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")
+                 and not k.endswith(".schedule.name")]  # a schedule may change: it is applied from this step
         if kinds and checkpoint is not None:
             raise UserError(f"{', '.join(kinds)} changed: a resumed run cannot change the kind of an optimiser (its "
                             "saved state belongs to the old one); start a new run, with init_from = "

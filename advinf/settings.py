@@ -1,4 +1,5 @@
-"""Engine settings: how to train (``TrainSpec``), which optimiser (``OptimizerSpec``) and where (device).
+"""Engine settings: how to train (``TrainSpec``), which optimiser (``OptimizerSpec``) with which learning-rate
+schedule (``ScheduleSpec``), and where (device).
 
 These are plain pydantic models the trainer reads directly: the trainer never imports the recipe or plugin
 layers, and a library user builds them by hand (``TrainSpec(steps=1000)``).
@@ -6,7 +7,9 @@ layers, and a library user builds them by hand (``TrainSpec(steps=1000)``).
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -23,11 +26,81 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+class ScheduleSpec(BaseModel):
+    """A learning-rate schedule: after t training steps a player's learning rate is ``lr · f(t)``.
+
+    ``f`` is 1 for the first ``hold`` steps, then (with ``u = min(1, (t - hold) / decay)``):
+
+    * ``constant``: 1 throughout (the default; ALI's);
+    * ``exponential``: ``final ** u``, so from 1 down to ``final`` over ``decay`` steps, then ``final``
+      (BiGAN's: constant, then down to 0.01 over as many epochs again);
+    * ``linear``: ``1 - (1 - final) · u``;
+    * ``cosine``: ``final + (1 - final) · (1 + cos(π u)) / 2``;
+    * ``step``: ``gamma ** floor((t - hold) / every)``.
+
+    ``unit = "epochs"`` counts ``hold``, ``decay`` and ``every`` in epochs of the main data stream instead.
+    The factor is a closed form of t (not compounded step by step), so a resumed run's rates are the same
+    numbers and a schedule changed on resume applies at once, as if it had been used from the start.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Literal["constant", "exponential", "linear", "cosine", "step"] = "constant"
+    unit: Literal["steps", "epochs"] = "steps"
+    hold: int = Field(0, ge=0, le=10**12, description="steps (or epochs) at the full rate before the decay")
+    decay: int | None = Field(None, ge=1, le=10**12, description="length of the decay (exponential, linear, cosine)")
+    final: float | None = Field(None, ge=0, le=1, description="factor reached at the end of the decay; "
+                                "exponential: required, > 0; linear and cosine: default 0")
+    every: int | None = Field(None, ge=1, le=10**12, description="step: multiply by gamma every N steps (or epochs)")
+    gamma: float | None = Field(None, gt=0, le=1, description="step: the factor applied every `every`")
+
+    @model_validator(mode="after")
+    def _fits_name(self) -> ScheduleSpec:
+        needs = {"constant": (), "exponential": ("decay", "final"), "linear": ("decay",), "cosine": ("decay",),
+                 "step": ("every", "gamma")}[self.name]
+        allowed = {"constant": ()}.get(self.name, ("hold", *needs, *(("final",) if "decay" in needs else ())))
+        missing = [k for k in needs if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"schedule '{self.name}' needs {' and '.join(f'`{k}`' for k in missing)}")
+        extra = [k for k in ("hold", "decay", "final", "every", "gamma")
+                 if k in self.model_fields_set and k not in allowed]
+        if extra:
+            raise ValueError(f"schedule '{self.name}' takes no {', '.join(f'`{k}`' for k in extra)}"
+                             + (f" (its keys: {', '.join(allowed)})" if allowed else ""))
+        if self.name == "exponential" and self.final == 0:
+            raise ValueError("schedule 'exponential' needs `final` > 0 (it decays towards it geometrically)")
+        return self
+
+    def factor(self, steps_per_epoch: int = 1) -> Callable[[int], float]:
+        """f(t): the learning-rate multiplier after t training steps (``steps_per_epoch`` for unit epochs)."""
+        scale = steps_per_epoch if self.unit == "epochs" else 1
+        hold = self.hold * scale
+        decay = (self.decay or 1) * scale
+        every = (self.every or 1) * scale
+        final = 0.0 if self.final is None else self.final
+        name, gamma = self.name, self.gamma
+
+        def f(t: int) -> float:  # a plain function: torch's LambdaLR then keeps no state of it
+            if name == "constant" or t < hold:
+                return 1.0
+            if name == "step":
+                return gamma ** ((t - hold) // every)  # type: ignore[operator]
+            u = min(1.0, (t - hold) / decay)
+            if name == "exponential":
+                return final ** u
+            if name == "linear":
+                return 1.0 - (1.0 - final) * u
+            return final + (1.0 - final) * (1.0 + math.cos(math.pi * u)) / 2.0
+
+        return f
+
+
 class OptimizerSpec(BaseModel):
-    """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it)."""
+    """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it), except
+    ``schedule``, its learning-rate schedule."""
 
     model_config = ConfigDict(extra="allow")
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    schedule: ScheduleSpec | None = None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -40,11 +113,17 @@ class OptimizerSpec(BaseModel):
         inherit = override.pop("inherit", True)
         if override.get("name", self.name) != self.name or inherit is False:
             return OptimizerSpec.model_validate({"name": self.name, **override})
-        return OptimizerSpec.model_validate({"name": self.name, **self.options, **override})
+        return OptimizerSpec.model_validate({**self.as_table(), **override})
+
+    def as_table(self) -> dict[str, Any]:
+        """The spec as a recipe table: name, the optimiser's options and the schedule (if any)."""
+        schedule = {"schedule": self.schedule.model_dump(exclude_none=True)} if self.schedule is not None else {}
+        return {"name": self.name, **self.options, **schedule}
 
     def explicit(self) -> dict[str, Any]:
         """The keys given when this spec was made (its name only if given): what it overrides when merged."""
-        return {**({"name": self.name} if "name" in self.model_fields_set else {}), **self.options}
+        table = self.as_table()
+        return {k: v for k, v in table.items() if k not in ("name", "schedule") or k in self.model_fields_set}
 
     def build(self, params: list[torch.nn.Parameter], **extra: Any) -> torch.optim.Optimizer:
         kwargs = self.options

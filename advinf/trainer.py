@@ -8,6 +8,9 @@ Update schemes, over the game's players:
 * ``alternating``: ``critic_steps`` updates of the critic-side players on fresh batches, then one update of
   the generator-side players.
 
+After each training step every player's learning-rate schedule (``[optimizer] schedule``) takes one step, so a
+player's rate is a function of the training step alone (the same in either scheme).
+
 No per-step host synchronisation: losses are summed on the device and read once per log interval, and the
 divergence guard records the first non-finite step on the device (``nonfinite = "skip"`` is the exception:
 deciding to skip an update needs the value on the host).
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 
 from advinf import checkpoint as ckpt
 from advinf.batches import BatchSource
@@ -69,7 +73,8 @@ class Trainer:
         trainer.fit()
 
     ``optimizer`` is every player's optimiser; ``optimizers`` overrides it per player (by player name, merged
-    over ``optimizer``). ``eval_every`` runs evaluators every N steps as well as at the end (by name).
+    over ``optimizer``), each with its learning-rate schedule (``OptimizerSpec.schedule``). ``eval_every`` runs
+    evaluators every N steps as well as at the end (by name).
     """
 
     def __init__(self, nets: Networks, game: Game, data: Dataset, *, train: TrainSpec | None = None,
@@ -108,6 +113,8 @@ class Trainer:
                                    rank=rank, world_size=world_size,
                                    channels_last=self.spec.channels_last and images)
         self.total_steps = self.spec.steps or self.spec.epochs * self.batches.steps_per_epoch  # type: ignore
+        self.schedulers: dict[str, LambdaLR] = {}
+        self._start_schedules(at_step=0)
         self.step = 0
         self.skipped = 0
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -184,6 +191,7 @@ class Trainer:
             out = self._forward()
             if self._update(out, self.players):
                 self._update_ema()
+            self._step_schedules()
             return out
         critics = tuple(p for p in self.players if p.role == "critic")
         generators = tuple(p for p in self.players if p.role != "critic")
@@ -194,7 +202,34 @@ class Trainer:
             out = self._forward()
             if self._update(out, generators):
                 self._update_ema()
+        self._step_schedules()
         return out
+
+    def _step_schedules(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def _start_schedules(self, at_step: int) -> None:
+        """(Re)build each player's schedule as if it had run from step 0 to ``at_step``, from its spec's learning
+        rate: the start of training, a restored run whose checkpoint holds no state of it, and a changed
+        schedule or learning rate on ``--resume --allow-changes``. Players without a schedule have none."""
+        self.schedulers = {}
+        for p in self.players:
+            schedule = self._optimizer_specs[p.name].schedule
+            if schedule is None or schedule.name == "constant":
+                continue
+            optimizer = self.optimizers[p.name]
+            lr = self._optimizer_specs[p.name].build([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"]
+            for group in optimizer.param_groups:
+                group["initial_lr"] = lr
+            self.schedulers[p.name] = LambdaLR(optimizer, schedule.factor(self.batches.steps_per_epoch),
+                                               last_epoch=at_step - 1)
+
+    def _components(self) -> dict[str, Any]:
+        """Components besides networks, optimisers and RNG whose state a checkpoint holds, by name: anything
+        with ``state_dict()`` (JSON-able) and ``load_state_dict()``. Saved under ``components`` in state.json;
+        a new one needs no checkpoint code."""
+        return {f"lr_schedule.{player}": scheduler for player, scheduler in self.schedulers.items()}
 
     def _update_ema(self) -> None:
         for avg, module in self._ema_pairs:
@@ -343,6 +378,7 @@ class Trainer:
         state = {
             "epoch": self.batches.epoch, "sampler": self.batches.state(), "skipped": self.skipped,
             "optimizers": metas, "rng": m_rng, "recipe": self.recipe,
+            "components": {name: c.state_dict() for name, c in self._components().items()},
             "versions": {"advinf": __version__, "torch": torch.__version__},
         }
         return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": optim, "rng": t_rng},
@@ -365,19 +401,28 @@ class Trainer:
                                           checkpoint.tensors["optim"], opts[p.name], where)
             ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
             self.batches.load_state(checkpoint.state["sampler"])
+            saved = checkpoint.state.get("components", {})
+            for name, component in self._components().items():
+                if name in saved:
+                    component.load_state_dict(saved[name])
+            fresh = [n for n in self._components() if n not in saved]
         except UserError:
             raise
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
             raise UserError(f"{where} cannot be restored ({type(exc).__name__}: {str(exc)[:200]}); delete it to "
                             "resume from an older checkpoint") from None
         self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
+        if fresh:  # schedules the checkpoint has no state of: as if they had run from step 0
+            self._start_schedules(at_step=self.step)
         self._rng_restored = True
         if self.run is not None:
             self.run.truncate_after(self.step)
 
     def apply_optimizer_settings(self) -> None:
         """Set every optimiser's hyperparameters (lr, betas, weight decay, ...) to this trainer's specs, over the
-        values a restored checkpoint brought: what ``--resume --allow-changes`` with a changed optimiser does."""
+        values a restored checkpoint brought: what ``--resume --allow-changes`` with a changed optimiser does.
+        Schedules are restarted at the current step from the specs' learning rates, as if the (possibly
+        changed) schedule had been used from step 0; unchanged, that gives the rates they had."""
         for p in self.players:
             spec = self._optimizer_specs[p.name]
             fresh = spec.build([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]
@@ -385,6 +430,7 @@ class Trainer:
                 for key, value in fresh.items():
                     if key not in ("params", "fused", "foreach", "capturable", "differentiable"):
                         group[key] = value
+        self._start_schedules(at_step=self.step)
 
     def _names(self, player: Player) -> list[str]:
         return [name for name, _ in self._params[player.name]]
