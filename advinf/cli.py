@@ -384,22 +384,53 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
 
 @cli.command("list-plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_plugins(as_json: bool) -> None:
-    """List installed plugins, what they register, and load errors."""
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also each component's summary and options (type, default, description).")
+def list_plugins(as_json: bool, verbose: bool) -> None:
+    """List installed plugins, what they register, and load errors. Exit status 2 when a plugin is broken."""
     host = _host()
     infos = sorted(host.plugins.values(), key=lambda p: p.name)
     if as_json:
-        click.echo(json.dumps([p.as_json() for p in infos], indent=2))
-        return
-    table = Table(title="advinf plugins")
-    for col in ("plugin", "version", "load (s)", "components", "error"):
-        table.add_column(col, overflow="fold")
+        listing = [p.as_json() for p in infos]
+        if verbose:
+            for entry in listing:
+                entry["details"] = [{"kind": c.kind, "name": c.name, "summary": c.summary,
+                                     "options": c.option_table()} for c in host.components_of(entry["name"])]
+        click.echo(json.dumps(listing, indent=2))
+    else:
+        table = Table(title="advinf plugins")
+        for col in ("plugin", "version", "load (s)", "components", "error"):
+            table.add_column(col, overflow="fold")
+        for p in infos:
+            comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(p.components.items()))
+            status = "disabled" if p.disabled else (p.error or "")
+            table.add_row(p.name, p.version, f"{p.load_seconds:.2f}", comps,
+                          f"[red]{status}[/red]" if p.error else status)
+        Console().print(table)
+        if verbose:
+            click.echo(_component_details(host, infos))
+    broken = [p.name for p in infos if p.broken]
+    if broken:
+        click.echo(f"error: broken plugins: {', '.join(broken)} (see the error column; ADVINF_DISABLE_PLUGINS="
+                   "name,... skips a plugin)", err=True)
+        sys.exit(2)
+
+
+def _component_details(host: Any, infos: list[Any]) -> str:
+    """Each plugin's components with their options: ``name: type = default  description``."""
+    lines: list[str] = []
     for p in infos:
-        comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in sorted(p.components.items()))
-        status = "disabled" if p.disabled else (p.error or "")
-        table.add_row(p.name, p.version, f"{p.load_seconds:.2f}", comps,
-                      f"[red]{status}[/red]" if p.error else status)
-    Console().print(table)
+        comps = host.components_of(p.name)
+        if not comps:
+            continue
+        lines.append(f"\n{p.name} {p.version}")
+        for c in comps:
+            lines.append(f"  {c.kind} {c.name}" + (f": {c.summary}" if c.summary else ""))
+            for o in c.option_table():
+                default = "required" if o["required"] else f"= {json.dumps(o['default'])}"
+                lines.append(f"      {o['name']}: {o['type']} {default}"
+                             + (f"  ({o['description']})" if o["description"] else ""))
+    return "\n".join(lines)
 
 
 def _add_plugin_commands() -> None:

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import ModuleType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from advinf import hookspecs
 from advinf.errors import PluginError, UserError, suggest
-from advinf.interfaces import BuildContext
+from advinf.interfaces import BuildContext, RegisteredName
 
 ENTRY_POINT_GROUP = "advinf"
 
@@ -49,6 +49,14 @@ class Component:
     #: "unknown" (checked when built), or a function of the options returning one of these.
     labels: Any = "unknown"
 
+    def option_table(self) -> list[dict[str, Any]]:
+        """The component's options as ``advinf list-plugins --verbose`` shows them: name, type (with bounds),
+        default (None when required) and description, from its pydantic options model."""
+        return [{"name": name, "type": _type_name(info), "required": info.is_required(),
+                 "default": None if info.is_required() else _plain(info.get_default(call_default_factory=True)),
+                 "description": info.description or ""}
+                for name, info in self.options.model_fields.items()]
+
     def static_labels(self, options: BaseModel) -> str | None:
         """This dataset's labels for ``options`` as far as known before building it ("unknown" if not)."""
         value = self.labels(options) if callable(self.labels) else self.labels
@@ -69,6 +77,11 @@ class PluginInfo:
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "components": self.components,
                 "error": self.error, "disabled": self.disabled, "load_seconds": round(self.load_seconds, 4)}
+
+    @property
+    def broken(self) -> bool:
+        """It failed to import or register, or it registers a name another plugin registers too."""
+        return self.error is not None
 
 
 class PluginHost:
@@ -234,6 +247,12 @@ class PluginHost:
     def names(self, kind: str) -> list[str]:
         return sorted(self.registry[kind])
 
+    def components_of(self, plugin: str) -> list[Component]:
+        """The components ``plugin`` registered, by kind (in registration-hook order) and name."""
+        kinds = {k: i for i, k in enumerate(hookspecs.KINDS)}
+        found = [c for by_name in self.registry.values() for c in by_name.values() if c.plugin == plugin]
+        return sorted(found, key=lambda c: (kinds[c.kind], c.name))
+
     def errors(self) -> dict[str, str]:
         return {n: p.error for n, p in self.plugins.items() if p.error}
 
@@ -262,6 +281,50 @@ def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[
     if hint:
         msg += f"; {hint}"
     return msg + f" Available: {', '.join(names) if names else '(none registered)'}"
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="),
+           ("max_length", "length <="))
+
+
+def _type_name(info: Any) -> str:
+    """An option's type for people: ``int > 0``, ``one of 'a', 'b'``, ``a registered divergence``."""
+    refs = [m.kind for m in info.metadata if isinstance(m, RegisteredName)]
+    if refs:
+        return f"a registered {refs[0]} name"
+    text = _annotation(info.annotation)
+    bounds = [f"{sign} {getattr(m, attr)}" for m in info.metadata for attr, sign in _BOUNDS
+              if getattr(m, attr, None) is not None]
+    return " ".join([text, *bounds]) if bounds else text
+
+
+def _annotation(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_annotation(a) for a in args)
+    if origin is Annotated:
+        return _annotation(args[0])
+    if origin is not None:
+        inner = ", ".join(_annotation(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _plain(value: Any) -> Any:
+    """A default as JSON can hold it (tuples as lists; other objects as their repr)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(mode="json"))
+    return repr(value)
 
 
 def _describe(exc: BaseException) -> str:

@@ -123,8 +123,9 @@ def test_disabled_plugins_are_not_imported(third_party, monkeypatch):
 def test_list_plugins_json_and_help_survive_broken_plugins(third_party):
     env = cli_env(PYTHONPATH=str(third_party))
     out = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True,
-                         text=True, env=env, check=True)
-    listing = {p["name"]: p for p in json.loads(out.stdout)}
+                         text=True, env=env)
+    assert out.returncode == 2 and "error: broken plugins: broken, dupe, games, raises, typo" in out.stderr
+    listing = {p["name"]: p for p in json.loads(out.stdout)}  # still printed in full
     assert set(listing["games"]) >= {"name", "version", "components", "error"}
     assert listing["good"]["components"] == {"prior": ["third_party_prior"]}
     assert listing["good"]["error"] is None and listing["good"]["version"] == "1.2.3"
@@ -132,8 +133,12 @@ def test_list_plugins_json_and_help_survive_broken_plugins(third_party):
     assert "registered by both" in listing["games"]["error"]
     assert "missing dependency xyz" in listing["broken"]["error"]
     table = subprocess.run([sys.executable, "-m", "advinf", "list-plugins"], capture_output=True, text=True,
-                           env=env, check=True)
+                           env=env)
+    assert table.returncode == 2 and "Traceback" not in table.stderr
     assert "toy_networks" in table.stdout and "failed to import" in table.stdout
+    fine = subprocess.run([sys.executable, "-m", "advinf", "list-plugins"], capture_output=True, text=True,
+                          env={**env, "ADVINF_DISABLE_PLUGINS": "broken,dupe,raises,typo"})
+    assert fine.returncode == 0 and fine.stderr == "" and "disabled" in fine.stdout
     helped = subprocess.run([sys.executable, "-m", "advinf", "--help"], capture_output=True, text=True, env=env)
     assert helped.returncode == 0 and "list-plugins" in helped.stdout
     strict = subprocess.run([sys.executable, "-m", "advinf", "list-plugins"], capture_output=True, text=True,
@@ -221,3 +226,55 @@ def test_an_unknown_name_also_names_the_plugins_that_failed_to_load(third_party,
     assert out.returncode == 2 and "critic.name: unknown critic" in out.stderr
     assert "plugins that failed to load (the name may be theirs): broken (failed to import broken_plugin: " \
            "ImportError: missing dependency xyz)" in out.stderr
+
+
+def test_list_plugins_verbose_shows_options_with_types_defaults_and_descriptions():
+    out = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--verbose"], capture_output=True,
+                         text=True, env=cli_env(COLUMNS="200"))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    games = text[text.index("\ngames "):]
+    assert "  game ali: ALI: stochastic encoder, joint critic (Dumoulin et al. 2017)." in games
+    assert '      divergence: a registered divergence name = "original"  (any registered divergence' in games
+    assert "      joint_batch: bool = true  (pass data and model pairs through the critic as one batch" in games
+    assert "  divergence hinge: Hinge loss for the critic" in games
+    toy = text[text.index("\ntoy_networks "):]
+    assert "      pieces: int >= 1 = 5  (maxout pieces)" in toy
+    assert "      x_dim: int | None > 0 <= 1000000 = null  (data dimensions (default: from the dataset))" in toy
+    assert "      dim: int > 0 <= 1000000 required" in text[text.index("\npriors "):]
+    listing = json.loads(subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json", "-v"],
+                                        capture_output=True, text=True, env=cli_env(), check=True).stdout)
+    details = {(d["kind"], d["name"]): d for p in listing for d in p["details"]}
+    assert {"name": "layers", "type": "int >= 1", "required": False, "default": 3,
+            "description": "maxout layers"} in details[("critic", "toy_critic")]["options"]
+    assert details[("divergence", "original")]["options"] == []
+
+
+BROKEN_HOOK = types.SimpleNamespace()
+
+
+@pytest.mark.parametrize(("kind", "override", "key"), [
+    ("game", "game.name=nope", "game.name"), ("encoder", "encoder.name=nope", "encoder.name"),
+    ("decoder", "decoder.name=nope", "decoder.name"), ("critic", "critic.name=nope", "critic.name"),
+    ("prior", "prior.name=nope", "prior.name"), ("dataset", "dataset.name=nope", "dataset.name"),
+    ("evaluator", "evaluators.nope.every=5", "evaluators.nope"),
+    ("divergence", "game.divergence=nope", "game.divergence"),
+])
+def test_an_unknown_name_of_every_kind_names_the_broken_plugins(kind, override, key):
+    """Whatever kind of component a recipe names, an unknown name also names the plugins that failed to load."""
+    host = PluginHost(strict=False, disabled=set())
+    host.load_entry_points()
+
+    def register_critics(register):
+        raise ImportError("needs torch_spectral 2.0")
+    BROKEN_HOOK.register_critics = advinf.hookimpl(register_critics)
+    assert host.add_plugin(BROKEN_HOOK, name="sn_critics", version="0.3").error
+    with pytest.raises(advinf.RecipeError) as err:
+        advinf.load_recipe(RECIPES / "ali_mixture25.toml", [override], host=host)
+    message = str(err.value)
+    assert f"{key}: unknown {kind} (got 'nope')" in message
+    assert "plugins that failed to load (the name may be theirs): sn_critics (register_critics raised " \
+           "ImportError: needs torch_spectral 2.0)" in message
+    assert kind in hookspecs.KINDS
+    with pytest.raises(UserError, match=f"unknown {kind} 'nope'.*failed to load.*sn_critics"):
+        host.get(kind, "nope")
