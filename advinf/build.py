@@ -54,7 +54,7 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     host = host or default_host()
     device = resolve_device(device if device is not None else recipe.spec.train.device)
     spec = recipe.spec
-    ctx = BuildContext(device=device, seed=spec.seed)
+    ctx = BuildContext(device=device, seed=spec.seed, host=host)
     torch.manual_seed(spec.seed)
 
     def make(section: str, kind: str, context: BuildContext) -> Any:
@@ -85,6 +85,8 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
 def build_evaluators(recipe: Recipe, ctx: BuildContext, host: PluginHost | None = None) -> dict[str, Evaluator]:
     """The recipe's evaluators, built with ``ctx`` (its dataset and prior)."""
     host = host or default_host()
+    if ctx.host is None:
+        ctx = dataclasses.replace(ctx, host=host)
     return {name: _make(recipe, host, f"evaluators.{name}", "evaluator", ctx) for name in recipe.spec.evaluators}
 
 

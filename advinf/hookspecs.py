@@ -86,6 +86,22 @@ def register_divergences(register: Register) -> None:
 
 
 @hookspec
+def register_feature_networks(register: Register) -> None:
+    """Register feature networks: what sample-quality evaluators (``fid``, ``kid``) compare samples and data in.
+
+    A recipe names one in an evaluator's options (``[evaluators.fid] network = "NAME"``, its options as
+    ``network_options = {...}``). The factory is called at the evaluator's first evaluation (not when the recipe is
+    built), with the run's :class:`advinf.BuildContext` (``ctx.dataset``: the run's dataset, e.g. to train on its
+    training split; ``ctx.device``; ``ctx.seed``), and returns a ``torch.nn.Module`` whose ``forward(x)`` takes
+    images as uint8 (N, C, H, W) with values 0..255 (the dataset's own channels and size; evaluators quantise
+    decoder samples to uint8 first) and returns float features (N, D), with an int attribute ``num_features`` = D
+    and optionally ``about``, a JSON-ready dict copied into the evaluator's report. The evaluator puts it in eval
+    mode and calls it without gradients. It must give the same network for the same options, data and seed, so
+    that evaluations every N steps and later ``advinf evaluate`` runs compare.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``advinf`` command line: ``cli`` is the root :class:`click.Group`.
 
@@ -103,5 +119,6 @@ COMPONENT_HOOKS: dict[str, str] = {
     "register_datasets": "dataset",
     "register_evaluators": "evaluator",
     "register_divergences": "divergence",
+    "register_feature_networks": "feature_network",
 }
 KINDS: tuple[str, ...] = tuple(COMPONENT_HOOKS.values())

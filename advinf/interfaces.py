@@ -440,7 +440,7 @@ class RegisteredName:
 
 @dataclass
 class BuildContext:
-    """What a component factory may read: the pieces built before it, the device and the seed.
+    """What a component factory may read: the pieces built before it, the device, the seed and the plugin host.
 
     ``condition`` is set while a network that a conditional game feeds labels to is built: such a network
     must take y (embedding it with :class:`ConditionEmbedding`) and set ``conditional = True``.
@@ -454,6 +454,9 @@ class BuildContext:
     network: str | None = None
     #: The registered divergences by name (filled in by the plugin host for a game's factory).
     divergences: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    #: The plugin host building the recipe (an ``advinf.PluginHost``; None outside ``advinf.build``): lets a
+    #: component build registered sub-components by name, e.g. an evaluator's feature network.
+    host: Any = None
 
     def divergence(self, name: str) -> Callable[..., Any]:
         """The registered divergence ``name`` (see ``register_divergences``); a UserError naming the others."""
