@@ -22,6 +22,7 @@ from advinf.interfaces import (
     GaussianPosterior,
     ImplicitPosterior,
     JointCritic,
+    Logger,
     Networks,
     Player,
     Posterior,
@@ -31,6 +32,7 @@ from advinf.interfaces import (
     TrainedModel,
     check_networks,
 )
+from advinf.loggers import JsonlLogger, flatten_results
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, load_recipe
 from advinf.runs import LoadedRun, load_run
@@ -48,10 +50,10 @@ def create(kind: str, name: str, ctx: BuildContext | None = None, /, **options: 
 __all__ = [
     "Batch", "BatchSource", "BuildContext", "Built", "CRITIC", "Condition", "ConditionEmbedding", "Dataset",
     "Decoder", "DeterministicPosterior", "Divergence", "Encoder", "Evaluator", "GENERATOR", "Game", "GameLosses",
-    "GaussianPosterior", "ImplicitPosterior", "JointCritic", "LoadedRun", "Networks", "OptimizerSpec", "Player",
-    "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError", "RegisteredName", "RunOutcome",
-    "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec", "TrainedModel", "Trainer",
-    "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build", "check_networks", "create", "critic_pairs",
-    "default_host",
-    "hookimpl", "load_recipe", "load_run", "run_recipe",
+    "GaussianPosterior", "ImplicitPosterior", "JointCritic", "JsonlLogger", "LoadedRun", "Logger", "Networks",
+    "OptimizerSpec", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError",
+    "RegisteredName", "RunOutcome", "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec",
+    "TrainedModel", "Trainer", "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build",
+    "check_networks", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl", "load_recipe",
+    "load_run", "run_recipe",
 ]

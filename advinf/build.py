@@ -21,14 +21,24 @@ from advinf import checkpoint as ckpt
 from advinf.conditions import Condition
 from advinf.data import Dataset
 from advinf.errors import PluginError, Problem, RecipeError, UserError
-from advinf.interfaces import BuildContext, Decoder, Encoder, Evaluator, Game, JointCritic, Networks, Prior
+from advinf.interfaces import (
+    BuildContext,
+    Decoder,
+    Encoder,
+    Evaluator,
+    Game,
+    JointCritic,
+    Logger,
+    Networks,
+    Prior,
+)
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import NetworkSpec, Recipe, build_game
 from advinf.rundir import CHECKPOINTS_DIR, is_run_dir
 from advinf.settings import resolve_device
 
 _EXPECTED: dict[str, type] = {"dataset": Dataset, "prior": Prior, "encoder": Encoder, "decoder": Decoder,
-                              "critic": JointCritic, "evaluator": Evaluator}
+                              "critic": JointCritic, "evaluator": Evaluator, "logger": Logger}
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Built:
     evaluators: dict[str, Evaluator]
     condition: Condition | None
     device: torch.device
+    loggers: list[Logger] = dataclasses.field(default_factory=list)
 
 
 def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device | str | None = None, *,
@@ -79,7 +90,8 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
         if not nspec.trainable:
             nets.freeze(name)
     evaluators = build_evaluators(recipe, ctx, host)
-    return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device)
+    loggers = [_make(recipe, host, f"loggers.{name}", "logger", ctx) for name in spec.train.loggers]
+    return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device, loggers)
 
 
 def build_evaluators(recipe: Recipe, ctx: BuildContext, host: PluginHost | None = None) -> dict[str, Evaluator]:
@@ -94,7 +106,8 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
     """One component of ``recipe`` by its factory; what goes wrong is a recipe error naming the section."""
     name, options = recipe.component(section)  # type: ignore[misc]
     comp = host.get(kind, name)
-    key = section if section.startswith("evaluators.") else f"{section}.name"
+    key = ("train.loggers" if section.startswith("loggers.") else
+           section if section.startswith("evaluators.") else f"{section}.name")
     try:
         obj = comp.factory(options, context)
     except UserError as exc:  # the factory's own message, e.g. sizes that do not fit the data

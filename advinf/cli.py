@@ -85,9 +85,12 @@ def _plugin_option(f):
               help="End at step N (counted from the start of training) with a checkpoint, resumable.")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default=None,
               help="Progress display (default: the recipe's train.progress).")
+@click.option("--logger", "loggers", multiple=True, metavar="NAME",
+              help="Where metrics go, instead of the recipe's train.loggers (repeat for several: --logger jsonl "
+                   "--logger tensorboard); see advinf list-plugins.")
 @_plugin_option
 def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
-        stop_after: int | None, progress: str | None, plugins: tuple[Path, ...]) -> None:
+        stop_after: int | None, progress: str | None, loggers: tuple[str, ...], plugins: tuple[Path, ...]) -> None:
     """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
     from advinf.session import run_recipe
 
@@ -96,6 +99,8 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
     if recipe is None and not resume:
         raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
                         "or --resume RUN_DIR to continue a run")
+    if loggers:
+        overrides = (*overrides, f"train.loggers={json.dumps(list(loggers))}")
     outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
                          overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo)
     result, trainer = outcome.result, outcome.trainer

@@ -102,6 +102,18 @@ def register_feature_networks(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register loggers: factories returning an :class:`advinf.Logger`, a sink for a run's metrics (scalars every
+    log interval, evaluator results, sample pictures), chosen by name with ``[train] loggers = [...]`` or
+    ``advinf run --logger NAME``.
+
+    A logger factory is also called when a recipe is validated (with a BuildContext that holds no dataset or prior),
+    so that a logger that cannot work fails there: raise :class:`advinf.UserError` saying what to install. Keep the
+    factory cheap and let it touch no file; the logger creates its files in ``open(run_dir, start_step)``.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``advinf`` command line: ``cli`` is the root :class:`click.Group`.
 
@@ -120,5 +132,6 @@ COMPONENT_HOOKS: dict[str, str] = {
     "register_evaluators": "evaluator",
     "register_divergences": "divergence",
     "register_feature_networks": "feature_network",
+    "register_loggers": "logger",
 }
 KINDS: tuple[str, ...] = tuple(COMPONENT_HOOKS.values())

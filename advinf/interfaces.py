@@ -425,6 +425,36 @@ class Evaluator(abc.ABC):
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]: ...
 
 
+class Logger(abc.ABC):
+    """A metric sink. The trainer calls ``open`` when training starts (rank 0 only), then ``log_metrics`` every
+    log interval, ``log_evaluation`` after each evaluation, ``log_image`` after each sample picture, and
+    ``close`` when training ends (also when it stops early or fails).
+
+    A logger is built when a recipe is validated too (to check it can work, e.g. that its package is
+    installed): its constructor must be cheap and touch no file; ``open`` creates what it writes.
+    """
+
+    def open(self, run_dir: Path, start_step: int) -> None:
+        """Start writing into ``run_dir``. ``start_step`` is the step training starts from: 0 for a new run,
+        the checkpoint's step when resumed (records of later steps belong to steps about to be redone)."""
+
+    @abc.abstractmethod
+    def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """One record of a log interval: ``step``, ``epoch``, ``loss_PLAYER``, the game's scalars, ``samples_per_s``,
+        ``time``, ... (numbers; the same keys every interval of a run)."""
+
+    def log_evaluation(self, step: int, results: Mapping[str, Mapping[str, Any]], final: bool) -> None:
+        """The evaluators' results at ``step`` (evaluator name -> metric name -> value, values JSON-like);
+        ``final`` for the evaluation at the end of training (which the run directory keeps in eval.json)."""
+
+    def log_image(self, step: int, name: str, path: Path) -> None:
+        """A picture made at ``step``: ``name`` (``samples``) and the PNG file the trainer wrote."""
+
+    def close(self) -> None:
+        """Flush and release what ``open`` acquired."""
+
+
+
 # -- building components ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

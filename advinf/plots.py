@@ -78,7 +78,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, columns: int = 
         raise UserError(f"{run_dir} is not an advinf run directory (no recipe.toml)")
     series = curves(run_dir)
     if not series:
-        raise UserError(f"{run_dir} has no metrics to plot yet ({METRICS_FILE} is empty or missing)")
+        raise UserError(f"{run_dir} has no metrics to plot yet ({METRICS_FILE} is empty or missing; a run whose "
+                        "train.loggers leaves out \"jsonl\" writes none)")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from advinf import hookspecs
 from advinf.errors import PluginError, UserError, suggest
 from advinf.interfaces import BuildContext, RegisteredName
+from advinf.provenance import Origin, mark
 
 ENTRY_POINT_GROUP = "advinf"
 
@@ -266,12 +267,15 @@ class PluginHost:
 
     def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
         """Build a component by name with keyword options (validated by its options model); a divergence is
-        returned as registered (it is a function and takes no options)."""
+        returned as registered (it is a function and takes no options). A component remembers its kind, name and
+        options (``advinf.provenance``): a Trainer given it writes them as a recipe."""
         comp = self.get(kind, name)
+        validated = comp.options.model_validate(options)
         if kind == "divergence":
-            comp.options.model_validate(options)
             return comp.factory
-        return comp.factory(comp.options.model_validate(options), self.context(ctx))
+        component = comp.factory(validated, self.context(ctx))
+        mark(component, Origin(kind, name, validated.model_dump(mode="json", exclude_none=True)))
+        return component
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[str]) -> str:

@@ -89,6 +89,8 @@ class RecipeSpec(_Strict):
     networks: dict[str, NetworkSpec] = Field(default_factory=dict)
     game: ComponentSpec
     evaluators: dict[str, EvaluatorSpec] = Field(default_factory=dict)
+    loggers: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options of the loggers that "
+                                               "train.loggers chooses, by name")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     train: TrainSpec
@@ -118,7 +120,7 @@ class Recipe:
 
     def component(self, section: str) -> tuple[str, BaseModel] | None:
         """(registered name, options) of a component section, or None if the section is absent."""
-        if section.startswith("evaluators."):
+        if section.startswith(("evaluators.", "loggers.")):
             name = section.split(".", 1)[1]
             return name, self.options[section]
         if section.startswith("networks."):
@@ -137,7 +139,7 @@ class Recipe:
         can be moved with its plugins beside it)."""
         out = self.spec.model_dump(mode="json", exclude_none=True,
                                    exclude={"dataset", "prior", "game", "networks", "evaluators", "optimizer",
-                                            "optimizers", *WELL_KNOWN})
+                                            "optimizers", "loggers", *WELL_KNOWN})
         for section in ("dataset", "prior"):
             out[section] = {"name": getattr(self.spec, section).name, **_dump(self.options[section])}
         networks: dict[str, Any] = {}
@@ -154,6 +156,9 @@ class Recipe:
         out["plugins"] = plugin_paths(self.spec.plugins, self.base_dir, relative_to)
         out["evaluators"] = {n: {**({"every": ev.every} if ev.every else {}), **_dump(self.options[f"evaluators.{n}"])}
                              for n, ev in self.spec.evaluators.items()}
+        options = {n: _dump(self.options[f"loggers.{n}"]) for n in self.spec.train.loggers}
+        if any(options.values()):
+            out["loggers"] = {n: o for n, o in options.items() if o}
         out["optimizer"] = self.spec.optimizer.as_table()
         if self.optimizers:  # complete, effective specs: `inherit = false` keeps them so when read again
             out["optimizers"] = {p: {**o.as_table(), "inherit": False} for p, o in self.optimizers.items()}
@@ -179,11 +184,13 @@ def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = 
     return out
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ("train.progress",)
-                 ) -> list[str]:
-    """Dotted keys whose values differ between two resolved recipes (added and removed keys included)."""
+def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ("train.progress",
+                 "train.loggers", "loggers")) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (added and removed keys included); how
+    progress is shown and where metrics go (``ignore``) may change on resume."""
     a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k, _MISSING) != b.get(k, _MISSING))
+    return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore)
+                  and a.get(k, _MISSING) != b.get(k, _MISSING))
 
 
 _MISSING = object()
@@ -260,6 +267,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     for name, ev in spec.evaluators.items():
         _validate_component(host, "evaluator", f"evaluators.{name}", name, ev.options, options, problems,
                             name_key=f"evaluators.{name}")
+    _validate_loggers(host, spec, options, problems)
     problems.extend(_check_optimizer("optimizer", spec.optimizer))
     players: dict[str, OptimizerSpec] = {}
     for player, table in spec.optimizers.items():
@@ -282,6 +290,30 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                             "--plugin PATH (library: plugins=[...]).")
         raise RecipeError(source, problems)
     return Recipe(spec, options, source, base_dir or Path.cwd(), players, imported)
+
+
+def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, BaseModel], problems: list[Problem]
+                      ) -> None:
+    """``train.loggers``: registered names, each with its ``[loggers.NAME]`` options; each logger is built once
+    (cheap, no files), so that one that cannot work here (a package missing) fails at validation."""
+    for name in spec.loggers:
+        if name not in spec.train.loggers:
+            problems.append(Problem(f"loggers.{name}", "options of a logger that train.loggers does not choose",
+                                    hint=f"add \"{name}\" to train.loggers, or remove the section"))
+    for name in spec.train.loggers:
+        before = len(problems)
+        _validate_component(host, "logger", f"loggers.{name}", name, spec.loggers.get(name, {}), options, problems,
+                            name_key="train.loggers")
+        if len(problems) > before:
+            continue
+        comp = host.get("logger", name)
+        try:
+            comp.factory(options[f"loggers.{name}"], BuildContext(seed=spec.seed))
+        except UserError as exc:
+            problems.append(Problem("train.loggers", f"logger '{name}': {exc}"))
+        except Exception as exc:
+            problems.append(Problem("train.loggers", f"logger '{name}' (plugin '{comp.plugin}') failed: "
+                                    f"{type(exc).__name__}: {exc}"))
 
 
 def _migrate(data: dict[str, Any]) -> list[Problem]:

@@ -13,6 +13,7 @@ from advinf.atomic import write_json, write_text
 from advinf.errors import UserError
 
 RECIPE_FILE = "recipe.toml"
+LIBRARY_FILE = "library.json"  # a run trained from Python with components that have no recipe
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 EVALS_FILE = "evals.jsonl"
@@ -30,7 +31,9 @@ def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RECIPE_FILE).is_file()
+    """Whether ``path`` holds an advinf run: its recipe, or (a Trainer used from Python with components not
+    made by name) library.json."""
+    return (path / RECIPE_FILE).is_file() or (path / LIBRARY_FILE).is_file()
 
 
 def require_run_dir(path: Path) -> None:
@@ -110,17 +113,6 @@ class RunDir:
     def write_recipe(self, toml_text: str) -> None:
         write_text(self.path / RECIPE_FILE, toml_text)
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        self._append(METRICS_FILE, record)
-
-    def append_evals(self, record: dict[str, Any]) -> None:
-        """One line of evaluations made during training (``step`` plus each evaluator's metrics)."""
-        self._append(EVALS_FILE, record)
-
-    def _append(self, name: str, record: dict[str, Any]) -> None:
-        with open(self.path / name, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-
     def truncate_after(self, step: int) -> None:
         """Drop metrics and evaluations logged after ``step`` (they belong to steps a resume will redo)."""
         for name in (METRICS_FILE, EVALS_FILE):
@@ -131,8 +123,17 @@ class RunDir:
                     if (s := _step_of(ln)) is not None and s <= step]  # a torn last line (a crash) is dropped
             write_text(path, "".join(ln + "\n" for ln in keep))
 
+    def write_library(self, info: dict[str, Any]) -> None:
+        write_json(self.path / LIBRARY_FILE, info)
+
     def write_eval(self, results: dict[str, Any]) -> None:
         write_json(self.path / EVAL_FILE, results)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON object as a line of ``path``."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def _step_of(line: str) -> int | None:

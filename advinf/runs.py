@@ -13,30 +13,37 @@ import torch
 from advinf import checkpoint as ckpt
 from advinf.atomic import write_json
 from advinf.build import Built, build, build_evaluators
+from advinf.conditions import Condition
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.interfaces import BuildContext, TrainedModel, check_networks
+from advinf.interfaces import BuildContext, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
-from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, RECIPE_FILE, is_run_dir
+from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir
 from advinf.settings import resolve_device
 
 
 @dataclass(kw_only=True)
 class LoadedRun(TrainedModel):
-    """A trained run: the model (eval mode) plus the recipe, dataset and step it comes from."""
+    """A trained run: the model (eval mode) plus the recipe, dataset and step it comes from. Loaded into modules
+    the caller gives (``load_run(RUN, nets=..., game=...)``), it has no recipe, dataset or ``built``."""
 
-    recipe: Recipe
-    dataset: Dataset
+    recipe: Recipe | None
+    dataset: Dataset | None
     step: int
     run_dir: Path
-    built: Built
+    built: Built | None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, checkpoint: str | Path | None = None,
-             host: PluginHost | None = None, plugins: Sequence[str | Path] = ()) -> LoadedRun:
+             host: PluginHost | None = None, plugins: Sequence[str | Path] = (), *, nets: Networks | None = None,
+             game: Game | None = None, condition: Condition | None = None) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
+
+    With ``nets`` and ``game`` (and ``condition`` for a conditional game) the weights are loaded into these
+    modules instead, and nothing is rebuilt: how a run trained from Python with modules of one's own (not made by
+    ``advinf.create``) is loaded. The networks are matched by name; ``device`` then defaults to ``auto``.
 
     With ``train.ema`` the averaged networks are loaded (what samples and evaluation used). Sampling, encoding
     and reconstruction go through the run's game (``run.sample(...)``, ``run.reconstruct(x, y)``), so a
@@ -52,6 +59,12 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     path = Path(checkpoint) if checkpoint is not None else ckpt.latest_checkpoint(run_dir / CHECKPOINTS_DIR)
     if path is None:
         raise UserError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / CHECKPOINTS_DIR})")
+    if nets is not None or game is not None:
+        if nets is None or game is None:
+            raise UserError("load_run(RUN, nets=..., game=...) needs both the networks and the game")
+        return _load_into(run_dir, path, nets, game, condition, device)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise UserError(_no_recipe_message(run_dir))
     loaded = ckpt.load_checkpoint(path)
     host = host or default_host()
     for plugin in plugins:
@@ -67,6 +80,39 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     built.nets.to(dev).train(False)
     return LoadedRun(nets=built.nets, game=built.game, device=dev, condition=built.condition, recipe=recipe,
                      dataset=built.dataset, step=loaded.step, run_dir=run_dir, built=built)
+
+
+def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition: Condition | None,
+               device: str | torch.device | None) -> LoadedRun:
+    """A checkpoint's weights (the moving averages where kept) in the caller's networks."""
+    loaded = ckpt.load_checkpoint(path)
+    tensors = loaded.tensors["model"]
+    for name, module in nets.items():
+        prefix = ckpt.network_prefix(tensors, name)
+        if prefix is None:
+            raise UserError(f"{path} holds no network '{name}' (it holds: "
+                            f"{', '.join(ckpt.network_names(tensors)) or 'none'}); name the networks as in training")
+        ckpt.load_module_state(module, prefix, tensors, path)
+    if game.conditioned and condition is None:
+        raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
+    check_networks(game, nets)
+    dev = resolve_device(device if device is not None else "auto")
+    nets.to(dev).train(False)
+    return LoadedRun(nets=nets, game=game, device=dev, condition=condition, recipe=None, dataset=None,
+                     step=loaded.step, run_dir=run_dir, built=None)
+
+
+def _no_recipe_message(run_dir: Path) -> str:
+    """Why a run without a recipe cannot be rebuilt by name, and what to do."""
+    try:
+        info = json.loads((run_dir / LIBRARY_FILE).read_text(encoding="utf-8"))
+        missing = [str(m) for m in info["not_by_name"]][:8]
+    except (OSError, ValueError, KeyError, TypeError):
+        missing = []
+    what = f": {'; '.join(missing)}" if missing else ""
+    return (f"{run_dir} was trained from Python with components that advinf cannot rebuild by name{what}. Load it "
+            "into the same kind of modules: advinf.load_run(RUN, nets=Networks(prior, encoder=..., ...), "
+            "game=...) (see docs/library.md)")
 
 
 def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overrides: Sequence[str] = (), *,

@@ -124,7 +124,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
                       optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
                       run_dir=out_dir, seed=spec.seed, device=built.device, recipe=rec.resolved(out_dir),
-                      resume=resume, condition=built.condition)
+                      resume=resume, condition=built.condition, loggers=built.loggers)
     assert trainer.run is not None
     if checkpoint is not None:
         trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing

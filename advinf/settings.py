@@ -156,12 +156,22 @@ class TrainSpec(BaseModel):
     autocast: Literal["none", "bf16"] = "none"
     channels_last: bool = False
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    loggers: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics go: registered "
+                               "loggers by name (jsonl: metrics.jsonl and evals.jsonl; csv; tensorboard; ...)")
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
         if not _DEVICE_RE.match(v):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers(cls, v: list[str]) -> list[str]:
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once")
         return v
 
     @model_validator(mode="after")

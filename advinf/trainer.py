@@ -23,11 +23,12 @@ import copy
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
@@ -39,9 +40,11 @@ from advinf.data import Dataset
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.interfaces import Evaluator, Game, GameLosses, Networks, Player, TrainedModel, check_networks
+from advinf.interfaces import Evaluator, Game, GameLosses, Logger, Networks, Player, TrainedModel, check_networks
+from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
+from advinf.provenance import library_recipe, run_name
 from advinf.rundir import RunDir
 from advinf.settings import OptimizerSpec, TrainSpec, resolve_device
 from advinf.version import __version__
@@ -75,6 +78,8 @@ class Trainer:
     ``optimizer`` is every player's optimiser; ``optimizers`` overrides it per player (by player name, merged
     over ``optimizer``), each with its learning-rate schedule (``OptimizerSpec.schedule``). ``eval_every`` runs
     evaluators every N steps as well as at the end (by name).
+    ``loggers`` receive the metrics, evaluations and sample pictures of a run with a ``run_dir`` (default: a
+    ``JsonlLogger``, the run directory's metrics.jsonl and evals.jsonl); only rank 0 logs.
     """
 
     def __init__(self, nets: Networks, game: Game, data: Dataset, *, train: TrainSpec | None = None,
@@ -82,8 +87,15 @@ class Trainer:
                  evaluators: Mapping[str, Evaluator] | None = None, eval_every: Mapping[str, int] | None = None,
                  run_dir: Path | str | None = None, seed: int = 0, device: torch.device | str | None = None,
                  recipe: dict[str, Any] | None = None, resume: bool = False, condition: Condition | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, loggers: Sequence[Logger] | None = None):
         self.spec = train or TrainSpec(steps=1000)
+        if loggers is None and self.spec.loggers not in (["jsonl"], []):
+            raise UserError(f"train.loggers = {self.spec.loggers} names registered loggers, which a Trainer cannot "
+                            "look up: pass them built, Trainer(..., loggers=[advinf.create(\"logger\", name), ...])")
+        self.loggers: list[Logger] = list(loggers) if loggers is not None else \
+            [JsonlLogger()] if self.spec.loggers else []
+        self.rank = rank
+        self._logging = False  # whether the loggers are open (during fit, on rank 0 with a run directory)
         self.device = resolve_device(device if device is not None else self.spec.device)
         if self.spec.threads and self.device.type == "cpu":
             torch.set_num_threads(self.spec.threads)
@@ -121,6 +133,8 @@ class Trainer:
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
         self._trial()  # before the run directory is touched
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
+        if self.run is not None and recipe is None:
+            self.recipe = self._library_run(data, default, overrides, loggers, write=not resume)
         self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._fixed: tuple[Tensor, Tensor | None] | None = None
         # moving averages of what the generator-side players train (what samples and evaluation use)
@@ -133,6 +147,26 @@ class Trainer:
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
+
+    def _library_run(self, data: Dataset, optimizer: OptimizerSpec, optimizers: dict[str, OptimizerSpec],
+                     loggers: Sequence[Logger] | None, write: bool) -> dict[str, Any] | None:
+        """A run directory without a recipe (the Trainer used from Python): when every component was made by name
+        (``advinf.create``), their recipe, written as recipe.toml and kept in every checkpoint, so that ``load_run``
+        rebuilds the run; otherwise library.json names the components that were not, and ``load_run`` needs them
+        given (``load_run(RUN, nets=..., game=...)``)."""
+        assert self.run is not None
+        recipe, missing = library_recipe(
+            name=run_name(self.run.path.name), seed=self.seed, nets=self.nets, game=self.game, data=data,
+            train=self.spec, optimizer=optimizer, optimizers=optimizers, evaluators=self.evaluators,
+            eval_every=self.eval_every, loggers=list(loggers) if loggers is not None else None)
+        if write and self.rank == 0:
+            if recipe is not None:
+                self.run.write_recipe(tomli_w.dumps(recipe))
+            else:
+                self.run.write_library({"trained_by": "advinf.Trainer, without a recipe", "not_by_name": missing,
+                                        "networks": {n: _qualname(m) for n, m in self.nets.items()},
+                                        "game": _qualname(self.game), "prior": _qualname(self.nets.prior)})
+        return recipe
 
     # -- one step ------------------------------------------------------------------------------------------
     def _trial(self) -> None:
@@ -284,52 +318,79 @@ class Trainer:
         if not self._rng_restored:
             torch.manual_seed(self.seed)
         self.nets.train(True)
-        progress = ProgressReporter(self.total_steps, self.spec.progress, start=self.step)
+        progress = ProgressReporter(self.total_steps, self.spec.progress if self.rank == 0 else "none",
+                                    start=self.step, batch_size=self.spec.batch_size)
         acc: Tensor | None = None
         keys: list[str] = []
         count, start_step = 0, self.step
         last: dict[str, Any] = {}
         result = TrainResult(0, 0.0, run_dir=self.run.path if self.run else None)
         t_log = t_start = time.perf_counter()
-        with self._signals():
-            if self.run is not None and self.spec.sample_every and self.step == 0:
-                self._save_samples()
-            try:
-                while self.step < end and self._stop_signal is None:
-                    out = self.train_step()
-                    self.step += 1
-                    if acc is None:
-                        keys = [f"loss_{p.name}" for p in self.players] + list(out.scalars)
-                        acc = torch.zeros(len(keys), device=self.device)
-                    acc += torch.cat([self._losses_vector(out),
-                                      torch.stack([v.detach().float() for v in out.scalars.values()])
-                                      if out.scalars else acc.new_zeros(0)])
-                    count += 1
-                    if self.step % self.spec.log_every == 0 or self.step == end:
-                        now = time.perf_counter()
-                        values = (acc / count).tolist()  # the one host sync per log interval
-                        last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
-                                **dict(zip(keys, values, strict=True)),
-                                "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
-                                "time": round(now - t_start, 3)}
-                        if self.spec.nonfinite == "skip":
-                            last["skipped_steps"] = self.skipped
-                        self._check_diverged()
-                        if self.run is not None:
-                            self.run.append_metrics(last)
-                        progress.update(self.step, last)
-                        acc.zero_()
-                        count, t_log = 0, time.perf_counter()
-                    self._periodic(end)
-            finally:
-                progress.close()
-            result.stopped = self._stop_signal or ("stop_after" if self.step < self.total_steps else None)
-            if self.run is not None:
-                result.checkpoint = self.save_checkpoint()
-        result.steps, result.seconds, result.last_metrics = self.step - start_step, time.perf_counter() - t_start, last
-        if result.stopped is None:
-            result.eval = self.evaluate()
+        with self._open_loggers():
+            with self._signals():
+                if self.run is not None and self.spec.sample_every and self.step == 0:
+                    self._save_samples()
+                try:
+                    while self.step < end and self._stop_signal is None:
+                        out = self.train_step()
+                        self.step += 1
+                        progress.advance(self.step)  # host values only: the step counter and the clock
+                        if acc is None:
+                            keys = [f"loss_{p.name}" for p in self.players] + list(out.scalars)
+                            acc = torch.zeros(len(keys), device=self.device)
+                        acc += torch.cat([self._losses_vector(out),
+                                          torch.stack([v.detach().float() for v in out.scalars.values()])
+                                          if out.scalars else acc.new_zeros(0)])
+                        count += 1
+                        if self.step % self.spec.log_every == 0 or self.step == end:
+                            now = time.perf_counter()
+                            values = (acc / count).tolist()  # the one host sync per log interval
+                            last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
+                                    **dict(zip(keys, values, strict=True)),
+                                    "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
+                                    "time": round(now - t_start, 3)}
+                            if self.spec.nonfinite == "skip":
+                                last["skipped_steps"] = self.skipped
+                            self._check_diverged()
+                            for logger in self._active_loggers():
+                                logger.log_metrics(self.step, last)
+                            progress.update(self.step, last)
+                            acc.zero_()
+                            count, t_log = 0, time.perf_counter()
+                        self._periodic(end)
+                finally:
+                    progress.close()
+                result.stopped = self._stop_signal or ("stop_after" if self.step < self.total_steps else None)
+                if self.run is not None:
+                    if self.spec.sample_every and self.step % self.spec.sample_every and self.step != start_step:
+                        self._save_samples(fork_rng=True)  # the last step's picture, whenever training ends
+                    result.checkpoint = self.save_checkpoint()
+            result.steps, result.seconds = self.step - start_step, time.perf_counter() - t_start
+            result.last_metrics = last
+            if result.stopped is None:
+                result.eval = self.evaluate()
         return result
+
+    @contextlib.contextmanager
+    def _open_loggers(self):
+        """The loggers, open for one ``fit`` (rank 0 with a run directory only); closed however it ends."""
+        if self.run is None or self.rank != 0 or not self.loggers:
+            yield
+            return
+        opened: list[Logger] = []
+        try:
+            for logger in self.loggers:
+                logger.open(self.run.path, self.step)
+                opened.append(logger)
+            self._logging = True
+            yield
+        finally:
+            self._logging = False
+            for logger in opened:
+                logger.close()
+
+    def _active_loggers(self) -> list[Logger]:
+        return self.loggers if self._logging else []
 
     def _periodic(self, end: int) -> None:
         """Evaluations, pictures and checkpoints due at this step (the final ones are written by ``fit``)."""
@@ -389,7 +450,10 @@ class Trainer:
         where = checkpoint.path
         for name, module in self._stateful().items():
             if name.startswith("ema_") and ckpt.network_prefix(checkpoint.tensors["model"], name) is None:
-                continue  # a moving average the run did not keep yet (train.ema changed): it starts from here
+                # a moving average the run did not keep yet (train.ema changed): it starts from the restored
+                # weights (not this trainer's initial ones: model() and checkpoints use it before any update)
+                module.module.load_state_dict(self.nets[name.removeprefix("ema_")].state_dict())  # type: ignore
+                continue
             ckpt.load_module_state(module, name, checkpoint.tensors["model"], where)
         opts = checkpoint.state["optimizers"]
         try:
@@ -441,7 +505,10 @@ class Trainer:
 
     # -- outputs -------------------------------------------------------------------------------------------
     def model(self) -> TrainedModel:
-        """The trained model, through its game (with ``train.ema``, the averaged networks)."""
+        """The trained model, through its game: with ``train.ema`` the averaged networks (what sample pictures,
+        evaluations, checkpoints' users and ``load_run`` use), else the live ones. Its ``sample``, ``encode`` and
+        ``reconstruct`` run in eval mode without gradients and leave the networks' modes as they were; the
+        averaged networks follow training (take a ``copy.deepcopy`` to keep a snapshot)."""
         nets = Networks(self.nets.prior, {name: self.ema[name].module if name in self.ema else m
                                           for name, m in self.nets.items()})
         nets.frozen = set(self.nets.frozen)
@@ -459,12 +526,18 @@ class Trainer:
             self._fixed = (z, y)
         return self._fixed
 
-    def _save_samples(self) -> None:
+    def _save_samples(self, fork_rng: bool = False) -> None:
+        """The fixed-noise picture of this step, to samples/ and the loggers. ``fork_rng``: leave the RNG as it was
+        (a picture that only some runs draw, e.g. where one stops, must not change what follows on resume)."""
         assert self.run is not None
         z, y = self.fixed_inputs()
         model = self.model()
-        evaluate_pictures = {"samples": _Pictures(z, y, self.run.samples / f"step_{self.step:07d}.png")}
-        evaluate(model, evaluate_pictures, self.data, self.run.path)
+        path = self.run.samples / f"step_{self.step:07d}.png"
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=fork_rng):
+            evaluate(model, {"samples": _Pictures(z, y, path)}, self.data, self.run.path)
+        for logger in self._active_loggers():
+            logger.log_image(self.step, "samples", path)
 
     def evaluate(self, evaluators: Mapping[str, Evaluator] | None = None, final: bool = True) -> dict[str, Any]:
         """Run the evaluators on the trained model: the final ones go to eval.json, periodic ones to
@@ -474,11 +547,10 @@ class Trainer:
             return {}
         out_dir = self.run.path if self.run is not None else Path.cwd()
         results = evaluate(self.model(), evaluators, self.data, out_dir)
-        if self.run is not None:
-            if final:
-                self.run.write_eval(results)
-            else:
-                self.run.append_evals({"step": self.step, **results})
+        if self.run is not None and final:
+            self.run.write_eval(results)
+        for logger in self._active_loggers():
+            logger.log_evaluation(self.step, results, final)
         return results
 
 
@@ -492,6 +564,10 @@ class _Pictures(Evaluator):
         x = model.sample(z=self.z, y=self.y)
         save_samples(x, self.path)
         return {}
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player

@@ -17,7 +17,7 @@ from conftest import RECIPES, ROOT, TINY, TINY_ENCODER
 DOCS = ROOT / "docs"
 
 #: How many ```python blocks each doc has; every one of them is run by a test below.
-PYTHON_BLOCKS = {"library.md": 3, "plugins.md": 4}
+PYTHON_BLOCKS = {"library.md": 4, "plugins.md": 4}
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -82,6 +82,19 @@ def test_library_conditional_run(recipes_here, capsys):
     run = namespace["run"]
     assert run.condition.kind == "classes" and run.condition.dim == 25
     assert namespace["x"].shape == namespace["x_rec"].shape == (200, 2)
+
+
+def test_library_runs_reload(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = python_blocks(DOCS / "library.md")[3]
+    code = code.replace("steps=2000", "steps=6, log_every=3, sample_every=4, progress='none', threads=1")
+    code = code.replace('"mixture25")', '"mixture25", None, samples=500)')
+    exec(compile(code, "library.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert "cannot rebuild by name: critic (builtins.MyCritic, not made by advinf.create)" in out[0]
+    assert out[1] == "6 None"
+    assert (tmp_path / "runs" / "by_name" / "recipe.toml").is_file()
+    assert (tmp_path / "runs" / "own" / "library.json").is_file()
 
 
 # -- docs/plugins.md -------------------------------------------------------------------------------------

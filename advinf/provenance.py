@@ -1,0 +1,103 @@
+"""What a library run was built from: components made by name (``advinf.create``) remember their registered kind,
+name and options, so that a ``Trainer`` used without a recipe can still write one, the recipe ``load_run``
+rebuilds the run from. A run with a component made otherwise (a user's own module) cannot be described so; it is
+loaded with its modules given again (``load_run(RUN, nets=..., game=...)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from advinf.interfaces import WELL_KNOWN, Evaluator, Game, Logger, Networks
+from advinf.settings import OptimizerSpec, TrainSpec
+
+_ATTRIBUTE = "_advinf_origin"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A component's registered kind and name, and the options it was made with (as a recipe section holds them)."""
+
+    kind: str
+    name: str
+    options: dict[str, Any]
+
+
+def mark(component: object, origin: Origin) -> None:
+    """Remember where ``component`` came from (nothing happens for an object that takes no attributes)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(component, _ATTRIBUTE, origin)
+
+
+def origin_of(component: object) -> Origin | None:
+    return getattr(component, _ATTRIBUTE, None)
+
+
+def describe(component: object, label: str) -> str:
+    """How a component appears in messages: ``critic (mymodule.MyCritic, not made by advinf.create)``."""
+    cls = type(component)
+    return f"{label} ({cls.__module__}.{cls.__qualname__}, not made by advinf.create)"
+
+
+def run_name(directory: str) -> str:
+    """A recipe ``name`` for a run directory's name (``library`` when that is not a valid name)."""
+    return directory if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}", directory) else "library"
+
+
+def library_recipe(*, name: str, seed: int, nets: Networks, game: Game, data: object, train: TrainSpec,
+                   optimizer: OptimizerSpec, optimizers: Mapping[str, OptimizerSpec],
+                   evaluators: Mapping[str, Evaluator], eval_every: Mapping[str, int],
+                   loggers: list[Logger] | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The recipe of a library run, as a dict (``None`` if some component was not made by name) and the
+    components that were not (``describe``). Evaluators and loggers made otherwise are left out of the recipe: a
+    rebuilt run does not need them."""
+    missing: list[str] = []
+    recipe: dict[str, Any] = {"name": name, "seed": seed}
+
+    def section(component: object, label: str, kind: str) -> dict[str, Any] | None:
+        origin = origin_of(component)
+        if origin is None or origin.kind != kind:
+            missing.append(describe(component, label))
+            return None
+        return {"name": origin.name, **origin.options}
+
+    for label, component, kind in (("dataset", data, "dataset"), ("prior", nets.prior, "prior"),
+                                   ("game", game, "game")):
+        recipe[label] = section(component, label, kind)
+    networks: dict[str, Any] = {}
+    for net, module in nets.items():
+        origin = origin_of(module)
+        kind = origin.kind if origin is not None else "?"
+        table = section(module, net, kind if kind in WELL_KNOWN.values() else "network")
+        if table is None:
+            continue
+        if net in nets.frozen:
+            table["trainable"] = False
+        if WELL_KNOWN.get(net) == kind:
+            recipe[net] = table
+        else:
+            networks[net] = {**table, "kind": kind}
+    if networks:
+        recipe["networks"] = networks
+    recipe["evaluators"] = {}
+    for label, evaluator in evaluators.items():
+        origin = origin_of(evaluator)
+        if origin is not None and origin.kind == "evaluator" and origin.name == label:
+            every = eval_every.get(label, 0)
+            recipe["evaluators"][label] = {**({"every": every} if every else {}), **origin.options}
+    spec = train.model_dump(mode="json", exclude_none=True)
+    if loggers is not None:
+        named = [(origin_of(lg), lg) for lg in loggers]
+        spec["loggers"] = [o.name for o, _ in named if o is not None and o.kind == "logger"]
+        options = {o.name: o.options for o, _ in named if o is not None and o.kind == "logger" and o.options}
+        if options:
+            recipe["loggers"] = options
+    recipe["train"] = spec
+    recipe["optimizer"] = optimizer.as_table()
+    if optimizers:
+        recipe["optimizers"] = {p: {**o.as_table(), "inherit": False} for p, o in optimizers.items()}
+    return (None if missing else recipe), missing

@@ -1,0 +1,114 @@
+"""A Trainer used from Python writes what load_run needs; trainer.model() and load_run agree about the moving
+average."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES, TINY, TINY_ENCODER
+
+import advinf
+from advinf import Networks, Trainer, TrainSpec
+from advinf.cli import cli
+from advinf.errors import UserError
+
+
+class OwnCritic(advinf.JointCritic):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    def forward(self, x, z, y=None):
+        return self.net(torch.cat([x, z], 1)).squeeze(1)
+
+
+def parts():
+    data = advinf.create("dataset", "mixture25", None, samples=512, heldout=128)
+    prior = advinf.create("prior", "gaussian", None, dim=2)
+    return data, prior, advinf.BuildContext(dataset=data, prior=prior)
+
+
+def networks(ctx, critic=None):
+    return Networks(ctx.prior, encoder=advinf.create("encoder", "toy_encoder", ctx, hidden=16),
+                    decoder=advinf.create("decoder", "toy_decoder", ctx, hidden=16),
+                    critic=critic or advinf.create("critic", "toy_critic", ctx, hidden=8))
+
+
+SPEC = TrainSpec(steps=12, batch_size=32, log_every=4, sample_every=5, ema=0.9, progress="none", threads=1)
+
+
+def agree(a: advinf.TrainedModel, b: advinf.TrainedModel, x: torch.Tensor) -> None:
+    """The same samples, codes and reconstructions (the toy encoder draws its noise: same seed for both)."""
+    z = a.prior_sample(16, seed=3)
+    assert torch.equal(a.sample(z=z), b.sample(z=z))
+    for use in ("encode", "reconstruct"):
+        outs = []
+        for model in (a, b):
+            torch.manual_seed(5)
+            out = getattr(model, use)(x)
+            outs.append(out if use == "reconstruct" else out.mean)
+        assert torch.equal(*outs), use
+
+
+def test_a_run_of_components_made_by_name_reloads_from_the_recipe_it_wrote(tmp_path):
+    data, _, ctx = parts()
+    out = tmp_path / "lib"
+    evaluators = {"mode_coverage": advinf.create("evaluator", "mode_coverage", ctx, samples=200, plot=False)}
+    trainer = Trainer(networks(ctx), advinf.create("game", "ali", None, divergence="minimax"), data, train=SPEC,
+                      evaluators=evaluators, eval_every={"mode_coverage": 6}, run_dir=out, seed=7)
+    trainer.fit()
+    run = advinf.load_run(out)
+    spec = run.recipe.spec
+    assert (spec.name, spec.seed, spec.game.name, spec.train.ema, spec.train.steps) == ("lib", 7, "ali", 0.9, 12)
+    assert run.recipe.options["game"].divergence == "minimax" and run.recipe.options["encoder"].hidden == 16
+    assert run.recipe.eval_every == {"mode_coverage": 6} and run.dataset.train.x.shape[0] == 512
+    x = data.heldout.x[:32]
+    agree(trainer.model(), run, x)  # both the moving average ...
+    live = advinf.TrainedModel(trainer.nets, trainer.game, trainer.device)
+    z = run.prior_sample(16, seed=3)
+    assert not torch.equal(live.sample(z=z), run.sample(z=z))  # ... which is not the live decoder
+    # the commands work on it, and it resumes like a recipe's run
+    res = CliRunner().invoke(cli, ["sample", str(out), "--count", "16", "--out", str(tmp_path / "s.png")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out), "--set", "train.steps=16", "--allow-changes",
+                                   "--progress", "none"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [4, 8, 12, 16]
+
+
+def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path):
+    data, _, ctx = parts()
+    out = tmp_path / "own"
+    trainer = Trainer(networks(ctx, OwnCritic()), advinf.create("game", "ali"), data, train=SPEC, run_dir=out)
+    trainer.fit()
+    assert not (out / "recipe.toml").exists()
+    with pytest.raises(UserError, match=r"cannot rebuild by name: critic \(test_library_runs.OwnCritic, not made by "
+                                        r"advinf.create\)\. Load it into the same kind of modules"):
+        advinf.load_run(out)
+    run = advinf.load_run(out, nets=networks(ctx, OwnCritic()), game=advinf.create("game", "ali"), device="cpu")
+    assert run.step == 12 and run.recipe is None and not run.critic.training
+    agree(trainer.model(), run, data.heldout.x[:32])
+    assert torch.equal(run.critic.net[0].weight, trainer.nets.critic.net[0].weight)  # the critic: not averaged
+    renamed = Networks(ctx.prior, encoder=networks(ctx).encoder, decoder=networks(ctx).decoder, judge=OwnCritic())
+    with pytest.raises(UserError, match=r"holds no network 'judge' \(it holds: critic, decoder, encoder\)"):
+        advinf.load_run(out, nets=renamed, game=advinf.create("game", "ali"))
+    with pytest.raises(UserError, match="needs both the networks and the game"):
+        advinf.load_run(out, nets=networks(ctx, OwnCritic()))
+
+
+def test_a_moving_average_enabled_on_resume_starts_from_the_restored_weights(tmp_path):
+    """Before its first update the new average is the restored network, in trainer.model(), in the checkpoint and
+    in load_run (not the weights the trainer was built with)."""
+    out = tmp_path / "run"
+    overrides = [*TINY, *TINY_ENCODER, "train.ema=0"]  # no average (the recipe keeps one)
+    advinf.run_recipe(RECIPES / "ali_mixture25.toml", out=out, overrides=overrides, stop_after=20)
+    before = advinf.load_run(out)
+    outcome = advinf.run_recipe(None, out=out, resume=True, allow_changes=True, stop_after=20,
+                                overrides=["train.ema=0.9", "train.progress=none"])
+    assert outcome.result.steps == 0
+    x = before.dataset.heldout.x[:64]
+    agree(outcome.trainer.model(), before, x)
+    agree(advinf.load_run(out), before, x)
