@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,3 +504,18 @@ class BuildContext:
     @property
     def sample_shape(self) -> tuple[int, ...] | None:
         return None if self.dataset is None else self.dataset.sample_shape
+
+
+def flat_latent_dim(ctx: BuildContext | None, z_dim: int | None, what: str) -> int:
+    """The latent dimensions of a network that takes z of shape (dim,) or (dim, 1, 1): ``z_dim`` when given
+    (checked against the prior's), else the prior's. A UserError naming the network (``what``) when the prior's
+    latent is not flat, disagrees, or neither gives one."""
+    latent = getattr(ctx, "latent_shape", None)
+    if latent is not None and math.prod(latent) != latent[0]:
+        raise UserError(f"{what} needs a latent of shape (dim,) or (dim, 1, 1), but the prior gives {tuple(latent)}")
+    dim = z_dim or (latent[0] if latent is not None else None)
+    if dim is None:
+        raise UserError(f"{what}: give z_dim, or build it from a recipe with a prior")
+    if latent is not None and latent[0] != dim:
+        raise UserError(f"{what}: z_dim = {dim}, but the prior has dim = {latent[0]}")
+    return dim

@@ -59,6 +59,7 @@ from advinf import (
     hookimpl,
 )
 from advinf.conditions import embedding_for, with_condition
+from advinf.interfaces import flat_latent_dim
 
 #: How many of the encoder's last hidden BN outputs go into ``posterior.features`` (as the paper's SVHN encoder).
 FEATURE_LAYERS = 3
@@ -342,7 +343,6 @@ class DigitsCritic(JointCritic):
 def _shapes(o: _Options, ctx, what: str) -> tuple[int, int, int]:
     """(channels, size, z_dim) from the options, else the dataset and prior; checks they fit."""
     sample = getattr(ctx, "sample_shape", None)
-    latent = getattr(ctx, "latent_shape", None)
     if sample is not None and (len(sample) != 3 or sample[1] != sample[2]):
         raise UserError(f"{what} works on square images (C, S, S), but the dataset's examples have shape "
                         f"{tuple(sample)}")
@@ -351,14 +351,7 @@ def _shapes(o: _Options, ctx, what: str) -> tuple[int, int, int]:
     if sample is not None and (sample[0], sample[1]) != (channels, size):
         raise UserError(f"{what}: channels = {channels} and size = {size}, but the dataset's images are "
                         f"{tuple(sample)}")
-    if latent is not None and math.prod(latent) != latent[0]:
-        raise UserError(f"{what} needs a latent of shape (dim,) or (dim, 1, 1), but the prior gives {tuple(latent)}")
-    z_dim = o.z_dim or (latent[0] if latent is not None else None)
-    if z_dim is None:
-        raise UserError(f"{what}: give z_dim, or build it from a recipe with a prior")
-    if latent is not None and latent[0] != z_dim:
-        raise UserError(f"{what}: z_dim = {z_dim}, but the prior has dim = {latent[0]}")
-    return channels, size, z_dim
+    return channels, size, flat_latent_dim(ctx, o.z_dim, what)
 
 
 def digits_encoder(options: EncoderOptions, ctx) -> Encoder:

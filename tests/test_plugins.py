@@ -17,7 +17,7 @@ from advinf import hookspecs
 from advinf.errors import PluginError, UserError
 from advinf.plugins import PluginHost
 
-BUILTIN = {"games", "baselines", "priors", "toy_networks", "mixture", "mode_coverage"}
+BUILTIN = {"games", "baselines", "priors", "toy_networks", "mixture", "mode_coverage", "bigan_networks"}
 
 
 def make_dist(root: Path, dist: str, plugins: dict[str, str], modules: dict[str, str]) -> Path:
@@ -84,7 +84,8 @@ def test_builtins_load_through_entry_points():
     host = PluginHost(strict=True, disabled=set())
     host.load_entry_points()
     assert set(host.plugins) >= BUILTIN
-    assert host.names("game") == ["ali", "alice", "bigan", "conditional_ali", "gan", "inverse_mapping", "vae"]
+    assert host.names("game") == ["ali", "ali_semisup", "alice", "bigan", "conditional_ali", "gan", "inverse_mapping",
+                                  "vae"]
     assert host.plugins["games"].version == advinf.__version__
     assert host.get("game", "ali").plugin == "games"
 
