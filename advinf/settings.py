@@ -153,6 +153,8 @@ class TrainSpec(BaseModel):
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="on a non-finite loss or gradient: stop the run, or skip the update (one sync a step)")
     compile: bool = False
+    cuda_graph: bool = Field(False, description="CUDA only: record the whole training step (forwards, backwards, "
+                             "optimiser steps, moving average) as a CUDA graph once and replay it every step")
     autocast: Literal["none", "bf16"] = "none"
     channels_last: bool = False
     progress: Literal["auto", "bar", "lines", "none"] = "auto"

@@ -23,7 +23,7 @@ import copy
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,13 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from advinf import checkpoint as ckpt
 from advinf.batches import BatchSource
+from advinf.capture import CapturedStep
 from advinf.conditions import Condition, example_conditions
 from advinf.data import Dataset
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.interfaces import Evaluator, Game, GameLosses, Logger, Networks, Player, TrainedModel, check_networks
+from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Logger, Networks, Player, TrainedModel, check_networks
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
@@ -119,8 +120,10 @@ class Trainer:
                             f"{', '.join(p.name for p in self.players)}")
         fused = self.device.type in ("cuda", "cpu")  # fused Adam: 12% faster per toy step on CPU, too
         self._optimizer_specs = {p.name: overrides.get(p.name, default) for p in self.players}
+        self._check_cuda_graph()
         self.optimizers = {p.name: _build_optimizer(self._optimizer_specs[p.name], self._param_list[p.name],
-                                                    fused, p) for p in self.players}
+                                                    fused, p, capturable=self.spec.cuda_graph)
+                           for p in self.players}
         self.batches = BatchSource(self.data, self.spec.batch_size, self.device, seed, game.streams,
                                    rank=rank, world_size=world_size,
                                    channels_last=self.spec.channels_last and images)
@@ -129,7 +132,8 @@ class Trainer:
         self._start_schedules(at_step=0)
         self.step = 0
         self.skipped = 0
-        self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+        self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                         cache_enabled=not self.spec.cuda_graph)  # a graph must not hold casts
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
         self._trial()  # before the run directory is touched
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
@@ -147,6 +151,11 @@ class Trainer:
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
+        self._step_count = torch.zeros((), dtype=torch.long, device=self.device)  # = self.step, on the device
+        forwards = (self.spec.critic_steps * any(p.role == "critic" for p in self.players)
+                    + any(p.role != "critic" for p in self.players)) if self.spec.update == "alternating" else 1
+        self._captured = CapturedStep(self._step_on, self.batches.next, forwards, self.device) \
+            if self.spec.cuda_graph else None
 
     def _library_run(self, data: Dataset, optimizer: OptimizerSpec, optimizers: dict[str, OptimizerSpec],
                      loggers: Sequence[Logger] | None, write: bool) -> dict[str, Any] | None:
@@ -200,9 +209,9 @@ class Trainer:
             raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
         return out
 
-    def _forward(self) -> GameLosses:
+    def _forward(self, next_batch: Callable[[], Batch]) -> GameLosses:
         with self._autocast:
-            return self._checked(self._losses(self.nets, self.batches.next()))
+            return self._checked(self._losses(self.nets, next_batch()))
 
     def _update(self, out: GameLosses, players: tuple[Player, ...]) -> bool:
         """Each player's gradient of its own loss (all at the current parameters), then every step."""
@@ -220,24 +229,44 @@ class Trainer:
         return True
 
     def train_step(self) -> GameLosses:
-        """One update under the recipe's scheme; returns the (last) losses."""
+        """One update under the recipe's scheme (replayed from a CUDA graph with ``train.cuda_graph``); returns
+        the (last) losses."""
+        out = self._captured() if self._captured is not None else self._step_on(self.batches.next)
+        self._step_schedules()
+        return out
+
+    def _step_on(self, next_batch: Callable[[], Batch]) -> GameLosses:
+        """The update on the batches ``next_batch()`` gives, one per forward pass; nothing read on the host."""
+        self._step_count += 1
         if self.spec.update == "simultaneous":
-            out = self._forward()
+            out = self._forward(next_batch)
             if self._update(out, self.players):
                 self._update_ema()
-            self._step_schedules()
             return out
         critics = tuple(p for p in self.players if p.role == "critic")
         generators = tuple(p for p in self.players if p.role != "critic")
         for _ in range(self.spec.critic_steps if critics else 0):
-            out = self._forward()
+            out = self._forward(next_batch)
             self._update(out, critics)
         if generators:
-            out = self._forward()
+            out = self._forward(next_batch)
             if self._update(out, generators):
                 self._update_ema()
-        self._step_schedules()
         return out
+
+    def _check_cuda_graph(self) -> None:
+        """``train.cuda_graph`` needs CUDA and a step that decides nothing on the host."""
+        if not self.spec.cuda_graph:
+            return
+        why = ('train.nonfinite = "skip" decides on the host whether to apply each update'
+               if self.spec.nonfinite == "skip" else
+               "train.compile compiles the losses on its own; use one of the two"
+               if self.spec.compile else
+               "a learning-rate schedule changes the rate on the host each step"
+               if any(spec.schedule is not None for spec in self._optimizer_specs.values()) else
+               "it needs a CUDA device (train.device)" if self.device.type != "cuda" else None)
+        if why is not None:
+            raise UserError(f"train.cuda_graph = true cannot be used here: {why}")
 
     def _step_schedules(self) -> None:
         for scheduler in self.schedulers.values():
@@ -290,8 +319,8 @@ class Trainer:
                 return False
             return True
         newly = (~finite) & (self._bad_step < 0)
-        self._bad_step = torch.where(newly, self.step + 1, self._bad_step)  # a host int: no sync
-        self._bad_losses = torch.where(newly, losses, self._bad_losses)
+        self._bad_step.copy_(torch.where(newly, self._step_count, self._bad_step))  # in place: a graph reads it
+        self._bad_losses.copy_(torch.where(newly, losses, self._bad_losses))
         return True
 
     def _check_diverged(self, parameters: bool = False) -> None:
@@ -476,6 +505,7 @@ class Trainer:
             raise UserError(f"{where} cannot be restored ({type(exc).__name__}: {str(exc)[:200]}); delete it to "
                             "resume from an older checkpoint") from None
         self.step, self.skipped = checkpoint.step, int(checkpoint.state.get("skipped", 0))
+        self._step_count.fill_(self.step)
         if fresh:  # schedules the checkpoint has no state of: as if they had run from step 0
             self._start_schedules(at_step=self.step)
         self._rng_restored = True
@@ -570,9 +600,12 @@ def _qualname(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player
-                     ) -> torch.optim.Optimizer:
-    extra = {"fused": True} if fused and spec.name in ("adam", "adamw") and "fused" not in spec.options else {}
+def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player,
+                     capturable: bool = False) -> torch.optim.Optimizer:
+    extra: dict[str, Any] = ({"fused": True} if fused and spec.name in ("adam", "adamw")
+                             and "fused" not in spec.options else {})
+    if capturable and spec.name in ("adam", "adamw", "rmsprop"):
+        extra["capturable"] = True  # step counts on the device, as a recorded graph needs
     if not params:
         raise UserError(f"player '{player.name}' has no trainable parameters (its networks "
                         f"{', '.join(player.networks)} are frozen or absent)")

@@ -1,5 +1,6 @@
 """GPU checks (marked ``gpu``; skipped cleanly without CUDA): the paper recipe and the toy recipe on CUDA with
-the speed options, a checkpoint written on the GPU and resumed."""
+the speed options, a checkpoint written on the GPU and resumed, the recorded step (train.cuda_graph) against the
+eager one, and no host synchronisation in the loop."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def sets(items):
     return [a for item in items for a in ("--set", item)]
 
 
-@pytest.mark.parametrize("speed", [[], ["train.autocast=bf16", "train.channels_last=true"], ["train.compile=true"]])
+@pytest.mark.parametrize("speed", [[], ["train.autocast=bf16", "train.channels_last=true"], ["train.compile=true"],
+                                   ["train.cuda_graph=true", "train.autocast=bf16", "train.channels_last=true"]])
 def test_svhn_recipe_on_cuda(tmp_path, speed):
     write_svhn(tmp_path / "svhn", {"extra": 64, "test": 16})
     out = tmp_path / "run"
@@ -45,3 +47,45 @@ def test_toy_recipe_on_cuda(tmp_path):
                                    *sets(TINY + TINY_ENCODER + ["train.device=cuda"])])
     assert res.exit_code == 0, res.output
     assert "modes_covered" in json.loads(res.output)["mode_coverage"]
+
+
+def _toy_trainer(**spec):
+    from test_train import tiny_data, tiny_nets
+
+    from advinf_plugins.games import JointGame, JointGameOptions
+
+    train = advinf.TrainSpec(steps=20, batch_size=32, ema=0.9, progress="none", sample_every=0, log_every=10,
+                             device="cuda", **spec)
+    return advinf.Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=train,
+                          optimizer=advinf.OptimizerSpec(lr=1e-3))
+
+
+@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
+def test_the_recorded_step_trains_as_the_eager_one(update):
+    """train.cuda_graph: the step recorded once and replayed gives the eager step's parameters (CUDA graphs
+    draw the same Philox random numbers as eager kernels), and the replays really come from one graph."""
+    eager, graph = _toy_trainer(update=update), _toy_trainer(update=update, cuda_graph=True)
+    for t in (eager, graph):
+        torch.manual_seed(0)
+        t.fit()
+    assert graph._captured is not None and graph._captured.calls == 20 and graph._captured._replay is not None
+    for name in ("encoder", "decoder", "critic"):
+        a, b = eager.nets[name].state_dict(), graph.nets[name].state_dict()
+        for k, v in a.items():
+            torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_no_host_synchronisation_inside_the_loop(cuda_graph):
+    """Between log intervals the step never waits for the GPU: any synchronising call raises."""
+    trainer = _toy_trainer(cuda_graph=cuda_graph)
+    for _ in range(5):  # warm-up and recording (the recorded step allocates, which may synchronise)
+        trainer.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(trainer._losses_vector(trainer.train_step())).all()

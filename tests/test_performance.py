@@ -11,7 +11,8 @@ from test_train import tiny_data, tiny_nets
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from advinf import OptimizerSpec, Trainer, TrainSpec
+from advinf import OptimizerSpec, Trainer, TrainSpec, UserError
+from advinf.capture import CapturedStep, eager_record
 from advinf.ema import MovingAverage
 from advinf_plugins.games import JointGame, JointGameOptions
 
@@ -105,3 +106,49 @@ def test_the_loop_reads_values_back_only_at_log_intervals(update):
     assert result.steps == 12
     assert reads, "the spy saw nothing: the log lines must read the losses"
     assert {step for step, _ in reads} <= {4, 8, 12}, sorted(set(reads))
+
+
+def _trainer(update: str = "simultaneous", **spec) -> Trainer:
+    train = TrainSpec(steps=12, batch_size=32, update=update, critic_steps=2, ema=0.9, progress="none",
+                      sample_every=0, threads=1, **spec)
+    return Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=train,
+                   optimizer=OptimizerSpec(lr=1e-3), device="cpu")
+
+
+@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
+def test_a_replayed_step_reads_each_step_s_own_batches(update):
+    """The plumbing around the CUDA graph, on CPU: warm-up steps, then the step "recorded" once and replayed on
+    static batch buffers refilled each step. eager_record replays by running the step again on those buffers,
+    so any batch copied wrongly, drawn out of order or missing shows as different parameters."""
+    plain, replayed = _trainer(update), _trainer(update)
+    forwards = 3 if update == "alternating" else 1
+    replayed._captured = CapturedStep(replayed._step_on, replayed.batches.next, forwards, replayed.device,
+                                      warmup=2, record=eager_record)
+    torch.manual_seed(0)
+    plain.fit()
+    torch.manual_seed(0)
+    replayed.fit()
+    assert replayed._captured.calls == 12 and len(replayed._captured.static) == forwards
+    for name in ("encoder", "decoder", "critic"):
+        a, b = plain.nets[name].state_dict(), replayed.nets[name].state_dict()
+        assert all(torch.equal(v, b[k]) for k, v in a.items()), name
+    assert all(torch.equal(v, replayed.ema["decoder"].state_dict()[k])
+               for k, v in plain.ema["decoder"].state_dict().items())
+
+
+def test_a_step_that_draws_more_batches_than_recorded_fails_loudly():
+    trainer = _trainer()
+    trainer._captured = CapturedStep(trainer._step_on, trainer.batches.next, 0, trainer.device, warmup=0,
+                                     record=eager_record)
+    with pytest.raises(StopIteration):
+        trainer.train_step()
+
+
+@pytest.mark.parametrize(("spec", "why"), [
+    ({}, "needs a CUDA device"),
+    ({"nonfinite": "skip"}, "decides on the host"),
+    ({"compile": True}, "use one of the two"),
+])
+def test_cuda_graph_refuses_what_it_cannot_record(spec, why):
+    with pytest.raises(UserError, match=why):
+        _trainer(cuda_graph=True, **spec)
