@@ -104,6 +104,8 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
     outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
                          overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo)
     result, trainer = outcome.result, outcome.trainer
+    if trainer.rank != 0:
+        return  # under torchrun, rank 0 reports (and writes) for every rank
     rate = result.steps / result.seconds if result.seconds > 0 else float("nan")
     _echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
           f"at step {trainer.step} of {trainer.total_steps}")

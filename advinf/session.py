@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from advinf import checkpoint as ckpt
+from advinf import distributed
 from advinf.build import build
 from advinf.errors import UserError
 from advinf.plugins import PluginHost, default_host
@@ -99,35 +100,52 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
                             f"\"{out_dir}\" in the network sections to keep the weights")
     if out_dir is None:
         out_dir = default_run_dir(rec.spec.name)
-    created = prepare_target(out_dir, resume=resume)  # before the (possibly slow) build
+    # under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone writes and logs
+    world = distributed.init_from_environment(rec.spec.train.device, rec.spec.train.dist_backend)
     try:
-        trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log)
-    except BaseException:
-        if created:
-            remove_if_empty(out_dir)  # a failed start leaves nothing behind
-        raise
-    resumed_from = trainer.step if checkpoint is not None else None
-    if checkpoint is not None and allow_changes:
-        applied = [k for k in changes if k.startswith("optimizer")]
-        trainer.apply_optimizer_settings()
-        if applied:
-            log(f"applied the changed optimiser settings: {', '.join(applied)}")
-    result = trainer.fit(stop_after=stop_after)
+        main = world is None or world.main
+        if not main:
+            log = _silent
+        created = prepare_target(out_dir, resume=resume) if main else False  # before the (possibly slow) build
+        try:
+            trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world)
+        except BaseException:
+            if created:
+                remove_if_empty(out_dir)  # a failed start leaves nothing behind
+            raise
+        resumed_from = trainer.step if checkpoint is not None else None
+        if checkpoint is not None and allow_changes:
+            applied = [k for k in changes if k.startswith("optimizer")]
+            trainer.apply_optimizer_settings()
+            if applied:
+                log(f"applied the changed optimiser settings: {', '.join(applied)}")
+        result = trainer.fit(stop_after=stop_after)
+    finally:
+        distributed.shutdown(world)
     return RunOutcome(out_dir, rec, trainer, result, resumed_from)
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoint: ckpt.Checkpoint | None,
-           allow_changes: bool, log: Callable[[str], None]) -> Trainer:
-    """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given."""
+           allow_changes: bool, log: Callable[[str], None], world: distributed.World | None = None) -> Trainer:
+    """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given. In a
+    data-parallel ``world``, ranks other than 0 train without a run directory or evaluators."""
     built = build(rec, host=host, init=checkpoint is None)
     spec = rec.spec
+    main = world is None or world.main
+    device = built.device if world is None else distributed.rank_device(built.device, world.local_rank)
     trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
-                      optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
-                      run_dir=out_dir, seed=spec.seed, device=built.device, recipe=rec.resolved(out_dir),
-                      resume=resume, condition=built.condition, loggers=built.loggers)
-    assert trainer.run is not None
+                      optimizers=rec.optimizers, evaluators=built.evaluators if main else {},
+                      eval_every=rec.eval_every, run_dir=out_dir if main else None, seed=spec.seed, device=device,
+                      recipe=rec.resolved(out_dir), resume=resume, condition=built.condition, loggers=built.loggers,
+                      rank=world.rank if world else 0, world_size=world.world_size if world else 1)
     if checkpoint is not None:
         trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing
+    if trainer.run is None:
+        return trainer
     if checkpoint is None or allow_changes:
         trainer.run.write_recipe(rec.to_toml(out_dir))
     if checkpoint is not None:

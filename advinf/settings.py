@@ -160,6 +160,10 @@ class TrainSpec(BaseModel):
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     loggers: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics go: registered "
                                "loggers by name (jsonl: metrics.jsonl and evals.jsonl; csv; tensorboard; ...)")
+    dist_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend under torchrun: nccl on CUDA, gloo on CPU when 'auto'")
+    sync_batch_norm: bool = Field(False, description="under torchrun: batch norm statistics over the global "
+                                  "batch (SyncBatchNorm, CUDA only) instead of each rank's shard")
 
     @field_validator("device")
     @classmethod

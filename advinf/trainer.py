@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from advinf import checkpoint as ckpt
+from advinf import distributed
 from advinf.batches import BatchSource
 from advinf.capture import CapturedStep
 from advinf.conditions import Condition, example_conditions
@@ -81,6 +82,11 @@ class Trainer:
     evaluators every N steps as well as at the end (by name).
     ``loggers`` receive the metrics, evaluations and sample pictures of a run with a ``run_dir`` (default: a
     ``JsonlLogger``, the run directory's metrics.jsonl and evals.jsonl); only rank 0 logs.
+
+    With ``world_size`` > 1 (torch.distributed initialised, one trainer per rank) it trains data-parallel: each
+    rank draws its own shard and noise, gradients are averaged over the ranks (``advinf.distributed``), the
+    networks start from rank 0's values; give ``run_dir`` (and evaluators) to rank 0 only: every rank takes part
+    in a checkpoint (their RNG states go into it), rank 0 writes it.
     """
 
     def __init__(self, nets: Networks, game: Game, data: Dataset, *, train: TrainSpec | None = None,
@@ -104,9 +110,23 @@ class Trainer:
         if game.conditioned and condition is None:
             raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
         check_networks(game, nets)
+        if self.spec.sync_batch_norm and world_size > 1:
+            if self.device.type == "cpu":
+                raise UserError("train.sync_batch_norm needs CUDA devices (torch's SyncBatchNorm does not run on "
+                                "CPU); set it to false for a data-parallel run on CPU")
+            for name in list(nets):
+                nets[name] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(nets[name])
         images = len(data.sample_shape) == 3
         nets.to(self.device, channels_last=self.spec.channels_last and images)
         self.data = data.to(self.device)
+        self.world_size = world_size
+        self._averager: distributed.GradientAverager | None = None
+        if world_size > 1:
+            if not torch.distributed.is_initialized() or torch.distributed.get_world_size() != world_size:
+                raise UserError(f"world_size = {world_size} needs an initialised process group of that size "
+                                "(advinf.distributed.init_from_environment, under torchrun)")
+            self._averager = distributed.GradientAverager(world_size)
+            distributed.broadcast_(t for m in nets.values() for t in [*m.parameters(), *m.buffers()])
         self.evaluators = dict(evaluators or {})
         self.eval_every = {name: n for name, n in (eval_every or {}).items() if n}
         self.players = tuple(game.players)
@@ -148,6 +168,7 @@ class Trainer:
         self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
         self._stop_signal: str | None = None
+        self._agreed_stop: str | None = None
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
@@ -219,6 +240,8 @@ class Trainer:
         for i, p in enumerate(players):
             grads.append(torch.autograd.grad(out.losses[p.name], self._param_list[p.name],
                                              retain_graph=i < len(players) - 1, allow_unused=True))
+        if self._averager is not None:
+            self._averager(g for gs in grads for g in gs)  # the same averaged gradients on every rank
         if not self._guard(out, [g for gs in grads for g in gs]):
             return False
         for p, gs in zip(players, grads, strict=True):
@@ -345,7 +368,7 @@ class Trainer:
         """Train until ``train.steps`` (or step ``stop_after``), checkpointing on the way; then evaluate."""
         end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
         if not self._rng_restored:
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.seed if self.rank == 0 else self.seed + 1_000_003 * self.rank)  # own noise
         self.nets.train(True)
         progress = ProgressReporter(self.total_steps, self.spec.progress if self.rank == 0 else "none",
                                     start=self.step, batch_size=self.spec.batch_size)
@@ -360,7 +383,7 @@ class Trainer:
                 if self.run is not None and self.spec.sample_every and self.step == 0:
                     self._save_samples()
                 try:
-                    while self.step < end and self._stop_signal is None:
+                    while self.step < end and self._stopping() is None:
                         out = self.train_step()
                         self.step += 1
                         progress.advance(self.step)  # host values only: the step counter and the clock
@@ -373,10 +396,15 @@ class Trainer:
                         count += 1
                         if self.step % self.spec.log_every == 0 or self.step == end:
                             now = time.perf_counter()
+                            if self.world_size > 1:  # the mean over the ranks; any rank's divergence stops all
+                                distributed.mean_(acc)
+                                distributed.max_(self._bad_step)
+                                self._agree_on_stop()
                             values = (acc / count).tolist()  # the one host sync per log interval
                             last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
                                     **dict(zip(keys, values, strict=True)),
-                                    "samples_per_s": count * self.spec.batch_size / max(now - t_log, 1e-9),
+                                    "samples_per_s": count * self.spec.batch_size * self.world_size
+                                    / max(now - t_log, 1e-9),
                                     "time": round(now - t_start, 3)}
                             if self.spec.nonfinite == "skip":
                                 last["skipped_steps"] = self.skipped
@@ -389,11 +417,12 @@ class Trainer:
                         self._periodic(end)
                 finally:
                     progress.close()
-                result.stopped = self._stop_signal or ("stop_after" if self.step < self.total_steps else None)
-                if self.run is not None:
-                    if self.spec.sample_every and self.step % self.spec.sample_every and self.step != start_step:
-                        self._save_samples(fork_rng=True)  # the last step's picture, whenever training ends
-                    result.checkpoint = self.save_checkpoint()
+                result.stopped = self._stopping() or ("stop_after" if self.step < self.total_steps else None)
+                if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every \
+                        and self.step != start_step:
+                    self._save_samples(fork_rng=True)  # the last step's picture, whenever training ends
+                if self.run is not None or self.world_size > 1:
+                    result.checkpoint = self._checkpoint()
             result.steps, result.seconds = self.step - start_step, time.perf_counter() - t_start
             result.last_metrics = last
             if result.stopped is None:
@@ -427,12 +456,24 @@ class Trainer:
                and self.step % self.eval_every[n] == 0 and self.step != self.total_steps}
         if due:
             self.evaluate(due, final=False)
-        if self.run is None:
+        if self.run is None and self.world_size == 1:
             return
-        if self.spec.sample_every and self.step % self.spec.sample_every == 0:
+        if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every == 0:
             self._save_samples()
         if self.spec.checkpoint_every and self.step % self.spec.checkpoint_every == 0 and self.step != end:
-            self.save_checkpoint()
+            self._checkpoint()
+
+    def _stopping(self) -> str | None:
+        """Why the loop ends now: a signal, seen at once; in a data-parallel run only once the ranks agreed
+        (at the next log step), so that all of them stop at the same step."""
+        return self._stop_signal if self.world_size == 1 else self._agreed_stop
+
+    def _agree_on_stop(self) -> None:
+        signals = ("SIGINT", "SIGTERM")
+        flag = torch.tensor([signals.index(self._stop_signal) + 1 if self._stop_signal else 0], device=self.device)
+        code = int(distributed.max_(flag))
+        if code:
+            self._agreed_stop = self._stop_signal = signals[code - 1]
 
     @contextlib.contextmanager
     def _signals(self):
@@ -454,7 +495,15 @@ class Trainer:
                 signal.signal(s, h)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    def _checkpoint(self) -> Path | None:
+        """A checkpoint, written by the trainer with a run directory; in a data-parallel run every rank calls
+        this at the same step: rank 0's checkpoint holds every rank's RNG state."""
+        ranks: list[dict[str, Tensor]] = []
+        if self.world_size > 1:
+            ranks = distributed.gather_states(ckpt.rng_state()[0], self.device)
+        return self.save_checkpoint(_ranks=ranks) if self.run is not None else None
+
+    def save_checkpoint(self, *, _ranks: list[dict[str, Tensor]] | None = None) -> Path:
         """Write the full training state into RUN/checkpoints/step_N (refused after a divergence)."""
         assert self.run is not None
         self._check_diverged(parameters=True)  # no checkpoint ever holds non-finite weights
@@ -465,8 +514,12 @@ class Trainer:
             tensors, metas[p.name] = ckpt.optimizer_state(self.optimizers[p.name], self._names(p), p.name)
             optim.update(tensors)
         t_rng, m_rng = ckpt.rng_state()
+        for r, tensors in enumerate(_ranks or []):
+            if r > 0:  # rank 0's are t_rng
+                t_rng.update({f"rank{r}.{k}": v for k, v in tensors.items()})
         state = {
             "epoch": self.batches.epoch, "sampler": self.batches.state(), "skipped": self.skipped,
+            "world_size": self.world_size,
             "optimizers": metas, "rng": m_rng, "recipe": self.recipe,
             "components": {name: c.state_dict() for name, c in self._components().items()},
             "versions": {"advinf": __version__, "torch": torch.__version__},
@@ -477,6 +530,11 @@ class Trainer:
     def restore(self, checkpoint: ckpt.Checkpoint) -> None:
         """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly."""
         where = checkpoint.path
+        saved_world = checkpoint.state.get("world_size", 1)
+        if saved_world != self.world_size:
+            raise UserError(f"{where} was written by a run of {saved_world} process(es) (its world size); resume it "
+                            f"with {saved_world} (torchrun --nproc-per-node; see docs/distributed.md), not "
+                            f"{self.world_size}: each rank's data shard and noise depend on the world size")
         for name, module in self._stateful().items():
             if name.startswith("ema_") and ckpt.network_prefix(checkpoint.tensors["model"], name) is None:
                 # a moving average the run did not keep yet (train.ema changed): it starts from the restored
@@ -492,7 +550,11 @@ class Trainer:
                                     f"has {', '.join(opts) or 'none'}); was it written by another game?")
                 ckpt.load_optimizer_state(self.optimizers[p.name], self._names(p), p.name,
                                           checkpoint.tensors["optim"], opts[p.name], where)
-            ckpt.load_rng_state(checkpoint.tensors["rng"], checkpoint.state["rng"])
+            rng = checkpoint.tensors["rng"]
+            if self.rank > 0:
+                prefix = f"rank{self.rank}."
+                rng = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+            ckpt.load_rng_state(rng, checkpoint.state["rng"])
             self.batches.load_state(checkpoint.state["sampler"])
             saved = checkpoint.state.get("components", {})
             for name, component in self._components().items():
