@@ -287,7 +287,8 @@ class Trainer:
                if self.spec.compile else
                "a learning-rate schedule changes the rate on the host each step"
                if any(spec.schedule is not None for spec in self._optimizer_specs.values()) else
-               "it needs a CUDA device (train.device)" if self.device.type != "cuda" else None)
+               "it needs a CUDA device (train.device)" if self.device.type != "cuda" else
+               "a data-parallel run's gradient all-reduce is not captured (yet)" if self.world_size > 1 else None)
         if why is not None:
             raise UserError(f"train.cuda_graph = true cannot be used here: {why}")
 
