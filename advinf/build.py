@@ -33,6 +33,7 @@ from advinf.interfaces import (
     Prior,
 )
 from advinf.plugins import PluginHost, default_host
+from advinf.provenance import Origin, mark
 from advinf.recipe import NetworkSpec, Recipe, build_game
 from advinf.rundir import CHECKPOINTS_DIR, is_run_dir
 from advinf.settings import resolve_device
@@ -118,6 +119,7 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
     if not isinstance(obj, _EXPECTED[kind]):
         raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
                           f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
+    mark(obj, Origin(kind, name, options.model_dump(mode="json", exclude_none=True)))  # as advinf.create does
     return obj
 
 

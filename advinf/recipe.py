@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName
 from advinf.plugins import PluginHost, default_host
+from advinf.provenance import Origin, mark
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
@@ -347,6 +348,7 @@ def build_game(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost
 
         raise PluginError(f"the factory of game '{spec.game.name}' (plugin '{comp.plugin}') returned "
                           f"{type(game).__name__}, not a Game")
+    mark(game, Origin("game", spec.game.name, _dump(options["game"])))  # as advinf.create does
     return game
 
 

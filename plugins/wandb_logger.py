@@ -32,7 +32,7 @@ class WandbLogger(Logger):
 
     def __init__(self, options: WandbOptions) -> None:
         if importlib.util.find_spec("wandb") is None:
-            raise UserError("the wandb logger needs the wandb package: pip install wandb")
+            raise UserError("the wandb logger needs the wandb package: pip install wandb (or advinf[wandb])")
         self.options = options
         self._run: Any = None
 

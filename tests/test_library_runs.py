@@ -112,3 +112,19 @@ def test_a_moving_average_enabled_on_resume_starts_from_the_restored_weights(tmp
     x = before.dataset.heldout.x[:64]
     agree(outcome.trainer.model(), before, x)
     agree(advinf.load_run(out), before, x)
+
+
+def test_components_built_from_a_recipe_are_described_too(tmp_path):
+    """advinf.build(recipe) marks what it builds as advinf.create does: a Trainer given them without the recipe
+    writes an equivalent one."""
+    rec = advinf.load_recipe(RECIPES / "gan_mixture25.toml", [*TINY, "decoder.hidden=24"])
+    built = advinf.build(rec)
+    out = tmp_path / "gan"
+    trainer = Trainer(built.nets, built.game, built.dataset, train=SPEC, evaluators=built.evaluators,
+                      run_dir=out, seed=rec.spec.seed)
+    trainer.fit()
+    run = advinf.load_run(out)
+    assert run.recipe.spec.game.name == "gan" and run.recipe.options["decoder"].hidden == 24
+    assert run.recipe.spec.evaluators.keys() == {"mode_coverage"}
+    z = run.prior_sample(16, seed=3)
+    assert torch.equal(run.sample(z=z), trainer.model().sample(z=z))

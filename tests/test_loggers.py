@@ -224,3 +224,18 @@ def test_cli_logger_option_chooses_the_loggers(tmp_path):
     assert [int(r["step"]) for r in csv_rows(out / "metrics.csv")] == [10, 20, 30]
     assert not (out / "metrics.jsonl").exists()
     assert advinf.load_recipe(out / "recipe.toml").spec.train.loggers == ["csv"]
+
+
+def test_wandb_logs_offline_when_installed(tmp_path, monkeypatch):
+    """With wandb installed (not in .[dev]; skipped without it): an offline wandb run inside the run directory,
+    with the sample pictures as images and the same run id when resumed."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    overrides = [*RUN, 'train.loggers=["jsonl", "wandb"]', 'loggers.wandb.mode="offline"']
+    advinf.run_recipe(RECIPE, out=out, overrides=overrides, stop_after=20)
+    advinf.run_recipe(None, out=out, resume=True, overrides=["train.progress=none"])
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one wandb run, continued
+    pictures = [p for r in runs for p in (r / "files" / "media" / "images").glob("samples_*.png")]
+    assert len(pictures) == 4  # steps 0 and 15, then where the first part stopped (20) and the end (30)
