@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import shutil
 import sys
@@ -148,21 +149,58 @@ def test_a_plugin_logger_receives_scalars_pictures_and_evaluations(tmp_path, adv
     assert (out / "eval.json").is_file() and (out / "samples" / "step_0000030.png").is_file()  # the run's own
 
 
-def test_only_rank_0_logs(tmp_path):
-    data = advinf.create("dataset", "mixture25", None, samples=256, heldout=64)
-    ctx = advinf.BuildContext(dataset=data, prior=advinf.create("prior", "gaussian", None, dim=2))
+class FileLogger(Logger):
+    """Writes each call as a line of ``path`` (for processes other than the test's)."""
 
-    def nets():
-        return advinf.Networks(ctx.prior, encoder=advinf.create("encoder", "toy_encoder", ctx, hidden=8),
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _write(self, text: str) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(text + "\n")
+
+    def open(self, run_dir, start_step):
+        self._write(f"open {Path(run_dir).name}")
+
+    def log_metrics(self, step, metrics):
+        self._write(f"metrics {step}")
+
+    def log_image(self, step, name, path):
+        self._write(f"image {step}")
+
+
+def _logging_rank(rank: int, port: int, root: str) -> None:
+    """One of two data-parallel ranks (gloo), each given a run directory and a logger."""
+    import torch.distributed as dist
+
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo")
+    try:
+        data = advinf.create("dataset", "mixture25", None, samples=256, heldout=64)
+        ctx = advinf.BuildContext(dataset=data, prior=advinf.create("prior", "gaussian", None, dim=2))
+        nets = advinf.Networks(ctx.prior, encoder=advinf.create("encoder", "toy_encoder", ctx, hidden=8),
                                decoder=advinf.create("decoder", "toy_decoder", ctx, hidden=8),
                                critic=advinf.create("critic", "toy_critic", ctx, hidden=8))
+        spec = TrainSpec(steps=4, batch_size=16, log_every=2, sample_every=2, progress="none", device="cpu")
+        Trainer(nets, advinf.create("game", "ali"), data, train=spec, run_dir=Path(root) / f"run{rank}", rank=rank,
+                world_size=2, loggers=[FileLogger(Path(root) / f"calls{rank}.txt")]).fit()
+    finally:
+        dist.destroy_process_group()
 
-    spec = TrainSpec(steps=4, batch_size=16, log_every=2, sample_every=2, progress="none")
-    for rank in (0, 1):
-        Recorder.calls = []
-        Trainer(nets(), advinf.create("game", "ali"), data, train=spec, run_dir=tmp_path / f"rank{rank}",
-                rank=rank, world_size=2, loggers=[Recorder()]).fit()
-        assert bool(Recorder.calls) == (rank == 0)
+
+def test_only_rank_0_logs(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_logging_rank, args=(port, str(tmp_path)), nprocs=2)
+    assert (tmp_path / "calls0.txt").read_text().split("\n")[:-1] == \
+        ["open run0", "image 0", "metrics 2", "image 2", "metrics 4", "image 4"]
+    assert not (tmp_path / "calls1.txt").exists()  # rank 1 logs nothing, even with a run directory
 
 
 def test_a_trainer_cannot_look_up_logger_names(tmp_path):
