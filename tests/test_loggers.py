@@ -254,14 +254,18 @@ def test_wandb_is_cleanly_absent_without_its_package(tmp_path, monkeypatch):
 
 def test_cli_logger_option_chooses_the_loggers(tmp_path):
     out = tmp_path / "run"
-    args = ["run", str(RECIPE), "--out", str(out), "--logger", "csv"]
+    args = ["run", str(RECIPE), "--out", str(out), "--logger", "csv", "--stop-after", "20"]
     for item in TINY + TINY_ENCODER:
         args += ["--set", item]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert [int(r["step"]) for r in csv_rows(out / "metrics.csv")] == [10, 20, 30]
     assert not (out / "metrics.jsonl").exists()
     assert advinf.load_recipe(out / "recipe.toml").spec.train.loggers == ["csv"]
+    # a resumed run may send its metrics elsewhere without --allow-changes
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out), "--logger", "csv", "--logger", "jsonl"])
+    assert res.exit_code == 0, res.output
+    assert [int(r["step"]) for r in csv_rows(out / "metrics.csv")] == [10, 20, 30]
+    assert [r["step"] for r in metrics(out)] == [30]
 
 
 def test_wandb_logs_offline_when_installed(tmp_path, monkeypatch):
