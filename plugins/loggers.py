@@ -29,6 +29,7 @@ class CsvLogger(Logger):
 
     def __init__(self) -> None:
         self._dir: Path | None = None
+        self._headers: dict[str, list[str]] = {}  # each file's columns, read once (appends do not reread it)
 
     def open(self, run_dir: Path, start_step: int) -> None:
         self._dir = Path(run_dir)
@@ -37,6 +38,7 @@ class CsvLogger(Logger):
             kept = [r for r in rows if _step(r) is not None and _step(r) <= start_step]  # type: ignore[operator]
             if header and len(kept) != len(rows):
                 _write_csv(self._dir / name, header, kept)
+            self._headers[name] = header
 
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         self._append(METRICS_CSV, {k: v for k, v in metrics.items() if _scalar(v)})
@@ -48,13 +50,15 @@ class CsvLogger(Logger):
     def _append(self, name: str, row: dict[str, Any]) -> None:
         assert self._dir is not None, "CsvLogger.open was not called"
         path = self._dir / name
-        header, rows = _read_csv(path)
+        header = self._headers.get(name, [])
         if header and all(k in header for k in row):
             with open(path, "a", newline="", encoding="utf-8") as fh:
                 csv.DictWriter(fh, header).writerow(row)
             return
+        _, rows = _read_csv(path)  # a new column: the file is written again with it
         header = header + [k for k in row if k not in header]
         _write_csv(path, header, [*rows, {k: str(v) for k, v in row.items()}])
+        self._headers[name] = header
 
 
 def _scalar(value: Any) -> bool:

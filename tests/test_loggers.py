@@ -281,3 +281,22 @@ def test_wandb_logs_offline_when_installed(tmp_path, monkeypatch):
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one wandb run, continued
     pictures = [p for r in runs for p in (r / "files" / "media" / "images").glob("samples_*.png")]
     assert len(pictures) == 4  # steps 0 and 15, then where the first part stopped (20) and the end (30)
+
+
+def test_csv_logger_takes_a_new_column_and_drops_redone_rows(tmp_path):
+    from advinf_plugins.loggers import CsvLogger
+
+    logger = CsvLogger()
+    logger.open(tmp_path, 0)
+    logger.log_metrics(1, {"step": 1, "loss": 0.5})
+    logger.log_metrics(2, {"step": 2, "loss": 0.25, "skipped_steps": 3})  # a column that appears later
+    logger.log_metrics(3, {"step": 3, "loss": 0.125, "skipped_steps": 4})
+    logger.close()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == \
+        ["step,loss,skipped_steps", "1,0.5,", "2,0.25,3", "3,0.125,4"]
+    (tmp_path / "metrics.csv").write_text((tmp_path / "metrics.csv").read_text() + "4,0.0")  # a torn last row
+    again = CsvLogger()
+    again.open(tmp_path, 2)  # resumed from step 2: rows of steps 3 and later go
+    again.log_metrics(3, {"step": 3, "loss": 0.0625, "skipped_steps": 4})
+    assert [(r["step"], r["loss"]) for r in csv_rows(tmp_path / "metrics.csv")] == \
+        [("1", "0.5"), ("2", "0.25"), ("3", "0.0625")]
