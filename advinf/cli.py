@@ -88,19 +88,30 @@ def _plugin_option(f):
 @click.option("--logger", "loggers", multiple=True, metavar="NAME",
               help="Where metrics go, instead of the recipe's train.loggers (repeat for several: --logger jsonl "
                    "--logger tensorboard); see advinf list-plugins.")
+@click.option("--seeds", default=None, metavar="SEEDS",
+              help="Train one run per seed (0-9, 0,3,7 or 0-2,10) into OUT/seed_K, each the same as a run with "
+                   "--set seed=K, and summarise every metric over them (OUT/summary.json).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --seeds: how many seeds train at once, in worker processes.")
 @_plugin_option
 def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
-        stop_after: int | None, progress: str | None, loggers: tuple[str, ...], plugins: tuple[Path, ...]) -> None:
+        stop_after: int | None, progress: str | None, loggers: tuple[str, ...], seeds: str | None, jobs: int,
+        plugins: tuple[Path, ...]) -> None:
     """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
     from advinf.session import run_recipe
 
+    if loggers:
+        overrides = (*overrides, f"train.loggers={json.dumps(list(loggers))}")
+    if seeds is not None:
+        _run_seeds(recipe, seeds, jobs, overrides, out, resume, stop_after, plugins)
+        return
+    if jobs != 1:
+        raise UserError("--jobs goes with --seeds (several seeds at once)")
     if resume and out is None and recipe is not None and recipe.is_dir():
         recipe, out = None, recipe  # advinf run --resume RUN_DIR
     if recipe is None and not resume:
         raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
                         "or --resume RUN_DIR to continue a run")
-    if loggers:
-        overrides = (*overrides, f"train.loggers={json.dumps(list(loggers))}")
     outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
                          overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo)
     result, trainer = outcome.result, outcome.trainer
@@ -123,6 +134,31 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
         return
     if result.eval:
         click.echo(json.dumps(result.eval, indent=2, sort_keys=True))
+
+
+def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str, ...], out: Path | None,
+               resume: bool, stop_after: int | None, plugins: tuple[Path, ...]) -> None:
+    from advinf.seeds import SUMMARY_FILE, parse_seeds, run_seeds
+
+    if resume or recipe is None:
+        raise UserError("--seeds starts new runs from a RECIPE; resume a seed on its own: advinf run --resume "
+                        "OUT/seed_K")
+    outcome = run_seeds(recipe, parse_seeds(seeds), out=out, jobs=jobs, overrides=overrides, stop_after=stop_after,
+                        host=_host() if jobs == 1 else None, plugins=plugins, log=_echo)
+    summary = outcome.summary
+    table = Table(title=f"{len(outcome.results)} seeds: mean ± std (sample)")
+    for col in ("metric", "mean ± std", *(f"seed {s}" for s in summary["seeds"])):
+        table.add_column(col)
+    for name, m in summary["metrics"].items():
+        table.add_row(name, f"{m['mean']:.4g} ± {m['std']:.2g}",
+                      *(f"{m['values'][str(s)]:.4g}" if str(s) in m["values"] else "–" for s in summary["seeds"]))
+    (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
+    _echo(f"{len(outcome.results)} seeds in {summary['seconds']:.1f} s ({jobs} at a time); "
+          f"summary: {outcome.out / SUMMARY_FILE}")
+    if outcome.stopped is not None:
+        _echo(f"stopped ({outcome.stopped}): the seeds in training wrote a checkpoint (advinf run --resume "
+              f"{outcome.out}/seed_K continues one); no further seed was started")
+        sys.exit(130 if outcome.stopped == "SIGINT" else 143)
 
 
 def _echo(message: str) -> None:

@@ -1,0 +1,106 @@
+"""Several seeds from one command: each seed bit-identical to its own single run, and a summary over them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import RECIPES, TINY, TINY_ENCODER, cli_env
+from safetensors.torch import load_file
+
+from advinf import UserError
+from advinf.cli import cli
+from advinf.seeds import parse_seeds, run_seeds
+from advinf.session import run_recipe
+
+TOY = RECIPES / "ali_mixture25.toml"
+SETS = [*TINY, *TINY_ENCODER, "train.device=cpu"]
+VOLATILE = {"time", "samples_per_s"}  # wall-clock values in metrics.jsonl
+
+
+def _run_files(run: Path) -> tuple[dict, dict, list[dict]]:
+    model = load_file(str(run / "checkpoints" / "step_0000030" / "model.safetensors"))
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return model, json.loads((run / "eval.json").read_text()), metrics
+
+
+def _same(a: Path, b: Path) -> None:
+    (ma, ea, la), (mb, eb, lb) = _run_files(a), _run_files(b)
+    assert ma.keys() == mb.keys() and all(ma[k].equal(mb[k]) for k in ma), f"{a} and {b} hold different weights"
+    assert ea == eb and la == lb
+
+
+def test_a_seed_group_is_bit_identical_to_single_runs_and_summarised(tmp_path):
+    for s in (0, 1, 2):
+        run_recipe(TOY, out=tmp_path / f"single_{s}", overrides=[*SETS, f"seed={s}"])
+    # in this process (through the CLI) ...
+    res = CliRunner().invoke(cli, ["run", str(TOY), "--seeds", "0-2", "--out", str(tmp_path / "group"),
+                                   *(a for s in SETS for a in ("--set", s))])
+    assert res.exit_code == 0, res.output
+    for s in (0, 1, 2):
+        _same(tmp_path / f"single_{s}", tmp_path / "group" / f"seed_{s}")
+    summary = json.loads((tmp_path / "group" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["jobs"] == 1 and summary["seconds"] > 0
+    evals = [json.loads((tmp_path / f"single_{s}" / "eval.json").read_text())["mode_coverage"] for s in (0, 1, 2)]
+    for metric in ("modes_covered_strict", "high_quality_fraction", "reconstruction_accuracy"):
+        got = summary["metrics"][f"mode_coverage.{metric}"]
+        values = [e[metric] for e in evals]
+        assert got["mean"] == pytest.approx(statistics.fmean(values))
+        assert got["std"] == pytest.approx(statistics.stdev(values))
+        assert got["n"] == 3 and got["values"] == {str(s): float(v) for s, v in zip((0, 1, 2), values, strict=True)}
+        assert f"mode_coverage.{metric}" in res.output  # the printed table
+    assert "3 seeds in" in res.output and "summary.json" in res.output
+
+    # ... and in two worker processes: the same runs
+    outcome = run_seeds(TOY, [2, 0], out=tmp_path / "workers", jobs=2, overrides=SETS)
+    assert [r.seed for r in outcome.results] == [2, 0]
+    for s in (0, 2):
+        _same(tmp_path / f"single_{s}", tmp_path / "workers" / f"seed_{s}")
+
+
+def test_seed_lists_and_refusals(tmp_path):
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("5,1, 2-3,1") == [5, 1, 2, 3]
+    for bad in ("", "a", "3-1", "-1", "1-"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+    runner = CliRunner()
+    for args, message in ((["--seeds", "x"], "--seeds 'x'"), (["--jobs", "2"], "--jobs goes with --seeds"),
+                          (["--seeds", "0-1", "--resume"], "resume a seed on its own")):
+        res = runner.invoke(cli, ["run", str(TOY), *args])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    (tmp_path / "g" / "seed_1").mkdir(parents=True)
+    (tmp_path / "g" / "seed_1" / "x").write_text("taken")
+    with pytest.raises(UserError, match="seed_1"):  # checked before any seed trains
+        run_seeds(TOY, [0, 1], out=tmp_path / "g", overrides=SETS)
+    assert not (tmp_path / "g" / "seed_0").exists()
+
+
+def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_seed(tmp_path):
+    out = tmp_path / "group"
+    sets = [a for s in [*SETS, "train.steps=100000", "train.log_every=5", "train.checkpoint_every=0"]
+            for a in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "advinf", "run", str(TOY), "--seeds", "0-3", "--jobs", "2",
+                             "--out", str(out), *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env())
+    deadline = time.monotonic() + 240
+    while not all((out / f"seed_{s}" / "metrics.jsonl").exists() for s in (0, 1)):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # to the parent alone: it forwards the signal to its workers
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 143, stderr
+    assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    for s in (0, 1):
+        assert list((out / f"seed_{s}" / "checkpoints").glob("step_*"))  # each stopped with a checkpoint
+    assert not (out / "seed_2").exists() and not (out / "seed_3").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["stopped"] == {"0": "SIGTERM", "1": "SIGTERM"}
