@@ -52,8 +52,8 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 def test_unknown_component_lists_available_names(tmp_path):
     text = problems_of(tmp_path, ALI.replace('name = "ali"', 'name = "alli"'))
-    expected = ("game.name: unknown game (got 'alli'); did you mean 'ali'? available: ali, alice, bigan, "
-                "conditional_ali, gan, inverse_mapping, vae")
+    expected = ("game.name: unknown game (got 'alli'); did you mean 'ali'? available: ali, ali_semisup, "
+                "alice, bigan, conditional_ali, gan, inverse_mapping, vae")
     assert expected in text
 
 
