@@ -405,6 +405,11 @@ ALTERNATIVES = (("train", "steps", "epochs"),)
 
 def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     keys = {item.partition("=")[0].strip() for item in overrides}
+    train, options = data.get("train"), data.get("loggers")
+    if "train.loggers" in keys and isinstance(train, dict) and isinstance(train.get("loggers"), list) \
+            and isinstance(options, dict):  # --logger / --set train.loggers=[...]: the others' options go too
+        for name in [n for n in options if n not in train["loggers"]]:
+            del options[name]
     for table, a, b in ALTERNATIVES:
         section = data.get(table)
         if not isinstance(section, dict):

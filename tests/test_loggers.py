@@ -268,6 +268,17 @@ def test_cli_logger_option_chooses_the_loggers(tmp_path):
     assert [r["step"] for r in metrics(out)] == [30]
 
 
+def test_resuming_with_other_loggers_drops_the_options_of_those_left_out(tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    overrides = [*TINY, *TINY_ENCODER, 'train.loggers=["tensorboard"]', "loggers.tensorboard.flush_secs=5"]
+    advinf.run_recipe(RECIPE, out=out, overrides=overrides, stop_after=20)
+    assert "[loggers.tensorboard]" in (out / "recipe.toml").read_text()
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out), "--logger", "jsonl"])
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in metrics(out)] == [30]
+
+
 def test_wandb_logs_offline_when_installed(tmp_path, monkeypatch):
     """With wandb installed (not in .[dev]; skipped without it): an offline wandb run inside the run directory,
     with the sample pictures as images and the same run id when resumed."""
