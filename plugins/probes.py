@@ -35,6 +35,11 @@ The paper drew 100 sets of 1,000 SVHN labels (19.14 +- 0.50 % test error); the d
 (``k`` nearest by majority, ties to the nearest) by cosine similarity of the unscaled features (``metric``).
 Reported as test error (and ``test_accuracy_mean``, BiGAN's number) over the same draws.
 
+**Too little data.** When the training split cannot give the validation set and a class-balanced labelled set
+of the configured sizes, the report is ``{"skipped": reason}`` (the reason names the sizes to lower) instead of
+an error, so that an evaluator never stops a training run; the other problems (no labels, no held-out split,
+no encoder) are errors.
+
 **Baselines** in the same report (``baselines = true``): the same protocol on ``raw_pixels`` (the decoded
 inputs, flattened) and on the ``untrained`` encoder: the same architecture initialised with the same seed. The
 evaluator receives only the trained model, so it rebuilds the run's recipe (``model.recipe`` for a loaded run,
@@ -116,6 +121,12 @@ class KnnProbeOptions(ProbeOptions):
 # -- labelled subsets --------------------------------------------------------------------------------------
 
 
+class TooLittleData(UserError):
+    """The data holds too few (labelled) examples for the configured budget. The probes report it as
+    ``{"skipped": reason}`` instead of failing, so that a recipe's evaluators never stop a training run (nor the
+    end-to-end tests on a few images); every other problem is an error."""
+
+
 @dataclass
 class LabelledDraws:
     """Indices into the training split: one validation set and ``repeats`` class-balanced labelled sets."""
@@ -139,7 +150,7 @@ def balanced_subset(y: Tensor, pool: Tensor, size: int, classes: int, g: torch.G
         members = pool[pool_y == c]
         n = int(per[c])
         if n > len(members):
-            raise UserError(f"a class-balanced set of {size} labels needs {n} examples of class {c}, but only "
+            raise TooLittleData(f"a class-balanced set of {size} labels needs {n} examples of class {c}, but only "
                             f"{len(members)} are left after the validation set; lower `labels` or `validation`")
         picked.append(members[torch.randperm(len(members), generator=g)[:n]])
     return torch.sort(torch.cat(picked)).values
@@ -150,7 +161,7 @@ def draw_labelled(y: Tensor, labels: int, validation: int, repeats: int, seed: i
     y = y.detach().cpu().long().reshape(-1)
     n = len(y)
     if validation + labels > n:
-        raise UserError(f"the training split holds {n} examples, fewer than validation ({validation}) plus labels "
+        raise TooLittleData(f"the training split holds {n} examples, fewer than validation ({validation}) plus labels "
                         f"({labels}); lower them")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
@@ -486,7 +497,10 @@ class _Probe(Evaluator):
                             "(a plain GAN)")
         start = time.perf_counter()
         o = self.o
-        pd = probe_data(data, o, self.name)
+        try:
+            pd = probe_data(data, o, self.name)
+        except TooLittleData as exc:
+            return {"skipped": f"{exc} (evaluators.{self.name})"}
         with evaluating(model.nets):
             trained = pd.features(encoder_fn(model, None, o.features), o.batch_size)
         result = self.protocol(trained, pd)

@@ -17,7 +17,9 @@ Gx(Gz(x)) through its game, once from the posterior mean and once from a posteri
   ``classifier_accuracy``.
 
 A conditional model reconstructs with each example's own label, which its decoder sees: it keeps the class by
-construction more than by inference (``decoder_sees_labels`` says so). ``pictures`` pairs (data, reconstruction
+construction more than by inference (``decoder_sees_labels`` says so). When the training split is too small
+for the classifier's labelled and validation sets, ``classifier`` holds ``{"skipped": reason}`` and the MSEs are
+still reported. ``pictures`` pairs (data, reconstruction
 from the mean) are written to ``eval_reconstructions.png`` for image data.
 """
 
@@ -34,7 +36,15 @@ from torch import Tensor
 from advinf import Dataset, Evaluator, TrainedModel, UserError, hookimpl
 from advinf.evaluation import evaluating
 from advinf.pictures import save_grid
-from advinf_plugins.probes import DEFAULT_C_GRID, LinearModel, collect, draw_labelled, error, fit_l2svm
+from advinf_plugins.probes import (
+    DEFAULT_C_GRID,
+    LinearModel,
+    TooLittleData,
+    collect,
+    draw_labelled,
+    error,
+    fit_l2svm,
+)
 
 
 class ReconstructionOptions(BaseModel):
@@ -152,9 +162,14 @@ class Reconstruction(Evaluator):
         info = data.label_info()
         if o.classifier and info is not None and info[0] == "classes" and y is not None and data.train.y is not None:
             classes = max(info[2], int(data.train.y.max()) + 1)
-            classifier, about = self._once(data, "classifier", lambda: train_pixel_classifier(data, o, classes))
-            result.update(label_kept(classifier, x, r_mean, r_sample, y.cpu().long().reshape(-1)))
-            result["classifier"] = dict(about)
+            try:
+                classifier, about = self._once(data, "classifier", lambda: train_pixel_classifier(data, o, classes))
+            except TooLittleData as exc:  # the MSEs stand; the label measure needs more labelled data
+                result["classifier"] = {"skipped": f"{exc} (evaluators.reconstruction.classifier_labels, "
+                                                   "classifier_validation)"}
+            else:
+                result.update(label_kept(classifier, x, r_mean, r_sample, y.cpu().long().reshape(-1)))
+                result["classifier"] = dict(about)
         if o.pictures and x.dim() == 4:
             k = min(o.pictures, len(x))
             save_grid(torch.stack([x[:k], r_mean[:k]], dim=1).flatten(0, 1), out_dir / "eval_reconstructions.png",

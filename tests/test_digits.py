@@ -145,7 +145,10 @@ TINY = ["train.steps=6", "train.log_every=3", "train.sample_every=3", "train.pro
         "evaluators.svm_probe.c_grid=[0.001, 0.1]",
         "evaluators.knn_probe.labels=30", "evaluators.knn_probe.validation=50", "evaluators.knn_probe.repeats=2",
         "evaluators.reconstruction.classifier_labels=100", "evaluators.reconstruction.classifier_validation=50",
-        "evaluators.reconstruction.c_grid=[0.01]"]
+        "evaluators.reconstruction.c_grid=[0.01]",
+        "evaluators.fid.samples=50", "evaluators.fid.network_options={epochs = 1, width = 4, hidden = 8}",
+        "evaluators.kid.samples=50", "evaluators.kid.subsets=5",
+        "evaluators.kid.network_options={epochs = 1, width = 4, hidden = 8}"]
 
 
 def test_the_digits_recipe_runs_end_to_end_and_reports_the_probes(tmp_path):
@@ -165,6 +168,8 @@ def test_the_digits_recipe_runs_end_to_end_and_reports_the_probes(tmp_path):
     assert svm["C"] in (0.001, 0.1) and svm["raw_pixels"]["test_error_mean"] < 0.5  # pixels do read digits
     assert rec["examples"] == 359 and 0 < rec["mse_mean"] < 1 and 0 <= rec["label_kept_mean"] <= 1
     assert rec["classifier_accuracy"] > 0.6
+    assert report["fid"]["protocol"] == "fid50_heldout359_label_classifier" and report["fid"]["fid"] > 0
+    assert report["kid"]["subset_size"] == 50 and report["kid"]["feature_dim"] == 8
     assert (out / "eval_reconstructions.png").is_file() and (out / "samples" / "step_0000006.png").is_file()
     # evaluated again on the trained run: the same draws give the same errors (the untrained encoder is rebuilt
     # from the loaded run's recipe); other entries of eval.json are kept

@@ -180,6 +180,23 @@ def test_probes_refuse_what_they_cannot_probe(tmp_path):
         probe.evaluate(no_encoder, cluster_data(), tmp_path)
 
 
+def test_too_little_data_for_the_budget_is_reported_not_raised(tmp_path):
+    """A recipe's probes on a few images (a tiny test run, a small dataset) say why they did not run."""
+    for name in ("svm_probe", "knn_probe"):
+        probe = advinf.create("evaluator", name, None, labels=1000, validation=1000)
+        out = probe.evaluate(model_with(Identity()), cluster_data(), tmp_path)
+        assert out == {"skipped": "the training split holds 240 examples, fewer than validation (1000) plus labels "
+                                  f"(1000); lower them (evaluators.{name})"}
+    x, y = clusters(60, 0)
+    keep = (y != 3) | (torch.arange(len(y)) == int((y == 3).nonzero()[0]))  # one example of class 3
+    few = Dataset(Split(x[keep], y[keep]), Split(*clusters(5, 1)), meta={"classes": ["a", "b", "c", "d"]})
+    short = advinf.create("evaluator", "svm_probe", None, labels=8, validation=1)
+    assert "needs 2 examples of class 3" in short.evaluate(model_with(Identity()), few, tmp_path)["skipped"]
+    rec = advinf.create("evaluator", "reconstruction", None, classifier_labels=1000, pictures=0)
+    out = rec.evaluate(model_with(Identity()), cluster_data(), tmp_path)
+    assert out["mse_mean"] == 0 and "fewer than validation (1000)" in out["classifier"]["skipped"]
+
+
 def test_untrained_encoder_without_a_recipe_is_a_seeded_reinitialised_copy(tmp_path):
     trained = Linear()
     with torch.no_grad():
