@@ -216,3 +216,32 @@ def test_fid_and_kid_through_the_cli_on_a_tiny_digits_run(tmp_path):
                                        'evaluators.fid.network_options={weights = "nowhere.safetensors"}'])
     assert missing.exit_code == 2
     assert "no Inception weights at nowhere.safetensors" in missing.output and "Traceback" not in missing.output
+
+
+def test_evaluators_every_n_steps_leave_training_and_resume_bit_exact(tmp_path):
+    """The digits recipe's evaluators every 2 steps: the same weights as without them, straight or resumed."""
+    from test_digits import TINY
+
+    from advinf import checkpoint as ckpt
+
+    base = [s for s in TINY if s != "train.steps=6"] + ["train.steps=8", "train.checkpoint_every=4",
+                                                        "train.sample_every=0"]
+    every = [f"evaluators.{n}.every=2" for n in ("svm_probe", "knn_probe", "reconstruction", "fid", "kid")]
+
+    def run(name: str, sets: list[str], *extra: str):
+        args = ["run", str(RECIPES / "ali_digits.toml"), "--out", str(tmp_path / name), *extra]
+        result = CliRunner().invoke(cli, args + [a for s in sets for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+
+    run("straight", base + every)
+    run("sliced", base + every, "--stop-after", "5")
+    run("sliced", base + every, "--resume")
+    run("quiet", base + [f"evaluators.{n}.every=0" for n in ("svm_probe", "knn_probe", "reconstruction", "fid",
+                                                              "kid")])
+    tensors = {n: ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / n / "checkpoints")).tensors
+               for n in ("straight", "sliced", "quiet")}
+    for part in ("model", "optim"):
+        for k, v in tensors["straight"][part].items():
+            assert torch.equal(v, tensors["sliced"][part][k]) and torch.equal(v, tensors["quiet"][part][k]), k
+    evals = [json.loads(ln) for ln in (tmp_path / "straight" / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4, 6] and all("fid" in e and "kid" in e for e in evals)
