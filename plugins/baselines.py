@@ -238,10 +238,7 @@ class Alice(JointGame):
         z_hat = posterior.sample()
         z = nets.prior.sample(x.shape[0], x.device)
         x_tilde = nets["decoder"](z)
-        d_data, d_model = critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z), None, self.joint_batch)
-        critic, generator = losses(self.divergence_fn, d_data, d_model)
-        scalars = {"critic_data": torch.sigmoid(d_data.detach()).mean(),
-                   "critic_model": torch.sigmoid(d_model.detach()).mean()}
+        critic, generator, scalars = self.adversarial(nets["critic"], (x, z_hat), (x_tilde, z), None, batch)
         x_rec = without_buffer_updates(nets["decoder"], z_hat)
         error = squared_error(x, x_rec).mean()
         scalars["cycle_l2"] = error.detach()

@@ -60,6 +60,7 @@ from advinf import (
 )
 from advinf.conditions import embedding_for, with_condition
 from advinf.interfaces import flat_latent_dim
+from advinf.regularisers import spectral_normalise
 
 #: How many of the encoder's last hidden BN outputs go into ``posterior.features`` (as the paper's SVHN encoder).
 FEATURE_LAYERS = 3
@@ -175,6 +176,8 @@ class CriticOptions(_BnOptions):
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
     outputs: int = Field(1, ge=1, le=100_000, description="logits per example: 1 (real/fake), or K+1 (K with a "
                                                           "fixed fake logit) for the semi-supervised game")
+    spectral_norm: bool = Field(False, description="spectrally normalise every linear and conv weight "
+                                "(torch's parametrisation; advinf.regularisers.spectral_normalise)")
 
 
 def _levels(size: int, what: str) -> int:
@@ -372,7 +375,8 @@ def digits_decoder(options: DecoderOptions, ctx) -> Decoder:
 
 def digits_critic(options: CriticOptions, ctx) -> JointCritic:
     """Small joint critic D(x, z) for digits with dropout and LeakyReLU."""
-    return DigitsCritic(*_shapes(options, ctx, "critic 'digits_critic'"), options, getattr(ctx, "condition", None))
+    critic = DigitsCritic(*_shapes(options, ctx, "critic 'digits_critic'"), options, getattr(ctx, "condition", None))
+    return spectral_normalise(critic) if options.spectral_norm else critic
 
 
 @hookimpl

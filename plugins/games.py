@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,12 +15,14 @@ from advinf import (
     Divergence,
     Game,
     GameLosses,
+    JointCritic,
     Networks,
     Player,
     RegisteredName,
     UserError,
     critic_pairs,
     hookimpl,
+    regularisers,
 )
 from advinf import divergences as div
 from advinf.divergences import losses
@@ -33,6 +35,19 @@ class JointGameOptions(BaseModel):
                                 "with swapped labels (ALI's code), minimax, hinge, least_squares")
     joint_batch: bool = Field(True, description="pass data and model pairs through the critic as one batch "
                                                 "(shared BN statistics, as the original); false: two passes")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="one-sided label smoothing a: the critic's loss "
+                                   "counts data pairs as data with weight 1 - a and as model with weight a (needs a "
+                                   "divergence that takes `smoothing`; the built-in four do)")
+    instance_noise: float = Field(0.0, ge=0, le=1e3, description="std of Gaussian noise added to every x the "
+                                  "critic sees (data and model pairs; z is left alone)")
+    instance_noise_steps: int = Field(0, ge=0, description="anneal the instance noise linearly to 0 over this "
+                                      "many steps (0: constant)")
+    r1: float = Field(0.0, ge=0, le=1e6, description="gamma of the R1 penalty (gamma / 2) E||grad D||^2 on data "
+                      "pairs (x, Gz(x)), added to the critic's loss; 0: off")
+    r1_every: int = Field(1, ge=1, le=1_000_000, description="apply R1 every k-th step only, scaled by k (lazy "
+                          "regularisation); decided from the host's step count")
+    r1_inputs: Literal["joint", "x"] = Field("joint", description="differentiate D with respect to both x and "
+                                             "z_hat (joint) or x alone")
 
 
 class GanOptions(JointGameOptions):
@@ -45,7 +60,48 @@ class ConditionalOptions(JointGameOptions):
     embedding_dim: int = Field(256, gt=0, description="width of the embedding of y (the original: 256)")
 
 
-class JointGame(Game):
+class AdversarialGame(Game):
+    """A critic against a generator through a registered divergence, with the critic regularisers of
+    :class:`JointGameOptions` (label smoothing, instance noise, R1)."""
+
+    joint_batch: bool = True
+
+    def _setup(self, options: JointGameOptions, divergence: Divergence | None) -> None:
+        self.divergence, self.joint_batch = options.divergence, options.joint_batch
+        self.divergence_fn = divergence or builtin_divergence(options.divergence)
+        self.smoothing, self.r1, self.r1_every, self.r1_inputs = (
+            options.label_smoothing, options.r1, options.r1_every, options.r1_inputs)
+        self.noise, self.noise_steps = options.instance_noise, options.instance_noise_steps
+        if self.smoothing and not div.takes_smoothing(self.divergence_fn):
+            raise UserError(f"label_smoothing needs a divergence that takes `smoothing`; divergence "
+                            f"'{self.divergence}' does not (the built-in four do)")
+
+    def adversarial(self, critic: JointCritic, data: tuple[Tensor, Tensor | None],
+                    model: tuple[Tensor, Tensor | None], y: Tensor | None, batch: Batch
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(critic loss, generator loss, scalars) of the critic on data and model pairs, regularised."""
+        std = self._noise_std(batch.index)
+        data_in = (regularisers.instance_noise(data[0], std), data[1])
+        model_in = (regularisers.instance_noise(model[0], std), model[1])
+        d_data, d_model = critic_pairs(critic, data_in, model_in, y, self.joint_batch)
+        critic_loss, generator_loss = losses(self.divergence_fn, d_data, d_model, smoothing=self.smoothing)
+        scalars = _probabilities(d_data, d_model)
+        if self.r1:
+            if batch.index % self.r1_every == 0:  # a host int: no device read decides it
+                penalty = (self.r1 / 2 * self.r1_every) * regularisers.r1(critic, *data_in, y, self.r1_inputs).mean()
+                critic_loss = critic_loss + penalty
+                scalars["r1_penalty"] = penalty.detach()
+            else:
+                scalars["r1_penalty"] = critic_loss.new_zeros(())
+        return critic_loss, generator_loss, scalars
+
+    def _noise_std(self, index: int) -> float:
+        if not self.noise or not self.noise_steps:
+            return self.noise
+        return self.noise * max(0.0, 1 - index / self.noise_steps)
+
+
+class JointGame(AdversarialGame):
     """Matches the joint distributions q(x, z) = q(x) q(z|x) and p(x, z) = p(z) p(x|z).
 
     ``stochastic`` picks ALI (z_hat is a draw from q(z|x)) or BiGAN (z_hat is the encoder's mean).
@@ -56,8 +112,8 @@ class JointGame(Game):
     networks = {"encoder": "encoder", "decoder": "decoder", "critic": "critic"}
 
     def __init__(self, options: JointGameOptions, stochastic: bool, divergence: Divergence | None = None):
-        self.divergence, self.joint_batch, self.stochastic = options.divergence, options.joint_batch, stochastic
-        self.divergence_fn = divergence or builtin_divergence(options.divergence)
+        self._setup(options, divergence)
+        self.stochastic = stochastic
 
     def check(self, nets: Networks) -> None:
         if not nets["critic"].uses_z:
@@ -69,10 +125,9 @@ class JointGame(Game):
         z_hat = posterior.sample() if self.stochastic else posterior.mean
         z = nets.prior.sample(x.shape[0], x.device)
         x_tilde = nets["decoder"](z, self.condition_for("decoder", y))
-        d_data, d_model = critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z), self.condition_for("critic", y),
-                                       self.joint_batch)
-        critic, generator = losses(self.divergence_fn, d_data, d_model)
-        return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
+        critic, generator, scalars = self.adversarial(nets["critic"], (x, z_hat), (x_tilde, z),
+                                                      self.condition_for("critic", y), batch)
+        return GameLosses({"critic": critic, "generator": generator}, scalars)
 
 
 class ConditionalAli(JointGame):
@@ -87,15 +142,14 @@ class ConditionalAli(JointGame):
         self.train_embedding, self.embedding_dim = options.train_embedding, options.embedding_dim
 
 
-class GanGame(Game):
+class GanGame(AdversarialGame):
     """Plain GAN: the degenerate case without an encoder; the critic sees x only."""
 
     players = (CRITIC, Player("generator", ("decoder",)))
     networks = {"decoder": "decoder", "critic": "critic"}
 
     def __init__(self, options: GanOptions, divergence: Divergence | None = None):
-        self.divergence, self.joint_batch = options.divergence, options.joint_batch
-        self.divergence_fn = divergence or builtin_divergence(options.divergence)
+        self._setup(options, divergence)
 
     def check(self, nets: Networks) -> None:
         if nets["critic"].uses_z:
@@ -105,9 +159,8 @@ class GanGame(Game):
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         z = nets.prior.sample(batch.x.shape[0], batch.x.device)
         x_tilde = nets["decoder"](z)
-        d_data, d_model = critic_pairs(nets["critic"], (batch.x, None), (x_tilde, None), None, self.joint_batch)
-        critic, generator = losses(self.divergence_fn, d_data, d_model)
-        return GameLosses({"critic": critic, "generator": generator}, _probabilities(d_data, d_model))
+        critic, generator, scalars = self.adversarial(nets["critic"], (batch.x, None), (x_tilde, None), None, batch)
+        return GameLosses({"critic": critic, "generator": generator}, scalars)
 
 
 def builtin_divergence(name: str) -> Divergence:

@@ -41,6 +41,7 @@ from advinf import (
     hookimpl,
 )
 from advinf.conditions import embedding_for, with_condition
+from advinf.regularisers import spectral_normalise
 
 # -- architectures as data ---------------------------------------------------------------------------------
 
@@ -116,6 +117,8 @@ class DecoderOptions(_BnOptions):
                                                           "initialises the output bias (0: the bias starts at 0)")
 
 
+_SPECTRAL_NORM = Field(False, description="spectrally normalise every linear and conv weight (torch's "
+                                          "parametrisation; advinf.regularisers.spectral_normalise)")
 _OUTPUTS = Field(1, ge=1, le=100_000, description="logits per example: 1 (real/fake), or K+1 (K with a fixed fake "
                                                    "logit) for the semi-supervised game")
 
@@ -124,6 +127,7 @@ class CriticOptions(_BnOptions):
     dropout: float = Field(0.2, ge=0, lt=1, description="element-wise dropout on the input of every critic conv")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
     outputs: int = _OUTPUTS
+    spectral_norm: bool = _SPECTRAL_NORM
 
 
 class CelebaCriticOptions(CriticOptions):
@@ -140,6 +144,7 @@ class Cifar10CriticOptions(_Options):
                             "paper: the table's, on the input of every critic conv")
     joint: bool = Field(True, description="D(x, z); false: a marginal critic D(x) for plain GAN")
     outputs: int = _OUTPUTS
+    spectral_norm: bool = _SPECTRAL_NORM
 
 
 def _with_slope(base: type[BaseModel], slope: float, name: str) -> type[BaseModel]:
@@ -411,7 +416,8 @@ def _decoder_factory(arch: Arch):
 def _critic_factory(arch: Arch):
     def factory(options, ctx) -> JointCritic:
         channels, z_dim = _shapes(arch, options, ctx, f"critic 'ali_{arch.name}_critic'")
-        return PaperCritic(arch, channels, z_dim, options, getattr(ctx, "condition", None))
+        critic = PaperCritic(arch, channels, z_dim, options, getattr(ctx, "condition", None))
+        return spectral_normalise(critic) if options.spectral_norm else critic
 
     kind = "maxout (2 pieces)" if arch.maxout else "BN + LeakyReLU"
     factory.__doc__ = f"The ALI paper's {arch.name} critic D(x, z) with dropout, {kind}."

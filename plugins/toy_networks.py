@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from advinf import Condition, Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
 from advinf.conditions import embedding_for, with_condition
+from advinf.regularisers import spectral_normalise
 
 
 class _Options(BaseModel):
@@ -42,6 +43,8 @@ class CriticOptions(_Options):
     layers: int = Field(3, ge=1, description="maxout layers")
     pieces: int = Field(5, ge=1, description="maxout pieces")
     joint: bool = Field(True, description="D(x, z); false gives the GAN's marginal critic D(x)")
+    spectral_norm: bool = Field(False, description="spectrally normalise every linear and conv weight "
+                                "(torch's parametrisation; advinf.regularisers.spectral_normalise)")
 
 
 def _mlp(in_dim: int, out_dim: int, o: MlpOptions, layers: int) -> nn.Sequential:
@@ -162,7 +165,8 @@ def toy_decoder(options: DecoderOptions, ctx) -> Decoder:
 def toy_critic(options: CriticOptions, ctx) -> JointCritic:
     """Maxout MLP critic on concat(x, z), 3 x 200 units x 5 pieces (ALI's toy experiment)."""
     x_dim, z_dim = _dims(options, ctx, "critic 'toy_critic'")
-    return ToyCritic(x_dim, z_dim, options, getattr(ctx, "condition", None))
+    critic = ToyCritic(x_dim, z_dim, options, getattr(ctx, "condition", None))
+    return spectral_normalise(critic) if options.spectral_norm else critic
 
 
 @hookimpl

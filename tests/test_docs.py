@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import shlex
 import shutil
+import site
+import subprocess
 import sys
+import sysconfig
+import tomllib
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, ROOT, TINY, TINY_ENCODER
+from conftest import RECIPES, ROOT, TINY, TINY_ENCODER, cli_env
 
 DOCS = ROOT / "docs"
 
@@ -171,6 +178,198 @@ def test_plugin_testing_example(tmp_path, monkeypatch, advinf_host):
     finally:
         for name in ("my_package", "my_package.critics"):
             sys.modules.pop(name, None)
+
+
+# -- every code block of docs/, as printed ------------------------------------------------------------------
+#
+# Each doc runs in a fresh folder (holding a copy of recipes/), its blocks in order:
+# - a block preceded by `<!-- illustrative: REASON -->` is not run (few; see ILLUSTRATIVE);
+# - a file block (preceded by `<!-- file: PATH -->`, or whose first line is `# PATH` naming a .py/.toml file)
+#   is written to PATH under the current folder (Python files are compiled);
+# - ```python defining `def test_...` is written to a file and run with pytest; any other ```python block is
+#   executed in one namespace per doc, in the doc's folder (which is on sys.path);
+# - ```toml is parsed, and validated with advinf.load_recipe when it is a whole recipe ([dataset] and [game]);
+# - ```bash runs with bash -e; `cd` carries over to the next block. A doc that runs `pip install` gets a throwaway
+#   virtual environment layered over the test environment (offline: no index, no build isolation, no dependency
+#   resolution), so what it installs never reaches the test environment;
+# - other blocks (```text, plain ```) are output or maths, not code.
+
+#: The blocks not run, by doc: each says why in its marker.
+ILLUSTRATIVE = {"recipes.md": 2, "writing-plugins.md": 1}
+#: Docs whose blocks the tests further down run with a smaller training budget than printed, and why.
+RUN_BY_OWN_TESTS = {"library.md": "its examples train for thousands of steps; the test_library_* tests run each "
+                                  "block with a tiny budget"}
+
+_BLOCK = re.compile(r"(?:^<!-- (?P<mark>[^>]*?) -->\n)?^```(?P<lang>[\w-]*)\n(?P<code>.*?)^```\s*$", re.S | re.M)
+_FIRST_LINE_FILE = re.compile(r"^# ([\w./-]+\.(?:py|toml))\n")
+
+
+@dataclass
+class Block:
+    doc: str
+    line: int
+    lang: str
+    code: str
+    file: str | None = None
+    illustrative: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"docs/{self.doc}:{self.line}"
+
+
+def doc_blocks(path: Path) -> list[Block]:
+    text = path.read_text()
+    out = []
+    for m in _BLOCK.finditer(text):
+        mark, lang, code = m.group("mark") or "", m.group("lang"), m.group("code")
+        block = Block(path.name, text.count("\n", 0, m.start("code")), lang, code)
+        if mark.startswith("file: "):
+            block.file = mark[len("file: "):].strip()
+        elif mark.startswith("illustrative"):
+            block.illustrative = mark.partition(":")[2].strip()
+        elif lang in ("python", "toml") and _FIRST_LINE_FILE.match(code):
+            block.file = _FIRST_LINE_FILE.match(code).group(1)
+        out.append(block)
+    return out
+
+
+class DocSession:
+    """Runs one doc's blocks in order in ``root`` (see above)."""
+
+    def __init__(self, root: Path, blocks: list[Block]):
+        self.root = root
+        self.cwd = root / "work"
+        shutil.copytree(RECIPES, self.cwd / "recipes")
+        self.namespace: dict = {}
+        self.outputs: list[str] = []
+        self.env = cli_env(COLUMNS="120", PYTHONPATH=str(self.cwd))
+        if any(b.lang == "bash" and not b.illustrative and "pip install" in b.code for b in blocks):
+            self._make_venv()
+
+    def _make_venv(self) -> None:
+        venv = self.root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        pure = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+        pure.mkdir(parents=True, exist_ok=True)
+        parents = "; ".join(f"site.addsitedir({p!r})" for p in site.getsitepackages())
+        (pure / "_test_environment.pth").write_text(f"import site; {parents}\n")
+        for name, module in (("pip", "pip._internal.cli.main"), ("advinf", "advinf.cli"), ("pytest", "pytest")):
+            script = venv / "bin" / name
+            script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import main\n"
+                              "sys.exit(main())\n")
+            script.chmod(0o755)
+        self.env.update(PATH=f"{venv / 'bin'}{os.pathsep}{self.env['PATH']}", VIRTUAL_ENV=str(venv),
+                        PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_NO_DEPS="1",
+                        PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+    def run(self, block: Block) -> None:
+        if block.illustrative is not None:
+            return
+        if block.file is not None:
+            path = self.cwd / block.file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block.code)
+            if path.suffix == ".py":
+                compile(block.code, block.where, "exec")
+            return
+        runner = {"python": self._python, "toml": self._toml, "bash": self._bash}.get(block.lang)
+        if runner is not None:
+            runner(block)
+
+    def _python(self, block: Block) -> None:
+        if re.search(r"^def test_", block.code, re.M):
+            test = self.cwd / f"test_doc_{block.line}.py"
+            test.write_text(block.code)
+            self._shell(block, f"{shlex.quote(sys.executable)} -m pytest -q -p no:cacheprovider {test.name}")
+            return
+        import advinf.plugins
+
+        old_cwd, old_path, old_modules = Path.cwd(), list(sys.path), set(sys.modules)
+        os.chdir(self.cwd)
+        sys.path.insert(0, str(self.cwd))
+        advinf.plugins.reset_default_host()
+        try:
+            exec(compile(block.code, block.where, "exec"), self.namespace)
+        finally:
+            os.chdir(old_cwd)
+            sys.path[:] = old_path
+            for name in set(sys.modules) - old_modules:  # modules of the doc's folder
+                if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(self.root)):
+                    del sys.modules[name]
+            advinf.plugins.reset_default_host()
+
+    def _toml(self, block: Block) -> None:
+        data = tomllib.loads(block.code)
+        if {"dataset", "game"} <= set(data):
+            import advinf
+
+            path = self.cwd / f"doc_recipe_{block.line}.toml"
+            path.write_text(block.code)
+            advinf.load_recipe(path)
+
+    def _bash(self, block: Block) -> None:
+        self._shell(block, block.code)
+
+    def _shell(self, block: Block, code: str) -> None:
+        where = self.root / "cwd"
+        script = f"cd {shlex.quote(str(self.cwd))}\n{code}\npwd > {shlex.quote(str(where))}\n"
+        out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], capture_output=True, text=True,
+                             env=self.env, timeout=900)
+        tail = f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert out.returncode == 0, f"{block.where} failed ({out.returncode}):\n{tail}"
+        self.outputs.append(out.stdout)
+        self.cwd = Path(where.read_text().strip())
+
+
+DOC_NAMES = sorted(p.name for p in DOCS.glob("*.md") if p.name not in RUN_BY_OWN_TESTS)
+
+
+@pytest.mark.parametrize("doc", DOC_NAMES)
+def test_every_block_of_the_doc_runs_as_printed(doc, tmp_path):
+    blocks = doc_blocks(DOCS / doc)
+    session = DocSession(tmp_path, blocks)
+    for block in blocks:
+        session.run(block)
+    check = DOC_CHECKS.get(doc)
+    if check is not None:
+        check(session)
+
+
+def _check_writing_plugins(session: DocSession) -> None:
+    listing = session.outputs[1]  # pip install -e . && advinf list-plugins --verbose
+    assert "spectral_critic" in listing and "relativistic_hinge" in listing
+    assert "      hidden: int > 0 <= 65536 = 256  (width of each hidden layer)" in listing
+    run = session.cwd / "runs" / "spectral"
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 50
+    assert "modes_covered" in json.loads((run / "eval.json").read_text())["mode_coverage"]
+    recipe = tomllib.loads((run / "recipe.toml").read_text())
+    assert (recipe["critic"]["name"], recipe["game"]["divergence"]) == ("spectral_critic", "relativistic_hinge")
+    check = subprocess.run([sys.executable, "-c", "import advinf_spectral"], capture_output=True, env=cli_env())
+    assert check.returncode != 0, "the doc's pip install reached the test environment"
+
+
+DOC_CHECKS = {"writing-plugins.md": _check_writing_plugins}
+
+
+def test_illustrative_blocks_are_few_and_say_why():
+    found = {}
+    for doc in DOC_NAMES:
+        marked = [b for b in doc_blocks(DOCS / doc) if b.illustrative is not None]
+        assert all(b.illustrative for b in marked), f"docs/{doc}: an illustrative block without a reason"
+        if marked:
+            found[doc] = len(marked)
+    assert found == ILLUSTRATIVE
+
+
+def test_the_writing_plugins_tutorial_builds_the_example_package():
+    """docs/writing-plugins.md writes exactly the files of examples/advinf-spectral, and all of them."""
+    example = ROOT / "examples" / "advinf-spectral"
+    files = {b.file: b.code for b in doc_blocks(DOCS / "writing-plugins.md") if b.file}
+    shipped = {str(p.relative_to(example)): p.read_text() for p in example.rglob("*") if p.is_file()
+               and not {"__pycache__", "build"} & set(p.parts) and ".egg-info" not in str(p)}
+    assert files == shipped
 
 
 # -- recipes shown in the docs ---------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Critic regularisers, for networks and games: spectral normalisation, the R1 penalty, instance noise.
+
+* :func:`spectral_normalise` puts torch's spectral-norm parametrisation on every linear and convolution weight
+  of a module: each weight is divided by an estimate of its largest singular value (the weight of a convolution
+  taken as an (out, in * kh * kw) matrix), refined by one power iteration per training-mode forward pass.
+* :func:`r1` is the squared gradient norm of a critic's logits with respect to its inputs, per example: for a
+  joint critic D(x, z) the data pairs (x, Gz(x)) are the "real" samples of q(x, z), so the R1 penalty
+  (gamma / 2) E ||grad D||^2 is taken with respect to both x and z (``inputs = "joint"``), or x alone
+  (``inputs = "x"``). The inputs are detached first: the penalty trains the critic, never the encoder.
+* :func:`instance_noise` adds Gaussian noise to what the critic sees.
+
+None of them reads a device value on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+#: The layers :func:`spectral_normalise` wraps.
+SPECTRAL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                   nn.ConvTranspose3d)
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """``module`` with every linear and convolution weight spectrally normalised (in place; returned)."""
+    for layer in list(module.modules()):
+        if isinstance(layer, SPECTRAL_LAYERS) and not _parametrized(layer):
+            dim = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+            spectral_norm(layer, dim=dim)
+    return module
+
+
+def _parametrized(layer: nn.Module) -> bool:
+    return hasattr(layer, "parametrizations") and "weight" in layer.parametrizations
+
+
+def r1(critic: Callable[..., Tensor], x: Tensor, z: Tensor | None, y: Tensor | None = None,
+       inputs: str = "joint") -> Tensor:
+    """||d D(x, z) / d(x, z)||^2 per example (shape (B,)), at detached copies of ``x`` and ``z``; with
+    ``inputs = "x"`` (or ``z`` None: a marginal critic) with respect to x alone. The graph is kept (create_graph),
+    so the result can be minimised. A critic with K+1 outputs is differentiated through the sum of its logits."""
+    x = x.detach().requires_grad_(True)
+    wrt = [x]
+    if z is not None:
+        z = z.detach().requires_grad_(inputs == "joint")
+        if inputs == "joint":
+            wrt.append(z)
+    logits = critic(x, z, y)
+    grads = torch.autograd.grad(logits.sum(), wrt, create_graph=True)
+    return sum(g.pow(2).flatten(1).sum(1) for g in grads)  # type: ignore[return-value]
+
+
+def instance_noise(x: Tensor, std: float) -> Tensor:
+    """``x`` plus N(0, std^2) noise (``x`` itself when std is 0)."""
+    return x if std == 0 else x + std * torch.randn_like(x)
