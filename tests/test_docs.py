@@ -24,7 +24,7 @@ from conftest import RECIPES, ROOT, TINY, TINY_ENCODER, cli_env
 DOCS = ROOT / "docs"
 
 #: How many ```python blocks each doc has; every one of them is run by a test below.
-PYTHON_BLOCKS = {"library.md": 4, "plugins.md": 4}
+PYTHON_BLOCKS = {"library.md": 4, "plugins.md": 4, "writing-plugins.md": 2}
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -195,7 +195,7 @@ def test_plugin_testing_example(tmp_path, monkeypatch, advinf_host):
 # - other blocks (```text, plain ```) are output or maths, not code.
 
 #: The blocks not run, by doc: each says why in its marker.
-ILLUSTRATIVE = {"recipes.md": 2, "writing-plugins.md": 1}
+ILLUSTRATIVE = {"distributed.md": 4, "recipes.md": 4, "writing-plugins.md": 1}
 #: Docs whose blocks the tests further down run with a smaller training budget than printed, and why.
 RUN_BY_OWN_TESTS = {"library.md": "its examples train for thousands of steps; the test_library_* tests run each "
                                   "block with a tiny budget"}
