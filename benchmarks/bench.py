@@ -94,6 +94,11 @@ def check_game(built: Built) -> None:
     if game.divergence not in DIVERGENCES:  # type: ignore[attr-defined]
         raise UserError(f"advinf bench: the plain loop writes out the built-in divergences "
                         f"({', '.join(DIVERGENCES)}), not '{game.divergence}'")  # type: ignore[attr-defined]
+    regularised = [name for name in ("label_smoothing", "instance_noise", "r1") if getattr(game, {
+        "label_smoothing": "smoothing", "instance_noise": "noise", "r1": "r1"}[name], 0)]
+    if regularised:
+        raise UserError(f"advinf bench: the plain loop has no critic regularisers; this recipe sets game."
+                        f"{', game.'.join(regularised)}")
 
 
 def count_flops(built: Built) -> int:

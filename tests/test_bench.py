@@ -117,3 +117,14 @@ def test_bench_falls_back_to_random_data_shaped_like_the_recipe_s(tmp_path):
     assert x.dtype == torch.uint8 and tuple(x.shape[1:]) == (3, 32, 32)
     with pytest.raises(Exception, match="dataset"):
         build_for_bench(rec, default_host(), "recipe")
+
+
+def test_bench_refuses_critic_regularisers_the_plain_loop_lacks():
+    from advinf import UserError
+    from advinf_benchmarks.bench import check_game
+
+    with pytest.raises(UserError, match="no critic regularisers; this recipe sets game.label_smoothing, game.r1"):
+        check_game(_built("game.label_smoothing=0.1", "game.r1=1.0")[0])
+    built, _ = _built("critic.spectral_norm=true")  # the same networks in both loops: allowed
+    check_game(built)
+    assert _differences(*_one_step_each(built)) == []

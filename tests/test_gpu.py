@@ -49,15 +49,30 @@ def test_toy_recipe_on_cuda(tmp_path):
     assert "modes_covered" in json.loads(res.output)["mode_coverage"]
 
 
-def _toy_trainer(**spec):
+def _toy_trainer(game_options: dict | None = None, **spec):
     from test_train import tiny_data, tiny_nets
 
     from advinf_plugins.games import JointGame, JointGameOptions
 
     train = advinf.TrainSpec(steps=20, batch_size=32, ema=0.9, progress="none", sample_every=0, log_every=10,
                              device="cuda", **spec)
-    return advinf.Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=train,
-                          optimizer=advinf.OptimizerSpec(lr=1e-3))
+    game = JointGame(JointGameOptions(**(game_options or {})), stochastic=True)
+    return advinf.Trainer(tiny_nets(), game, tiny_data(), train=train, optimizer=advinf.OptimizerSpec(lr=1e-3))
+
+
+def test_critic_regularisers_add_no_host_synchronisation():
+    """R1 every 3 steps, label smoothing and annealed instance noise: the step still never waits for the GPU."""
+    trainer = _toy_trainer({"r1": 1.0, "r1_every": 3, "label_smoothing": 0.1, "instance_noise": 0.1,
+                            "instance_noise_steps": 8})
+    for _ in range(3):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):  # batch.index advances: both R1 branches and the annealing run
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("update", ["simultaneous", "alternating"])

@@ -94,12 +94,16 @@ def _patched(obj, name, value):
         setattr(obj, name, old)
 
 
-@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
-def test_the_loop_reads_values_back_only_at_log_intervals(update):
+@pytest.mark.parametrize(("update", "regularisers"), [
+    ("simultaneous", {}), ("alternating", {}),
+    ("simultaneous", {"r1": 1.0, "r1_every": 3, "label_smoothing": 0.1, "instance_noise": 0.1,
+                      "instance_noise_steps": 8}),  # critic regularisers decide from host integers only
+])
+def test_the_loop_reads_values_back_only_at_log_intervals(update, regularisers):
     spec = TrainSpec(steps=12, batch_size=32, log_every=4, update=update, critic_steps=2, ema=0.9, progress="none",
                      sample_every=0, threads=1)
-    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=spec,
-                      optimizer=OptimizerSpec(lr=1e-3), device="cpu")
+    game = JointGame(JointGameOptions(**regularisers), stochastic=True)
+    trainer = Trainer(tiny_nets(), game, tiny_data(), train=spec, optimizer=OptimizerSpec(lr=1e-3), device="cpu")
     reads: list[tuple[int, str]] = []
     with _record_host_reads(trainer, reads):
         result = trainer.fit()
