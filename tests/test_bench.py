@@ -128,3 +128,15 @@ def test_bench_refuses_critic_regularisers_the_plain_loop_lacks():
     built, _ = _built("critic.spectral_norm=true")  # the same networks in both loops: allowed
     check_game(built)
     assert _differences(*_one_step_each(built)) == []
+
+
+def test_options_compares_configurations_in_one_process(capsys):
+    from advinf_benchmarks.options import main
+
+    sets = [a for t in TINY + TINY_ENCODER for a in ("--set", t)]
+    main([str(RECIPES / "ali_mixture25.toml"), "--config", "base=", "--config",
+          "foreach=optimizer.fused=false,train.channels_last=true", "--steps", "2", "--warmup", "1", "--repeats", "2",
+          *sets])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("threads=1 flops/step=")
+    assert [ln.split()[0] for ln in lines[1:]] == ["base", "foreach"] and "x1.000" in lines[1]
