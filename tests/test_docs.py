@@ -4,6 +4,8 @@ layer table matches the imports of advinf/."""
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
 import json
 import os
 import re
@@ -44,64 +46,6 @@ def tiny(code: str) -> str:
 def test_every_python_block_is_tested():
     found = {p.name: len(python_blocks(p)) for p in DOCS.glob("*.md")}
     assert {name: n for name, n in found.items() if n} == PYTHON_BLOCKS
-
-
-# -- docs/library.md -------------------------------------------------------------------------------------
-
-def test_library_example_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    code = python_blocks(DOCS / "library.md")[0]
-    code = code.replace("steps=5000", "steps=5").replace('"mixture25")', '"mixture25", None, samples=500)')
-    evaluator = 'create("evaluator", "mode_coverage"'
-    code = code.replace(evaluator + ")", evaluator + ", None, plot=False)")
-    namespace: dict = {}
-    exec(compile(code, "library.md", "exec"), namespace)
-    assert "modes_covered" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "mine" / "eval.json").is_file()
-    trainer = namespace["trainer"]
-    critic, generator = trainer.optimizers["critic"], trainer.optimizers["generator"]
-    assert critic.param_groups[0]["lr"] == 4e-4 and critic.param_groups[0]["betas"] == (0.2, 0.999)
-    assert generator.param_groups[0]["lr"] == 1e-4
-
-
-@pytest.fixture
-def recipes_here(tmp_path, monkeypatch):
-    """A working directory holding a copy of recipes/, as in a checkout."""
-    shutil.copytree(RECIPES, tmp_path / "recipes")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def test_library_run_recipe_and_load_run(recipes_here, capsys):
-    code = tiny(python_blocks(DOCS / "library.md")[1])
-    exec(compile(code, "library.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[0] == "30"  # steps trained
-    assert out[1] == "30 torch.Size([500, 2]) torch.Size([500, 2]) torch.Size([500, 2])"
-    assert (recipes_here / "runs" / "ali" / "eval.json").is_file()
-
-
-def test_library_conditional_run(recipes_here, capsys):
-    code = tiny(python_blocks(DOCS / "library.md")[2])
-    namespace: dict = {}
-    exec(compile(code, "library.md", "exec"), namespace)
-    assert capsys.readouterr().out.startswith("mode 7 ")
-    run = namespace["run"]
-    assert run.condition.kind == "classes" and run.condition.dim == 25
-    assert namespace["x"].shape == namespace["x_rec"].shape == (200, 2)
-
-
-def test_library_runs_reload(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    code = python_blocks(DOCS / "library.md")[3]
-    code = code.replace("steps=2000", "steps=6, log_every=3, sample_every=4, progress='none', threads=1")
-    code = code.replace('"mixture25")', '"mixture25", None, samples=500)')
-    exec(compile(code, "library.md", "exec"), {})
-    out = capsys.readouterr().out.splitlines()
-    assert "cannot rebuild by name: critic (builtins.MyCritic, not made by advinf.create)" in out[0]
-    assert out[1] == "6 None"
-    assert (tmp_path / "runs" / "by_name" / "recipe.toml").is_file()
-    assert (tmp_path / "runs" / "own" / "library.json").is_file()
 
 
 # -- docs/plugins.md -------------------------------------------------------------------------------------
@@ -196,9 +140,6 @@ def test_plugin_testing_example(tmp_path, monkeypatch, advinf_host):
 
 #: The blocks not run, by doc: each says why in its marker.
 ILLUSTRATIVE = {"distributed.md": 4, "recipes.md": 4, "writing-plugins.md": 1}
-#: Docs whose blocks the tests further down run with a smaller training budget than printed, and why.
-RUN_BY_OWN_TESTS = {"library.md": "its examples train for thousands of steps; the test_library_* tests run each "
-                                  "block with a tiny budget"}
 
 _BLOCK = re.compile(r"(?:^<!-- (?P<mark>[^>]*?) -->\n)?^```(?P<lang>[\w-]*)\n(?P<code>.*?)^```\s*$", re.S | re.M)
 _FIRST_LINE_FILE = re.compile(r"^# ([\w./-]+\.(?:py|toml))\n")
@@ -242,7 +183,7 @@ class DocSession:
         self.cwd = root / "work"
         shutil.copytree(RECIPES, self.cwd / "recipes")
         self.namespace: dict = {}
-        self.outputs: list[str] = []
+        self.outputs: dict[int, str] = {}  # what each block printed, by its line
         self.env = cli_env(COLUMNS="120", PYTHONPATH=str(self.cwd))
         if any(b.lang == "bash" and not b.illustrative and "pip install" in b.code for b in blocks):
             self._make_venv()
@@ -289,9 +230,12 @@ class DocSession:
         os.chdir(self.cwd)
         sys.path.insert(0, str(self.cwd))
         advinf.plugins.reset_default_host()
+        printed = io.StringIO()
         try:
-            exec(compile(block.code, block.where, "exec"), self.namespace)
+            with contextlib.redirect_stdout(printed):
+                exec(compile(block.code, block.where, "exec"), self.namespace)
         finally:
+            self.outputs[block.line] = printed.getvalue()
             os.chdir(old_cwd)
             sys.path[:] = old_path
             for name in set(sys.modules) - old_modules:  # modules of the doc's folder
@@ -318,11 +262,11 @@ class DocSession:
                              env=self.env, timeout=900)
         tail = f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         assert out.returncode == 0, f"{block.where} failed ({out.returncode}):\n{tail}"
-        self.outputs.append(out.stdout)
+        self.outputs[block.line] = out.stdout
         self.cwd = Path(where.read_text().strip())
 
 
-DOC_NAMES = sorted(p.name for p in DOCS.glob("*.md") if p.name not in RUN_BY_OWN_TESTS)
+DOC_NAMES = sorted(p.name for p in DOCS.glob("*.md"))
 
 
 @pytest.mark.parametrize("doc", DOC_NAMES)
@@ -337,7 +281,7 @@ def test_every_block_of_the_doc_runs_as_printed(doc, tmp_path):
 
 
 def _check_writing_plugins(session: DocSession) -> None:
-    listing = session.outputs[1]  # pip install -e . && advinf list-plugins --verbose
+    listing = next(out for out in session.outputs.values() if "spectral 0.1.0" in out)  # list-plugins --verbose
     assert "spectral_critic" in listing and "relativistic_hinge" in listing
     assert "      hidden: int > 0 <= 65536 = 256  (width of each hidden layer)" in listing
     run = session.cwd / "runs" / "spectral"
@@ -350,7 +294,26 @@ def _check_writing_plugins(session: DocSession) -> None:
     assert check.returncode != 0, "the doc's pip install reached the test environment"
 
 
-DOC_CHECKS = {"writing-plugins.md": _check_writing_plugins}
+def _check_library(session: DocSession) -> None:
+    printed = list(session.outputs.values())
+    assert "modes_covered" in printed[0]  # the Trainer example's evaluation
+    assert (session.cwd / "runs" / "mine" / "eval.json").is_file()
+    trainer = session.namespace["trainer"]
+    critic, generator = trainer.optimizers["critic"], trainer.optimizers["generator"]
+    assert critic.param_groups[0]["lr"] == 4e-4 and critic.param_groups[0]["betas"] == (0.2, 0.999)
+    assert generator.param_groups[0]["lr"] == 1e-4
+    lines = printed[1].splitlines()  # run_recipe and load_run
+    assert lines[0].split()[0] == "100"
+    assert lines[1] == "100 torch.Size([500, 2]) torch.Size([500, 2]) torch.Size([500, 2])"
+    assert printed[2].startswith("mode 7 ")  # the conditional run
+    lines = printed[3].splitlines()  # library runs that reload
+    assert "cannot rebuild by name: critic (builtins.MyCritic, not made by advinf.create)" in lines[0]
+    assert lines[-1] == "100 None"
+    assert (session.cwd / "runs" / "by_name" / "recipe.toml").is_file()
+    assert (session.cwd / "runs" / "own" / "library.json").is_file()
+
+
+DOC_CHECKS = {"library.md": _check_library, "writing-plugins.md": _check_writing_plugins}
 
 
 def test_illustrative_blocks_are_few_and_say_why():
