@@ -28,18 +28,18 @@ small sample counts. During training (``every``) the real features are computed 
   FIDs measured with it compare models on the same data and options only.
 * ``inception``: the TF-ported FID Inception v3 (pool3, 2,048 features) of torch-fidelity, the network the papers'
   FIDs use; grey images are repeated to three channels and torch-fidelity resizes to 299 x 299. The weights are
-  never downloaded by surprise and never unpickled: ``weights`` names a local file, either ``.safetensors``
-  (read by safetensors) or torch-fidelity's ``.pth`` (read by ``torch.load(weights_only=True)``, which refuses
-  anything but tensors). Get the file from torch-fidelity's release (:data:`INCEPTION_URL`); to convert it to
-  safetensors::
+  never downloaded and never unpickled by advinf: ``weights`` names a local ``.safetensors`` file (read by
+  safetensors). torch-fidelity publishes them as a pickle (:data:`INCEPTION_URL`), which nothing in advinf reads
+  (``torch.load`` appears nowhere in the project, tests/test_checkpoints.py checks); convert it once yourself,
+  with torch's tensors-only loader::
 
       python -c "import torch; from safetensors.torch import save_file; save_file(torch.load(
           'weights-inception-2015-12-05-6726825d.pth', weights_only=True), 'inception-2015-12-05.safetensors')"
 
-  ``download = true`` (online only) fetches that file with ``torch.hub.load_state_dict_from_url`` into torch's hub
-  cache, checking the SHA-256 prefix in its name, and reads it with ``weights_only=True``. torch-fidelity's own
-  loader calls ``torch.load(weights_only=False)`` (an unpickle); advinf builds the network with the already-read
-  tensors instead, under ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``, so no file is ever unpickled.
+  For the same reason there is no download option: torch-fidelity's own download reads the pickle with
+  ``torch.load(weights_only=False)``. advinf builds the network from the safetensors tensors: torch-fidelity's
+  constructor insists on reading weights through ``torch.load``, so it is handed those tensors re-serialised in
+  memory, under torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` (tensors only); no file is unpickled.
 """
 
 from __future__ import annotations
@@ -179,56 +179,43 @@ def _accuracy(net: LabelClassifier, x: Tensor, y: Tensor) -> float:
 
 class InceptionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    weights: str | None = Field(None, min_length=1, description="local weights file: .safetensors, or "
-                                "torch-fidelity's .pth (read with torch.load(weights_only=True))")
-    download: bool = Field(False, description="when online and `weights` is not given: fetch torch-fidelity's "
-                                              "file into torch's hub cache (checked, read with weights_only=True)")
+    weights: str | None = Field(None, min_length=1, description="local .safetensors file of torch-fidelity's FID "
+                                "Inception (docs/recipes.md says how to convert the published .pth)")
     features: Literal["2048", "768", "192", "64"] = Field("2048", description="which Inception layer: 2048 is "
                                                                               "pool3, the FID standard")
 
     @model_validator(mode="after")
     def _weights_present(self) -> InceptionOptions:
         """Checked when the evaluator is built, before any training: a missing file is found at once."""
-        if (self.weights is None and not self.download) or (self.weights and not Path(self.weights).is_file()):
+        if self.weights is None or not Path(self.weights).is_file() or not self.weights.endswith(".safetensors"):
             raise ValueError(missing_weights_message(self.weights))
         return self
 
 
 def missing_weights_message(path: str | None) -> str:
-    where = f"no Inception weights at {path}" if path else "feature network 'inception' needs its weights"
-    return (f"{where}: download torch-fidelity's FID Inception ({INCEPTION_URL}) and give its path as "
-            "network_options = {weights = \"PATH\"} (a .pth is read with torch.load(weights_only=True)), or convert "
-            "it to safetensors first (docs/recipes.md, 'Sample quality'); when online, network_options = "
-            "{download = true} fetches it. Offline, network = \"label_classifier\" needs no download")
+    if path is None:
+        where = "feature network 'inception' needs its weights"
+    elif not path.endswith(".safetensors"):
+        where = f"{path} is not a .safetensors file (advinf reads no pickles)"
+    else:
+        where = f"no Inception weights at {path}"
+    return (f"{where}: download torch-fidelity's FID Inception ({INCEPTION_URL}), convert it to safetensors once "
+            "(docs/recipes.md, 'Sample quality', has the one-line command) and give network_options = "
+            "{weights = \"inception-2015-12-05.safetensors\"}; offline, network = \"label_classifier\" needs no "
+            "weights")
 
 
 def read_inception_weights(o: InceptionOptions) -> dict[str, Tensor]:
-    """The Inception state dict from a local .safetensors/.pth file or (``download``) torch's hub cache, without
-    unpickling anything."""
-    if o.weights is None:
-        if not o.download:
-            raise UserError(missing_weights_message(None))
-        try:
-            return torch.hub.load_state_dict_from_url(INCEPTION_URL, map_location="cpu", check_hash=True,
-                                                      weights_only=True, progress=False)
-        except OSError as exc:
-            raise UserError(f"downloading the Inception weights failed ({exc}); "
-                            + missing_weights_message(None)) from None
-    path = Path(o.weights)
-    if not path.is_file():  # removed since the options were checked
+    """The Inception state dict from a local .safetensors file (nothing unpickled)."""
+    from safetensors.torch import load_file
+
+    if o.weights is None or not Path(o.weights).is_file():  # removed since the options were checked
         raise UserError(missing_weights_message(o.weights))
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(o.weights)
     except Exception as exc:
         raise UserError(f"cannot read Inception weights from {o.weights}: {type(exc).__name__}: "
                         f"{str(exc)[:200]}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UserError(f"{o.weights} does not hold a state dict (names to tensors)")
-    return state
 
 
 @contextlib.contextmanager

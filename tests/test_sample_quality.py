@@ -18,7 +18,6 @@ from advinf.cli import cli
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior
 from advinf_plugins.sample_quality import (
-    InceptionFeatures,
     InceptionOptions,
     LabelClassifierOptions,
     inception,
@@ -144,28 +143,27 @@ def random_inception_state(monkeypatch) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
-def test_inception_reads_safetensors_and_weights_only_pth_and_never_unpickles(tmp_path, monkeypatch):
+def test_inception_reads_safetensors_and_never_a_pickle(tmp_path, monkeypatch):
     state = random_inception_state(monkeypatch)
     save_file(state, str(tmp_path / "w.safetensors"))
-    torch.save(state, tmp_path / "w.pth")
     images = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
-    ctx = BuildContext(dataset=digits())
-    from_st = inception(InceptionOptions(weights=str(tmp_path / "w.safetensors")), ctx)
-    from_pth = inception(InceptionOptions(weights=str(tmp_path / "w.pth")), ctx)
-    assert from_st.num_features == 2048
+    net = inception(InceptionOptions(weights=str(tmp_path / "w.safetensors")), BuildContext(dataset=digits()))
+    assert net.num_features == 2048
     with torch.no_grad():
-        a, b = from_st(images), from_pth(images)
-    assert a.shape == (2, 2048) and torch.equal(a, b)
-    ref = InceptionFeatures(state).net
-    assert all(torch.equal(ref.state_dict()[k], v) for k, v in from_st.net.state_dict().items())
+        assert net(images).shape == (2, 2048)
+    assert all(torch.equal(state[k], v) for k, v in net.net.state_dict().items())
 
     class Evil:
         def __reduce__(self):
             return (exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').write('ran')",))
 
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"x": Evil()}, protocol=2))
+    with pytest.raises(UserError, match=r"evil.pth is not a .safetensors file \(advinf reads no pickles\).*convert"):
+        advinf.create("evaluator", "fid", BuildContext(), network="inception",
+                      network_options={"weights": str(tmp_path / "evil.pth")})
+    (tmp_path / "evil.safetensors").write_bytes((tmp_path / "evil.pth").read_bytes())
     with pytest.raises(UserError, match="cannot read Inception weights"):
-        read_inception_weights(InceptionOptions(weights=str(tmp_path / "evil.pth")))
+        read_inception_weights(InceptionOptions(weights=str(tmp_path / "evil.safetensors")))
     assert not (tmp_path / "pwned").exists()
 
 
