@@ -41,6 +41,7 @@ from advinf import (
     hookimpl,
 )
 from advinf.conditions import embedding_for, with_condition
+from advinf.layers import Conv2d, ConvTranspose2d, Dropout
 from advinf.regularisers import spectral_normalise
 
 # -- architectures as data ---------------------------------------------------------------------------------
@@ -175,13 +176,13 @@ class Block(nn.Sequential):
                  dropout: float = 0.0, dropout_before_act: float = 0.0):
         super().__init__()
         if dropout > 0:
-            self.dropout = nn.Dropout(dropout)  # element-wise, inverted (scales by 1 / (1 - p)) like Blocks'
-        conv = nn.ConvTranspose2d if transpose else nn.Conv2d
+            self.dropout = Dropout(dropout)  # element-wise, inverted (scales by 1 / (1 - p)) like Blocks'
+        conv = ConvTranspose2d if transpose else Conv2d  # whole-window shapes as matrix products
         self.conv = conv(cin, cout, kernel, stride, padding=0, bias=bias)
         if bn is not None:
             self.bn = nn.BatchNorm2d(cout, eps=bn[0], momentum=bn[1])
         if dropout_before_act > 0:
-            self.dropout_act = nn.Dropout(dropout_before_act)
+            self.dropout_act = Dropout(dropout_before_act)
         if act is not None:
             self.act = act
 
@@ -232,7 +233,7 @@ class PaperEncoder(Encoder):
             blocks.append(Block(cin, cout, k, s, bn=bn, act=nn.LeakyReLU(o.slope)))
             cin = cout
         self.hidden = nn.ModuleList(blocks)
-        self.out = nn.Conv2d(cin + _extra(condition), 2 * z_dim if o.stochastic else z_dim, 1, bias=True)
+        self.out = Conv2d(cin + _extra(condition), 2 * z_dim if o.stochastic else z_dim, 1, bias=True)
         init_conv_weights(self, o.init_std)
         self.embed = embedding_for(condition)
         self.conditional = condition is not None
@@ -266,7 +267,7 @@ class PaperDecoder(Decoder):
             size = convt_out(size, k, s) if op == "t" else conv_out(size, k, s)
             cin = cout
         self.hidden = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(cin, channels, 1, bias=False)
+        self.out = Conv2d(cin, channels, 1, bias=False)
         self.output_bias = nn.Parameter(torch.zeros(1, channels, size, size))
         init_conv_weights(self, o.init_std)
         self.embed = embedding_for(condition)
