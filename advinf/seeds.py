@@ -8,10 +8,11 @@ over the seeds, with each seed's value and the wall time. SIGINT/SIGTERM end the
 seeds in training write a checkpoint and stop, no further seed starts (the workers get the signal from this
 process, once per signal it receives: a second SIGINT aborts, as in a single run).
 
-Why not stacked networks under ``torch.func.vmap``: on CPU the batched kernels do not reproduce the unbatched ones
-bit for bit (a 2-400-400-2 MLP at batch 100: outputs off by up to 7e-8, gradients by up to 2e-6, one thread), and a
-game's noise drawn inside ``vmap`` does not come from each seed's own generator in the order a single run draws
-it. Separate runs are the way to keep every seed exactly reproducible on its own.
+Why not stacked networks under ``torch.func.vmap``: on CPU ``vmap(F.linear)`` does not reproduce ``F.linear`` of
+each slice bit for bit (the toy's 2-400-400-2 MLP at batch 100: gradients off by up to 1e-5), although ``bmm`` and
+``baddbmm`` themselves equal ``mm`` and ``F.linear`` slice by slice;
+and a game's noise drawn inside ``vmap`` does not come from each seed's own generator in the order a single run
+draws it. Separate runs are the way to keep every seed exactly reproducible on its own (docs/recipes.md).
 """
 
 from __future__ import annotations

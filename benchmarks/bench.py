@@ -197,7 +197,7 @@ def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: 
             "threads": torch.get_num_threads(), "dtype": str(dtype).removeprefix("torch."),
             "batch_size": batch, "update": spec.update, "steps": steps, "warmup": warmup, "repeats": repeats,
             "data": "random" if built.dataset.meta.get("random") else "recipe",
-            "options": {k: getattr(spec, k) for k in ("compile", "autocast", "channels_last")},
+            "options": {k: getattr(spec, k) for k in ("compile", "autocast", "channels_last", "cuda_graph")},
             "advinf_samples_per_s": batch / ma, "reference_samples_per_s": batch / mp, "speedup": mp / ma,
             "flops_per_sample": per_sample, "achieved_flops": achieved, "peak_flops": peak,
             "fraction_of_peak": achieved / peak, "reference_fraction_of_peak": per_sample * batch / mp / peak,

@@ -142,3 +142,20 @@ def test_options_compares_configurations_in_one_process(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("threads=1 flops/step=")
     assert [ln.split()[0] for ln in lines[1:]] == ["base", "foreach"] and "x1.000" in lines[1]
+
+
+def test_the_projection_reads_bench_reports(tmp_path, capsys):
+    """benchmarks/gpu_check.sh's last step: a report's step time times the schedule's steps."""
+    from advinf_benchmarks.project import main, projection
+
+    report = {"recipe": "ali_svhn", "device": "cuda", "device_name": "GPU", "advinf_samples_per_s": 10_000.0,
+              "speedup": 2.0, "fraction_of_peak": 0.25, "advinf_ms_per_step": 10.0,
+              "options": {"cuda_graph": True, "autocast": "bf16", "compile": False}}
+    p = projection(report, 531_000)
+    assert p["projected_seconds"] == pytest.approx(5310.0)
+    assert p["options"] == {"cuda_graph": True, "autocast": "bf16"}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    main([str(tmp_path / "r.json"), str(tmp_path / "missing.json")])
+    out = capsys.readouterr().out
+    assert "ali_svhn on GPU [cuda_graph=True,autocast=bf16]" in out and "88.5 min" in out
+    assert "missing.json: no report" in out

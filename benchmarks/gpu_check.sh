@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks of docs/performance.md ("On a GPU") in one short run, for a machine with CUDA and torch but
+# possibly without this project's other dependencies: wheels in .whl/ (if any) are installed first, then the
+# project, then the GPU tests, then `advinf bench` of ali_svhn eager and with the speed options, then the
+# projected time of the paper's SVHN schedule (531k steps of 100). Everything lands in $OUT (default: gpu_out).
+#
+#   OUT=gpu_out bash benchmarks/gpu_check.sh [STEPS]      # STEPS: timed steps per bench repeat (default 100)
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+STEPS=${1:-100}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+SITE=/tmp/advinf_site
+rm -rf "$SITE"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 2
+fi
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 2
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+ADVINF=("$PY" -m advinf)
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))" \
+    | tee "$OUT/torch.txt" || exit 2
+
+# the GPU tests (marked gpu; they skip without CUDA)
+"$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt"
+
+# ali_svhn: eager fp32, then the whole step recorded as a CUDA graph with bf16 autocast (channels_last: the recipe's)
+"${ADVINF[@]}" bench recipes/ali_svhn.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
+    > "$OUT/bench_svhn_eager.json" 2> "$OUT/bench_svhn_eager.err"
+"${ADVINF[@]}" bench recipes/ali_svhn.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
+    --set train.cuda_graph=true --set train.autocast=bf16 \
+    > "$OUT/bench_svhn_graph_bf16.json" 2> "$OUT/bench_svhn_graph_bf16.err"
+"${ADVINF[@]}" bench recipes/ali_mixture25.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
+    --set train.cuda_graph=true > "$OUT/bench_toy_graph.json" 2> "$OUT/bench_toy_graph.err"
+
+"$PY" -m advinf_benchmarks.project "$OUT"/bench_*.json | tee "$OUT/summary.txt"
