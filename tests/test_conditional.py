@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from conftest import RECIPES, ROOT, write
 from image_formats import CELEBA_ATTRS, write_celeba, write_image_folder, write_mnist, write_svhn
 from PIL import Image
+from test_image_datasets import FID_TINY
 
 import advinf
 from advinf import Condition, ConditionEmbedding, UserError
@@ -61,7 +62,7 @@ def png_size(path):
     ("ali_celeba_conditional", _celeba, "Attr_01,Attr_05"),
 ])
 def test_conditional_recipes_train_and_draw_conditional_grids(tmp_path, recipe, writer, condition):
-    from test_image_datasets import FID_TINY, check_recipe_evaluators
+    from test_image_datasets import check_recipe_evaluators
 
     out, size = train(tmp_path, recipe, writer, FID_TINY if recipe != "ali_celeba_conditional" else ())
     check_recipe_evaluators(out, recipe)
@@ -89,7 +90,7 @@ def test_conditional_recipes_train_and_draw_conditional_grids(tmp_path, recipe, 
 def test_the_condition_and_z_each_change_the_samples(tmp_path):
     # BN momentum 1: after two steps the running statistics are the last batch's, so that eval-mode outputs carry
     # the signal (with the paper's 0.05 and N(0, 0.01) weights they are still all output bias after two steps)
-    out, _ = train(tmp_path, "ali_mnist_conditional", _mnist, ["decoder.bn_momentum=1.0"])
+    out, _ = train(tmp_path, "ali_mnist_conditional", _mnist, ["decoder.bn_momentum=1.0", *FID_TINY])
     model = advinf.load_run(out, device="cpu")
     assert model.conditional and model.condition.kind == "classes" and model.condition.dim == 10
     z = model.prior_sample(6, seed=1)
@@ -109,7 +110,7 @@ def test_the_condition_and_z_each_change_the_samples(tmp_path):
 
 
 def test_the_original_fixed_embedding_is_shared_and_never_trained(tmp_path):
-    out, _ = train(tmp_path, "ali_svhn_conditional", _svhn, ["game.train_embedding=false"])
+    out, _ = train(tmp_path, "ali_svhn_conditional", _svhn, ["game.train_embedding=false", *FID_TINY])
     model = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints")).tensors["model"]
     weights = [model[f"{net}.embed.linear.weight"] for net in ("encoder", "decoder", "critic")]
     assert weights[0].shape == (16, 10)
@@ -120,7 +121,7 @@ def test_the_original_fixed_embedding_is_shared_and_never_trained(tmp_path):
     optim = ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints")).tensors["optim"]
     assert not any(".embed." in k for k in optim)
 
-    trained_run, _ = train(tmp_path / "trained", "ali_svhn_conditional", _svhn)
+    trained_run, _ = train(tmp_path / "trained", "ali_svhn_conditional", _svhn, FID_TINY)
     trained = ckpt.load_checkpoint(ckpt.latest_checkpoint(trained_run / "checkpoints")).tensors["model"]
     assert not torch.equal(trained["decoder.embed.linear.weight"], fresh.linear.weight)
 
