@@ -15,11 +15,15 @@ modules (these are subclasses); only the order of the additions differs, so resu
 
 **Dropout on the CPU.** torch draws a CPU dropout mask with ``bernoulli_``, one double-precision uniform per
 element on one thread (about 7 ns an element here), then scales it and multiplies in two more passes. ``Dropout``
-draws 31-bit integers instead (about 2 ns an element), keeps an element when its integer is below
-``round((1 - p) * 2**31)`` (p exact to 2^-31) and scales the kept ones by 1 / (1 - p), like torch: forward and
-backward of a 200x32x28x28 map took 24.8 ms against torch's 44.8 ms. The draws come from torch's default
-generator, so seeding, checkpointed RNG state and resume behave as before; the stream of masks differs from
-``nn.Dropout``'s. On other devices (CUDA's dropout is fused and fast) and in place it is ``nn.Dropout``.
+draws 64-bit random words instead and gives each element a 16-bit lane of one (four elements a word, about 0.7 ns
+an element): an element is kept when its lane, read as an unsigned number, is below ``round((1 - p) * 2**16)``, so
+p is exact to 2^-17 (0.2 becomes 0.19999695), and the kept ones are scaled by 1 / (1 - p), like torch. A p within
+2^-8 of 0 or 1, which 16 bits would round too coarsely, takes a 31-bit integer per element (about 2 ns an element;
+p exact to 2^-32). Forward and backward of a channels_last 200x32x28x28 map at p = 0.2, two threads, medians of
+three rounds in one process: torch's 42.7 ms, 31-bit integers 22.6 ms, 16-bit lanes 16.0 ms. The draws come from
+torch's default generator, so seeding, checkpointed RNG state and resume behave as before; the stream of masks
+differs from ``nn.Dropout``'s. On other devices (CUDA's dropout is fused and fast) and in place it is
+``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from torch import Tensor, nn
 __all__ = ["Conv2d", "ConvTranspose2d", "Dropout", "dropout_mask"]
 
 _BITS = 2**31  # int32 ``random_()`` draws uniformly from [0, 2**31)
+_LANE_BITS = 2**16  # a 16-bit lane of a 64-bit word: int16, uniform on [-2**15, 2**15)
+_LANE_MIN_P = 2**-8  # below this distance of p from 0 or 1, 16 bits round p too coarsely: 31-bit draws
 
 
 def _nhwc(w: Tensor) -> bool:
@@ -76,12 +82,20 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 def dropout_mask(x: Tensor, p: float) -> Tensor:
     """A mask shaped like ``x`` (and in its memory format): 1 / (1 - p) with probability 1 - p, else 0."""
-    keep = torch.empty_like(x, dtype=torch.int32).random_() < round((1.0 - p) * _BITS)
-    return keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep_p = 1.0 - p
+    if min(p, keep_p) < _LANE_MIN_P:
+        keep = torch.empty_like(x, dtype=torch.int32).random_() < round(keep_p * _BITS)
+    else:
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)  # 64 bits
+        layout = torch.empty_like(x, device="meta")  # x's shape in x's memory format (dense), allocating nothing
+        lanes = words.view(torch.int16)[:n].as_strided(layout.shape, layout.stride())
+        keep = lanes < round(keep_p * _LANE_BITS) - _LANE_BITS // 2
+    return keep.to(x.dtype).mul_(1.0 / keep_p)
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` (element-wise, inverted) with the mask drawn as 31-bit integers on the CPU."""
+    """``nn.Dropout`` (element-wise, inverted) with the mask drawn from 16-bit lanes of random words on the CPU."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.inplace or x.device.type != "cpu" or not 0.0 < self.p < 1.0:

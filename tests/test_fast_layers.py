@@ -96,7 +96,7 @@ def test_the_layers_keep_torch_s_parameter_names_so_checkpoints_and_spectral_nor
     torch.testing.assert_close(sn(x), F.conv2d(x, w, sn.bias), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+@pytest.mark.parametrize("p", [0.001, 0.2, 0.5, 0.9, 0.999])  # 0.001 and 0.999 take the 31-bit draws
 def test_dropout_keeps_1_minus_p_of_the_elements_and_scales_them_by_1_over_1_minus_p(p):
     torch.manual_seed(0)
     x = torch.ones(1000, 1000)
@@ -110,6 +110,20 @@ def test_dropout_keeps_1_minus_p_of_the_elements_and_scales_them_by_1_over_1_min
     # repeated down the columns, puts the row or column means at 0 and 1)
     spread = 5 * ((1 - p) * p / 1000) ** 0.5
     assert kept.float().mean(dim=1).std() < spread and kept.float().mean(dim=0).std() < spread
+
+
+@pytest.mark.parametrize(("p", "draw"), [
+    (0.2, lambda n: torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)),  # a word per 4 lanes
+    (0.001, lambda n: torch.empty(n, dtype=torch.int32).random_()),  # one 31-bit integer per element
+])
+def test_dropout_draws_a_64_bit_word_per_four_elements_unless_p_is_near_0_or_1(p, draw):
+    x = torch.randn(3, 7, 5)  # 105 elements: the last word's spare lanes are drawn and unused
+    torch.manual_seed(3)
+    dropout_mask(x, p)
+    after_mask = torch.random.get_rng_state()
+    torch.manual_seed(3)
+    draw(x.numel())
+    assert torch.equal(after_mask, torch.random.get_rng_state())
 
 
 def test_dropout_follows_the_seed_the_memory_format_and_the_mode():
