@@ -464,9 +464,16 @@ class RegisteredName:
     validated (the error names the key and the available names), e.g. a game's divergence::
 
         divergence: Annotated[str, RegisteredName("divergence")] = "original"
+
+    ``options`` names the sibling option (a table) that holds the named component's own options; validation checks
+    it against that component's options model too, e.g. an evaluator's feature network::
+
+        network: Annotated[str, RegisteredName("feature_network", options="network_options")] = "inception"
+        network_options: dict[str, Any] = {}
     """
 
     kind: str
+    options: str | None = None
 
 
 @dataclass

@@ -516,8 +516,14 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     for field_name, info in comp.options.model_fields.items():  # options that name other components
         for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
             value = getattr(out[section], field_name)
-            if isinstance(value, str) and value not in host.registry.get(ref.kind, {}):
+            if not isinstance(value, str):
+                continue
+            if value not in host.registry.get(ref.kind, {}):
                 problems.append(_unknown(host, ref.kind, f"{section}.{field_name}", value))
+            elif ref.options is not None:  # and that component's options, in their own table
+                nested = getattr(out[section], ref.options) or {}
+                _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
+                                    name_key=f"{section}.{field_name}")
 
 
 def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:

@@ -52,13 +52,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor, nn
 
-from advinf import BuildContext, Dataset, Evaluator, TrainedModel, UserError, hookimpl
+from advinf import BuildContext, Dataset, Evaluator, RegisteredName, TrainedModel, UserError, hookimpl
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -186,7 +186,8 @@ class InceptionOptions(BaseModel):
 
     @model_validator(mode="after")
     def _weights_present(self) -> InceptionOptions:
-        """Checked when the evaluator is built, before any training: a missing file is found at once."""
+        """Checked when the recipe is validated (`advinf validate` too) and when the evaluator is built: before any
+        training, a missing file is found at once."""
         if self.weights is None or not Path(self.weights).is_file() or not self.weights.endswith(".safetensors"):
             raise ValueError(missing_weights_message(self.weights))
         return self
@@ -271,7 +272,8 @@ class SampleQualityOptions(BaseModel):
     real: Literal["heldout", "train"] = Field("heldout", description="the split the samples are compared with")
     real_examples: int | None = Field(None, ge=2, description="real examples (drawn with seed); default: the "
                                                               "whole split")
-    network: str = Field("label_classifier", min_length=1, description="registered feature network")
+    network: Annotated[str, RegisteredName("feature_network", options="network_options")] = Field(
+        "label_classifier", min_length=1, description="registered feature network")
     network_options: dict[str, Any] = Field(default_factory=dict, description="the feature network's options")
     seed: int = Field(0, ge=0, lt=2**32, description="seed of the prior draws and the real-example draw")
     batch_size: int = Field(250, ge=1, le=65536, description="images per feature-network pass")

@@ -124,6 +124,26 @@ def test_bad_network_names_and_options_are_user_errors():
         advinf.create("evaluator", "fid", ctx, network_options={"epochs": 0})
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("evaluators.fid.network_options={epochs = -1}",
+     "evaluators.fid.network_options.epochs: Input should be greater than or equal to 1 (got -1)"),
+    ("evaluators.kid.network_options={epoch = 2}",
+     "evaluators.kid.network_options.epoch: unknown option of feature_network 'label_classifier' (got 2); did you "
+     "mean 'epochs'?"),
+    ("evaluators.fid.network_options={epochs = true}",
+     "evaluators.fid.network_options.epochs: a boolean where a number is expected"),
+    ("evaluators.fid.network=inceptoin", "evaluators.fid.network: unknown feature_network (got 'inceptoin'); did you "
+                                         "mean 'inception'?"),
+    ('evaluators.fid.network="inception"', "evaluators.fid.network_options: feature network 'inception' needs its "
+                                            "weights"),
+])
+def test_advinf_validate_checks_the_feature_network_and_its_options_naming_the_key(override, message):
+    """Found before any training, by `advinf validate` too (not only when the evaluator is built)."""
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set", override])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "1 problem" in res.output and "Traceback" not in res.output
+
+
 def test_missing_inception_weights_say_where_to_get_them(tmp_path):
     for opts in ({}, {"weights": str(tmp_path / "nope.safetensors")}):
         with pytest.raises(UserError, match="torch-fidelity.*weights-inception-2015-12-05-6726825d.pth.*"
