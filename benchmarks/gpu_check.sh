@@ -37,3 +37,7 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
     --set train.cuda_graph=true > "$OUT/bench_toy_graph.json" 2> "$OUT/bench_toy_graph.err"
 
 "$PY" -m advinf_benchmarks.project "$OUT"/bench_*.json | tee "$OUT/summary.txt"
+
+# what stacking 10 toy seeds in one step could gain on the GPU (docs/recipes.md, "Several seeds")
+"$PY" -m advinf_benchmarks.stacking --device cuda --seeds 10 --json > "$OUT/stacking_cuda.json" \
+    2> "$OUT/stacking_cuda.err" && tee -a "$OUT/summary.txt" < "$OUT/stacking_cuda.json"

@@ -1,0 +1,189 @@
+"""How much training several seeds as one stacked network could gain on this machine, before anyone builds it::
+
+    python -m advinf_benchmarks.stacking [--seeds 10] [--threads 2] [--device cpu] [--json]
+
+ALI's toy step (the paper's 2-D networks and batch, ali-reference §4: a 2-layer encoder and 4-layer decoder of
+400 units with batch norm, a critic of three maxout layers of 200 units x 5 pieces; the original divergence,
+simultaneous Adam updates) written for S seeds stacked along a leading dimension: every linear layer one
+``bmm``/``baddbmm`` over the seeds, batch norm per seed and channel in one call, the losses summed over seeds.
+It is timed per seed-step at S = 1 and at S = ``--seeds``, in one process, alternating, medians of repeats.
+
+This is not advinf's engine and it is not bit-exact to single runs (the batch-norm and maxout layouts differ):
+it is the best case of stacking, the same maths for S independent seeds with as few kernel launches as the
+step allows. If it gains little over S = 1, a stacked engine cannot gain more, and running seeds side by side
+(``advinf run --seeds ... --jobs N``) is the better use of the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BATCH, X_DIM, Z_DIM, NOISE = 100, 2, 2, 2
+HIDDEN, ENCODER_LAYERS, DECODER_LAYERS = 400, 2, 4
+CRITIC_UNITS, CRITIC_LAYERS, PIECES = 200, 3, 5
+BN_EPS, INIT_STD = 1e-4, 0.02
+
+
+@dataclass
+class StackedToy:
+    """The toy's parameters for ``seeds`` seeds, each tensor with the seeds first; weights stored (in, out)."""
+
+    encoder: list[Tensor]
+    decoder: list[Tensor]
+    critic: list[Tensor]
+
+    @property
+    def seeds(self) -> int:
+        return self.critic[0].shape[0]
+
+    def generator_parameters(self) -> list[Tensor]:
+        return self.encoder + self.decoder
+
+
+def _mlp_parameters(seeds: int, sizes: list[int], g: torch.Generator, device: torch.device) -> list[Tensor]:
+    """Linear (no bias) -> [BN (scale, shift) -> ReLU -> Linear] per hidden layer; the last Linear has a bias."""
+    out = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        if i:
+            out += [torch.ones(seeds, a, device=device), torch.zeros(seeds, a, device=device)]
+        out.append(torch.randn(seeds, a, b, generator=g).to(device) * INIT_STD)
+    out.append(torch.zeros(seeds, 1, sizes[-1], device=device))
+    return [t.requires_grad_() for t in out]
+
+
+def make_toy(seeds: int, seed: int = 0, device: torch.device | str = "cpu") -> StackedToy:
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    encoder = _mlp_parameters(seeds, [X_DIM + NOISE, *[HIDDEN] * ENCODER_LAYERS, Z_DIM], g, device)
+    decoder = _mlp_parameters(seeds, [Z_DIM, *[HIDDEN] * DECODER_LAYERS, X_DIM], g, device)
+    critic: list[Tensor] = []
+    widths = [X_DIM + Z_DIM, *[CRITIC_UNITS] * CRITIC_LAYERS]
+    for a in widths:
+        out = CRITIC_UNITS * PIECES if len(critic) < 2 * CRITIC_LAYERS else 1
+        critic += [torch.randn(seeds, a, out, generator=g).to(device) * INIT_STD,
+                   torch.zeros(seeds, 1, out, device=device)]
+    return StackedToy(encoder, decoder, [t.requires_grad_() for t in critic])
+
+
+def _batch_norm(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """Batch norm of (S, B, C) over each seed's batch, per channel: one call on a (B, S*C) view."""
+    s, b, c = h.shape
+    y = F.batch_norm(h.transpose(0, 1).reshape(b, s * c), None, None, scale.reshape(-1), shift.reshape(-1),
+                     training=True, eps=BN_EPS)
+    return y.view(b, s, c).transpose(0, 1)
+
+
+def _mlp(x: Tensor, p: list[Tensor]) -> Tensor:
+    """p: W0, then (scale, shift, W) per hidden layer, then the last layer's bias."""
+    h = torch.bmm(x, p[0])
+    for i in range(1, len(p) - 1, 3):
+        a = torch.relu(_batch_norm(h, p[i], p[i + 1]))
+        h = torch.baddbmm(p[-1], a, p[i + 2]) if i + 3 == len(p) - 1 else torch.bmm(a, p[i + 2])
+    return h
+
+
+def _critic(x: Tensor, z: Tensor, p: list[Tensor]) -> Tensor:
+    h = torch.cat([x, z], dim=2)
+    for j in range(CRITIC_LAYERS):
+        h = torch.baddbmm(p[2 * j + 1], h, p[2 * j]).view(*h.shape[:2], CRITIC_UNITS, PIECES).max(dim=3).values
+    return torch.baddbmm(p[-1], h, p[-2]).squeeze(2)
+
+
+def losses(toy: StackedToy, x: Tensor, eps: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Each seed's (critic loss, generator loss), shape (S,): ALI with the original divergence, one joint critic
+    batch of data pairs (x, Gz(x, eps)) and model pairs (Gx(z), z). x, eps, z: (S, B, dims)."""
+    z_hat = _mlp(torch.cat([x, eps], dim=2), toy.encoder)
+    x_tilde = _mlp(z, toy.decoder)
+    d = _critic(torch.cat([x, x_tilde], dim=1), torch.cat([z_hat, z], dim=1), toy.critic)
+    d_data, d_model = d[:, : x.shape[1]], d[:, x.shape[1]:]
+    critic_loss = (F.softplus(-d_data) + F.softplus(d_model)).mean(dim=1)
+    generator_loss = (F.softplus(d_data) + F.softplus(-d_model)).mean(dim=1)
+    return critic_loss, generator_loss
+
+
+def make_step(toy: StackedToy) -> Callable[[], None]:
+    """One simultaneous update of every seed: noise, both losses, both players' gradients, Adam (fused on CUDA)."""
+    fused = toy.critic[0].device.type == "cuda"
+    critic_opt = torch.optim.Adam(toy.critic, lr=4e-4, betas=(0.2, 0.999), fused=fused)
+    generator_opt = torch.optim.Adam(toy.generator_parameters(), lr=1e-4, betas=(0.2, 0.999), fused=fused)
+    s, device = toy.seeds, toy.critic[0].device
+
+    def step() -> None:
+        x = torch.randn(s, BATCH, X_DIM, device=device)  # the data's values do not change the timing
+        eps = torch.randn(s, BATCH, NOISE, device=device)
+        z = torch.randn(s, BATCH, Z_DIM, device=device)
+        critic_loss, generator_loss = losses(toy, x, eps, z)
+        critic_grads = torch.autograd.grad(critic_loss.sum(), toy.critic, retain_graph=True)
+        generator_grads = torch.autograd.grad(generator_loss.sum(), toy.generator_parameters())
+        for params, grads in ((toy.critic, critic_grads), (toy.generator_parameters(), generator_grads)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+        critic_opt.step()
+        generator_opt.step()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(seeds: int, steps: int = 50, warmup: int = 10, repeats: int = 5,
+            device: torch.device | str = "cpu") -> dict[str, object]:
+    """Milliseconds per seed-step at S = 1 and S = ``seeds`` (alternating, medians of ``repeats``) and their ratio."""
+    device = torch.device(device)
+    steppers = {n: make_step(make_toy(n, device=device)) for n in (1, seeds)}
+    for step in steppers.values():
+        for _ in range(warmup):
+            step()
+    times: dict[int, list[float]] = {1: [], seeds: []}
+    for _ in range(repeats):
+        for n, step in steppers.items():
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            times[n].append((time.perf_counter() - t) / steps / n * 1000)
+    one, many = statistics.median(times[1]), statistics.median(times[seeds])
+    return {"device": str(device), "threads": torch.get_num_threads(), "seeds": seeds, "batch_size": BATCH,
+            "ms_per_seed_step_single": one, "ms_per_seed_step_stacked": many, "stacking_speedup": one / many,
+            "single_ms_all": [round(v, 3) for v in times[1]], "stacked_ms_all": [round(v, 3) for v in times[seeds]]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.seeds < 2 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--seeds must be at least 2, --steps and --repeats at least 1, --warmup at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = measure(args.seeds, args.steps, args.warmup, args.repeats, args.device)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"toy ALI step on {out['device']} ({out['threads']} threads): {out['ms_per_seed_step_single']:.2f} ms "
+              f"per seed-step alone, {out['ms_per_seed_step_stacked']:.2f} ms with {args.seeds} seeds stacked: "
+              f"{out['stacking_speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
