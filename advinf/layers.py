@@ -22,7 +22,8 @@ p is exact to 2^-17 (0.2 becomes 0.19999695), and the kept ones are scaled by 1 
 p exact to 2^-32). Forward and backward of a channels_last 200x32x28x28 map at p = 0.2, two threads, medians of
 three rounds in one process: torch's 42.7 ms, 31-bit integers 22.6 ms, 16-bit lanes 16.0 ms. The draws come from
 torch's default generator, so seeding, checkpointed RNG state and resume behave as before; the stream of masks
-differs from ``nn.Dropout``'s. On other devices (CUDA's dropout is fused and fast) and in place it is
+differs from ``nn.Dropout``'s. On other devices (CUDA's dropout is fused and fast), in place and under
+``torch.compile`` (which fuses torch's dropout with its neighbours; the mask code would break the graph) it is
 ``nn.Dropout``.
 """
 
@@ -98,6 +99,7 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` (element-wise, inverted) with the mask drawn from 16-bit lanes of random words on the CPU."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.inplace or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
+        if (not self.training or self.inplace or x.device.type != "cpu" or not 0.0 < self.p < 1.0
+                or torch.compiler.is_compiling()):  # compiled, torch's dropout fuses with its neighbours
             return super().forward(x)
         return x * dropout_mask(x, self.p)

@@ -148,3 +148,13 @@ def test_dropout_s_gradient_is_its_mask():
     mask = torch.where(y != 0, 1 / 0.75, 0.0)
     torch.testing.assert_close(x.grad, mask)
 
+
+
+def test_dropout_traces_whole_under_torch_compile():
+    """Compiled, Dropout is torch's (which inductor fuses with its neighbours): no graph break at the mask."""
+    layer = Dropout(0.3)
+    compiled = torch.compile(lambda x: layer(x) * 2, backend="eager", fullgraph=True)  # fullgraph: breaks raise
+    torch.manual_seed(4)
+    y = compiled(torch.ones(64, 32))
+    kept = y != 0
+    assert 0.5 < kept.float().mean().item() < 0.9 and torch.allclose(y[kept], torch.tensor(2 / 0.7))
