@@ -174,9 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--seeds must be at least 2, --steps and --repeats at least 1, --warmup at least 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        parser.error(f"--device {args.device}: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = measure(args.seeds, args.steps, args.warmup, args.repeats, args.device)
+    out = measure(args.seeds, args.steps, args.warmup, args.repeats, device)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

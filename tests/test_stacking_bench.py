@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import advinf
@@ -56,3 +57,15 @@ def test_one_stacked_step_updates_every_seed_and_the_command_reports_json(capsys
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == 2 and out["ms_per_seed_step_single"] > 0 and out["ms_per_seed_step_stacked"] > 0
     assert out["stacking_speedup"] == out["ms_per_seed_step_single"] / out["ms_per_seed_step_stacked"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seeds", "1"], "--seeds must be at least 2"),
+    (["--device", "nonsense"], "--device nonsense"),
+    pytest.param(["--device", "cuda"], "CUDA is not available", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="CUDA is there")),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        stacking.main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
