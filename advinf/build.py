@@ -57,11 +57,14 @@ class Built:
 
 
 def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device | str | None = None, *,
-          init: bool = True, dataset: Dataset | None = None) -> Built:
+          init: bool = True, dataset: Dataset | None = None, evaluators: bool = True, loggers: bool = True
+          ) -> Built:
     """Build every component of ``recipe``; network initialisation is seeded by ``recipe.seed``.
 
     ``init = False`` skips ``init_from`` (the weights are about to come from a checkpoint anyway). ``dataset``
     replaces the recipe's (``advinf bench`` times a recipe on random data when its own is not on the machine).
+    ``evaluators`` / ``loggers`` = False leave those out (empty): loading a trained run for sampling must not need
+    what only training and evaluation use (Inception weights, the tensorboard package).
     """
     host = host or default_host()
     device = resolve_device(device if device is not None else recipe.spec.train.device)
@@ -90,9 +93,10 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
             init_network(nets[name], name, nspec, section, recipe.source)
         if not nspec.trainable:
             nets.freeze(name)
-    evaluators = build_evaluators(recipe, ctx, host)
-    loggers = [_make(recipe, host, f"loggers.{name}", "logger", ctx) for name in spec.train.loggers]
-    return Built(recipe, ctx.dataset, nets, game, evaluators, condition, device, loggers)
+    built_evaluators = build_evaluators(recipe, ctx, host) if evaluators else {}
+    built_loggers = ([_make(recipe, host, f"loggers.{name}", "logger", ctx) for name in spec.train.loggers]
+                     if loggers else [])
+    return Built(recipe, ctx.dataset, nets, game, built_evaluators, condition, device, built_loggers)
 
 
 def build_evaluators(recipe: Recipe, ctx: BuildContext, host: PluginHost | None = None) -> dict[str, Evaluator]:

@@ -31,7 +31,7 @@ from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.rundir import EVAL_FILE
-from advinf.runs import LoadedRun, load_run
+from advinf.runs import LoadedRun, load_run, run_evaluators
 
 if TYPE_CHECKING:
     from advinf.plugins import PluginHost
@@ -99,7 +99,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     panels: list[_Panels] = []
     for run_dir in map(Path, run_dirs):
         run = load_run(run_dir, device=device, host=host, plugins=plugins)
-        results.append(_result(run, run_dir))
+        results.append(_result(run, run_dir, host))
         if figure:
             panels.append(_panels(run, points, seed))
         del run
@@ -112,7 +112,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     return comparison
 
 
-def _result(run: LoadedRun, run_dir: Path) -> RunResult:
+def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> RunResult:
     spec = run.recipe.spec
     path = run_dir / EVAL_FILE
     if path.is_file():
@@ -122,9 +122,10 @@ def _result(run: LoadedRun, run_dir: Path) -> RunResult:
             raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
         if not isinstance(metrics, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
-    elif run.built.evaluators:
+    elif spec.evaluators:
+        evaluators = run_evaluators(run, host=host)
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:
-            metrics = evaluate(run, run.built.evaluators, run.dataset.to(run.device), Path(tmp))
+            metrics = evaluate(run, evaluators, run.dataset.to(run.device), Path(tmp))
         source = "recomputed"
     else:
         metrics, source = {}, "none"

@@ -225,11 +225,16 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *,
                     source: str = "<recipe>", base_dir: Path | None = None,
-                    host: PluginHost | None = None, load_plugins: bool = True) -> Recipe:
+                    host: PluginHost | None = None, load_plugins: bool = True, environment: bool = True) -> Recipe:
     """Validate an already-parsed recipe dictionary (see load_recipe).
 
     ``load_plugins = False`` for a recipe read from data (a run directory, a checkpoint): its ``plugins`` are
     code and are never imported from there; the caller loads the ones the user names (``--plugin``).
+
+    ``environment = False`` skips what depends on this machine rather than on the recipe: building each logger
+    once (a package missing here) and the checks options models make under the validation context
+    ``{"environment": False}`` (a weights file missing here). For a trained run read back to sample or
+    evaluate: its training-only needs must not stop that. Whatever is then built still checks its own.
     """
     data = copy.deepcopy(data)
     problems: list[Problem] = []
@@ -254,7 +259,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     options: dict[str, BaseModel] = {}
     for section, kind in COMPONENT_SECTIONS.items():
         comp = getattr(spec, section)
-        _validate_component(host, kind, section, comp.name, comp.options, options, problems)
+        _validate_component(host, kind, section, comp.name, comp.options, options, problems, environment=environment)
     for name, (section, kind, net) in spec.network_specs().items():
         if section == name and net.kind not in (None, kind):
             problems.append(Problem(f"{section}.kind", f"the [{section}] section builds the {kind}", net.kind, True))
@@ -264,11 +269,11 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             problems.append(Problem(f"{section}.kind", "missing or unknown network kind", net.kind,
                                     net.kind is not None, f"give one of {kinds}"))
             continue
-        _validate_component(host, kind, section, net.name, net.options, options, problems)
+        _validate_component(host, kind, section, net.name, net.options, options, problems, environment=environment)
     for name, ev in spec.evaluators.items():
         _validate_component(host, "evaluator", f"evaluators.{name}", name, ev.options, options, problems,
-                            name_key=f"evaluators.{name}")
-    _validate_loggers(host, spec, options, problems)
+                            name_key=f"evaluators.{name}", environment=environment)
+    _validate_loggers(host, spec, options, problems, environment)
     problems.extend(_check_optimizer("optimizer", spec.optimizer))
     players: dict[str, OptimizerSpec] = {}
     for player, table in spec.optimizers.items():
@@ -293,10 +298,11 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return Recipe(spec, options, source, base_dir or Path.cwd(), players, imported)
 
 
-def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, BaseModel], problems: list[Problem]
-                      ) -> None:
+def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, BaseModel], problems: list[Problem],
+                      environment: bool = True) -> None:
     """``train.loggers``: registered names, each with its ``[loggers.NAME]`` options; each logger is built once
-    (cheap, no files), so that one that cannot work here (a package missing) fails at validation."""
+    (cheap, no files), so that one that cannot work here (a package missing) fails at validation (unless
+    ``environment`` is false)."""
     for name in spec.loggers:
         if name not in spec.train.loggers:
             problems.append(Problem(f"loggers.{name}", "options of a logger that train.loggers does not choose",
@@ -304,8 +310,8 @@ def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, Bas
     for name in spec.train.loggers:
         before = len(problems)
         _validate_component(host, "logger", f"loggers.{name}", name, spec.loggers.get(name, {}), options, problems,
-                            name_key="train.loggers")
-        if len(problems) > before:
+                            name_key="train.loggers", environment=environment)
+        if len(problems) > before or not environment:
             continue
         comp = host.get("logger", name)
         try:
@@ -485,8 +491,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
 
 
 def _validate_component(host: PluginHost, kind: str, section: str, name: str, opts: dict[str, Any],
-                        out: dict[str, BaseModel], problems: list[Problem], name_key: str | None = None
-                        ) -> None:
+                        out: dict[str, BaseModel], problems: list[Problem], name_key: str | None = None,
+                        environment: bool = True) -> None:
     reserved = {"evaluator": EVALUATOR_KEYS, "encoder": NETWORK_KEYS, "decoder": NETWORK_KEYS,
                 "critic": NETWORK_KEYS}.get(kind, ("name",))
     if name not in host.registry[kind]:
@@ -509,7 +515,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
         problems.extend(posing)
         return
     try:
-        out[section] = comp.options.model_validate(opts)
+        out[section] = comp.options.model_validate(opts, context={"environment": environment})
     except ValidationError as exc:
         problems.extend(problems_from(exc, comp.options, opts, prefix=section))
         return
@@ -523,7 +529,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
             elif ref.options is not None:  # and that component's options, in their own table
                 nested = getattr(out[section], ref.options) or {}
                 _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
-                                    name_key=f"{section}.{field_name}")
+                                    name_key=f"{section}.{field_name}", environment=environment)
 
 
 def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:

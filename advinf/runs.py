@@ -17,7 +17,7 @@ from advinf.conditions import Condition
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.interfaces import BuildContext, Game, Networks, TrainedModel, check_networks
+from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
 from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir
@@ -27,7 +27,8 @@ from advinf.settings import resolve_device
 @dataclass(kw_only=True)
 class LoadedRun(TrainedModel):
     """A trained run: the model (eval mode) plus the recipe, dataset and step it comes from. Loaded into modules
-    the caller gives (``load_run(RUN, nets=..., game=...)``), it has no recipe, dataset or ``built``."""
+    the caller gives (``load_run(RUN, nets=..., game=...)``), it has no recipe, dataset or ``built``. ``built``
+    holds no evaluators or loggers: :func:`run_evaluators` builds the recipe's evaluators when they are wanted."""
 
     recipe: Recipe | None
     dataset: Dataset | None
@@ -71,7 +72,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
         host.load_local(str(plugin))
     recipe = recipe_of(loaded, run_dir, host)
     dev = resolve_device(device if device is not None else recipe.spec.train.device)
-    built = build(recipe, host=host, device=dev, init=False)
+    built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False)
     tensors = loaded.tensors["model"]
     for name, module in built.nets.items():
         prefix = ckpt.network_prefix(tensors, name)
@@ -133,9 +134,8 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
         raise UserError(f"--set with advinf evaluate changes evaluators only (evaluators.NAME.key=value), not: "
                         f"{', '.join(bad)}")
     recipe = validate_recipe(data, overrides, source=f"{run_dir / RECIPE_FILE} (with --with/--set)",
-                             base_dir=run_dir, host=host, load_plugins=False)
-    ctx = BuildContext(dataset=run.dataset, prior=run.prior, device=run.device, seed=recipe.spec.seed)
-    evaluators = build_evaluators(recipe, ctx, host)
+                             base_dir=run_dir, host=host, load_plugins=False, environment=False)
+    evaluators = run_evaluators(run, recipe, host)
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
     path = run_dir / EVAL_FILE
     try:
@@ -146,9 +146,20 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     return results
 
 
+def run_evaluators(run: LoadedRun, recipe: Recipe | None = None, host: PluginHost | None = None
+                   ) -> dict[str, Evaluator]:
+    """The evaluators of ``recipe`` (default: the run's own) built for a loaded run: its dataset, prior, device."""
+    recipe = recipe or run.recipe
+    if recipe is None:
+        raise UserError("this run was loaded into modules of the caller's and has no recipe to take evaluators from")
+    ctx = BuildContext(dataset=run.dataset, prior=run.prior, device=run.device, seed=recipe.spec.seed)
+    return build_evaluators(recipe, ctx, host)
+
+
 def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = None) -> Recipe:
     """The recipe a checkpoint was trained with (stored in it as JSON)."""
     data: dict[str, Any] | None = loaded.state.get("recipe")
     if data is None:
         raise UserError(f"{loaded.path} holds no recipe; it was not written by advinf run")
-    return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host, load_plugins=False)
+    return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host, load_plugins=False,
+                           environment=False)  # to sample or evaluate: training-only needs (loggers) not checked

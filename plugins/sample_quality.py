@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from torch import Tensor, nn
 
 from advinf import BuildContext, Dataset, Evaluator, RegisteredName, TrainedModel, UserError, hookimpl
@@ -185,10 +185,13 @@ class InceptionOptions(BaseModel):
                                                                               "pool3, the FID standard")
 
     @model_validator(mode="after")
-    def _weights_present(self) -> InceptionOptions:
+    def _weights_present(self, info: ValidationInfo) -> InceptionOptions:
         """Checked when the recipe is validated (`advinf validate` too) and when the evaluator is built: before any
-        training, a missing file is found at once."""
-        if self.weights is None or not Path(self.weights).is_file() or not self.weights.endswith(".safetensors"):
+        training, a missing file is found at once. A run's recipe read back to sample from (validation context
+        ``environment`` false) is not refused for a file only evaluation reads."""
+        here = (info.context or {}).get("environment", True)
+        if self.weights is None or not self.weights.endswith(".safetensors") or (
+                here and not Path(self.weights).is_file()):
             raise ValueError(missing_weights_message(self.weights))
         return self
 

@@ -242,6 +242,19 @@ def test_choosing_tensorboard_without_it_installed_says_what_to_install(monkeypa
     assert advinf.load_recipe(RECIPE).spec.train.loggers == ["jsonl"]  # the default needs nothing
 
 
+def test_a_run_trained_with_tensorboard_loads_and_evaluates_where_it_is_not_installed(tmp_path, monkeypatch):
+    """Loggers are a training need: sampling and evaluating a run need not have them; resuming it does."""
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    advinf.run_recipe(RECIPE, out=out, overrides=[*RUN, 'train.loggers=["jsonl", "tensorboard"]'])
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed: find_spec gives None
+    assert advinf.load_run(out, device="cpu").sample(n=3).shape == (3, 2)
+    evaluated = CliRunner().invoke(cli, ["evaluate", str(out)])
+    assert evaluated.exit_code == 0 and "mode_coverage" in json.loads((out / "eval.json").read_text()), evaluated.output
+    resumed = CliRunner().invoke(cli, ["run", "--resume", str(out), "--set", "train.steps=40"])
+    assert resumed.exit_code == 2 and "pip install advinf[tensorboard]" in resumed.output, resumed.output
+
+
 def test_wandb_is_cleanly_absent_without_its_package(tmp_path, monkeypatch):
     if importlib.util.find_spec("wandb") is not None:
         monkeypatch.setitem(sys.modules, "wandb", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,6 +143,31 @@ def test_advinf_validate_checks_the_feature_network_and_its_options_naming_the_k
     res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set", override])
     assert res.exit_code == 2 and message in res.output, res.output
     assert "1 problem" in res.output and "Traceback" not in res.output
+
+
+def test_a_run_whose_inception_weights_are_gone_still_loads_and_says_so_when_evaluated(tmp_path, monkeypatch):
+    """The weights file is checked before training and whenever the evaluator is built, but a run read back to
+    sample from does not need it: load_run works where the file is not."""
+    from test_digits import TINY
+
+    monkeypatch.chdir(tmp_path)
+    Path("w.safetensors").write_bytes(b"")  # there while the run is built; never read (stopped before evaluating)
+    sets = [s for s in TINY if not s.startswith("evaluators.")]
+    sets += ['evaluators.fid.network="inception"', 'evaluators.fid.network_options={weights = "w.safetensors"}']
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_digits.toml"), "--out", str(out), "--stop-after", "2",
+                                   *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    Path("w.safetensors").unlink()
+    assert advinf.load_run(out, device="cpu").sample(n=2).shape[0] == 2
+    sampled = CliRunner().invoke(cli, ["sample", str(out), "--out", str(tmp_path / "s.png"), "--count", "4"])
+    assert sampled.exit_code == 0, sampled.output
+    ran = CliRunner().invoke(cli, ["evaluate", str(out), "--with", "fid"])
+    assert ran.exit_code == 2 and "no Inception weights at w.safetensors" in ran.output, ran.output
+    assert "evaluators.fid" in ran.output and "Traceback" not in ran.output
+    validated = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), *[a for s in sets
+                                                                                          for a in ("--set", s)]])
+    assert validated.exit_code == 2 and "no Inception weights at w.safetensors" in validated.output
 
 
 def test_missing_inception_weights_say_where_to_get_them(tmp_path):
