@@ -69,6 +69,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
     _clear_debris(root)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    replaced: Path | None = None  # this step's earlier checkpoint, moved aside until the new one is in place
     try:
         sums = {}
         for name in FILES:
@@ -82,21 +83,34 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
         _fsync_file(tmp / STATE_FILE)
         fsync_dir(tmp)
         if final.exists():  # the same step again (e.g. a resumed run stopped where it started)
-            old = root / f".trash-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
+            replaced = root / f".trash-{final.name}-{os.getpid()}"
+            os.replace(final, replaced)
         os.replace(tmp, final)
         fsync_dir(root)
     except BaseException:
+        if replaced is not None and replaced.exists() and not final.exists():
+            os.replace(replaced, final)  # interrupted between the two renames: the earlier one goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if replaced is not None:
+        _delete(replaced)  # only once the new checkpoint is in place
     write_text(root / LATEST, final.name + "\n")
     fsync_dir(root)
     for old_ckpt in list_checkpoints(root)[:-keep] if keep > 0 else []:
         trash = root / f".trash-{old_ckpt.name}-{os.getpid()}"
-        os.replace(old_ckpt, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(old_ckpt, trash)  # one atomic rename: it stops being a checkpoint
+        _delete(trash)
     return final
+
+
+def _delete(trash: Path) -> None:
+    """Delete a checkpoint directory already moved aside. An interrupt during the delete (a second Ctrl-C aborts
+    at once) still finishes it before going on up, so no ``.trash-`` directory is left."""
+    try:
+        shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(trash, ignore_errors=True)
+        raise
 
 
 def list_checkpoints(root: Path) -> list[Path]:
