@@ -40,14 +40,20 @@ class AdvinfGroup(click.Group):
         except UserError as exc:
             if ctx.params.get("debug") or os.environ.get("ADVINF_DEBUG"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"{_rank_prefix()}error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            click.echo(f"{_rank_prefix()}interrupted", err=True)
             ctx.exit(130)
         except Terminated:
-            click.echo("terminated", err=True)
+            click.echo(f"{_rank_prefix()}terminated", err=True)
             ctx.exit(143)
+
+
+def _rank_prefix() -> str:
+    """Under torchrun every process prints its own errors, interleaved: say which rank each line is from."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK")
+    return f"[rank {rank}] " if world.strip() not in ("", "1") and rank is not None else ""
 
 
 @click.group(cls=AdvinfGroup, context_settings={"help_option_names": ["-h", "--help"]},

@@ -169,3 +169,20 @@ def test_misconfigured_runs_are_refused_with_clear_messages(tmp_path, monkeypatc
     with pytest.raises(UserError, match="nccl' needs CUDA"):
         run_recipe(TOY, out=tmp_path / "x", overrides=[*SETS, "train.dist_backend=nccl"])
     assert not (tmp_path / "x").exists()
+
+
+def test_under_torchrun_each_rank_s_errors_say_which_rank(tmp_path, monkeypatch):
+    """Every process prints its own errors under torchrun, interleaved: each line names its rank."""
+    from click.testing import CliRunner
+
+    from advinf.cli import cli
+
+    missing = str(tmp_path / "nope.toml")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    res = CliRunner().invoke(cli, ["validate", missing])
+    assert res.exit_code == 2 and res.output.startswith("[rank 3] error: ") and "recipe file not found" in res.output
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    res = CliRunner().invoke(cli, ["validate", missing])
+    assert res.exit_code == 2 and res.output.startswith("error: ")  # one process: no rank to name
