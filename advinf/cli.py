@@ -52,8 +52,14 @@ class AdvinfGroup(click.Group):
 
 def _rank_prefix() -> str:
     """Under torchrun every process prints its own errors, interleaved: say which rank each line is from."""
-    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK")
-    return f"[rank {rank}] " if world.strip() not in ("", "1") and rank is not None else ""
+    from advinf.distributed import launched_world_size
+
+    try:
+        launched = launched_world_size() > 1
+    except UserError:  # a WORLD_SIZE that is not a number: the error being printed may say so
+        launched = False
+    rank = os.environ.get("RANK")
+    return f"[rank {rank}] " if launched and rank is not None else ""
 
 
 @click.group(cls=AdvinfGroup, context_settings={"help_option_names": ["-h", "--help"]},
