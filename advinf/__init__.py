@@ -31,6 +31,7 @@ from advinf.interfaces import (
     Stream,
     TrainedModel,
     check_networks,
+    checks_machine,
 )
 from advinf.loggers import JsonlLogger, flatten_results
 from advinf.plugins import PluginHost, default_host
@@ -54,6 +55,6 @@ __all__ = [
     "OptimizerSpec", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError",
     "RegisteredName", "RunOutcome", "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec",
     "TrainedModel", "Trainer", "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build",
-    "check_networks", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl", "load_recipe",
-    "load_run", "run_recipe",
+    "check_networks", "checks_machine", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl",
+    "load_recipe", "load_run", "run_recipe",
 ]

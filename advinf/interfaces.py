@@ -476,6 +476,22 @@ class RegisteredName:
     options: str | None = None
 
 
+#: The pydantic validation-context key that says whether options validators check this machine too.
+_MACHINE = "environment"
+
+
+def validation_context(machine: bool) -> dict[str, bool]:
+    """The context recipe validation passes to every options model (``validate_recipe(environment=...)``)."""
+    return {_MACHINE: machine}
+
+
+def checks_machine(context: Mapping[str, Any] | None) -> bool:
+    """In an options model's validator (``info.context``): whether to check this machine too, a file the options
+    name or a package. False while a trained run's recipe is read back to sample or evaluate, whose training-only
+    needs must not stop that; the component checks again when it is built."""
+    return bool((context or {}).get(_MACHINE, True))
+
+
 @dataclass
 class BuildContext:
     """What a component factory may read: the pieces built before it, the device, the seed and the plugin host.

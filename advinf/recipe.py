@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
-from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName
+from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName, validation_context
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
@@ -232,8 +232,8 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     code and are never imported from there; the caller loads the ones the user names (``--plugin``).
 
     ``environment = False`` skips what depends on this machine rather than on the recipe: building each logger
-    once (a package missing here) and the checks options models make under the validation context
-    ``{"environment": False}`` (a weights file missing here). For a trained run read back to sample or
+    once (a package missing here) and the checks options models make when ``advinf.checks_machine(info.context)``
+    (a weights file missing here). For a trained run read back to sample or
     evaluate: its training-only needs must not stop that. Whatever is then built still checks its own.
     """
     data = copy.deepcopy(data)
@@ -515,7 +515,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
         problems.extend(posing)
         return
     try:
-        out[section] = comp.options.model_validate(opts, context={"environment": environment})
+        out[section] = comp.options.model_validate(opts, context=validation_context(environment))
     except ValidationError as exc:
         problems.extend(problems_from(exc, comp.options, opts, prefix=section))
         return

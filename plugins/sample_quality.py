@@ -58,7 +58,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from torch import Tensor, nn
 
-from advinf import BuildContext, Dataset, Evaluator, RegisteredName, TrainedModel, UserError, hookimpl
+from advinf import BuildContext, Dataset, Evaluator, RegisteredName, TrainedModel, UserError, checks_machine, hookimpl
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -187,11 +187,10 @@ class InceptionOptions(BaseModel):
     @model_validator(mode="after")
     def _weights_present(self, info: ValidationInfo) -> InceptionOptions:
         """Checked when the recipe is validated (`advinf validate` too) and when the evaluator is built: before any
-        training, a missing file is found at once. A run's recipe read back to sample from (validation context
-        ``environment`` false) is not refused for a file only evaluation reads."""
-        here = (info.context or {}).get("environment", True)
+        training, a missing file is found at once. A run's recipe read back to sample from
+        (``checks_machine`` false) is not refused for a file only evaluation reads."""
         if self.weights is None or not self.weights.endswith(".safetensors") or (
-                here and not Path(self.weights).is_file()):
+                checks_machine(info.context) and not Path(self.weights).is_file()):
             raise ValueError(missing_weights_message(self.weights))
         return self
 
