@@ -92,25 +92,19 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
             os.replace(replaced, final)  # interrupted between the two renames: the earlier one goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if replaced is not None:
-        _delete(replaced)  # only once the new checkpoint is in place
-    write_text(root / LATEST, final.name + "\n")
-    fsync_dir(root)
-    for old_ckpt in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        trash = root / f".trash-{old_ckpt.name}-{os.getpid()}"
-        os.replace(old_ckpt, trash)  # one atomic rename: it stops being a checkpoint
-        _delete(trash)
-    return final
-
-
-def _delete(trash: Path) -> None:
-    """Delete a checkpoint directory already moved aside. An interrupt during the delete (a second Ctrl-C aborts
-    at once) still finishes it before going on up, so no ``.trash-`` directory is left."""
-    try:
-        shutil.rmtree(trash, ignore_errors=True)
+    try:  # one protected region: a second Ctrl-C can land on any call or loop, not only inside a delete
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)  # only once the new checkpoint is in place
+        write_text(root / LATEST, final.name + "\n")
+        fsync_dir(root)
+        for old_ckpt in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            trash = root / f".trash-{old_ckpt.name}-{os.getpid()}"
+            os.replace(old_ckpt, trash)  # one atomic rename: it stops being a checkpoint
+            shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(trash, ignore_errors=True)
+        _clear_debris(root)  # finish the deletes an interrupt cut short before going on up
         raise
+    return final
 
 
 def list_checkpoints(root: Path) -> list[Path]:

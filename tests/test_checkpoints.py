@@ -279,24 +279,33 @@ def test_ema_averages_the_generator_and_load_run_returns_it(tmp_path):
 
 
 @pytest.mark.parametrize("same_step", [False, True])  # pruning an old checkpoint, or replacing this step's
-def test_an_interrupt_while_a_checkpoint_is_deleted_still_deletes_it(tmp_path, monkeypatch, same_step):
-    """A second Ctrl-C aborts at once, also inside the delete of a pruned checkpoint: no .trash- is left."""
+@pytest.mark.parametrize("where", ["delete", "rename"])  # inside the delete, or just after the move aside
+def test_an_interrupt_while_a_checkpoint_is_deleted_still_deletes_it(tmp_path, monkeypatch, same_step, where):
+    """A second Ctrl-C aborts at once, also while a pruned or replaced checkpoint is moved aside and deleted:
+    no .trash- is left, and a checkpoint of the step is in place."""
     root = tmp_path / "checkpoints"
     tensors = {name: {"x": torch.zeros(3)} for name in ckpt.FILES}
     ckpt.save_checkpoint(root, 1, tensors, {}, keep=1)
-    real_rmtree, interrupted = ckpt.shutil.rmtree, []
+    real_rmtree, real_replace, interrupted = ckpt.shutil.rmtree, ckpt.os.replace, []
 
-    def interrupted_once(path, *args, **kwargs):
-        if Path(path).name.startswith(".trash-") and not interrupted:
+    def rmtree(path, *args, **kwargs):
+        if where == "delete" and Path(path).name.startswith(".trash-") and not interrupted:
             interrupted.append(path)
             (Path(path) / "model.safetensors").unlink()  # part-way through
             raise KeyboardInterrupt
         return real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt.shutil, "rmtree", interrupted_once)
+    def replace(src, dst):
+        real_replace(src, dst)
+        if where == "rename" and Path(dst).name.startswith(".trash-") and not interrupted:
+            interrupted.append(dst)
+            raise KeyboardInterrupt  # the handler runs at the next call, before any delete starts
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(root, 1 if same_step else 2, tensors, {}, keep=1)
     assert interrupted and not [p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
-    expected = ckpt.checkpoint_name(1 if same_step else 2)  # the new one in place, never none
+    expected = ckpt.checkpoint_name(1 if same_step else 2)  # the new one in place (or the old one put back)
     assert [p.name for p in ckpt.list_checkpoints(root)] == [expected] == [ckpt.latest_checkpoint(root).name]
     assert all((root / expected / f"{name}.safetensors").is_file() for name in ckpt.FILES)
