@@ -432,7 +432,8 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
                      f"{result[who + '_samples_per_s']:9.0f} samples/s")
     lines.append(f"  speedup {result['speedup']:.2f}x over the plain loop")
     lines.append(f"  {result['flops_per_sample'] / 1e6:.1f} MFLOP per sample, {result['achieved_flops'] / 1e9:.1f} "
-                 f"GFLOP/s of a measured peak {result['peak_flops'] / 1e9:.1f} GFLOP/s: "
+                 f"GFLOP/s of a measured peak {result['peak_flops'] / 1e9:.1f} GFLOP/s (each repeat: "
+                 f"{', '.join(f'{v / 1e9:.0f}' for v in result['peak_flops_all'])}): "
                  f"{100 * result['fraction_of_peak']:.1f} % of peak")
     click.echo("\n".join(lines))
 

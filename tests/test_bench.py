@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 
 import pytest
 import torch
@@ -103,7 +104,8 @@ def test_bench_reports_both_loops_and_the_fraction_of_peak():
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert all(k in out for k in FIELDS), sorted(set(FIELDS) - set(out))
-    assert len(out["advinf_ms_all"]) == len(out["reference_ms_all"]) == 2
+    assert len(out["advinf_ms_all"]) == len(out["reference_ms_all"]) == len(out["peak_flops_all"]) == 2
+    assert out["peak_flops"] == pytest.approx(statistics.median(out["peak_flops_all"]))
     assert out["speedup"] == pytest.approx(out["reference_ms_per_step"] / out["advinf_ms_per_step"])
     assert out["achieved_flops"] == pytest.approx(out["flops_per_sample"] * out["advinf_samples_per_s"])
     assert out["fraction_of_peak"] == pytest.approx(out["achieved_flops"] / out["peak_flops"])
