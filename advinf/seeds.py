@@ -6,7 +6,9 @@ evaluation are bit-identical to ``advinf run RECIPE --set seed=K`` with the same
 the next seed when it finishes one. Then ``OUT/summary.json``: every evaluator metric's mean and standard deviation
 over the seeds, with each seed's value and the wall time. SIGINT/SIGTERM end the group as they end a run: the
 seeds in training write a checkpoint and stop, no further seed starts (the workers get the signal from this
-process, once per signal it receives: a second SIGINT aborts, as in a single run).
+process, once per signal it receives: a second SIGINT aborts, as in a single run). A worker killed outright (the
+system reclaiming memory, say) takes the seed in hand with it: the other workers go on with the rest, the summary
+lists that seed under ``lost``, and the command then fails (exit status 2) naming it.
 
 Why not stacked networks under ``torch.func.vmap``: on CPU ``vmap(F.linear)`` does not reproduce ``F.linear`` of
 each slice bit for bit (the toy's 2-400-400-2 MLP at batch 100: gradients off by up to 1e-5), although ``bmm`` and
@@ -107,6 +109,7 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
               jobs > 1) for s in seeds]
     results: list[SeedResult] = []
     stopped: str | None = None
+    killed: list[int] = []
     if jobs == 1:
         for task in tasks:
             results.append(_run_one(*task, host=host))
@@ -115,20 +118,40 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
                 stopped = results[-1].stopped
                 break
     else:
-        stopped = _in_workers(tasks, min(jobs, len(tasks)), results, log)
+        stopped, killed = _in_workers(tasks, min(jobs, len(tasks)), results, log)
     results.sort(key=lambda r: seeds.index(r.seed))
     summary = summarise(results, time.perf_counter() - start, jobs)
+    finished = {r.seed for r in results}
+    lost = [s for s in seeds if s not in finished] if stopped is None else []
+    if lost:
+        summary["lost"] = lost
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SUMMARY_FILE, summary)
+    if lost:  # the seeds that did finish are summarised above; say which did not, and fail
+        raise UserError(_lost_message(lost, killed, out_dir))
     return SeedsOutcome(out_dir, results, summary, stopped)
+
+
+def _lost_message(lost: list[int], killed: list[int], out_dir: Path) -> str:
+    """Why ``lost`` seeds have no result: their worker process ended without one (killed outright)."""
+    how = ", ".join(f"by signal {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals()
+                    else f"with exit status {c}" for c in killed) or "without a word"
+    dirs = ", ".join(str(out_dir / f"seed_{s}") for s in lost)
+    return (f"seed{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} did not finish: a worker process ended "
+            f"{how} (SIGKILL is how the system takes memory back). The other seeds finished; all are in "
+            f"{out_dir / SUMMARY_FILE}. What a lost seed checkpointed stays in its directory ({dirs}): continue it "
+            f"with advinf run --resume DIR, or delete the directory and run the seed again (with fewer --jobs if "
+            f"memory ran out)")
 
 
 _SIGNALS = ("SIGINT", "SIGTERM")
 
 
-def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult], log: Callable[[str], None]) -> str | None:
+def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult],
+                log: Callable[[str], None]) -> tuple[str | None, list[int]]:
     """Run ``tasks`` in ``jobs`` spawned worker processes, appending to ``results`` as seeds finish. Returns the
-    signal that ended the group early, if one did; raises the first worker's error after the others stopped."""
+    signal that ended the group early, if one did, and the exit codes of workers killed outright (their seed in
+    hand has no result); raises the first worker's error after the others stopped."""
     ctx = torch.multiprocessing.get_context("spawn")
     todo, done = ctx.Queue(), ctx.Queue()
     for task in tasks:
@@ -172,7 +195,8 @@ def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult], log: C
             signal.signal(s, h)
     if error is not None:
         raise UserError(error)
-    return received[0] if received else next((r.stopped for r in results if r.stopped in _SIGNALS), None)
+    killed = [w.exitcode for w in workers if w.exitcode]  # a worker that returns, even after an error, exits 0
+    return received[0] if received else next((r.stopped for r in results if r.stopped in _SIGNALS), None), killed
 
 
 def _signal_all(workers: list, signum: int) -> None:

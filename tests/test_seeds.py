@@ -104,3 +104,37 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_see
     assert not (out / "seed_2").exists() and not (out / "seed_3").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["stopped"] == {"0": "SIGTERM", "1": "SIGTERM"}
+
+
+DOOMED_GAME = '''
+import os, signal
+from advinf import hookimpl
+from advinf_plugins.games import JointGame, JointGameOptions
+
+def doomed(options, ctx):
+    if ctx.seed == 1:  # as the system does to a process it takes the memory back from
+        os.kill(os.getpid(), signal.SIGKILL)
+    return JointGame(options, stochastic=True)
+
+@hookimpl
+def register_games(register):
+    register("doomed_on_seed_1", doomed, JointGameOptions)
+'''
+
+
+def test_a_worker_killed_outright_fails_the_group_naming_its_seed(tmp_path):
+    (tmp_path / "doomed.py").write_text(DOOMED_GAME)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TOY.read_text().replace("seed = 0", 'seed = 0\nplugins = ["doomed.py"]')
+                      .replace('"ali"', '"doomed_on_seed_1"'))
+    out = tmp_path / "group"
+    proc = subprocess.run([sys.executable, "-m", "advinf", "run", str(recipe), "--seeds", "0-2", "--jobs", "2",
+                           "--out", str(out), *(a for s in SETS for a in ("--set", s))], capture_output=True,
+                          text=True, env=cli_env(), timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "seed 1 did not finish: a worker process ended by signal SIGKILL" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 2] and summary["lost"] == [1]  # the other worker ran seed 2 as well
+    for s in (0, 2):
+        assert (out / f"seed_{s}" / "eval.json").exists()
