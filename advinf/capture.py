@@ -13,8 +13,8 @@ and let cuDNN/cuBLAS settle. The next step is recorded, then replayed; later ste
 a machine without CUDA, ``eager_record``, whose "replay" runs the step again on the static buffers.
 
 What cannot be recorded: anything the step decides on the host from a value that changes between steps. The
-trainer refuses ``train.nonfinite = "skip"`` and learning-rate schedules with it; a game whose losses branch on
-``batch.index`` (a host count) would see the recorded step's value forever.
+trainer refuses ``train.nonfinite = "skip"``, learning-rate schedules and games whose ``host_decisions()`` name
+something (a game branching on ``batch.index``, a host count, would see the recorded step's value forever).
 """
 
 from __future__ import annotations

@@ -286,6 +286,12 @@ class Game(abc.ABC):
     def check(self, nets: Networks) -> None:
         """Raise a UserError if the networks cannot play this game (called once before training)."""
 
+    def host_decisions(self) -> str | None:
+        """What this game's step decides on the host from step to step (e.g. from ``batch.index``), naming the
+        recipe key, or None. A step recorded once as a CUDA graph (``train.cuda_graph``) would replay the
+        recorded step's choice forever, so the trainer refuses the two together."""
+        return None
+
     @abc.abstractmethod
     def losses(self, nets: Networks, batch: Batch) -> GameLosses: ...
 

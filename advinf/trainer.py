@@ -281,14 +281,18 @@ class Trainer:
         """``train.cuda_graph`` needs CUDA and a step that decides nothing on the host."""
         if not self.spec.cuda_graph:
             return
-        why = ('train.nonfinite = "skip" decides on the host whether to apply each update'
-               if self.spec.nonfinite == "skip" else
-               "train.compile compiles the losses on its own; use one of the two"
-               if self.spec.compile else
-               "a learning-rate schedule changes the rate on the host each step"
-               if any(spec.schedule is not None for spec in self._optimizer_specs.values()) else
-               "it needs a CUDA device (train.device)" if self.device.type != "cuda" else
-               "a data-parallel run's gradient all-reduce is not captured (yet)" if self.world_size > 1 else None)
+        scheduled = any(spec.schedule is not None and spec.schedule.name != "constant"
+                        for spec in self._optimizer_specs.values())
+        reasons = [  # the recipe's own conflicts first, then what this machine or launch lacks
+            'train.nonfinite = "skip" decides on the host whether to apply each update'
+            if self.spec.nonfinite == "skip" else None,
+            "train.compile compiles the losses on its own; use one of the two" if self.spec.compile else None,
+            "a learning-rate schedule changes the rate on the host each step" if scheduled else None,
+            self.game.host_decisions(),
+            "it needs a CUDA device (train.device)" if self.device.type != "cuda" else None,
+            "a data-parallel run's gradient all-reduce is not captured (yet)" if self.world_size > 1 else None,
+        ]
+        why = next((r for r in reasons if r is not None), None)
         if why is not None:
             raise UserError(f"train.cuda_graph = true cannot be used here: {why}")
 

@@ -95,6 +95,13 @@ class AdversarialGame(Game):
                 scalars["r1_penalty"] = critic_loss.new_zeros(())
         return critic_loss, generator_loss, scalars
 
+    def host_decisions(self) -> str | None:
+        if self.r1 and self.r1_every > 1:
+            return f"game.r1_every = {self.r1_every} applies R1 on some steps only, counted on the host"
+        if self.noise and self.noise_steps:
+            return "game.instance_noise_steps anneals the noise level on the host, step by step"
+        return None
+
     def _noise_std(self, index: int) -> float:
         if not self.noise or not self.noise_steps:
             return self.noise

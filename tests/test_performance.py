@@ -112,11 +112,12 @@ def test_the_loop_reads_values_back_only_at_log_intervals(update, regularisers):
     assert {step for step, _ in reads} <= {4, 8, 12}, sorted(set(reads))
 
 
-def _trainer(update: str = "simultaneous", **spec) -> Trainer:
+def _trainer(update: str = "simultaneous", game: dict | None = None, optimizer: dict | None = None,
+             **spec) -> Trainer:
     train = TrainSpec(steps=12, batch_size=32, update=update, critic_steps=2, ema=0.9, progress="none",
                       sample_every=0, threads=1, **spec)
-    return Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(), train=train,
-                   optimizer=OptimizerSpec(lr=1e-3), device="cpu")
+    return Trainer(tiny_nets(), JointGame(JointGameOptions(**(game or {})), stochastic=True), tiny_data(),
+                   train=train, optimizer=OptimizerSpec(lr=1e-3, **(optimizer or {})), device="cpu")
 
 
 @pytest.mark.parametrize("update", ["simultaneous", "alternating"])
@@ -152,7 +153,20 @@ def test_a_step_that_draws_more_batches_than_recorded_fails_loudly():
     ({}, "needs a CUDA device"),
     ({"nonfinite": "skip"}, "decides on the host"),
     ({"compile": True}, "use one of the two"),
+    ({"optimizer": {"schedule": {"name": "linear", "decay": 10}}}, "schedule changes the rate"),
+    ({"game": {"r1": 1.0, "r1_every": 4}}, "game.r1_every = 4 applies R1 on some steps only"),
+    ({"game": {"instance_noise": 0.1, "instance_noise_steps": 100}}, "game.instance_noise_steps anneals"),
 ])
 def test_cuda_graph_refuses_what_it_cannot_record(spec, why):
+    """Each refusal names what the step would decide on the host (on CPU the recipe's conflicts come before the
+    missing device, so each is seen here)."""
     with pytest.raises(UserError, match=why):
+        _trainer(cuda_graph=True, **spec)
+
+
+@pytest.mark.parametrize("spec", [{"optimizer": {"schedule": {"name": "constant"}}},
+                                  {"game": {"r1": 1.0}}, {"game": {"instance_noise": 0.1}}])
+def test_cuda_graph_takes_what_the_recorded_step_keeps_the_same(spec):
+    """A constant schedule, R1 every step and a fixed noise level decide nothing per step: only the device."""
+    with pytest.raises(UserError, match="needs a CUDA device"):
         _trainer(cuda_graph=True, **spec)
