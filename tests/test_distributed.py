@@ -45,7 +45,12 @@ def _rank_main(rank: int, port: int, outs: list[str], results: str, resume: bool
     trainer = outcome.trainer
     tensors = {f"{name}.{k}": v.detach().clone() for name, m in trainer.nets.items()
                for k, v in m.named_parameters()}
+    # the recipe keeps a moving average of the decoder: its weights (its batch-norm running statistics, like the
+    # network's own, follow each rank's shard; rank 0's are the ones saved and evaluated, docs/distributed.md)
+    tensors.update({f"ema_{name}.module.{k}": v.detach().clone() for name, avg in trainer.ema.items()
+                    for k, v in avg.module.named_parameters()})
     tensors["first_batch"] = trainer.batches.first().x.clone()
+    tensors["prior_draw"] = trainer.nets.prior.sample(8, "cpu")  # from this rank's generator, as the game draws
     save_file(tensors, str(Path(results) / f"rank{rank}.safetensors"))
 
 
@@ -58,18 +63,20 @@ def _run_two(tmp_path: Path, outs: list[Path], tag: str, resume: bool = False, s
 
 
 def _params(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if k != "first_batch"}
+    """The weights and moving averages (what must agree across ranks), without the per-rank draws."""
+    return {k: v for k, v in state.items() if k not in ("first_batch", "prior_draw")}
 
 
 def test_two_ranks_stay_bit_identical_and_only_rank_0_writes(tmp_path):
     run, other = tmp_path / "run", tmp_path / "rank1-would-write-here"
     ranks = _run_two(tmp_path, [run, other], "fresh")
-    # each rank drew its own shard ...
+    # each rank drew its own shard and its own noise ...
     assert not torch.equal(ranks[0]["first_batch"], ranks[1]["first_batch"])
-    # ... and after 30 averaged updates both hold exactly the same weights
+    assert not torch.equal(ranks[0]["prior_draw"], ranks[1]["prior_draw"])
+    # ... and after 30 averaged updates both hold exactly the same weights and moving averages
     a, b = _params(ranks[0]), _params(ranks[1])
-    assert a.keys() == b.keys() and a
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and a and any(k.startswith("ema_decoder.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     # rank 0 wrote the run directory once; rank 1 wrote nothing
     assert not other.exists()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
