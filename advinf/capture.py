@@ -31,6 +31,9 @@ from advinf.interfaces import Batch, GameLosses
 
 Record = Callable[[Callable[[], GameLosses]], Callable[[], GameLosses]]
 
+#: Steps run eagerly before the one that is recorded (the optimiser state, cuDNN's and cuBLAS's choices settle).
+WARMUP = 3
+
 
 def cuda_record(step: Callable[[], GameLosses]) -> Callable[[], GameLosses]:
     """Record ``step`` as a CUDA graph (recording runs nothing); returns the replay, which gives the step's
@@ -60,7 +63,7 @@ class CapturedStep:
     """
 
     def __init__(self, step: Callable[[Callable[[], Batch]], GameLosses], draw: Callable[[], Batch],
-                 forwards: int, device: torch.device, warmup: int = 3, record: Record | None = None):
+                 forwards: int, device: torch.device, warmup: int = WARMUP, record: Record | None = None):
         self.step, self.draw, self.forwards, self.device = step, draw, forwards, device
         self.warmup, self.record = warmup, record or cuda_record
         self.calls = 0

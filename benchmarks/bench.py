@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from advinf.build import Built, build
+from advinf.capture import WARMUP as CAPTURE_WARMUP
 from advinf.data import Dataset, Split
 from advinf.errors import RecipeError, UserError
 from advinf.interfaces import BuildContext
@@ -167,6 +168,12 @@ def build_for_bench(recipe: Recipe, host: PluginHost, data: str = "auto") -> tup
         return build(recipe, host=host, dataset=random_dataset(recipe, host)), exc.render()
 
 
+def untimed_steps(spec: TrainSpec, warmup: int) -> int:
+    """``warmup``, raised with ``train.cuda_graph`` so that the eager steps before the recording, the step that
+    records the graph (and replays it once) and one more replay stay out of the timed steps."""
+    return max(warmup, CAPTURE_WARMUP + 2) if spec.cuda_graph else warmup
+
+
 def _advinf_steps(trainer: Trainer) -> Callable[[int], None]:
     def run(n: int) -> None:
         for _ in range(n):
@@ -184,6 +191,7 @@ def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: 
         raise UserError("advinf bench needs a dataset held in memory (this recipe's is streamed from disk)")
     data = built.dataset.train.x  # the plain loop keeps it on the host, as plain loops usually do
     dtype = torch.bfloat16 if spec.autocast == "bf16" else torch.float32
+    warmup = untimed_steps(spec, warmup)
     a, p, peaks = [], [], []
     for _ in range(repeats):  # the peak each round, beside the loops: a shared machine's speed drifts
         a.append(_seconds(_advinf_steps(make_trainer(built)), steps, warmup, device))

@@ -14,7 +14,7 @@ from conftest import RECIPES, TINY, TINY_ENCODER
 from advinf.cli import cli
 from advinf.plugins import default_host
 from advinf.recipe import load_recipe
-from advinf_benchmarks.bench import build_for_bench, count_flops, make_plain, make_trainer, peak_flops
+from advinf_benchmarks.bench import build_for_bench, count_flops, make_plain, make_trainer, peak_flops, untimed_steps
 from advinf_benchmarks.plain_loop import DIVERGENCES
 
 FIELDS = ("device", "recipe", "batch_size", "advinf_samples_per_s", "reference_samples_per_s", "speedup",
@@ -90,6 +90,17 @@ def test_flops_are_counted_from_the_networks():
     f_small, f_wide, f_big = count_flops(small), count_flops(wide), count_flops(big_batch)
     assert 0 < f_small < f_wide
     assert f_big == pytest.approx(2 * f_small, rel=0.01)
+
+
+def test_a_recorded_step_is_timed_only_once_it_replays():
+    """With train.cuda_graph the first WARMUP steps run eagerly and the next one records: none of them is timed."""
+    from advinf.capture import WARMUP
+    from advinf.settings import TrainSpec
+
+    graph, eager = TrainSpec(steps=1, cuda_graph=True), TrainSpec(steps=1)
+    assert untimed_steps(graph, 0) == untimed_steps(graph, 1) == WARMUP + 2
+    assert untimed_steps(graph, 20) == 20
+    assert untimed_steps(eager, 0) == 0 and untimed_steps(eager, 3) == 3
 
 
 def test_peak_flops_is_measured():
