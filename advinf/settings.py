@@ -156,6 +156,8 @@ class TrainSpec(BaseModel):
     cuda_graph: bool = Field(False, description="CUDA only: record the whole training step (forwards, backwards, "
                              "optimiser steps, moving average) as a CUDA graph once and replay it every step")
     autocast: Literal["none", "bf16"] = "none"
+    tf32: bool = Field(False, description="CUDA: fp32 convolutions and matrix products in TF32 (faster on Ampere "
+                       "and newer, 10-bit mantissa); false: IEEE fp32 for both (torch's default has TF32 convolutions)")
     channels_last: bool = False
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     loggers: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics go: registered "

@@ -106,6 +106,7 @@ class Trainer:
         self.device = resolve_device(device if device is not None else self.spec.device)
         if self.spec.threads and self.device.type == "cpu":
             torch.set_num_threads(self.spec.threads)
+        set_fp32_precision(self.device, self.spec.tf32)
         self.nets, self.game, self.seed, self.recipe, self.condition = nets, game, seed, recipe, condition
         if game.conditioned and condition is None:
             raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
@@ -661,6 +662,17 @@ class _Pictures(Evaluator):
         x = model.sample(z=self.z, y=self.y)
         save_samples(x, self.path)
         return {}
+
+
+def set_fp32_precision(device: torch.device, tf32: bool) -> None:
+    """On CUDA, fp32 convolutions and matrix products both in TF32 or both in IEEE fp32 (``train.tf32``); torch's
+    own default mixes them (TF32 convolutions, IEEE products), which would make a step's precision depend on which
+    of the two a layer happens to use (``advinf.layers`` computes some convolutions as products). These are
+    process-wide torch settings, as ``train.threads`` is; on the CPU nothing changes."""
+    if device.type == "cuda":
+        precision = "tf32" if tf32 else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = precision
+        torch.backends.cuda.matmul.fp32_precision = precision
 
 
 def _qualname(obj: object) -> str:

@@ -191,6 +191,9 @@ def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: 
         raise UserError("advinf bench needs a dataset held in memory (this recipe's is streamed from disk)")
     data = built.dataset.train.x  # the plain loop keeps it on the host, as plain loops usually do
     dtype = torch.bfloat16 if spec.autocast == "bf16" else torch.float32
+    # the trainer sets CUDA's fp32 precision (train.tf32) before each repeat's loops and peak: all three share it
+    precision = "tf32" if device.type == "cuda" and spec.tf32 and dtype == torch.float32 else \
+        str(dtype).removeprefix("torch.")
     warmup = untimed_steps(spec, warmup)
     a, p, peaks = [], [], []
     for _ in range(repeats):  # the peak each round, beside the loops: a shared machine's speed drifts
@@ -204,10 +207,10 @@ def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: 
     per_sample = flops / batch
     achieved = per_sample * batch / ma
     return {"recipe": built.recipe.spec.name, "device": str(device), "device_name": device_name(device),
-            "threads": torch.get_num_threads(), "dtype": str(dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(), "dtype": precision,
             "batch_size": batch, "update": spec.update, "steps": steps, "warmup": warmup, "repeats": repeats,
             "data": "random" if built.dataset.meta.get("random") else "recipe",
-            "options": {k: getattr(spec, k) for k in ("compile", "autocast", "channels_last", "cuda_graph")},
+            "options": {k: getattr(spec, k) for k in ("compile", "autocast", "tf32", "channels_last", "cuda_graph")},
             "advinf_samples_per_s": batch / ma, "reference_samples_per_s": batch / mp, "speedup": mp / ma,
             "flops_per_sample": per_sample, "achieved_flops": achieved, "peak_flops": peak,
             "fraction_of_peak": achieved / peak, "reference_fraction_of_peak": per_sample * batch / mp / peak,

@@ -27,12 +27,16 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 # the GPU tests (marked gpu; they skip without CUDA)
 "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/pytest_gpu.txt"
 
-# ali_svhn: eager fp32, then the whole step recorded as a CUDA graph with bf16 autocast (channels_last: the recipe's)
+# ali_svhn: eager IEEE fp32, then the whole step recorded as a CUDA graph with bf16 autocast, then with TF32
+# (channels_last: the recipe's)
 "${ADVINF[@]}" bench recipes/ali_svhn.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
     > "$OUT/bench_svhn_eager.json" 2> "$OUT/bench_svhn_eager.err"
 "${ADVINF[@]}" bench recipes/ali_svhn.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
     --set train.cuda_graph=true --set train.autocast=bf16 \
     > "$OUT/bench_svhn_graph_bf16.json" 2> "$OUT/bench_svhn_graph_bf16.err"
+"${ADVINF[@]}" bench recipes/ali_svhn.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
+    --set train.cuda_graph=true --set train.tf32=true \
+    > "$OUT/bench_svhn_graph_tf32.json" 2> "$OUT/bench_svhn_graph_tf32.err"
 "${ADVINF[@]}" bench recipes/ali_mixture25.toml --json --steps "$STEPS" --warmup 20 --repeats 3 \
     --set train.cuda_graph=true > "$OUT/bench_toy_graph.json" 2> "$OUT/bench_toy_graph.err"
 

@@ -170,3 +170,33 @@ def test_cuda_graph_takes_what_the_recorded_step_keeps_the_same(spec):
     """A constant schedule, R1 every step and a fixed noise level decide nothing per step: only the device."""
     with pytest.raises(UserError, match="needs a CUDA device"):
         _trainer(cuda_graph=True, **spec)
+
+
+def test_tf32_puts_cuda_convolutions_and_products_in_one_precision():
+    """train.tf32 sets both of CUDA's fp32 precisions (torch's default mixes TF32 convolutions with IEEE products);
+    on the CPU it changes nothing. (Setting the flags needs no GPU.)"""
+    from advinf.trainer import set_fp32_precision
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    try:
+        set_fp32_precision(torch.device("cuda"), True)
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        set_fp32_precision(torch.device("cuda"), False)
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        set_fp32_precision(torch.device("cpu"), True)
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def test_a_recipe_s_tf32_is_a_boolean():
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_mixture25.toml"), "--set", 'train.tf32="yes"'])
+    assert res.exit_code == 2 and "train.tf32: Input should be a valid boolean (got 'yes')" in res.output
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_mixture25.toml"), "--set", "train.tf32=true"])
+    assert res.exit_code == 0, res.output
