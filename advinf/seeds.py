@@ -246,7 +246,8 @@ def _line(r: SeedResult) -> str:
 
 
 def summarise(results: Sequence[SeedResult], seconds: float, jobs: int) -> dict[str, Any]:
-    """Mean and (sample) standard deviation of every metric over the seeds that evaluated it."""
+    """Mean and (sample) standard deviation of every metric over the seeds that gave it a finite value; the
+    others are listed under ``missing`` (a seed stopped before its evaluation, or a non-finite result)."""
     per_seed = {r.seed: flatten(r.eval) for r in results}
     names = sorted({k for m in per_seed.values() for k in m})
     metrics = {}
@@ -255,6 +256,8 @@ def summarise(results: Sequence[SeedResult], seconds: float, jobs: int) -> dict[
         v = list(values.values())
         metrics[name] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                          "n": len(v), "values": {str(s): x for s, x in values.items()}}
+        if len(v) < len(per_seed):
+            metrics[name]["missing"] = [str(s) for s in per_seed if s not in values]
     return {"seeds": [r.seed for r in results], "jobs": jobs, "seconds": round(seconds, 3),
             "seed_seconds": {str(r.seed): round(r.seconds, 3) for r in results},
             "runs": {str(r.seed): str(r.run_dir) for r in results},

@@ -138,3 +138,16 @@ def test_a_worker_killed_outright_fails_the_group_naming_its_seed(tmp_path):
     assert summary["seeds"] == [0, 2] and summary["lost"] == [1]  # the other worker ran seed 2 as well
     for s in (0, 2):
         assert (out / f"seed_{s}" / "eval.json").exists()
+
+
+def test_the_summary_says_which_seeds_a_metric_is_missing_for(tmp_path):
+    """A non-finite result (or none: a seed stopped before its evaluation) is not averaged, and is named."""
+    from advinf.seeds import SeedResult, summarise
+
+    results = [SeedResult(0, tmp_path, 10, 1.0, {"m": {"x": 1.0, "y": 2.0}}),
+               SeedResult(1, tmp_path, 10, 1.0, {"m": {"x": float("nan"), "y": 4.0}}),
+               SeedResult(2, tmp_path, 10, 1.0, {"m": {"x": 3.0, "y": 6.0}}),
+               SeedResult(3, tmp_path, 5, 1.0, {}, stopped="SIGTERM")]
+    metrics = summarise(results, 4.0, 1)["metrics"]
+    assert metrics["m.x"]["n"] == 2 and metrics["m.x"]["mean"] == 2.0 and metrics["m.x"]["missing"] == ["1", "3"]
+    assert metrics["m.y"]["n"] == 3 and metrics["m.y"]["mean"] == 4.0 and metrics["m.y"]["missing"] == ["3"]
