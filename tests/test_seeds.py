@@ -151,3 +151,21 @@ def test_the_summary_says_which_seeds_a_metric_is_missing_for(tmp_path):
     metrics = summarise(results, 4.0, 1)["metrics"]
     assert metrics["m.x"]["n"] == 2 and metrics["m.x"]["mean"] == 2.0 and metrics["m.x"]["missing"] == ["1", "3"]
     assert metrics["m.y"]["n"] == 3 and metrics["m.y"]["mean"] == 4.0 and metrics["m.y"]["missing"] == ["3"]
+
+
+def test_the_seeds_benchmark_times_both_ways_and_compares_every_seed(tmp_path, capsys):
+    """python -m advinf_benchmarks.seeds: one-by-one runs against the group, as separate processes."""
+    from advinf_benchmarks.seeds import main
+
+    main([str(TOY), "--seeds", "0-1", "--jobs", "2", "--out", str(tmp_path / "b"), "--json",
+          *(a for s in SETS for a in ("--set", s))])
+    out = json.loads(capsys.readouterr().out)
+    assert out["seeds"] == [0, 1] and out["jobs"] == 2
+    assert out["sequential_seconds"] > 0 and out["group_seconds"] > 0
+    assert out["speedup"] == pytest.approx(out["sequential_seconds"] / out["group_seconds"], rel=1e-3)
+    assert out["identical"] == {"0": True, "1": True}  # train.threads=1 both ways (TINY)
+    for s in (0, 1):
+        assert (tmp_path / "b" / "one_by_one" / f"seed_{s}" / "eval.json").exists()
+        assert (tmp_path / "b" / "group" / f"seed_{s}" / "eval.json").exists()
+    with pytest.raises(SystemExit):  # a used folder is refused before anything runs
+        main([str(TOY), "--seeds", "0", "--out", str(tmp_path / "b")])
