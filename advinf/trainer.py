@@ -670,9 +670,10 @@ def set_fp32_precision(device: torch.device, tf32: bool) -> None:
     of the two a layer happens to use (``advinf.layers`` computes some convolutions as products). These are
     process-wide torch settings, as ``train.threads`` is; on the CPU nothing changes."""
     if device.type == "cuda":
-        precision = "tf32" if tf32 else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = precision
-        torch.backends.cuda.matmul.fp32_precision = precision
+        # the allow_tf32 switches, which also set the newer per-operation fp32_precision values; setting those
+        # directly instead makes torch refuse later reads of allow_tf32 (which some of its own code still does)
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _qualname(obj: object) -> str:

@@ -173,21 +173,26 @@ def test_cuda_graph_takes_what_the_recorded_step_keeps_the_same(spec):
 
 
 def test_tf32_puts_cuda_convolutions_and_products_in_one_precision():
-    """train.tf32 sets both of CUDA's fp32 precisions (torch's default mixes TF32 convolutions with IEEE products);
-    on the CPU it changes nothing. (Setting the flags needs no GPU.)"""
+    """train.tf32 sets both of CUDA's fp32 precisions (torch's default mixes TF32 convolutions with IEEE products),
+    in a way torch can still read back both ways; on the CPU it changes nothing. (The flags need no GPU.)"""
     from advinf.trainer import set_fp32_precision
 
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
+    b = torch.backends
+    saved = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+
+    def state():
+        return (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.conv.fp32_precision,
+                b.cuda.matmul.fp32_precision)
+
     try:
         set_fp32_precision(torch.device("cuda"), True)
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        assert state() == (True, True, "tf32", "tf32")
         set_fp32_precision(torch.device("cuda"), False)
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert state() == (False, False, "none", "ieee")  # "none" for cuDNN: no TF32, i.e. IEEE
         set_fp32_precision(torch.device("cpu"), True)
-        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        assert state() == (False, False, "none", "ieee")
     finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
 
 
 def test_a_recipe_s_tf32_is_a_boolean():
