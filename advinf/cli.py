@@ -150,7 +150,7 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
 
 def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str, ...], out: Path | None,
                resume: bool, stop_after: int | None, plugins: tuple[Path, ...]) -> None:
-    from advinf.seeds import SUMMARY_FILE, parse_seeds, run_seeds
+    from advinf.seeds import SUMMARY_FILE, lost_message, parse_seeds, run_seeds
 
     if resume or recipe is None:
         raise UserError("--seeds starts new runs from a RECIPE; resume a seed on its own: advinf run --resume "
@@ -168,6 +168,8 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
     (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
     _echo(f"{len(outcome.results)} seeds in {summary['seconds']:.1f} s ({jobs} at a time); "
           f"summary: {outcome.out / SUMMARY_FILE}")
+    if outcome.failed:
+        raise UserError(lost_message(outcome, recipe))
     if outcome.stopped is not None:
         _echo(f"stopped ({outcome.stopped}): the seeds in training wrote a checkpoint (advinf run --resume "
               f"{outcome.out}/seed_K continues one); no further seed was started")

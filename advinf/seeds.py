@@ -8,7 +8,8 @@ over the seeds, with each seed's value and the wall time. SIGINT/SIGTERM end the
 seeds in training write a checkpoint and stop, no further seed starts (the workers get the signal from this
 process, once per signal it receives: a second SIGINT aborts, as in a single run). A worker killed outright (the
 system reclaiming memory, say) takes the seed in hand with it: the other workers go on with the rest, the summary
-lists that seed under ``lost``, and the command then fails (exit status 2) naming it.
+lists that seed under ``lost`` (and any seed no worker was left to start under ``not_started``), and the command
+prints the table, then fails (exit status 2), saying for each such seed how to get it back.
 
 Why not stacked networks under ``torch.func.vmap``: on CPU ``vmap(F.linear)`` does not reproduce ``F.linear`` of
 each slice bit for bit (the toy's 2-400-400-2 MLP at batch 100: gradients off by up to 1e-5), although ``bmm`` and
@@ -83,13 +84,23 @@ class SeedsOutcome:
     results: list[SeedResult]
     summary: dict[str, Any]
     stopped: str | None = None  # "SIGINT" or "SIGTERM" when a signal ended the group early
+    lost: list[int] = field(default_factory=list)  # started, but their worker was killed outright
+    not_started: list[int] = field(default_factory=list)  # a signal ended the group, or no worker was left
+    killed: list[int] = field(default_factory=list)  # the exit codes of workers that ended without a word
+
+    @property
+    def failed(self) -> bool:
+        """Whether seeds were lost, or left unstarted with no signal asking for it: the command then fails."""
+        return bool(self.lost) or (bool(self.not_started) and self.stopped is None)
 
 
 def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | None = None, jobs: int = 1,
               overrides: Sequence[str] = (), stop_after: int | None = None, host: PluginHost | None = None,
               plugins: Sequence[str | Path] = (), log: Callable[[str], None] | None = None) -> SeedsOutcome:
     """Train ``recipe`` once per seed into ``out/seed_K`` (``jobs`` at a time, in worker processes when more
-    than one) and summarise every evaluator metric over the seeds into ``out/summary.json``."""
+    than one) and summarise every evaluator metric over the seeds into ``out/summary.json``. Seeds whose worker
+    was killed outright come back in ``lost`` (``failed`` says whether the group failed; ``lost_message`` says
+    what to do), and in the summary."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not seeds:
         raise UserError("--seeds names no seed")
@@ -110,48 +121,74 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
     results: list[SeedResult] = []
     stopped: str | None = None
     killed: list[int] = []
+    started: set[int] = set()
     if jobs == 1:
         for task in tasks:
+            started.add(task[1])
             results.append(_run_one(*task, host=host))
             log(_line(results[-1]))
             if results[-1].stopped in _SIGNALS:
                 stopped = results[-1].stopped
                 break
     else:
-        stopped, killed = _in_workers(tasks, min(jobs, len(tasks)), results, log)
+        stopped, killed = _in_workers(tasks, min(jobs, len(tasks)), results, started, log)
     results.sort(key=lambda r: seeds.index(r.seed))
     summary = summarise(results, time.perf_counter() - start, jobs)
     finished = {r.seed for r in results}
-    lost = [s for s in seeds if s not in finished] if stopped is None else []
+    lost = [s for s in seeds if s in started and s not in finished]
+    not_started = [s for s in seeds if s not in started]
     if lost:
         summary["lost"] = lost
+    if not_started:
+        summary["not_started"] = not_started
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SUMMARY_FILE, summary)
-    if lost:  # the seeds that did finish are summarised above; say which did not, and fail
-        raise UserError(_lost_message(lost, killed, out_dir))
-    return SeedsOutcome(out_dir, results, summary, stopped)
+    return SeedsOutcome(out_dir, results, summary, stopped, lost, not_started, killed)
 
 
-def _lost_message(lost: list[int], killed: list[int], out_dir: Path) -> str:
-    """Why ``lost`` seeds have no result: their worker process ended without one (killed outright)."""
-    how = ", ".join(f"by signal {signal.Signals(-c).name}" if c < 0 and -c in signal.valid_signals()
-                    else f"with exit status {c}" for c in killed) or "without a word"
-    dirs = ", ".join(str(out_dir / f"seed_{s}") for s in lost)
-    return (f"seed{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} did not finish: a worker process ended "
-            f"{how} (SIGKILL is how the system takes memory back). The other seeds finished; all are in "
-            f"{out_dir / SUMMARY_FILE}. What a lost seed checkpointed stays in its directory ({dirs}): continue it "
-            f"with advinf run --resume DIR, or delete the directory and run the seed again (with fewer --jobs if "
-            f"memory ran out)")
+def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
+    """What happened to the seeds without a result, and the command that gets each one back."""
+    def ending(code: int) -> str:
+        if code >= 0:
+            return f"exit status {code}"
+        try:
+            return signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            return f"signal {-code}"
+
+    ends = [ending(c) for c in sorted(set(outcome.killed))]
+    what = ("a worker process ended without a result" if not ends else
+            f"a worker process ended ({ends[0]})" if len(ends) == 1 else
+            f"worker processes ended ({', '.join(ends)})")
+    if "SIGKILL" in ends:
+        what += ": SIGKILL is often the system taking memory back"
+    missing = outcome.lost + (outcome.not_started if outcome.stopped is None else [])
+    total = len(outcome.results) + len(outcome.lost) + len(outcome.not_started)
+    lines = [f"{len(missing)} of {total} seeds have no result, as {what}. The others are summarised in "
+             f"{outcome.out / SUMMARY_FILE}"]
+    for s in outcome.lost:
+        run = outcome.out / f"seed_{s}"
+        if list((run / "checkpoints").glob("step_*")):
+            lines.append(f"  seed {s}: continue it: advinf run --resume {run}")
+        else:
+            again = f"delete {run} and run it again" if run.exists() else "run it again"
+            lines.append(f"  seed {s}: no checkpoint yet: {again}: advinf run {recipe} --set seed={s} --out {run}")
+    if outcome.stopped is None:
+        lines += [f"  seed {s}: never started: advinf run {recipe} --set seed={s} --out {outcome.out / f'seed_{s}'}"
+                  for s in outcome.not_started]
+    lines.append("(pass the same --set overrides as this command; with fewer --jobs if memory ran out)")
+    return "\n".join(lines)
 
 
 _SIGNALS = ("SIGINT", "SIGTERM")
 
 
-def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult],
+def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult], started: set[int],
                 log: Callable[[str], None]) -> tuple[str | None, list[int]]:
-    """Run ``tasks`` in ``jobs`` spawned worker processes, appending to ``results`` as seeds finish. Returns the
-    signal that ended the group early, if one did, and the exit codes of workers killed outright (their seed in
-    hand has no result); raises the first worker's error after the others stopped."""
+    """Run ``tasks`` in ``jobs`` spawned worker processes, appending to ``results`` as seeds finish and to
+    ``started`` as they start. Returns the signal that ended the group early, if one did, and the exit codes of
+    workers killed outright (their seed in hand has no result); raises the first worker's error after the others
+    stopped."""
     ctx = torch.multiprocessing.get_context("spawn")
     todo, done = ctx.Queue(), ctx.Queue()
     for task in tasks:
@@ -179,7 +216,9 @@ def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult],
                 if not any(w.is_alive() for w in workers):
                     break  # a worker killed outright (e.g. out of memory) sends nothing more
                 continue
-            if kind == "result":
+            if kind == "started":
+                started.add(value)
+            elif kind == "result":
                 results.append(value)
                 log(_line(value))
             elif kind == "error":
@@ -211,6 +250,7 @@ def _worker(todo: Any, done: Any, threads: int) -> None:
     torch.set_num_threads(threads)
     try:
         while (task := todo.get()) is not None:
+            done.put(("started", task[1]))
             try:
                 result = _run_one(*task)
             except UserError as exc:

@@ -132,12 +132,33 @@ def test_a_worker_killed_outright_fails_the_group_naming_its_seed(tmp_path):
                            "--out", str(out), *(a for s in SETS for a in ("--set", s))], capture_output=True,
                           text=True, env=cli_env(), timeout=600)
     assert proc.returncode == 2, proc.stderr
-    assert "seed 1 did not finish: a worker process ended by signal SIGKILL" in proc.stderr
+    assert "1 of 3 seeds have no result, as a worker process ended (SIGKILL): SIGKILL is often the system taking " \
+           "memory back" in proc.stderr
+    assert "seed 1: no checkpoint yet: " in proc.stderr and f"--set seed=1 --out {out / 'seed_1'}" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "2 seeds: mean ± std" in proc.stdout  # the table of the seeds that finished, then the error
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 2] and summary["lost"] == [1]  # the other worker ran seed 2 as well
+    assert "not_started" not in summary
     for s in (0, 2):
         assert (out / f"seed_{s}" / "eval.json").exists()
+
+
+def test_the_lost_seeds_message_says_how_to_get_each_seed_back(tmp_path):
+    from advinf.seeds import SeedResult, SeedsOutcome, lost_message
+
+    (tmp_path / "seed_1" / "checkpoints" / "step_0000010").mkdir(parents=True)
+    done = [SeedResult(0, tmp_path / "seed_0", 30, 1.0)]
+    # every worker died: one seed in hand with a checkpoint, one never started; a signal without a name
+    outcome = SeedsOutcome(tmp_path, done, {}, None, lost=[1], not_started=[2], killed=[-40, -9])
+    assert outcome.failed
+    text = lost_message(outcome, "r.toml")
+    assert text.startswith("2 of 3 seeds have no result, as worker processes ended (signal 40, SIGKILL): SIGKILL")
+    assert f"seed 1: continue it: advinf run --resume {tmp_path / 'seed_1'}" in text
+    assert f"seed 2: never started: advinf run r.toml --set seed=2 --out {tmp_path / 'seed_2'}" in text
+    # a signal ended the group: the unstarted seeds are as asked, not a failure
+    assert not SeedsOutcome(tmp_path, done, {}, "SIGTERM", not_started=[2]).failed
+    assert SeedsOutcome(tmp_path, done, {}, "SIGTERM", lost=[1], killed=[-9]).failed
 
 
 def test_the_summary_says_which_seeds_a_metric_is_missing_for(tmp_path):
@@ -167,5 +188,6 @@ def test_the_seeds_benchmark_times_both_ways_and_compares_every_seed(tmp_path, c
     for s in (0, 1):
         assert (tmp_path / "b" / "one_by_one" / f"seed_{s}" / "eval.json").exists()
         assert (tmp_path / "b" / "group" / f"seed_{s}" / "eval.json").exists()
-    with pytest.raises(SystemExit):  # a used folder is refused before anything runs
+    with pytest.raises(SystemExit) as refused:  # a used folder is refused before anything runs
         main([str(TOY), "--seeds", "0", "--out", str(tmp_path / "b")])
+    assert refused.value.code == 2 and "not empty" in capsys.readouterr().err
