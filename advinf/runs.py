@@ -21,7 +21,7 @@ from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedMo
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
 from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir
-from advinf.settings import resolve_device
+from advinf.settings import resolve_device, set_fp32_precision
 
 
 @dataclass(kw_only=True)
@@ -72,6 +72,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
         host.load_local(str(plugin))
     recipe = recipe_of(loaded, run_dir, host)
     dev = resolve_device(device if device is not None else recipe.spec.train.device)
+    set_fp32_precision(dev, recipe.spec.train.tf32)  # evaluate in the precision the run trained in
     built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False)
     tensors = loaded.tensors["model"]
     for name, module in built.nets.items():

@@ -203,3 +203,15 @@ def resolve_device(spec: str | torch.device) -> torch.device:
             raise UserError(f"train.device = '{spec}' but only {torch.cuda.device_count()} GPU(s) are visible")
         return dev
     return torch.device(spec)
+
+
+def set_fp32_precision(device: torch.device, tf32: bool) -> None:
+    """On CUDA, fp32 convolutions and matrix products both in TF32 or both in IEEE fp32 (``train.tf32``); torch's
+    own default mixes them (TF32 convolutions, IEEE products), which would make a step's precision depend on which
+    of the two a layer happens to use (``advinf.layers`` computes some convolutions as products). These are
+    process-wide torch settings, as ``train.threads`` is; on the CPU nothing changes."""
+    if device.type == "cuda":
+        # the allow_tf32 switches, which also set the newer per-operation fp32_precision values; setting those
+        # directly instead makes torch refuse later reads of allow_tf32 (which some of its own code still does)
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32

@@ -48,7 +48,7 @@ from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
 from advinf.provenance import library_recipe, run_name
 from advinf.rundir import RunDir
-from advinf.settings import OptimizerSpec, TrainSpec, resolve_device
+from advinf.settings import OptimizerSpec, TrainSpec, resolve_device, set_fp32_precision
 from advinf.version import __version__
 
 
@@ -106,7 +106,7 @@ class Trainer:
         self.device = resolve_device(device if device is not None else self.spec.device)
         if self.spec.threads and self.device.type == "cpu":
             torch.set_num_threads(self.spec.threads)
-        set_fp32_precision(self.device, self.spec.tf32)
+        set_fp32_precision(self.device, self.spec.tf32)  # process-wide, as the threads are
         self.nets, self.game, self.seed, self.recipe, self.condition = nets, game, seed, recipe, condition
         if game.conditioned and condition is None:
             raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
@@ -662,18 +662,6 @@ class _Pictures(Evaluator):
         x = model.sample(z=self.z, y=self.y)
         save_samples(x, self.path)
         return {}
-
-
-def set_fp32_precision(device: torch.device, tf32: bool) -> None:
-    """On CUDA, fp32 convolutions and matrix products both in TF32 or both in IEEE fp32 (``train.tf32``); torch's
-    own default mixes them (TF32 convolutions, IEEE products), which would make a step's precision depend on which
-    of the two a layer happens to use (``advinf.layers`` computes some convolutions as products). These are
-    process-wide torch settings, as ``train.threads`` is; on the CPU nothing changes."""
-    if device.type == "cuda":
-        # the allow_tf32 switches, which also set the newer per-operation fp32_precision values; setting those
-        # directly instead makes torch refuse later reads of allow_tf32 (which some of its own code still does)
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _qualname(obj: object) -> str:

@@ -128,3 +128,16 @@ def test_components_built_from_a_recipe_are_described_too(tmp_path):
     assert run.recipe.spec.evaluators.keys() == {"mode_coverage"}
     z = run.prior_sample(16, seed=3)
     assert torch.equal(run.sample(z=z), trainer.model().sample(z=z))
+
+
+def test_a_loaded_run_evaluates_in_the_precision_it_trained_in(tmp_path, monkeypatch):
+    """load_run applies the run's train.tf32 (on CUDA; the call is what can be checked without a GPU)."""
+    from advinf.session import run_recipe
+
+    out = tmp_path / "tf32"
+    run_recipe(RECIPES / "ali_mixture25.toml", out=out,
+               overrides=[*TINY, *TINY_ENCODER, "train.tf32=true", "train.device=cpu"])
+    calls = []
+    monkeypatch.setattr("advinf.runs.set_fp32_precision", lambda device, tf32: calls.append((device.type, tf32)))
+    advinf.load_run(out)
+    assert calls == [("cpu", True)]

@@ -175,7 +175,7 @@ def test_cuda_graph_takes_what_the_recorded_step_keeps_the_same(spec):
 def test_tf32_puts_cuda_convolutions_and_products_in_one_precision():
     """train.tf32 sets both of CUDA's fp32 precisions (torch's default mixes TF32 convolutions with IEEE products),
     in a way torch can still read back both ways; on the CPU it changes nothing. (The flags need no GPU.)"""
-    from advinf.trainer import set_fp32_precision
+    from advinf.settings import set_fp32_precision
 
     b = torch.backends
     saved = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
