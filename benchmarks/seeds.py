@@ -21,22 +21,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+from advinf.checkpoint import latest_checkpoint
+from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE
 from advinf.seeds import parse_seeds
 
 
 def _advinf(*args: str) -> float:
-    """Seconds of one ``python -m advinf ...`` process; its errors end the benchmark with its message."""
+    """Seconds of one ``python -m advinf ...`` process; its errors end the benchmark (exit status 2) with its
+    message."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "advinf", *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"advinf {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.strip()}")
+        print(f"advinf {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr.strip()}", file=sys.stderr)
+        sys.exit(2)
     return time.perf_counter() - start
 
 
-def _files(run: Path) -> tuple[bytes, Any]:
-    """A run's last weights (bytes) and evaluation."""
-    last = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
-    return (last / "model.safetensors").read_bytes(), json.loads((run / "eval.json").read_text())
+def _files(run: Path) -> tuple[bytes, bytes]:
+    """A run's last weights and its evaluation file, as bytes (a NaN in an evaluation compares equal to itself);
+    empty where the run has none."""
+    last = latest_checkpoint(run / CHECKPOINTS_DIR)
+    weights = (last / "model.safetensors").read_bytes() if last is not None else b""
+    evaluation = run / EVAL_FILE
+    return weights, evaluation.read_bytes() if evaluation.exists() else b""
 
 
 def measure(recipe: str, seeds: list[int], jobs: int, overrides: list[str], out: Path) -> dict[str, Any]:
@@ -70,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # advinf's UserError: a usage error here
         parser.error(str(exc))
     out = args.out or Path(tempfile.mkdtemp(prefix="advinf-seeds-bench-"))
-    if out.exists() and any(out.iterdir()):
-        parser.error(f"--out {out}: not empty; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"--out {out}: {'not empty' if out.is_dir() else 'not a folder'}; give a new folder")
     result = measure(args.recipe, seeds, args.jobs, args.overrides, out)
     if args.json:
         print(json.dumps(result, indent=2))

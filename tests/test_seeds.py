@@ -191,3 +191,7 @@ def test_the_seeds_benchmark_times_both_ways_and_compares_every_seed(tmp_path, c
     with pytest.raises(SystemExit) as refused:  # a used folder is refused before anything runs
         main([str(TOY), "--seeds", "0", "--out", str(tmp_path / "b")])
     assert refused.value.code == 2 and "not empty" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as refused:
+        main([str(TOY), "--seeds", "0", "--out", str(tmp_path / "file")])
+    assert refused.value.code == 2 and "not a folder" in capsys.readouterr().err
