@@ -115,6 +115,10 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
     out_dir = Path(out) if out is not None else default_run_dir(f"{rec.spec.name}-seeds")
     for s in seeds:
         check_target(out_dir / f"seed_{s}", resume=False)
+    if (out_dir / SUMMARY_FILE).exists():  # an earlier group's summary: not overwritten
+        raise UserError(f"{out_dir / SUMMARY_FILE} exists (an earlier group of seeds wrote it); give a new --out, "
+                        f"or move that file away first (advinf compare {out_dir}/seed_* summarises all the seeds "
+                        f"there)")
     start = time.perf_counter()
     tasks = [(str(recipe), s, str(out_dir / f"seed_{s}"), list(overrides), stop_after, [str(p) for p in plugins],
               jobs > 1) for s in seeds]

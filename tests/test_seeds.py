@@ -82,6 +82,11 @@ def test_seed_lists_and_refusals(tmp_path):
     with pytest.raises(UserError, match="seed_1"):  # checked before any seed trains
         run_seeds(TOY, [0, 1], out=tmp_path / "g", overrides=SETS)
     assert not (tmp_path / "g" / "seed_0").exists()
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "summary.json").write_text("{}")  # an earlier group's: never overwritten
+    res = runner.invoke(cli, ["run", str(TOY), "--seeds", "5-6", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 2 and "summary.json exists (an earlier group of seeds wrote it)" in res.output
+    assert (tmp_path / "h" / "summary.json").read_text() == "{}" and not (tmp_path / "h" / "seed_5").exists()
 
 
 def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_seed(tmp_path):
