@@ -163,7 +163,7 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
         table.add_column(col)
     for name, m in summary["metrics"].items():
         some = f" ({m['n']} of {len(summary['seeds'])})" if m.get("missing") else ""
-        table.add_row(name, f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
+        table.add_row(name, "–" + some if m["n"] == 0 else f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
                       *(f"{m['values'][str(s)]:.4g}" if str(s) in m["values"] else "–" for s in summary["seeds"]))
     (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
     _echo(f"{len(outcome.results)} seeds in {summary['seconds']:.1f} s ({jobs} at a time); "

@@ -30,14 +30,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Every finite number in a (nested) record, by dotted key."""
+def flatten(record: dict[str, Any], prefix: str = "", finite: bool = True) -> dict[str, float]:
+    """Every finite number in a (nested) record, by dotted key (every number, NaN and infinities too, with
+    ``finite=False``)."""
     out: dict[str, float] = {}
     for k, v in record.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out.update(flatten(v, key + ".", finite))
+        elif isinstance(v, int | float) and not isinstance(v, bool) and (not finite or math.isfinite(v)):
             out[key] = float(v)
     return out
 

@@ -293,12 +293,13 @@ def summarise(results: Sequence[SeedResult], seconds: float, jobs: int) -> dict[
     """Mean and (sample) standard deviation of every metric over the seeds that gave it a finite value; the
     others are listed under ``missing`` (a seed stopped before its evaluation, or a non-finite result)."""
     per_seed = {r.seed: flatten(r.eval) for r in results}
-    names = sorted({k for m in per_seed.values() for k in m})
-    metrics = {}
+    names = sorted({k for r in results for k in flatten(r.eval, finite=False)})  # one non-finite everywhere too
+    metrics: dict[str, dict[str, Any]] = {}
     for name in names:
         values = {s: m[name] for s, m in per_seed.items() if name in m}
         v = list(values.values())
-        metrics[name] = {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+        metrics[name] = {"mean": statistics.fmean(v) if v else None,
+                         "std": (statistics.stdev(v) if len(v) > 1 else 0.0) if v else None,
                          "n": len(v), "values": {str(s): x for s, x in values.items()}}
         if len(v) < len(per_seed):
             metrics[name]["missing"] = [str(s) for s in per_seed if s not in values]

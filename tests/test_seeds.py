@@ -170,11 +170,13 @@ def test_the_summary_says_which_seeds_a_metric_is_missing_for(tmp_path):
     """A non-finite result (or none: a seed stopped before its evaluation) is not averaged, and is named."""
     from advinf.seeds import SeedResult, summarise
 
-    results = [SeedResult(0, tmp_path, 10, 1.0, {"m": {"x": 1.0, "y": 2.0}}),
-               SeedResult(1, tmp_path, 10, 1.0, {"m": {"x": float("nan"), "y": 4.0}}),
+    nan = float("nan")
+    results = [SeedResult(0, tmp_path, 10, 1.0, {"m": {"x": 1.0, "y": 2.0, "z": nan}}),
+               SeedResult(1, tmp_path, 10, 1.0, {"m": {"x": nan, "y": 4.0, "z": float("inf")}}),
                SeedResult(2, tmp_path, 10, 1.0, {"m": {"x": 3.0, "y": 6.0}}),
                SeedResult(3, tmp_path, 5, 1.0, {}, stopped="SIGTERM")]
     metrics = summarise(results, 4.0, 1)["metrics"]
+    assert metrics["m.z"] == {"mean": None, "std": None, "n": 0, "values": {}, "missing": ["0", "1", "2", "3"]}
     assert metrics["m.x"]["n"] == 2 and metrics["m.x"]["mean"] == 2.0 and metrics["m.x"]["missing"] == ["1", "3"]
     assert metrics["m.y"]["n"] == 3 and metrics["m.y"]["mean"] == 4.0 and metrics["m.y"]["missing"] == ["3"]
 
