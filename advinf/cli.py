@@ -423,7 +423,7 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
         import torch
 
         torch.set_num_threads(rec.spec.train.threads)
-    result = run_bench(built, built.device, steps, warmup, repeats)
+    result = run_bench(built, built.device, steps, warmup, repeats, log=_echo)  # progress on stderr
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

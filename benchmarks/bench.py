@@ -182,8 +182,10 @@ def _advinf_steps(trainer: Trainer) -> Callable[[int], None]:
     return run
 
 
-def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """advinf's step and the plain loop's, timed alternately; FLOPs counted; the device's peak measured."""
+def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: int,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """advinf's step and the plain loop's, timed alternately; FLOPs counted; the device's peak measured. ``log``
+    gets a line per repeat (a CPU bench of the image recipes takes minutes)."""
     check_game(built)
     spec = built.recipe.spec.train
     batch = spec.batch_size
@@ -196,11 +198,14 @@ def bench(built: Built, device: torch.device, steps: int, warmup: int, repeats: 
         str(dtype).removeprefix("torch.")
     warmup = untimed_steps(spec, warmup)
     a, p, peaks = [], [], []
-    for _ in range(repeats):  # the peak each round, beside the loops: a shared machine's speed drifts
+    for r in range(repeats):  # the peak each round, beside the loops: a shared machine's speed drifts
         a.append(_seconds(_advinf_steps(make_trainer(built)), steps, warmup, device))
         p.append(_seconds(partial(make_plain(built, device).run, data, batch_size=batch, device=device), steps,
                           warmup, device))
         peaks.append(peak_flops(device, dtype))
+        if log is not None:
+            log(f"repeat {r + 1}/{repeats}: advinf {1000 * a[-1]:.2f} ms/step, plain loop {1000 * p[-1]:.2f} "
+                f"ms/step, peak {peaks[-1] / 1e9:.1f} GFLOP/s")
     flops = count_flops(built)
     peak = statistics.median(peaks)
     ma, mp = statistics.median(a), statistics.median(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import statistics
 
 import pytest
@@ -113,9 +114,13 @@ def test_bench_reports_both_loops_and_the_fraction_of_peak():
     res = CliRunner().invoke(cli, ["bench", str(RECIPES / "ali_mixture25.toml"), "--steps", "3", "--warmup", "1",
                                    "--repeats", "2", "--json", *sets])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # the JSON alone on stdout; a line per repeat on stderr
     assert all(k in out for k in FIELDS), sorted(set(FIELDS) - set(out))
     assert len(out["advinf_ms_all"]) == len(out["reference_ms_all"]) == len(out["peak_flops_all"]) == 2
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("repeat ")]
+    assert [ln.split(":")[0] for ln in progress] == ["repeat 1/2", "repeat 2/2"]
+    assert re.fullmatch(r"repeat 2/2: advinf [0-9.]+ ms/step, plain loop [0-9.]+ ms/step, peak [0-9.]+ GFLOP/s",
+                        progress[1])
     assert out["peak_flops"] == pytest.approx(statistics.median(out["peak_flops_all"]))
     assert out["speedup"] == pytest.approx(out["reference_ms_per_step"] / out["advinf_ms_per_step"])
     assert out["achieved_flops"] == pytest.approx(out["flops_per_sample"] * out["advinf_samples_per_s"])
