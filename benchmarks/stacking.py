@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advinf_benchmarks.bench import _sync
+
 BATCH, X_DIM, Z_DIM, NOISE = 100, 2, 2, 2
 HIDDEN, ENCODER_LAYERS, DECODER_LAYERS = 400, 2, 4
 CRITIC_UNITS, CRITIC_LAYERS, PIECES = 200, 3, 5
@@ -132,11 +134,6 @@ def make_step(toy: StackedToy) -> Callable[[], None]:
         generator_opt.step()
 
     return step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(seeds: int, steps: int = 50, warmup: int = 10, repeats: int = 5,
