@@ -342,7 +342,7 @@ class Trainer:
         if self.spec.nonfinite == "skip":
             present = [g for g in grads if g is not None]
             if present:
-                finite = finite & torch.isfinite(torch.nn.utils.get_total_norm(present))
+                finite = finite & _all_finite(present)
             if not bool(finite):  # host sync: only in skip mode
                 self.skipped += 1
                 return False
@@ -356,7 +356,7 @@ class Trainer:
         bad = int(self._bad_step)
         if bad < 0 and parameters:
             params = [p.detach() for m in self.nets.values() for p in m.parameters()]
-            if not bool(torch.isfinite(torch.nn.utils.get_total_norm(params))):
+            if not bool(_all_finite(params)):
                 bad = self.step
                 self._bad_losses.fill_(float("nan"))
         if bad < 0:
@@ -365,9 +365,10 @@ class Trainer:
                                                                      strict=True))
         last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
         where = f"the last good checkpoint is {last}; " if last is not None else ""
+        skip = "" if self.spec.nonfinite == "skip" else ", or set train.nonfinite = \"skip\""
         raise TrainingDiverged(
             f"training diverged: non-finite loss or weights at step {bad} ({losses}); {where}lower the learning "
-            "rate and resume with --resume --allow-changes, or set train.nonfinite = \"skip\"")
+            f"rate and resume with --resume --allow-changes{skip}")
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:
@@ -662,6 +663,12 @@ class _Pictures(Evaluator):
         x = model.sample(z=self.z, y=self.y)
         save_samples(x, self.path)
         return {}
+
+
+def _all_finite(tensors: list[Tensor]) -> Tensor:
+    """Whether every element is finite, as a device tensor: the largest magnitude (a 2-norm would overflow to
+    inf for large finite weights, about 1e19 and up)."""
+    return torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=float("inf")))
 
 
 def _qualname(obj: object) -> str:

@@ -173,3 +173,24 @@ def test_batch_draw_is_on_device_and_covers_an_epoch():
     sampler.next()
     assert sampler.epoch == 1
     assert isinstance(trainer.batches.next(), Batch)
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_large_finite_weights_are_not_taken_for_divergence(mode):
+    """Finiteness is judged element by element: a 2-norm of weights near 1e20 overflows to inf although each is
+    finite. Before, such a run stopped as diverged (in skip mode too, whose message then advised skip mode)."""
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=1, batch_size=32, nonfinite=mode), optimizer=SGD, device="cpu")
+    weight = next(p for p in trainer.nets["critic"].parameters() if p.dim() == 2)
+    with torch.no_grad():
+        weight.fill_(3e19)  # finite; the sum of squares is not
+    assert math.isinf(torch.nn.utils.get_total_norm([weight]).item())
+    trainer._check_diverged(parameters=True)  # finite weights: no error
+    grads = [torch.full((4,), 3e19), torch.ones(2)]
+    assert trainer._guard(trainer._forward(trainer.batches.next), grads)  # finite gradients are applied
+    assert trainer.skipped == 0
+    with torch.no_grad():
+        weight[0, 0] = float("inf")
+    with pytest.raises(advinf.TrainingDiverged) as err:
+        trainer._check_diverged(parameters=True)
+    assert ("or set train.nonfinite" in str(err.value)) == (mode == "stop")
