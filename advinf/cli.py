@@ -193,7 +193,6 @@ def _echo(message: str) -> None:
 def evaluate(run_dir: Path, names: str | None, overrides: tuple[str, ...], device: str | None, as_json: bool,
              plugins: tuple[Path, ...]) -> None:
     """Run evaluators on a trained RUN_DIR; merges the results into its eval.json (earlier entries are kept)."""
-    from advinf.plots import flatten
     from advinf.runs import evaluate_run
 
     chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
@@ -205,9 +204,21 @@ def evaluate(run_dir: Path, names: str | None, overrides: tuple[str, ...], devic
     for col in ("evaluator", "metric", "value"):
         table.add_column(col)
     for name, metrics in results.items():
-        for key, value in flatten(metrics if isinstance(metrics, dict) else {"value": metrics}).items():
-            table.add_row(name, key, f"{value:.6g}")
+        for key, value in _table_rows(metrics if isinstance(metrics, dict) else {"value": metrics}):
+            table.add_row(name, key, value)
     Console().print(table)
+
+
+def _table_rows(record: dict, prefix: str = ""):
+    """(dotted key, text) for every number and every text of a nested result: a probe's ``skipped`` reason
+    says which option to lower, so the table shows it too."""
+    for k, v in record.items():
+        if isinstance(v, dict):
+            yield from _table_rows(v, f"{prefix}{k}.")
+        elif isinstance(v, str):
+            yield f"{prefix}{k}", v
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            yield f"{prefix}{k}", f"{v:.6g}"
 
 
 @cli.command()

@@ -58,6 +58,10 @@ def test_evaluate_and_plot_commands(trained, tmp_path):
                                    "evaluators.mode_coverage.plot=false", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "modes_covered" in res.output and "merged into eval.json" in res.output
+    # a probe that cannot run on this data says why, in the table too (the toy mixture has too few examples)
+    res = CliRunner().invoke(cli, ["evaluate", str(trained), "--with", "svm_probe", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "evaluators.svm_probe" in res.output.replace("\n", "").replace(" ", "")
     res = CliRunner().invoke(cli, ["evaluate", str(trained), "--json", "--device", "cpu"])
     assert res.exit_code == 0 and json.loads(res.output)["mode_coverage"]["modes_total"] == 25
     res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "c.png")])
