@@ -405,7 +405,7 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost)
     return problems
 
 
-#: Keys of which a recipe gives one: overriding one with --set drops the other.
+#: Keys of which a recipe gives one: giving one with --set, or in a recipe that ``extends`` another, drops the other.
 ALTERNATIVES = (("train", "steps", "epochs"),)
 
 
@@ -448,6 +448,12 @@ def _resolve_extends(data: dict[str, Any], path: Path, seen: tuple[Path, ...]) -
     if not base_path.is_file():
         raise RecipeError(str(path), [Problem("extends", f"no recipe at {base_path}", base, True)])
     parent = _resolve_extends(read_toml(base_path), base_path, (*seen, base_path))
+    for table, a, b in ALTERNATIVES:  # the recipe's own steps replace its base's epochs, and the other way round
+        mine, theirs = data.get(table), parent.get(table)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            for given, other in ((a, b), (b, a)):
+                if given in mine and other not in mine:
+                    parent = {**parent, table: {k: v for k, v in theirs.items() if k != other}}
     return deep_merge(parent, data)
 
 

@@ -110,6 +110,15 @@ def test_extends_merges_tables(tmp_path):
     child = write(tmp_path / "child.toml", 'extends = "base.toml"\nname = "child"\n[train]\nsteps = 7\n')
     rec = load_recipe(child)
     assert rec.spec.name == "child" and rec.spec.train.steps == 7 and rec.spec.train.batch_size == 100
+    # a base trained for epochs, extended by steps (and the other way round): the recipe's own choice wins
+    write(tmp_path / "epochs.toml", ALI.replace("steps = 12000", "epochs = 3"))
+    short = write(tmp_path / "short.toml", 'extends = "epochs.toml"\n[train]\nsteps = 7\n')
+    assert (load_recipe(short).spec.train.steps, load_recipe(short).spec.train.epochs) == (7, None)
+    grand = write(tmp_path / "grand.toml", 'extends = "short.toml"\n[train]\nepochs = 2\n')
+    assert (load_recipe(grand).spec.train.steps, load_recipe(grand).spec.train.epochs) == (None, 2)
+    both = write(tmp_path / "both.toml", 'extends = "epochs.toml"\n[train]\nsteps = 7\nepochs = 2\n')
+    with pytest.raises(RecipeError, match="exactly one of"):
+        load_recipe(both)
     write(tmp_path / "loop.toml", 'extends = "loop.toml"\n')
     with pytest.raises(RecipeError, match="cycle"):
         load_recipe(tmp_path / "loop.toml")
