@@ -287,7 +287,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             continue
         problems.extend(_check_optimizer(f"optimizers.{player}", players[player]))
     if not problems:
-        problems.extend(check_fit(spec, options, host))
+        problems.extend(check_fit(spec, options, host, environment))
     if problems:
         unknown = [p for p in problems if p.message.startswith("unknown ")]
         if unknown and spec.plugins and not load_plugins:
@@ -358,8 +358,10 @@ def build_game(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost
     return game
 
 
-def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost) -> list[Problem]:
-    """Phase 3: the problems of a recipe whose parts are each valid but do not fit its game."""
+def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
+              environment: bool = True) -> list[Problem]:
+    """Phase 3: the problems of a recipe whose parts are each valid but do not fit its game (and, with
+    ``environment``, this machine: a device it lacks)."""
     try:
         game = build_game(spec, options, host)
     except UserError as exc:
@@ -367,7 +369,8 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost)
     name = spec.game.name
     problems: list[Problem] = []
     try:
-        resolve_device(spec.train.device)
+        if environment:  # a run trained on a GPU is still a valid run on a machine without one
+            resolve_device(spec.train.device)
     except UserError as exc:
         problems.append(Problem("train.device", str(exc)))
     given = spec.network_specs()

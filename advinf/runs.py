@@ -71,7 +71,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     for plugin in plugins:
         host.load_local(str(plugin))
     recipe = recipe_of(loaded, run_dir, host)
-    dev = resolve_device(device if device is not None else recipe.spec.train.device)
+    dev = _run_device(run_dir, device, recipe.spec.train.device)
     set_fp32_precision(dev, recipe.spec.train.tf32)  # evaluate in the precision the run trained in
     built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False)
     tensors = loaded.tensors["model"]
@@ -98,7 +98,7 @@ def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition:
     if game.conditioned and condition is None:
         raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
     check_networks(game, nets)
-    dev = resolve_device(device if device is not None else "auto")
+    dev = resolve_device(device if device is not None else "auto", "device")
     nets.to(dev).train(False)
     return LoadedRun(nets=nets, game=game, device=dev, condition=condition, recipe=None, dataset=None,
                      step=loaded.step, run_dir=run_dir, built=None)
@@ -164,3 +164,16 @@ def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = 
         raise UserError(f"{loaded.path} holds no recipe; it was not written by advinf run")
     return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host, load_plugins=False,
                            environment=False)  # to sample or evaluate: training-only needs (loggers) not checked
+
+
+def _run_device(run_dir: Path, device: str | torch.device | None, trained_on: str) -> torch.device:
+    """The device to load a run on: the one asked for, else the run's own ``train.device`` when this machine has
+    it (a run trained on a GPU is loaded elsewhere with ``device="cpu"``, the CLI's ``--device cpu``)."""
+    if device is not None:
+        return resolve_device(device, "device")
+    try:
+        return resolve_device(trained_on)
+    except UserError as exc:
+        raise UserError(f"{run_dir} was trained with train.device = '{trained_on}', which this machine does not "
+                        f"have ({str(exc).split(' but ', 1)[-1].split(';')[0]}); load it here with --device cpu "
+                        f"(library: load_run(..., device=\"cpu\"))") from None

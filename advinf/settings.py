@@ -189,18 +189,21 @@ class TrainSpec(BaseModel):
         return self
 
 
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA if present else CPU; ``cuda[:n]`` checked for availability."""
+def resolve_device(spec: str | torch.device, what: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA if present else CPU; ``cuda[:n]`` checked for availability; anything but ``auto``, ``cpu``,
+    ``cuda`` and ``cuda:N`` refused. ``what`` names where the value came from in the messages."""
     if isinstance(spec, torch.device):
         return spec
+    if not isinstance(spec, str) or not _DEVICE_RE.match(spec):
+        raise UserError(f"{what} = {spec!r}: give 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"train.device = '{spec}' but CUDA is not available here; use 'auto' or 'cpu'")
+            raise UserError(f"{what} = '{spec}' but CUDA is not available here; use 'auto' or 'cpu'")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"train.device = '{spec}' but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise UserError(f"{what} = '{spec}' but only {torch.cuda.device_count()} GPU(s) are visible")
         return dev
     return torch.device(spec)
 

@@ -92,7 +92,7 @@ def test_encoder_is_bounded_as_bigans_uniform_latent():
         logits = encoder.out(post.features[0])
         assert torch.equal(post.mean, 2 * torch.sigmoid(logits) - 1)
         assert float(post.mean.detach().abs().max()) <= 1.0
-    assert float(encoder(torch.rand(64, 1, 28, 28) * 1e4).mean.detach().abs().max()) > 0.99  # saturates towards the bound
+    assert float(encoder(torch.rand(64, 1, 28, 28) * 1e4).mean.detach().abs().max()) > 0.99  # saturates
 
 
 def test_shape_errors_name_the_network():

@@ -426,3 +426,29 @@ def test_extends_never_echoes_another_file(tmp_path):
     recipe = write(tmp_path / "r.toml", f'extends = "{secret}"\nname = "x"\n')
     res = invoke("validate", recipe)
     assert res.exit_code == 2 and "S3CRET" not in res.output and len(res.output) < 400, res.output
+
+
+def test_a_run_trained_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
+    """The run's own train.device is the machine's concern, not the run's: --device cpu loads it (before, the
+    recipe check refused the run outright), without --device the message says to pass it, and a device string
+    that is no device is refused, not a traceback."""
+    run = tmp_path / "run"
+    tiny_run(run)
+    text = (run / "recipe.toml").read_text()
+    (run / "recipe.toml").write_text(text.replace('device = "cpu"', 'device = "cuda"').replace(
+        'device = "auto"', 'device = "cuda"'))
+    for state in run.glob("checkpoints/step_*/state.json"):  # as a GPU machine would have written them
+        data = json.loads(state.read_text())
+        data["recipe"]["train"]["device"] = "cuda"
+        state.write_text(json.dumps(data))
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the run is loadable as it is")
+    ok = invoke("sample", run, "--device", "cpu", "--out", tmp_path / "s.png")
+    assert ok.exit_code == 0, ok.output
+    assert advinf.load_run(run, device="cpu").device.type == "cpu"
+    bare = invoke("sample", run, "--out", tmp_path / "t.png")
+    assert bare.exit_code == 2 and "was trained with train.device = 'cuda'" in bare.output
+    assert "--device cpu" in bare.output and "Traceback" not in bare.output
+    for bad in ("gpu", "CPU", "", "meta"):
+        res = invoke("sample", run, "--device", bad, "--out", tmp_path / "u.png")
+        assert res.exit_code == 2 and "give 'auto', 'cpu', 'cuda' or 'cuda:N'" in res.output, (bad, res.output)
