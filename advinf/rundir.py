@@ -127,7 +127,28 @@ class RunDir:
         write_json(self.path / LIBRARY_FILE, info)
 
     def write_eval(self, results: dict[str, Any]) -> None:
-        write_json(self.path / EVAL_FILE, results)
+        """Merge ``results`` into eval.json: entries of other evaluators (``advinf evaluate``) are kept."""
+        merge_eval(self.path / EVAL_FILE, results)
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    """An eval.json's entries ({} when there is none); a file that is not a JSON object is refused, never
+    replaced: it may hold results nothing else has."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} cannot be read as JSON ({exc}); repair it, or move it away to start it "
+                        f"afresh") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object; repair it, or move it away to start it afresh")
+    return data
+
+
+def merge_eval(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results`` into the eval.json at ``path`` over its earlier entries, keeping the others."""
+    write_json(path, {**read_eval(path), **results})
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from advinf import checkpoint as ckpt
-from advinf.atomic import write_json
 from advinf.build import Built, build, build_evaluators
 from advinf.conditions import Condition
 from advinf.data import Dataset
@@ -20,7 +19,7 @@ from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, validate_recipe
-from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir
+from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir, merge_eval, read_eval
 from advinf.settings import resolve_device, set_fp32_precision
 
 
@@ -126,6 +125,7 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     defaults; None: the recipe's own); ``overrides`` are ``evaluators.NAME.key=value`` settings.
     """
     run_dir = Path(run_dir)
+    read_eval(run_dir / EVAL_FILE)  # refused before the evaluators run, not after
     run = load_run(run_dir, device=device, plugins=plugins, host=host)
     data = run.recipe.resolved(run_dir)
     configured = data.get("evaluators", {})
@@ -138,12 +138,7 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
-    path = run_dir / EVAL_FILE
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (ValueError, OSError):
-        earlier = {}
-    write_json(path, {**(earlier if isinstance(earlier, dict) else {}), **results})
+    merge_eval(run_dir / EVAL_FILE, results)
     return results
 
 

@@ -22,10 +22,12 @@ from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, changed_keys, load_recipe, plugin_paths, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
+    EVAL_FILE,
     RECIPE_FILE,
     check_target,
     default_run_dir,
     prepare_target,
+    read_eval,
     remove_if_empty,
 )
 from advinf.trainer import Trainer, TrainResult
@@ -73,6 +75,9 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         if path is not None:
             checkpoint = ckpt.load_checkpoint(path)
             saved = checkpoint.state.get("recipe")
+        else:
+            _refuse_incomplete_checkpoints(out_dir / CHECKPOINTS_DIR)
+        read_eval(out_dir / EVAL_FILE)  # a damaged eval.json is refused before training, not found after it
         if saved is None:
             saved = _read_saved_recipe(out_dir)
     if recipe is None:
@@ -156,6 +161,16 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     else:
         log(f"run directory: {out_dir}")
     return trainer
+
+
+def _refuse_incomplete_checkpoints(root: Path) -> None:
+    """Resuming with no complete checkpoint restarts from step 0 and would write over incomplete ones: their
+    weights may be all that is left of the training, so they are never discarded silently."""
+    found = sorted(p.name for p in root.glob("step_*")) if root.is_dir() else []
+    if found:
+        raise UserError(f"{root} holds {', '.join(found)}, but none is a complete checkpoint (state.json missing); "
+                        f"resuming would start again from step 0 and write over them: move them out of {root} "
+                        f"first if that is what you want")
 
 
 def _read_saved_recipe(run_dir: Path) -> dict[str, Any]:

@@ -452,3 +452,31 @@ def test_a_run_trained_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
     for bad in ("gpu", "CPU", "", "meta"):
         res = invoke("sample", run, "--device", bad, "--out", tmp_path / "u.png")
         assert res.exit_code == 2 and "give 'auto', 'cpu', 'cuda' or 'cuda:N'" in res.output, (bad, res.output)
+
+
+def test_what_a_user_added_to_a_run_is_never_replaced(tmp_path):
+    """eval.json entries that `advinf evaluate` added survive a resume of the finished run; an eval.json that is
+    not a JSON object is refused, not replaced; checkpoints without state.json are not written over by a resume
+    that would start again from step 0."""
+    run = tmp_path / "run"
+    tiny_run(run, "--set", "train.checkpoint_every=10")
+    evaluated = json.loads((run / "eval.json").read_text())
+    mine = {**evaluated, "mine": {"kept": 1.0}}
+    (run / "eval.json").write_text(json.dumps(mine))
+    again = invoke("run", "--resume", run)  # the run is finished: its evaluation runs again, merged
+    assert again.exit_code == 0, again.output
+    assert json.loads((run / "eval.json").read_text())["mine"] == {"kept": 1.0}
+    for damaged in ('{"mine": {"x": 1},}', "[1, 2]"):
+        (run / "eval.json").write_text(damaged)
+        for args in (("evaluate", run), ("run", "--resume", run)):
+            res = invoke(*args)
+            assert res.exit_code == 2 and f"{run / 'eval.json'}" in res.output, res.output
+            assert "move it away" in res.output and (run / "eval.json").read_text() == damaged
+    (run / "eval.json").write_text(json.dumps(mine))
+    for state in run.glob("checkpoints/step_*/state.json"):
+        state.unlink()
+    before = snapshot(run / "checkpoints")
+    with pytest.warns(UserWarning, match="missing or incomplete"):  # the latest pointer names step_0000030
+        res = invoke("run", "--resume", run, "--stop-after", "12")
+    assert res.exit_code == 2 and "none is a complete checkpoint" in res.output, res.output
+    assert "step_0000010" in res.output and snapshot(run / "checkpoints") == before
