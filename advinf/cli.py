@@ -221,9 +221,24 @@ def _table_rows(record: dict, prefix: str = ""):
             yield f"{prefix}{k}", f"{v:.6g}"
 
 
+def _png_out(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
+    """``--out`` of a command that writes a PNG: a .png file name whose folder is (or can be) a folder. Any other
+    name is refused: a typo must not turn the run's recipe.toml, or a file of the user's, into a picture."""
+    if path is None:
+        return None
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {path}: give a file name ending in .png (this command writes a PNG picture)")
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name ending in .png")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"--out {path}: {blocked} is a file, not a folder")
+    return path
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, callback=_png_out,
               help="PNG to write (default: RUN_DIR/curves.png).")
 def plot(run_dir: Path, out_path: Path | None) -> None:
     """The curves of RUN_DIR over its steps: losses, scalars, samples/s and every evaluation, as a PNG."""
@@ -232,12 +247,21 @@ def plot(run_dir: Path, out_path: Path | None) -> None:
     _done(plot_run(run_dir, out_path))
 
 
+def _out_folder(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
+    """``--out`` naming a folder: refused where a file stands in its way."""
+    blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"--out {path}: {blocked} is a file, not a folder")
+    return path
+
+
 def _picture_options(default_name: str):
     def wrap(f):
         f = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's).")(f)
         f = _plugin_option(f)
-        f = click.option("--seed", type=int, default=0, show_default=True, help="Which prior draws / examples.")(f)
-        f = click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+        f = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+                         help="Which prior draws / examples.")(f)
+        f = click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, callback=_png_out,
                          help=f"PNG to write (default: RUN_DIR/{default_name}).")(f)
         return click.argument("run_dir", type=click.Path(path_type=Path))(f)
     return wrap
@@ -334,7 +358,7 @@ def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: each recipe's train.device).")
 @_plugin_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("."), show_default=True,
-              help="Folder for compare.png and compare.json.")
+              callback=_out_folder, help="Folder for compare.png and compare.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead.")
 @click.option("--points", type=click.IntRange(min=1), default=2500, show_default=True,
               help="Held-out examples and prior draws per panel of the figure (the paper: 2,500).")

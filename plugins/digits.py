@@ -77,7 +77,7 @@ class DigitsOptions(BaseModel):
         "bilinear", description="upscaling: bilinear (smooth strokes) or nearest (blocks of the original pixels)")
     heldout: float = Field(0.2, ge=0, description="held-out images: a count (>= 1) or a fraction of all 1,797 "
                                                   "(< 1), stratified by class; 0: none")
-    split_seed: int = Field(0, description="seed of the permutation that picks the held-out images")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the permutation that picks the held-out images")
 
 
 def load_digit_arrays() -> tuple[Tensor, Tensor]:

@@ -108,7 +108,7 @@ class ImageFolderOptions(_DatasetOptions):
     heldout_fraction: float = Field(0.0, ge=0, lt=1, description="fraction of the images held out")
     stream: bool = Field(False, description="decode the training images batch by batch in DataLoader workers "
                                             "instead of holding them in memory (for folders too large for it)")
-    split_seed: int = Field(0, description="seed of the shuffle that picks the held-out images")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the shuffle that picks the held-out images")
     workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 

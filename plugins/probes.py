@@ -86,7 +86,7 @@ class ProbeOptions(BaseModel):
                                                     "disjoint from every labelled set")
     repeats: int = Field(10, ge=1, description="labelled sets drawn; errors are mean and std over them "
                                                "(the paper: 100)")
-    seed: int = Field(0, description="seed of the validation, labelled and test draws")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the validation, labelled and test draws")
     test_examples: int | None = Field(None, ge=1, description="test on this many held-out examples (drawn with "
                                                                "seed); default: all of them")
     features: FeatureKind = Field("mean_and_hidden", description="mean_and_hidden: posterior mean plus the "

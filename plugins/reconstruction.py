@@ -51,7 +51,8 @@ class ReconstructionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     examples: int | None = Field(None, ge=1, description="held-out examples reconstructed (drawn with seed); "
                                                          "default: all of them")
-    seed: int = Field(0, description="seed of the example draws, the labelled subset and the posterior samples")
+    seed: int = Field(0, ge=0, lt=2**32,
+                      description="seed of the example draws, the labelled subset and the posterior samples")
     batch_size: int = Field(500, ge=1, description="examples per forward pass")
     classifier: bool = Field(True, description="with class labels: how often a pixel classifier keeps the label")
     classifier_labels: int = Field(1000, ge=1, description="class-balanced training examples of the classifier")

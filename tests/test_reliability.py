@@ -480,3 +480,23 @@ def test_what_a_user_added_to_a_run_is_never_replaced(tmp_path):
         res = invoke("run", "--resume", run, "--stop-after", "12")
     assert res.exit_code == 2 and "none is a complete checkpoint" in res.output, res.output
     assert "step_0000010" in res.output and snapshot(run / "checkpoints") == before
+
+
+def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run)
+    (tmp_path / "afile.txt").write_text("mine")
+    (tmp_path / "adir.png").mkdir()
+    recipe = (run / "recipe.toml").read_bytes()
+    cases = [(("sample", run, "--out", run / "recipe.toml"), "give a file name ending in .png"),
+             (("reconstruct", run, "--out", tmp_path / "afile.txt"), "give a file name ending in .png"),
+             (("plot", run, "--out", tmp_path / "adir.png"), "is a directory"),
+             (("interpolate", run, "--out", tmp_path / "afile.txt" / "x.png"), "afile.txt is a file, not a folder"),
+             (("compare", run, "--out", tmp_path / "afile.txt"), "afile.txt is a file, not a folder"),
+             (("sample", run, "--seed", str(2**70)), "not in the range")]
+    for args, message in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+    assert (run / "recipe.toml").read_bytes() == recipe and (tmp_path / "afile.txt").read_text() == "mine"
+    ok = invoke("sample", run, "--out", tmp_path / "new" / "S.PNG")  # a new folder is fine, and any case of .png
+    assert ok.exit_code == 0 and (tmp_path / "new" / "S.PNG").is_file(), ok.output
