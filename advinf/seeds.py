@@ -42,17 +42,20 @@ from advinf.errors import UserError
 from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import load_recipe
-from advinf.rundir import check_target, default_run_dir
+from advinf.rundir import check_target, default_run_dir, is_run_dir
 from advinf.session import run_recipe
 
 #: The group's summary, beside the seeds' run directories.
 SUMMARY_FILE = "summary.json"
+#: The most seeds one group takes (each is a full run with its own directory).
+MAX_SEEDS = 10_000
 _SEEDS_RE = re.compile(r"^\d+(-\d+)?$")
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``0-9``, ``0,3,7`` or ``0-2,10``: the seeds, in order, each once."""
-    seeds: list[int] = []
+    """``0-9``, ``0,3,7`` or ``0-2,10``: the seeds, in order, each once (seeds below 2**32, at most
+    ``MAX_SEEDS`` of them)."""
+    seeds: dict[int, None] = {}  # ordered, each once
     for part in text.replace(" ", "").split(","):
         if not _SEEDS_RE.match(part):
             raise UserError(f"--seeds {text!r}: give seeds as 0-9, 0,3,7 or 0-2,10 (non-negative integers)")
@@ -60,8 +63,12 @@ def parse_seeds(text: str) -> list[int]:
         first, last = int(lo), int(hi or lo)
         if last < first:
             raise UserError(f"--seeds {text!r}: the range {part} runs backwards")
-        seeds += [s for s in range(first, last + 1) if s not in seeds]
-    return seeds
+        if last >= 2**32:
+            raise UserError(f"--seeds {text!r}: seeds go up to {2**32 - 1} (got {last})")
+        if last - first + 1 + len(seeds) > MAX_SEEDS:
+            raise UserError(f"--seeds {text!r}: more than {MAX_SEEDS:,} seeds in one group; split it")
+        seeds.update(dict.fromkeys(range(first, last + 1)))
+    return list(seeds)
 
 
 @dataclass
@@ -113,6 +120,9 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
         host.load_local(str(plugin))
     rec = load_recipe(recipe, overrides, host=host)  # refuses a bad recipe once, before any seed starts
     out_dir = Path(out) if out is not None else default_run_dir(f"{rec.spec.name}-seeds")
+    if is_run_dir(out_dir):
+        raise UserError(f"--out {out_dir} is a run directory; give a new folder for the group (it will hold one "
+                        f"run directory per seed and the summary)")
     for s in seeds:
         check_target(out_dir / f"seed_{s}", resume=False)
     if (out_dir / SUMMARY_FILE).exists():  # an earlier group's summary: not overwritten

@@ -69,9 +69,10 @@ def test_a_seed_group_is_bit_identical_to_single_runs_and_summarised(tmp_path):
 def test_seed_lists_and_refusals(tmp_path):
     assert parse_seeds("0-3") == [0, 1, 2, 3]
     assert parse_seeds("5,1, 2-3,1") == [5, 1, 2, 3]
-    for bad in ("", "a", "3-1", "-1", "1-"):
-        with pytest.raises(UserError, match="--seeds"):
+    for bad in ("", "a", "3-1", "-1", "1-", "4294967296", "0-1000000000000", "0-9999,20000"):
+        with pytest.raises(UserError, match="--seeds"):  # at once: huge ranges are refused, not listed
             parse_seeds(bad)
+    assert parse_seeds("4294967295") == [2**32 - 1] and len(parse_seeds("0-9999")) == 10_000
     runner = CliRunner()
     for args, message in ((["--seeds", "x"], "--seeds 'x'"), (["--jobs", "2"], "--jobs goes with --seeds"),
                           (["--seeds", "0-1", "--resume"], "resume a seed on its own")):
@@ -87,6 +88,11 @@ def test_seed_lists_and_refusals(tmp_path):
     res = runner.invoke(cli, ["run", str(TOY), "--seeds", "5-6", "--out", str(tmp_path / "h")])
     assert res.exit_code == 2 and "summary.json exists (an earlier group of seeds wrote it)" in res.output
     assert (tmp_path / "h" / "summary.json").read_text() == "{}" and not (tmp_path / "h" / "seed_5").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.toml").write_text("")  # a run directory is no folder for a group
+    res = runner.invoke(cli, ["run", str(TOY), "--seeds", "0", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "is a run directory; give a new folder" in res.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["recipe.toml"]
 
 
 def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_seed(tmp_path):
