@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from advinf.errors import UserError
 
@@ -172,6 +172,14 @@ class TrainSpec(BaseModel):
     def _device(cls, v: str) -> str:
         if not _DEVICE_RE.match(v):
             raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+    @field_validator("critic_steps")
+    @classmethod
+    def _critic_steps(cls, v: int, info: ValidationInfo) -> int:
+        if v != 1 and info.data.get("update", "alternating") != "alternating":
+            raise ValueError('counts only with update = "alternating" (the simultaneous update steps every player '
+                             'once)')
         return v
 
     @field_validator("loggers")

@@ -85,6 +85,13 @@ def test_steps_xor_epochs(tmp_path):
     assert "give exactly one of `steps` and `epochs`" in text
 
 
+def test_critic_steps_only_with_the_alternating_update(tmp_path):
+    path = write(tmp_path / "r.toml", ALI)
+    with pytest.raises(RecipeError, match='train.critic_steps: counts only with update = "alternating"'):
+        load_recipe(path, ["train.critic_steps=3"])  # the simultaneous update would ignore it
+    assert load_recipe(path, ["train.critic_steps=3", "train.update='alternating'"]).spec.train.critic_steps == 3
+
+
 def test_overrides_apply_and_are_validated(tmp_path):
     path = write(tmp_path / "r.toml", ALI)
     rec = load_recipe(path, ["train.batch_size=64", "game.divergence=minimax", "critic.hidden=8"])
