@@ -119,8 +119,16 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
         return
     if jobs != 1:
         raise UserError("--jobs goes with --seeds (several seeds at once)")
-    if resume and out is None and recipe is not None and recipe.is_dir():
-        recipe, out = None, recipe  # advinf run --resume RUN_DIR
+    if allow_changes and not resume:
+        raise UserError("--allow-changes goes with --resume (it accepts changes to the run being continued)")
+    if resume and out is None and recipe is not None:
+        if recipe.is_dir():
+            recipe, out = None, recipe  # advinf run --resume RUN_DIR
+        elif not recipe.exists():
+            raise UserError(f"--resume {recipe}: no such run directory")
+        else:
+            raise UserError(f"--resume with the recipe {recipe} needs the run to continue: advinf run {recipe} --out "
+                            f"RUN_DIR --resume (or advinf run --resume RUN_DIR with the run's own recipe)")
     if recipe is None and not resume:
         raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
                         "or --resume RUN_DIR to continue a run")
@@ -196,6 +204,9 @@ def evaluate(run_dir: Path, names: str | None, overrides: tuple[str, ...], devic
     from advinf.runs import evaluate_run
 
     chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
+    if chosen == []:
+        raise UserError("--with names no evaluator; give NAME[,NAME...] (advinf list-plugins lists them), or leave "
+                        "it out for the recipe's own")
     results = evaluate_run(run_dir, chosen, overrides, device=device, plugins=plugins, host=_host())
     if as_json:
         click.echo(json.dumps(results, indent=2, sort_keys=True))

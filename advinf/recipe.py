@@ -429,6 +429,10 @@ def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str] | tup
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        again = (f"; to continue the run there: advinf run --resume {path}" if (path / "recipe.toml").is_file()
+                 else "")
+        raise UserError(f"{path} is a directory, not a recipe file{again}")
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:

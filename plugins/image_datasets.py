@@ -47,7 +47,8 @@ _NOT_IN_KEY = {"root", "download", "verify", "cache", "workers"}
 
 class _DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    root: str = Field(..., description="folder of the dataset's files (relative to the working directory)")
+    root: str = Field(..., min_length=1, description="folder of the dataset's files (relative to the working "
+                      "directory)")
     limit: int | None = Field(None, gt=0, description="at most this many examples per split (quick runs, tests)")
     cache: bool = Field(True, description="cache the decoded tensors under root/.advinf_cache (safetensors)")
 
@@ -58,14 +59,14 @@ class _OfficialOptions(_DatasetOptions):
 
 
 class SvhnOptions(_OfficialOptions):
-    root: str = Field("data/svhn", description="folder holding {train,test,extra}_32x32.mat")
+    root: str = Field("data/svhn", min_length=1, description="folder holding {train,test,extra}_32x32.mat")
     split: Literal["train", "extra", "test"] = Field("train", description="training split (the original: extra)")
     heldout: Literal["test", "train", "none"] = Field("test", description="held-out split")
 
 
 class Cifar10Options(_OfficialOptions):
-    root: str = Field("data/cifar10", description="folder holding cifar-10-batches-bin/ (the official binary "
-                                                  "version, preferred) or cifar-10-batches-py/ (the python version)")
+    root: str = Field("data/cifar10", min_length=1, description="folder holding cifar-10-batches-bin/ (the "
+                      "official binary version, preferred) or cifar-10-batches-py/ (the python version)")
     heldout: Literal["validation", "test", "none"] = Field(
         "validation", description="validation: hold out the last `validation` training examples (the original: "
                                   "train on 0-44,999, validate on 45,000-49,999); test: train on all 50,000, "
@@ -76,14 +77,14 @@ class Cifar10Options(_OfficialOptions):
 
 
 class CelebaOptions(_OfficialOptions):
-    root: str = Field("data", description="folder holding celeba/ (torchvision's layout)")
+    root: str = Field("data", min_length=1, description="folder holding celeba/ (torchvision's layout)")
     split: Literal["train", "valid", "test", "all"] = Field("train", description="official partition to train on")
     heldout: Literal["valid", "test", "none"] = Field("test", description="official partition held out")
     workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 
 class MnistOptions(_OfficialOptions):
-    root: str = Field("data/mnist", description="folder holding MNIST/raw/ (torchvision's layout)")
+    root: str = Field("data/mnist", min_length=1, description="folder holding MNIST/raw/ (torchvision's layout)")
     size: Literal[28, 32] = Field(28, description="32: pad the 28x28 digits with 2 black pixels on every side "
                                                  "(for the 32x32 networks, e.g. the paper's SVHN ones)")
     heldout: Literal["test", "none"] = Field("test", description="held-out split")
@@ -92,14 +93,14 @@ class MnistOptions(_OfficialOptions):
 
 
 class TinyImagenetOptions(_OfficialOptions):
-    root: str = Field("data/tiny_imagenet", description="folder holding tiny-imagenet-200/")
+    root: str = Field("data/tiny_imagenet", min_length=1, description="folder holding tiny-imagenet-200/")
     heldout: Literal["val", "none"] = Field("val", description="held-out split (the labelled val set)")
     verify: bool = Field(True, description="checksum of the downloaded zip (the extracted images have none)")
     workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 
 class ImageFolderOptions(_DatasetOptions):
-    root: str = Field(..., description="folder of images (optionally one subfolder per class)")
+    root: str = Field(..., min_length=1, description="folder of images (optionally one subfolder per class)")
     size: int = Field(64, gt=0, description="images are resized (shorter side) and centre-cropped to size x size")
     grayscale: bool = Field(False, description="one channel instead of RGB")
     labels: Literal["auto", "folders", "none"] = Field(

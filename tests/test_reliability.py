@@ -500,3 +500,19 @@ def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be
     assert (run / "recipe.toml").read_bytes() == recipe and (tmp_path / "afile.txt").read_text() == "mine"
     ok = invoke("sample", run, "--out", tmp_path / "new" / "S.PNG")  # a new folder is fine, and any case of .png
     assert ok.exit_code == 0 and (tmp_path / "new" / "S.PNG").is_file(), ok.output
+
+
+def test_options_that_would_do_nothing_or_the_wrong_thing_are_refused(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run)
+    cases = [(("run", ALI, "--allow-changes", "--out", tmp_path / "new"), "--allow-changes goes with --resume"),
+             (("evaluate", run, "--with", ""), "--with names no evaluator"),
+             (("run", run), "is a directory, not a recipe file; to continue the run there: advinf run --resume"),
+             (("validate", tmp_path), "is a directory, not a recipe file"),
+             (("run", "--resume", tmp_path / "nope"), "no such run directory"),
+             (("run", ALI, "--resume"), "needs the run to continue"),
+             (("validate", RECIPES / "ali_svhn.toml", "--set", "dataset.root=''"), "dataset.root")]
+    for args, message in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "new").exists()
