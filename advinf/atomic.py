@@ -16,10 +16,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file private (0600), as do some writers (safetensors): it gets the mode the file has, or
+    # the one a new file would get
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -34,6 +38,18 @@ def write_text(path: Path | str, text: str) -> None:
 
 def write_json(path: Path | str, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and back: there is no other way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_dir_like_mkdir(path: Path | str) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (private, 0700) the mode ``mkdir`` would have given it."""
+    os.chmod(path, 0o777 & ~current_umask())
 
 
 def _fsync(path: str) -> None:

@@ -516,3 +516,28 @@ def test_options_that_would_do_nothing_or_the_wrong_thing_are_refused(tmp_path):
         res = invoke(*args)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "new").exists()
+
+
+def test_files_and_folders_of_a_run_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through private temporary files (0600) and folders (0700): what they become must have
+    the mode the umask gives (0644 and 0755 with umask 022), or a shared run is unreadable to the group; an
+    existing file keeps its own mode when rewritten."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        tiny_run(run, "--set", "train.checkpoint_every=10")
+        files = [run / "recipe.toml", run / "eval.json", *run.glob("samples/*.png"),
+                 *run.glob("checkpoints/step_*/*"), run / "checkpoints" / "latest"]
+        assert len(files) > 6
+        modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+        assert set(modes.values()) == {"0o644"}, modes
+        folders = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in run.glob("checkpoints/*/")}
+        assert set(folders.values()) == {"0o755"}, folders
+        (run / "eval.json").chmod(0o640)
+        assert invoke("evaluate", run).exit_code == 0
+        assert stat.S_IMODE((run / "eval.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
