@@ -532,6 +532,11 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     except ValidationError as exc:
         problems.extend(problems_from(exc, comp.options, opts, prefix=section))
         return
+    except Exception as exc:  # a plugin's own validator may raise anything: its author's bug, named as such
+        problems.append(Problem(section, f"the options check of {kind} '{name}' (plugin '{comp.plugin}') failed "
+                                f"with {type(exc).__name__}: {exc}",
+                                hint="a bug in that plugin; check these options, or tell its authors"))
+        return
     for field_name, info in comp.options.model_fields.items():  # options that name other components
         for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
             value = getattr(out[section], field_name)

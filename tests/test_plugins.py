@@ -10,10 +10,12 @@ import types
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import RECIPES, cli_env, write
 
 import advinf
 from advinf import hookspecs
+from advinf.cli import cli
 from advinf.errors import PluginError, UserError
 from advinf.plugins import PluginHost
 
@@ -205,6 +207,36 @@ def test_recipe_can_name_a_project_local_plugin(tmp_path):
     missing = write(tmp_path / "m.toml", text.replace("my_plugin.py", "nope.py"))
     with pytest.raises(UserError, match="nope.py does not exist"):
         advinf.load_recipe(missing)
+
+
+RAISING_VALIDATOR = """
+from pydantic import BaseModel, ConfigDict, field_validator
+from advinf import hookimpl
+from advinf_plugins.priors import gaussian
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dim: int = 2
+
+    @field_validator("dim")
+    @classmethod
+    def _dim(cls, v):
+        return 1 // (v - 2)  # a plugin author's bug: ZeroDivisionError, not the ValueError pydantic expects
+
+@hookimpl
+def register_priors(register):
+    register("fragile_prior", gaussian, Options)
+"""
+
+
+def test_a_plugin_validator_that_raises_anything_is_one_clear_error_naming_the_plugin(tmp_path):
+    write(tmp_path / "fragile.py", RAISING_VALIDATOR)
+    text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["fragile.py"]')
+    recipe = write(tmp_path / "r.toml", text.replace('name = "gaussian"', 'name = "fragile_prior"'))
+    res = CliRunner().invoke(cli, ["validate", str(recipe)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "prior: the options check of prior 'fragile_prior'" in res.output
+    assert "fragile.py') failed with ZeroDivisionError" in res.output and "a bug in that plugin" in res.output
 
 
 def test_every_hook_is_documented_with_its_signature_and_tested():
