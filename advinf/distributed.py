@@ -50,6 +50,20 @@ def launched_world_size() -> int:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+def _rank_var(name: str, world_size: int, default: str | None = None) -> int:
+    """RANK or LOCAL_RANK: a number from 0 to WORLD_SIZE - 1 (a rank out of range would wait forever for peers
+    that never come)."""
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UserError(f"{name}={text!r} is not a number: launch data-parallel runs with torchrun "
+                        "(see docs/distributed.md)") from None
+    if not 0 <= value < world_size:
+        raise UserError(f"{name}={value} but WORLD_SIZE={world_size}: ranks go from 0 to {world_size - 1}")
+    return value
+
+
 def init_from_environment(device: torch.device | str, backend: str = "auto") -> World | None:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT);
     None for a single process. ``backend``: ``auto`` (nccl on CUDA, gloo on CPU), ``nccl`` or ``gloo``."""
@@ -60,7 +74,7 @@ def init_from_environment(device: torch.device | str, backend: str = "auto") -> 
     if missing:
         raise UserError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: launch data-parallel runs "
                         "with torchrun (see docs/distributed.md)")
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = _rank_var("RANK", world_size), _rank_var("LOCAL_RANK", world_size, "0")
     device = resolve_device(device)
     chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
     if chosen == "nccl" and device.type != "cuda":

@@ -175,6 +175,13 @@ def test_misconfigured_runs_are_refused_with_clear_messages(tmp_path, monkeypatc
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     with pytest.raises(UserError, match="nccl' needs CUDA"):
         run_recipe(TOY, out=tmp_path / "x", overrides=[*SETS, "train.dist_backend=nccl"])
+    for var, value, message in (("RANK", "abc", "RANK='abc' is not a number"),
+                                ("RANK", "5", "RANK=5 but WORLD_SIZE=2: ranks go from 0 to 1"),  # hung before
+                                ("LOCAL_RANK", "x", "LOCAL_RANK='x' is not a number")):
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv(var, value)
+        with pytest.raises(UserError, match=message):
+            run_recipe(TOY, out=tmp_path / "x", overrides=SETS)
     assert not (tmp_path / "x").exists()
 
 
