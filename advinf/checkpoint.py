@@ -81,6 +81,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
             sums[name] = _sha256(path)
             _fsync_file(path)
         state = {**state, "step": step, "checksums": sums}
+        state["state_checksum"] = _state_checksum(state)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
         _fsync_file(tmp / STATE_FILE)
         fsync_dir(tmp)
@@ -183,6 +184,7 @@ class CheckpointState(_Loose):
     recipe: dict[str, Any] | None = None
     components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. "lr_schedule.PLAYER" -> its state
     checksums: dict[str, str]
+    state_checksum: str | None = None  # of this file's other contents (checkpoints before it have none)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -200,6 +202,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise UserError(f"{state_path} is damaged ({where}); {advice}") from None
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise UserError(f"{state_path} is corrupted ({type(exc).__name__}: {str(exc)[:200]}); {advice}") from None
+    if state.get("state_checksum") is not None and state["state_checksum"] != _state_checksum(state):
+        raise UserError(f"{state_path} was changed or damaged after it was written (its checksum does not match); "
+                        f"restore it, or {advice} (to change a setting, resume with --set ... --allow-changes)")
+    named = _NAME_RE.match(path.name)
+    if named and int(named.group(1)) != state["step"]:
+        raise UserError(f"{state_path} says step {state['step']}, but its folder is {path.name}; {advice}")
     tensors = {}
     for name in FILES:
         file = path / f"{name}.safetensors"
@@ -315,6 +323,13 @@ def network_prefix(tensors: dict[str, Tensor], name: str) -> str | None:
 def network_names(tensors: dict[str, Tensor]) -> list[str]:
     """The networks a checkpoint's model tensors hold (moving averages not listed separately)."""
     return sorted({k.split(".", 1)[0] for k in tensors if not k.startswith("ema_")})
+
+
+def _state_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 of state.json's contents but this checksum, in one canonical JSON form: an edited or damaged file
+    is told apart from what training wrote."""
+    body = {k: v for k, v in state.items() if k != "state_checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:

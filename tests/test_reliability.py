@@ -99,6 +99,7 @@ def test_an_edited_run_directory_cannot_make_advinf_import_a_file(tmp_path):
     state_path = ckpt.latest_checkpoint(run / "checkpoints") / "state.json"
     state = json.loads(state_path.read_text())
     state["recipe"]["plugins"] = [str(evil)]
+    state["state_checksum"] = ckpt._state_checksum(state)  # the checksum is no secret: an attacker resigns
     state_path.write_text(json.dumps(state))
     (run / "recipe.toml").write_text((run / "recipe.toml").read_text().replace("plugins = []",
                                                                               f'plugins = ["{evil}"]'))
@@ -189,6 +190,18 @@ def _damage_cases(run: Path):
         ("optimiser value wrong", edit(optimizers__critic__param_groups=[{**good["optimizers"]["critic"]
                                                                           ["param_groups"][0], "betas": "x"}]),
          "state.json is damaged"),
+        # well-formed edits: only the file's own checksum tells them (before: a negative learning rate trained,
+        # one beta was a traceback, another step resumed from there)
+        ("a negative learning rate", edit(optimizers__critic__param_groups=[{**good["optimizers"]["critic"]
+                                                                             ["param_groups"][0], "lr": -5.0}]),
+         "state.json was changed or damaged after it was written"),
+        ("one beta", edit(optimizers__critic__param_groups=[{**good["optimizers"]["critic"]["param_groups"][0],
+                                                             "betas": [0.5]}]),
+         "state.json was changed or damaged after it was written"),
+        ("another step", edit(step=3), "state.json was changed or damaged after it was written"),
+        ("another step, resigned", lambda: state.write_text(json.dumps(
+            {**good, "step": 3, "state_checksum": ckpt._state_checksum({**good, "step": 3})})),
+         "says step 3, but its folder is step_0000010"),
     ]
 
 
@@ -440,6 +453,7 @@ def test_a_run_trained_on_a_gpu_loads_on_a_machine_without_one(tmp_path):
     for state in run.glob("checkpoints/step_*/state.json"):  # as a GPU machine would have written them
         data = json.loads(state.read_text())
         data["recipe"]["train"]["device"] = "cuda"
+        data["state_checksum"] = ckpt._state_checksum(data)
         state.write_text(json.dumps(data))
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the run is loadable as it is")
