@@ -582,7 +582,7 @@ def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:
     try:  # build it once (fused where the trainer fuses it) and take a step on a dummy parameter, so that a bad
         # value or combination fails now, not after data loading
         param = torch.nn.Parameter(torch.zeros(1))
-        extra = {"fused": True} if spec.name in ("adam", "adamw") and "fused" not in spec.options else {}
+        extra = {"fused": True} if spec.fusable() else {}
         opt = spec.build([param], **extra)
         param.grad = torch.ones(1)
         opt.step()

@@ -125,6 +125,11 @@ class OptimizerSpec(BaseModel):
         table = self.as_table()
         return {k: v for k, v in table.items() if k not in ("name", "schedule") or k in self.model_fields_set}
 
+    def fusable(self) -> bool:
+        """Whether advinf may choose torch's fused implementation: Adam or AdamW where the recipe chose no
+        implementation itself (``fused``, or ``foreach = true``, which excludes it)."""
+        return self.name in ("adam", "adamw") and "fused" not in self.options and not self.options.get("foreach")
+
     def build(self, params: list[torch.nn.Parameter], **extra: Any) -> torch.optim.Optimizer:
         kwargs = self.options
         if "betas" in kwargs:

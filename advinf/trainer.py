@@ -677,8 +677,7 @@ def _qualname(obj: object) -> str:
 
 def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player,
                      capturable: bool = False) -> torch.optim.Optimizer:
-    extra: dict[str, Any] = ({"fused": True} if fused and spec.name in ("adam", "adamw")
-                             and "fused" not in spec.options else {})
+    extra: dict[str, Any] = {"fused": True} if fused and spec.fusable() else {}
     if capturable and spec.name in ("adam", "adamw", "rmsprop"):
         extra["capturable"] = True  # step counts on the device, as a recorded graph needs
     if not params:

@@ -77,7 +77,7 @@ def make_plain(built: Built, device: torch.device, fused: bool = False) -> Plain
     def optimizer(player: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         override = built.recipe.optimizers.get(player)
         opt = spec.optimizer.merged(override.explicit()) if override is not None else spec.optimizer
-        return opt.build(params, **({"fused": True} if fused and opt.name in ("adam", "adamw") else {}))
+        return opt.build(params, **({"fused": True} if fused and opt.fusable() else {}))
 
     return PlainAli(nets["encoder"], nets["decoder"], nets["critic"], nets.prior.sample, optimizer,
                     divergence=game.divergence, joint_batch=game.joint_batch,  # type: ignore[attr-defined]

@@ -194,3 +194,16 @@ def test_large_finite_weights_are_not_taken_for_divergence(mode):
     with pytest.raises(advinf.TrainingDiverged) as err:
         trainer._check_diverged(parameters=True)
     assert ("or set train.nonfinite" in str(err.value)) == (mode == "stop")
+
+
+def test_an_optimizer_implementation_the_recipe_chooses_is_kept():
+    """advinf fuses Adam unless the recipe chose an implementation: `foreach = true` was refused ("`fused` and
+    `foreach` cannot be True together", though the user never set `fused`)."""
+    rec = advinf.load_recipe(RECIPES / "ali_mixture25.toml", [*TINY, "optimizer.foreach=true"])
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=1, batch_size=32), optimizer=rec.spec.optimizer, device="cpu")
+    groups = [g for opt in trainer.optimizers.values() for g in opt.param_groups]
+    assert groups and all(g["foreach"] and not g["fused"] for g in groups)
+    default = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=1, batch_size=32), optimizer=OptimizerSpec(), device="cpu")
+    assert all(g["fused"] for opt in default.optimizers.values() for g in opt.param_groups)
