@@ -616,6 +616,13 @@ def _bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefi
             out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
         elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
             out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
+        if isinstance(value, list) and _admits_number(ann) and not _admits_bool(ann):  # inside lists, too
+            text = any(t is str for t in _leaves(ann))
+            for i, item in enumerate(value):
+                if isinstance(item, bool):
+                    out.append(Problem(f"{prefix}{key}.{i}", "a boolean where a number is expected", item, True))
+                elif isinstance(item, str) and not text:
+                    out.append(Problem(f"{prefix}{key}.{i}", "a string where a number is expected", item, True))
         sub = _unwrap_model(ann)
         if sub is not None and isinstance(value, dict):
             out.extend(_bools_posing_as_numbers(sub, value, f"{prefix}{key}."))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
 from advinf import Decoder, DeterministicPosterior, Encoder, JointCritic, UserError, hookimpl
@@ -44,7 +44,7 @@ class BiganOptions(BaseModel):
     z_init_std: float = Field(0.02, gt=0, le=10, description="std of the z projections' weights (critic, decoder)")
     bn_eps: float = Field(1e-8, gt=0, le=1, description="batch-norm epsilon (BiGAN: 1e-8)")
     bn_momentum: float = Field(0.1, gt=0, le=1, description="batch-norm running-statistics momentum (eval mode)")
-    x_shape: list[int] | None = Field(None, min_length=1, max_length=4,
+    x_shape: list[PositiveInt] | None = Field(None, min_length=1, max_length=4,
                                       description="shape of one example (default: from the dataset)")
     z_dim: int | None = Field(None, gt=0, le=1_000_000, description="latent dimensions (default: from the prior)")
 

@@ -92,6 +92,20 @@ def test_critic_steps_only_with_the_alternating_update(tmp_path):
     assert load_recipe(path, ["train.critic_steps=3", "train.update='alternating'"]).spec.train.critic_steps == 3
 
 
+def test_booleans_and_strings_inside_number_lists_are_refused():
+    """pydantic's lax mode read [true, "0.5"] as [1.0, 0.5] and a shape [true, 28, 28] as [1, 28, 28]."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(RECIPES / "ali_digits.toml", ['evaluators.reconstruction.c_grid=[true, "0.5", 0.1]'])
+    text = str(err.value)
+    assert "evaluators.reconstruction.c_grid.0: a boolean where a number is expected" in text
+    assert "evaluators.reconstruction.c_grid.1: a string where a number is expected" in text and ".2" not in text
+    for shape, message in (("[true,28,28]", "encoder.x_shape.0: a boolean"), ("[0,28,28]", "encoder.x_shape.0")):
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(RECIPES / "bigan_mnist.toml", [f"encoder.x_shape={shape}"])
+    assert load_recipe(RECIPES / "bigan_mnist.toml", ["encoder.x_shape=[1,28,28]"]).options["encoder"].x_shape \
+        == [1, 28, 28]
+
+
 def test_overrides_apply_and_are_validated(tmp_path):
     path = write(tmp_path / "r.toml", ALI)
     rec = load_recipe(path, ["train.batch_size=64", "game.divergence=minimax", "critic.hidden=8"])
