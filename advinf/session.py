@@ -75,6 +75,9 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         if path is not None:
             checkpoint = ckpt.load_checkpoint(path)
             saved = checkpoint.state.get("recipe")
+            if stop_after is not None and checkpoint.step > stop_after:  # equal: applies --allow-changes only
+                raise UserError(f"--stop-after {stop_after}: {out_dir} is already at step {checkpoint.step}; give a "
+                                f"later step, or leave --stop-after out to train to the end")
         else:
             _refuse_incomplete_checkpoints(out_dir / CHECKPOINTS_DIR)
         read_eval(out_dir / EVAL_FILE)  # a damaged eval.json is refused before training, not found after it

@@ -530,6 +530,11 @@ def test_options_that_would_do_nothing_or_the_wrong_thing_are_refused(tmp_path):
         res = invoke(*args)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
     assert not (tmp_path / "new").exists()
+    tiny_run(tmp_path / "half", "--stop-after", "10")
+    before = snapshot(tmp_path / "half")
+    res = invoke("run", "--resume", tmp_path / "half", "--stop-after", "5")  # "trained 0 steps", exit 0, before
+    assert res.exit_code == 2 and "is already at step 10; give a later step" in res.output
+    assert snapshot(tmp_path / "half") == before
 
 
 def test_files_and_folders_of_a_run_get_the_usual_permissions(tmp_path):
