@@ -18,13 +18,13 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp makes the file private (0600), as do some writers (safetensors): it gets the mode the file has, or
     # the one a new file would get
-    mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~current_umask()
+    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, mode)
         _fsync(tmp)
+        os.chmod(tmp, mode)  # after the fsync, which opens it for writing: the mode may be read-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,7 +41,15 @@ def write_json(path: Path | str, data: Any) -> None:
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and back: there is no other way to read it)."""
+    """The process's umask: from /proc on Linux; elsewhere by setting it and back (for an instant, another
+    thread creating a file would get umask 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -328,8 +328,8 @@ def network_names(tensors: dict[str, Tensor]) -> list[str]:
 def _state_checksum(state: dict[str, Any]) -> str:
     """SHA-256 of state.json's contents but this checksum, in one canonical JSON form: an edited or damaged file
     is told apart from what training wrote."""
-    body = {k: v for k, v in state.items() if k != "state_checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
+    body = json.loads(json.dumps({k: v for k, v in state.items() if k != "state_checksum"}))  # as read back:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()  # keys become text
 
 
 def _sha256(path: Path) -> str:

@@ -114,13 +114,13 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
 
     if loggers:
         overrides = (*overrides, f"train.loggers={json.dumps(list(loggers))}")
+    if allow_changes and not resume:
+        raise UserError("--allow-changes goes with --resume (it accepts changes to the run being continued)")
     if seeds is not None:
         _run_seeds(recipe, seeds, jobs, overrides, out, resume, stop_after, plugins)
         return
     if jobs != 1:
         raise UserError("--jobs goes with --seeds (several seeds at once)")
-    if allow_changes and not resume:
-        raise UserError("--allow-changes goes with --resume (it accepts changes to the run being continued)")
     if resume and out is None and recipe is not None:
         if recipe.is_dir():
             recipe, out = None, recipe  # advinf run --resume RUN_DIR

@@ -532,6 +532,8 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     except ValidationError as exc:
         problems.extend(problems_from(exc, comp.options, opts, prefix=section))
         return
+    except UserError:  # a message the plugin means for the user
+        raise
     except Exception as exc:  # a plugin's own validator may raise anything: its author's bug, named as such
         problems.append(Problem(section, f"the options check of {kind} '{name}' (plugin '{comp.plugin}') failed "
                                 f"with {type(exc).__name__}: {exc}",

@@ -65,9 +65,11 @@ def parse_seeds(text: str) -> list[int]:
             raise UserError(f"--seeds {text!r}: the range {part} runs backwards")
         if last >= 2**32:
             raise UserError(f"--seeds {text!r}: seeds go up to {2**32 - 1} (got {last})")
-        if last - first + 1 + len(seeds) > MAX_SEEDS:
+        if last - first + 1 > MAX_SEEDS:  # checked before the range is listed
             raise UserError(f"--seeds {text!r}: more than {MAX_SEEDS:,} seeds in one group; split it")
         seeds.update(dict.fromkeys(range(first, last + 1)))
+        if len(seeds) > MAX_SEEDS:
+            raise UserError(f"--seeds {text!r}: more than {MAX_SEEDS:,} seeds in one group; split it")
     return list(seeds)
 
 

@@ -96,9 +96,9 @@ def check_game(built: Built) -> None:
     if game.divergence not in DIVERGENCES:  # type: ignore[attr-defined]
         raise UserError(f"advinf bench: the plain loop writes out the built-in divergences "
                         f"({', '.join(DIVERGENCES)}), not '{game.divergence}'")  # type: ignore[attr-defined]
-    if getattr(game, "cycle", None) is not None and getattr(game, "weight", 0):
-        raise UserError("advinf bench: the plain loop has no cycle term (ALICE's game.cycle); this recipe's "
-                        "game.weight is not 0")
+    if getattr(game, "cycle", None) is not None:  # even at weight 0 ALICE computes its cycle (0 x the term)
+        raise UserError("advinf bench: the plain loop has no cycle term (ALICE's game.cycle); bench the recipe "
+                        "with game.name = \"ali\"")
     regularised = [name for name in ("label_smoothing", "instance_noise", "r1") if getattr(game, {
         "label_smoothing": "smoothing", "instance_noise": "noise", "r1": "r1"}[name], 0)]
     if regularised:

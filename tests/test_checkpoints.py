@@ -309,3 +309,10 @@ def test_an_interrupt_while_a_checkpoint_is_deleted_still_deletes_it(tmp_path, m
     expected = ckpt.checkpoint_name(1 if same_step else 2)  # the new one in place (or the old one put back)
     assert [p.name for p in ckpt.list_checkpoints(root)] == [expected] == [ckpt.latest_checkpoint(root).name]
     assert all((root / expected / f"{name}.safetensors").is_file() for name in ckpt.FILES)
+
+
+def test_the_state_checksum_is_that_of_the_file_as_read_back():
+    """JSON turns keys into text and so reorders them (5, 10 sorts as "10", "5"): a component state with number
+    keys (a MultiStepLR's milestones) must not make its own checkpoint look edited."""
+    state = {"step": 3, "components": {"lr_schedule.critic": {"milestones": {5: 1, 10: 1}}}, "x": [1.5, None]}
+    assert ckpt._state_checksum(state) == ckpt._state_checksum(json.loads(json.dumps(state)))

@@ -520,6 +520,7 @@ def test_options_that_would_do_nothing_or_the_wrong_thing_are_refused(tmp_path):
     run = tmp_path / "run"
     tiny_run(run)
     cases = [(("run", ALI, "--allow-changes", "--out", tmp_path / "new"), "--allow-changes goes with --resume"),
+             (("run", ALI, "--allow-changes", "--seeds", "0", "--out", tmp_path / "new"), "goes with --resume"),
              (("evaluate", run, "--with", ""), "--with names no evaluator"),
              (("run", run), "is a directory, not a recipe file; to continue the run there: advinf run --resume"),
              (("validate", tmp_path), "is a directory, not a recipe file"),
@@ -544,7 +545,7 @@ def test_files_and_folders_of_a_run_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    old = os.umask(0o022)
+    old = os.umask(0o027)  # not the usual 022: the modes must come from the umask, not be written in
     try:
         run = tmp_path / "run"
         tiny_run(run, "--set", "train.checkpoint_every=10")
@@ -552,11 +553,12 @@ def test_files_and_folders_of_a_run_get_the_usual_permissions(tmp_path):
                  *run.glob("checkpoints/step_*/*"), run / "checkpoints" / "latest"]
         assert len(files) > 6
         modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
-        assert set(modes.values()) == {"0o644"}, modes
+        assert set(modes.values()) == {"0o640"}, modes
         folders = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in run.glob("checkpoints/*/")}
-        assert set(folders.values()) == {"0o755"}, folders
-        (run / "eval.json").chmod(0o640)
-        assert invoke("evaluate", run).exit_code == 0
-        assert stat.S_IMODE((run / "eval.json").stat().st_mode) == 0o640
+        assert set(folders.values()) == {"0o750"}, folders
+        for mode in (0o604, 0o444):  # a rewritten file keeps its mode, a read-only one too
+            (run / "eval.json").chmod(mode)
+            assert invoke("evaluate", run).exit_code == 0
+            assert stat.S_IMODE((run / "eval.json").stat().st_mode) == mode
     finally:
         os.umask(old)

@@ -73,6 +73,7 @@ def test_seed_lists_and_refusals(tmp_path):
         with pytest.raises(UserError, match="--seeds"):  # at once: huge ranges are refused, not listed
             parse_seeds(bad)
     assert parse_seeds("4294967295") == [2**32 - 1] and len(parse_seeds("0-9999")) == 10_000
+    assert len(parse_seeds("0-9999,0-9999,5")) == 10_000  # the seeds counted, not the ranges
     runner = CliRunner()
     for args, message in ((["--seeds", "x"], "--seeds 'x'"), (["--jobs", "2"], "--jobs goes with --seeds"),
                           (["--seeds", "0-1", "--resume"], "resume a seed on its own")):
