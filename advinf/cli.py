@@ -232,6 +232,10 @@ def _table_rows(record: dict, prefix: str = ""):
             yield f"{prefix}{k}", f"{v:.6g}"
 
 
+#: The most pictures one PNG holds (a grid of 10,000 is already unreadable; 10^8 ran out of memory).
+MAX_PICTURES = 10_000
+
+
 def _png_out(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
     """``--out`` of a command that writes a PNG: a .png file name whose folder is (or can be) a folder. Any other
     name is refused: a typo must not turn the run's recipe.toml, or a file of the user's, into a picture."""
@@ -284,7 +288,7 @@ def _done(path: Path) -> None:
 
 @cli.command()
 @_picture_options("samples.png")
-@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Samples.")
+@click.option("--count", type=click.IntRange(1, MAX_PICTURES), default=100, show_default=True, help="Samples.")
 @click.option("--condition", "conditions", multiple=True, metavar="COND",
               help="A condition of a conditional run: a class index or name, or comma-separated attribute names "
                    "(set to 1, the others 0; 'none': all 0). Repeat for several (one block of samples, or one "
@@ -292,7 +296,7 @@ def _done(path: Path) -> None:
 @click.option("--grid", type=click.Choice(["samples", "conditions"]), default="samples", show_default=True,
               help="conditions: the paper's conditional figure, one fixed z per column and one condition per row "
                    "(default rows: every class, or the attributes of 8 held-out examples).")
-@click.option("--columns", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--columns", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="With --grid conditions: columns, one fixed z each.")
 def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...], count: int,
            conditions: tuple[str, ...], grid: str, columns: int) -> None:
@@ -330,7 +334,7 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
 
 @cli.command()
 @_picture_options("reconstructions.png")
-@click.option("--count", type=click.IntRange(min=1), default=50, show_default=True, help="Examples.")
+@click.option("--count", type=click.IntRange(1, MAX_PICTURES), default=50, show_default=True, help="Examples.")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--mean", "use_mean", is_flag=True, help="Decode the posterior mean instead of a sample.")
 def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
@@ -348,8 +352,8 @@ def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 
 @cli.command()
 @_picture_options("interpolations.png")
-@click.option("--pairs", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--pairs", type=click.IntRange(1, MAX_PICTURES), default=8, show_default=True)
+@click.option("--steps", type=click.IntRange(2, 1000), default=10, show_default=True)
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
                 pairs: int, steps: int, split: str) -> None:

@@ -663,6 +663,9 @@ def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefi
             out.append(Problem(key, "unknown key", err.get("input"), True, hint))
         elif etype == "missing":
             out.append(Problem(key, "missing required key"))
+        elif etype in ("model_type", "dict_type"):  # pydantic names its class: say what the recipe needs
+            out.append(Problem(key, f"must be a table (a [{key}] section, or {{...}} in --set)", err.get("input"),
+                               True))
         elif etype == "string_pattern_mismatch" and key == "name":
             out.append(Problem(key, "must be a plain name of at most 100 letters, digits, '.', '_', '+' or '-' "
                                     "(it names the run directory)", err.get("input"), True))

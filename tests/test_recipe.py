@@ -85,6 +85,16 @@ def test_steps_xor_epochs(tmp_path):
     assert "give exactly one of `steps` and `epochs`" in text
 
 
+def test_a_value_where_a_table_belongs_says_so_in_recipe_words(tmp_path):
+    path = write(tmp_path / "r.toml", ALI)
+    for override, key in (("dataset=5", "dataset"), ("train=3", "train"), ("optimizers.critic=1",
+                                                                         "optimizers.critic")):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path, [override])
+        assert f"{key}: must be a table (a [{key}] section" in str(err.value)
+        assert "ComponentSpec" not in str(err.value) and "instance of" not in str(err.value)
+
+
 def test_critic_steps_only_with_the_alternating_update(tmp_path):
     path = write(tmp_path / "r.toml", ALI)
     with pytest.raises(RecipeError, match='train.critic_steps: counts only with update = "alternating"'):

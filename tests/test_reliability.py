@@ -507,7 +507,8 @@ def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be
              (("plot", run, "--out", tmp_path / "adir.png"), "is a directory"),
              (("interpolate", run, "--out", tmp_path / "afile.txt" / "x.png"), "afile.txt is a file, not a folder"),
              (("compare", run, "--out", tmp_path / "afile.txt"), "afile.txt is a file, not a folder"),
-             (("sample", run, "--seed", str(2**70)), "not in the range")]
+             (("sample", run, "--seed", str(2**70)), "not in the range"),
+             (("sample", run, "--count", str(10**8)), "not in the range 1<=x<=10000")]  # memory ran out
     for args, message in cases:
         res = invoke(*args)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
