@@ -79,5 +79,5 @@ def test_picture_commands_on_a_trained_toy_run(tmp_path):
         res = CliRunner().invoke(cli, [cmd, str(run), "--out", str(out), "--device", "cpu", *extra])
         assert res.exit_code == 0, res.output
         assert out.stat().st_size > 1000
-    res = CliRunner().invoke(cli, ["reconstruct", str(run), "--count", "100000"])
+    res = CliRunner().invoke(cli, ["reconstruct", str(run), "--count", "5000"])
     assert res.exit_code == 2 and "split holds 500" in res.output
