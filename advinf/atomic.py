@@ -18,7 +18,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp makes the file private (0600), as do some writers (safetensors): it gets the mode the file has, or
     # the one a new file would get
-    mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~current_umask()
+    mode = path.stat().st_mode & 0o777 if path.is_file() else default_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -55,9 +55,10 @@ def current_umask() -> int:
     return mask
 
 
-def make_dir_like_mkdir(path: Path | str) -> None:
-    """Give a folder made by ``tempfile.mkdtemp`` (private, 0700) the mode ``mkdir`` would have given it."""
-    os.chmod(path, 0o777 & ~current_umask())
+def default_mode(folder: bool = False) -> int:
+    """The mode ``open`` (or ``mkdir``) gives a new file (folder) under the umask: what files and folders made
+    private by ``tempfile`` or safetensors (0600, 0700) are given instead."""
+    return (0o777 if folder else 0o666) & ~current_umask()
 
 
 def _fsync(path: str) -> None:

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from advinf.atomic import current_umask, fsync_dir, make_dir_like_mkdir, write_text
+from advinf.atomic import default_mode, fsync_dir, write_text
 from advinf.errors import UserError
 
 FILES = ("model", "optim", "rng")
@@ -69,7 +69,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
     _clear_debris(root)
     final = root / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    make_dir_like_mkdir(tmp)
+    os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes it private (0700)
     replaced: Path | None = None  # this step's earlier checkpoint, moved aside until the new one is in place
     try:
         sums = {}
@@ -77,7 +77,7 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
             path = tmp / f"{name}.safetensors"
             save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors[name].items()}, str(path),
                       metadata={"format": "advinf-checkpoint"})
-            os.chmod(path, 0o666 & ~current_umask())  # safetensors writes its files private (0600)
+            os.chmod(path, default_mode())  # safetensors writes its files private (0600)
             sums[name] = _sha256(path)
             _fsync_file(path)
         state = {**state, "step": step, "checksums": sums}

@@ -236,6 +236,19 @@ def _table_rows(record: dict, prefix: str = ""):
 MAX_PICTURES = 10_000
 
 
+def _file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where ``folder`` or one of its parents should be, if any."""
+    return next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+
+
+def _out_folder(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
+    """``--out`` naming a folder: refused where a file stands in its way."""
+    blocked = _file_in_the_way(path)
+    if blocked is not None:
+        raise UserError(f"--out {path}: {blocked} is a file, not a folder")
+    return path
+
+
 def _png_out(ctx: click.Context, param: click.Parameter, path: Path | None) -> Path | None:
     """``--out`` of a command that writes a PNG: a .png file name whose folder is (or can be) a folder. Any other
     name is refused: a typo must not turn the run's recipe.toml, or a file of the user's, into a picture."""
@@ -245,7 +258,7 @@ def _png_out(ctx: click.Context, param: click.Parameter, path: Path | None) -> P
         raise UserError(f"--out {path}: give a file name ending in .png (this command writes a PNG picture)")
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file name ending in .png")
-    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    blocked = _file_in_the_way(path.parent)
     if blocked is not None:
         raise UserError(f"--out {path}: {blocked} is a file, not a folder")
     return path
@@ -260,14 +273,6 @@ def plot(run_dir: Path, out_path: Path | None) -> None:
     from advinf.plots import plot_run
 
     _done(plot_run(run_dir, out_path))
-
-
-def _out_folder(ctx: click.Context, param: click.Parameter, path: Path) -> Path:
-    """``--out`` naming a folder: refused where a file stands in its way."""
-    blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        raise UserError(f"--out {path}: {blocked} is a file, not a folder")
-    return path
 
 
 def _picture_options(default_name: str):

@@ -419,12 +419,17 @@ def _drop_replaced_alternatives(data: dict[str, Any], overrides: list[str] | tup
             and isinstance(options, dict):  # --logger / --set train.loggers=[...]: the others' options go too
         for name in [n for n in options if n not in train["loggers"]]:
             del options[name]
+    _drop_alternatives(data, keys)
+
+
+def _drop_alternatives(data: dict[str, Any], given: set[str]) -> None:
+    """Drop from ``data`` (in place) the alternative of each dotted key in ``given`` that ``given`` lacks."""
     for table, a, b in ALTERNATIVES:
         section = data.get(table)
         if not isinstance(section, dict):
             continue
         for set_key, other in ((a, b), (b, a)):
-            if f"{table}.{set_key}" in keys and f"{table}.{other}" not in keys:
+            if f"{table}.{set_key}" in given and f"{table}.{other}" not in given:
                 section.pop(other, None)
 
 
@@ -455,12 +460,8 @@ def _resolve_extends(data: dict[str, Any], path: Path, seen: tuple[Path, ...]) -
     if not base_path.is_file():
         raise RecipeError(str(path), [Problem("extends", f"no recipe at {base_path}", base, True)])
     parent = _resolve_extends(read_toml(base_path), base_path, (*seen, base_path))
-    for table, a, b in ALTERNATIVES:  # the recipe's own steps replace its base's epochs, and the other way round
-        mine, theirs = data.get(table), parent.get(table)
-        if isinstance(mine, dict) and isinstance(theirs, dict):
-            for given, other in ((a, b), (b, a)):
-                if given in mine and other not in mine:
-                    parent = {**parent, table: {k: v for k, v in theirs.items() if k != other}}
+    # the recipe's own steps replace its base's epochs, and the other way round (parent is a fresh read: ours)
+    _drop_alternatives(parent, {f"{t}.{k}" for t, table in data.items() if isinstance(table, dict) for k in table})
     return deep_merge(parent, data)
 
 

@@ -168,7 +168,6 @@ def _run_device(run_dir: Path, device: str | torch.device | None, trained_on: st
         return resolve_device(device, "device")
     try:
         return resolve_device(trained_on)
-    except UserError as exc:
+    except UserError:
         raise UserError(f"{run_dir} was trained with train.device = '{trained_on}', which this machine does not "
-                        f"have ({str(exc).split(' but ', 1)[-1].split(';')[0]}); load it here with --device cpu "
-                        f"(library: load_run(..., device=\"cpu\"))") from None
+                        f"have; load it here with --device cpu (library: load_run(..., device=\"cpu\"))") from None

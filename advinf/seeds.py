@@ -37,12 +37,13 @@ from typing import Any
 
 import torch
 
+from advinf import checkpoint as ckpt
 from advinf.atomic import write_json
 from advinf.errors import UserError
 from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import load_recipe
-from advinf.rundir import check_target, default_run_dir, is_run_dir
+from advinf.rundir import CHECKPOINTS_DIR, check_target, default_run_dir, is_run_dir
 from advinf.session import run_recipe
 
 #: The group's summary, beside the seeds' run directories.
@@ -184,7 +185,7 @@ def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
              f"{outcome.out / SUMMARY_FILE}"]
     for s in outcome.lost:
         run = outcome.out / f"seed_{s}"
-        if list((run / "checkpoints").glob("step_*")):
+        if ckpt.list_checkpoints(run / CHECKPOINTS_DIR):  # a complete one: what --resume needs
             lines.append(f"  seed {s}: continue it: advinf run --resume {run}")
         else:
             again = f"delete {run} and run it again" if run.exists() else "run it again"

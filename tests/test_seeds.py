@@ -160,6 +160,7 @@ def test_the_lost_seeds_message_says_how_to_get_each_seed_back(tmp_path):
     from advinf.seeds import SeedResult, SeedsOutcome, lost_message
 
     (tmp_path / "seed_1" / "checkpoints" / "step_0000010").mkdir(parents=True)
+    (tmp_path / "seed_1" / "checkpoints" / "step_0000010" / "state.json").write_text("{}")  # complete, as listed
     done = [SeedResult(0, tmp_path / "seed_0", 30, 1.0)]
     # every worker died: one seed in hand with a checkpoint, one never started; a signal without a name
     outcome = SeedsOutcome(tmp_path, done, {}, None, lost=[1], not_started=[2], killed=[-40, -9])
