@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -42,12 +43,39 @@ class AdvinfGroup(click.Group):
                 raise
             click.echo(f"{_rank_prefix()}error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            message = file_system_message(exc)
+            if message is None or ctx.params.get("debug") or os.environ.get("ADVINF_DEBUG"):
+                raise
+            click.echo(f"{_rank_prefix()}error: {message}", err=True)
+            ctx.exit(UserError.exit_code)
         except KeyboardInterrupt:
             click.echo(f"{_rank_prefix()}interrupted", err=True)
             ctx.exit(130)
         except Terminated:
             click.echo(f"{_rank_prefix()}terminated", err=True)
             ctx.exit(143)
+
+
+# What the file system refuses for a reason the user can fix: a directory where a file belongs (or the reverse),
+# a missing path, permissions, a full or read-only disk, a name too long.
+_USER_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
+                errno.EROFS, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY}
+
+
+def file_system_message(exc: OSError) -> str | None:
+    """One line for a file system error the user can fix (naming the path and the system's reason), or None for
+    any other OSError, which stays a traceback: it is a bug or a broken machine, not something in the user's hands."""
+    if exc.errno not in _USER_ERRNOS:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno)
+    if exc.filename is None:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        return (f"{reason}: free some space and try again (files are written whole or not at all; a run continues from "
+                f"its last checkpoint with --resume)")
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+    return f"{where}: {reason} (check the path and its permissions; --debug shows where advinf was)"
 
 
 def _rank_prefix() -> str:

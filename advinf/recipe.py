@@ -662,6 +662,10 @@ def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefi
             allowed = _fields_at(model, loc[:-1])
             hint = suggest(loc[-1], allowed) or (f"allowed keys: {', '.join(allowed)}" if allowed else "")
             out.append(Problem(key, "unknown key", err.get("input"), True, hint))
+        elif etype == "missing" and loc[-1] == "name" and len(loc) == 2 and loc[0] in WELL_KNOWN:
+            net = loc[0]  # often a --set encoder.* for a game without an encoder
+            out.append(Problem(key, "missing required key", hint=f"name the {net} network (advinf list-plugins "
+                               f"lists them), or, if the game has no {net}, leave out [{net}] and --set {net}.*"))
         elif etype == "missing":
             out.append(Problem(key, "missing required key"))
         elif etype in ("model_type", "dict_type"):  # pydantic names its class: say what the recipe needs

@@ -83,10 +83,16 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         read_eval(out_dir / EVAL_FILE)  # a damaged eval.json is refused before training, not found after it
         if saved is None:
             saved = _read_saved_recipe(out_dir)
+    edited = False
     if recipe is None:
         if saved is None:
             raise UserError("give a RECIPE to run, or --resume RUN_DIR to continue a run")
-        rec = validate_recipe(saved, overrides, source=str(out_dir / RECIPE_FILE), base_dir=out_dir, host=host,
+        base = saved
+        if checkpoint is not None and (out_dir / RECIPE_FILE).exists():
+            # RUN/recipe.toml is the run's recipe file: an edit to it is a change, as a recipe given again is
+            base = _read_saved_recipe(out_dir, "fix it to resume (an edit to it is a change to the run)")
+            edited = bool(changed_keys(_normalised(saved, out_dir, host), _normalised(base, out_dir, host)))
+        rec = validate_recipe(base, overrides, source=str(out_dir / RECIPE_FILE), base_dir=out_dir, host=host,
                               load_plugins=False)
     elif isinstance(recipe, Recipe):
         rec = recipe
@@ -98,8 +104,10 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         changes = changed_keys(_normalised(saved, out_dir, host), rec.resolved())  # type: ignore[arg-type]
         changes = [k for k in changes if k != "plugins"] if _same_plugins(saved, rec, out_dir) else changes  # type: ignore[arg-type]
         if changes and not allow_changes:
-            raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}; "
-                            "pass --allow-changes to resume with it anyway")
+            why = (f" ({out_dir / RECIPE_FILE} was edited after the checkpoint of step {checkpoint.step}: undo the "
+                   "edit to resume as trained, or") if edited and checkpoint is not None else ";"
+            raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}"
+                            f"{why} pass --allow-changes to resume with it anyway" + (")" if edited else ""))
         kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")
                  and not k.endswith(".schedule.name")]  # a schedule may change: it is applied from this step
         if kinds and checkpoint is not None:
@@ -176,12 +184,12 @@ def _refuse_incomplete_checkpoints(root: Path) -> None:
                         f"first if that is what you want")
 
 
-def _read_saved_recipe(run_dir: Path) -> dict[str, Any]:
+def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to resume") -> dict[str, Any]:
     path = run_dir / RECIPE_FILE
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc}); give the recipe again to resume") from None
+        raise UserError(f"{path} cannot be read ({exc}); {remedy}") from None
 
 
 def _normalised(saved: dict[str, Any], run_dir: Path, host: PluginHost) -> dict[str, Any]:

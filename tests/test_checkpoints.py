@@ -71,6 +71,34 @@ def test_resume_refuses_a_changed_recipe_unless_allowed(tmp_path):
     assert 'divergence = "minimax"' in (tmp_path / "run" / "recipe.toml").read_text()
 
 
+def test_an_edited_recipe_toml_is_a_change_on_resume(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("--out", str(run), "--stop-after", "10").exit_code == 0
+    recipe = run / "recipe.toml"
+    text = recipe.read_text()
+
+    def resume(*args: str):
+        return CliRunner().invoke(cli, ["run", "--resume", str(run), "--stop-after", "10", *args])
+
+    recipe.write_text("# a comment changes nothing\n" + text)
+    assert resume().exit_code == 0  # the same recipe, however written
+    recipe.write_text(text.replace("lr = 0.0001", "lr = 0.0003", 1))
+    assert "lr = 0.0003" in recipe.read_text()
+    res = resume()
+    assert res.exit_code == 2 and "in: optimizer.lr" in res.output, res.output
+    assert f"{recipe} was edited after the checkpoint of step 10" in res.output
+    recipe.write_text(text.replace("[train]", "[train]\nbatch_sise = 3", 1))
+    res = resume()
+    assert res.exit_code == 2 and "train.batch_sise" in res.output and str(recipe) in res.output, res.output
+    recipe.write_text("[train\n")
+    res = resume()
+    assert res.exit_code == 2 and f"{recipe} cannot be read" in res.output and "fix it to resume" in res.output
+    recipe.write_text(text.replace("lr = 0.0001", "lr = 0.0003", 1))
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run), "--allow-changes"])
+    assert res.exit_code == 0 and "applied the changed optimiser settings: optimizer.lr" in res.output, res.output
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).state["recipe"]["optimizer"]["lr"] == 3e-4
+
+
 def test_keeps_the_last_k_and_latest_points_to_the_newest(tmp_path):
     out = tmp_path / "run"
     assert run_cli("--out", str(out), extra=["train.checkpoint_every=5", "train.keep_checkpoints=2"]).exit_code == 0

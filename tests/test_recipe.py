@@ -95,6 +95,13 @@ def test_a_value_where_a_table_belongs_says_so_in_recipe_words(tmp_path):
         assert "ComponentSpec" not in str(err.value) and "instance of" not in str(err.value)
 
 
+def test_a_network_section_without_a_name_says_what_to_do():
+    with pytest.raises(RecipeError) as err:  # a GAN has no encoder: the override made a nameless [encoder]
+        load_recipe(RECIPES / "gan_mixture25.toml", ["encoder.hidden=32"])
+    assert "encoder.name: missing required key; name the encoder network" in str(err.value)
+    assert "if the game has no encoder, leave out [encoder] and --set encoder.*" in str(err.value)
+
+
 def test_critic_steps_only_with_the_alternating_update(tmp_path):
     path = write(tmp_path / "r.toml", ALI)
     with pytest.raises(RecipeError, match='train.critic_steps: counts only with update = "alternating"'):

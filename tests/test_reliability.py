@@ -163,6 +163,35 @@ def test_bad_run_directories_are_clear_errors(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_file_system_errors_are_one_line_naming_the_path(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "10")
+    metrics = run / "metrics.jsonl"
+    metrics.unlink()
+    metrics.mkdir()  # a directory where the run's metrics file belongs
+    res = invoke("run", "--resume", run)
+    assert res.exit_code == 2 and f"error: {metrics}: Is a directory" in res.output, res.output
+    assert "Traceback" not in res.output
+    res = invoke("--debug", "run", "--resume", run)
+    assert isinstance(res.exception, IsADirectoryError)  # --debug: the traceback, as for every user error
+
+
+def test_which_os_errors_are_the_users_to_fix():
+    import errno
+    import os
+
+    from advinf.cli import file_system_message
+
+    assert file_system_message(PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/x/y")).startswith(
+        "/x/y: Permission denied")
+    assert file_system_message(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "/a", None, "/b")) is None  # a bug
+    assert file_system_message(OSError(errno.EEXIST, "File exists", "/a", None, "/b")).startswith("/a -> /b: File")
+    full = file_system_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert full.startswith("No space left on device: free some space") and "--resume" in full
+    assert file_system_message(OSError(errno.EACCES, "denied")) is None  # no path to name: not ours to explain
+    assert file_system_message(OSError("no errno at all")) is None
+
+
 def _damage_cases(run: Path):
     latest = ckpt.latest_checkpoint(run / "checkpoints")
     state = latest / "state.json"
