@@ -379,6 +379,12 @@ def register_critics(register):
 
 # -- signals -----------------------------------------------------------------------------------------------
 
+def _terminal_signals() -> None:
+    """SIGINT as a terminal leaves it: a test suite started in the background (``pytest &``) has it ignored, and
+    its children would inherit that and sleep through the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_start_up_exits_cleanly(tmp_path, sig, code):
     slow = write(tmp_path / "slow.py", """
@@ -400,7 +406,7 @@ def register_datasets(register):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "advinf", "run", str(recipe), "--out", str(out),
                              *sets(TINY + TINY_ENCODER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
+                            env=cli_env(), preexec_fn=_terminal_signals)
     assert proc.stdout.readline().strip() == "loading"
     time.sleep(0.2)
     proc.send_signal(sig)
