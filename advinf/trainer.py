@@ -667,7 +667,10 @@ class _Pictures(Evaluator):
 
 def _all_finite(tensors: list[Tensor]) -> Tensor:
     """Whether every element is finite, as a device tensor: the largest magnitude (a 2-norm would overflow to
-    inf for large finite weights, about 1e19 and up)."""
+    inf for large finite weights, about 1e19 and up). Empty tensors are left out: torch's inf-norm refuses them."""
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
     return torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=float("inf")))
 
 

@@ -195,6 +195,22 @@ def test_divergence_guard(tmp_path, mode):
         assert [(r["step"], r["skipped_steps"]) for r in records[:3]] == [(3, 0), (6, 0), (9, 2)]
 
 
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_network_with_an_empty_parameter_trains_and_checkpoints(tmp_path, mode):
+    """torch's inf-norm refuses empty tensors: the finiteness check of weights and gradients leaves them out."""
+    from advinf.trainer import _all_finite
+
+    assert bool(_all_finite([torch.empty(0), torch.ones(3)])) and bool(_all_finite([torch.empty(0, 4)]))
+    assert not bool(_all_finite([torch.empty(0), torch.tensor([1.0, float("inf")])]))
+    built = advinf.build(advinf.load_recipe(ALI, [*TINY, *TINY_ENCODER, f"train.nonfinite={mode}",
+                                                  "train.checkpoint_every=10"]))
+    built.nets["decoder"].unused = torch.nn.Parameter(torch.empty(0))
+    trainer = advinf.Trainer(built.nets, built.game, built.dataset, train=built.recipe.spec.train,
+                             run_dir=tmp_path / "run", seed=0)
+    assert trainer.fit().steps == 30
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints")).step == 30
+
+
 def _start(out: Path, resume: bool) -> subprocess.Popen:
     args = [sys.executable, "-m", "advinf", "run", ALI, "--out", str(out),
             *sets(TINY + TINY_ENCODER + ["train.steps=100000", "train.checkpoint_every=1",
