@@ -104,21 +104,28 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------------------
     def load_entry_points(self) -> None:
-        """Load every plugin of the ``advinf`` entry-point group, each on its own."""
-        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        """Load every plugin of the ``advinf`` entry-point group, each on its own.
+
+        Two distributions may give their plugins the same entry-point name: each is then loaded under its name
+        qualified by its distribution, ``NAME (DIST)``, so that neither replaces the other (ADVINF_DISABLE_PLUGINS
+        takes either form)."""
+        found = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, _dist_name(e)))
+        shared = {e.name for e in found if sum(f.name == e.name for f in found) > 1}
+        for ep in found:
             version = ep.dist.version if ep.dist is not None else "?"
-            if ep.name in self.disabled:
-                self.plugins[ep.name] = PluginInfo(ep.name, version, disabled=True)
+            name = f"{ep.name} ({_dist_name(ep)})" if ep.name in shared else ep.name
+            if ep.name in self.disabled or name in self.disabled:
+                self.plugins[name] = PluginInfo(name, version, disabled=True)
                 continue
             start = time.perf_counter()
             try:
                 module = ep.load()
             except BaseException as exc:  # noqa: BLE001 -- a broken plugin (even one calling sys.exit) must not
                 # break the others or the command line
-                self._fail(ep.name, version, f"failed to import {ep.value}: {_describe(exc)}")
+                self._fail(name, version, f"failed to import {ep.value}: {_describe(exc)}")
             else:
-                self.add_plugin(module, name=ep.name, version=version)
-            self.plugins[ep.name].load_seconds = time.perf_counter() - start
+                self.add_plugin(module, name=name, version=version)
+            self.plugins[name].load_seconds = time.perf_counter() - start
 
     def load_local(self, spec: str, base_dir: Path | None = None) -> str:
         """Load a project-local plugin (named by a recipe, or --plugin): a module name or a path to a .py file.
@@ -156,6 +163,9 @@ class PluginHost:
         """Register one plugin object (usually a module) and collect its components."""
         info = PluginInfo(name, version)
         self.plugins[name] = info
+        wrong = _hook_mistakes(plugin)
+        if wrong:
+            return self._fail(name, version, wrong)
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
@@ -243,7 +253,7 @@ class PluginHost:
         if not broken:
             return ""
         return "; plugins that failed to load (the name may be theirs): " + "; ".join(
-            f"{n} ({e[:120]})" for n, e in sorted(broken.items()))
+            f"{n} ({e if len(e) <= 160 else e[:159] + '…'})" for n, e in sorted(broken.items()))
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.registry[kind])
@@ -341,6 +351,32 @@ def _describe(exc: BaseException) -> str:
 
 def _owner(comp: Component) -> str:
     return f"plugin '{comp.plugin}' ({comp.version})"
+
+
+def _dist_name(ep: md.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "?"
+
+
+def _hook_mistakes(plugin: object) -> str | None:
+    """What keeps a plugin's hook functions from being called, before pluggy sees them: a ``register_*`` function
+    without ``@hookimpl`` (pluggy would skip it silently) or a marked function that is no hook (a typo)."""
+    hooks = {n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "advinf_spec")}
+    problems = []
+    for attr in sorted(dir(plugin)):
+        try:
+            fn = getattr(plugin, attr)
+        except Exception:  # noqa: BLE001 -- an attribute that fails to read is no hook
+            continue
+        if not callable(fn):
+            continue
+        opts = getattr(fn, "advinf_impl", None)
+        hook = (opts or {}).get("specname") or attr
+        if opts is None and attr in hooks and getattr(fn, "__module__", None) != hookspecs.__name__:
+            problems.append(f"{attr} is not marked @advinf.hookimpl, so it would never be called")
+        elif opts is not None and hook not in hooks:
+            hint = suggest(hook, hooks) or f"the hooks are {', '.join(sorted(hooks))}"
+            problems.append(f"unknown hook '{hook}' ({hint})")
+    return "; ".join(problems) or None
 
 
 def _env_flag(name: str) -> bool:

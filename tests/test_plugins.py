@@ -109,6 +109,52 @@ def test_broken_plugins_are_recorded_and_the_rest_work(third_party):
         host.get("game", "ali")
 
 
+def test_a_plugin_named_like_another_distributions_replaces_neither(tmp_path, monkeypatch):
+    root = make_dist(tmp_path / "site", "advinf-ring", {"games": "ring_games"}, {"ring_games": """
+        from advinf import hookimpl
+        from advinf_plugins.games import ali
+
+        @hookimpl
+        def register_games(register):
+            register("ring_ali", ali)
+        """})
+    monkeypatch.syspath_prepend(str(root))
+    host = PluginHost(strict=True, disabled=set())
+    host.load_entry_points()
+    assert "games" not in host.plugins
+    assert host.plugins["games (advinf)"].components["game"][:2] == ["ali", "bigan"]
+    assert host.plugins["games (advinf-ring)"].components == {"game": ["ring_ali"]}
+    assert host.get("game", "ali").plugin == "games (advinf)" and host.errors() == {}
+    monkeypatch.setenv("ADVINF_DISABLE_PLUGINS", "games (advinf-ring)")
+    host = PluginHost(strict=True)
+    host.load_entry_points()
+    assert host.plugins["games (advinf-ring)"].disabled and "ring_ali" not in host.registry["game"]
+    assert "ali" in host.registry["game"]
+
+
+def test_hook_functions_that_would_never_be_called_are_plugin_errors():
+    import types
+
+    from advinf import hookimpl
+    from advinf_plugins.priors import PriorOptions, gaussian
+
+    def register_priors(register):  # no @hookimpl: pluggy would skip it without a word
+        register("never_registered", gaussian, PriorOptions)
+
+    @hookimpl
+    def register_prior(register):
+        pass
+
+    host = PluginHost(strict=False, disabled=set())
+    host.add_plugin(types.SimpleNamespace(register_priors=register_priors), name="unmarked")
+    assert host.errors()["unmarked"] == "register_priors is not marked @advinf.hookimpl, so it would never be called"
+    host.add_plugin(types.SimpleNamespace(register_prior=register_prior), name="typo")
+    assert host.errors()["typo"] == "unknown hook 'register_prior' (did you mean 'register_priors'?)"
+    long = "x" * 300
+    host._fail("long", "1", long)
+    assert f"long ({'x' * 159}…)" in host.broken_note()
+
+
 def test_strict_mode_makes_load_errors_fatal(third_party, monkeypatch):
     monkeypatch.setenv("ADVINF_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="ADVINF_STRICT_PLUGINS"):
