@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName, validation_context
-from advinf.plugins import PluginHost, default_host
+from advinf.plugins import Component, PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
 
@@ -540,6 +540,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
                                 f"with {type(exc).__name__}: {exc}",
                                 hint="a bug in that plugin; check these options, or tell its authors"))
         return
+    problems.extend(default_problems(comp, opts, section, validation_context(environment)))
     for field_name, info in comp.options.model_fields.items():  # options that name other components
         for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
             value = getattr(out[section], field_name)
@@ -551,6 +552,26 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
                 nested = getattr(out[section], ref.options) or {}
                 _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
                                     name_key=f"{section}.{field_name}", environment=environment)
+
+
+def default_problems(comp: Component, given: dict[str, Any], section: str, context: Any = None) -> list[Problem]:
+    """The defaults of ``comp``'s options that ``given`` leaves in use and that break their own field's rules (pydantic
+    does not check defaults): a plugin's bug, reported against the key and the plugin before anything is built."""
+    defaults = {k: info.get_default(call_default_factory=True) for k, info in comp.options.model_fields.items()
+                if k not in given and not info.is_required()}
+    if not defaults:
+        return []
+    try:
+        comp.options.model_validate({**defaults, **given}, context=context)
+    except ValidationError as exc:
+        return [Problem(p.key, f"the default of {comp.kind} '{comp.name}' (plugin '{comp.plugin}') is invalid: "
+                               f"{p.message}", p.value, p.has_value,
+                        hint="a bug in that plugin: set this key in the recipe, and tell its authors")
+                for p in problems_from(exc, comp.options, given, prefix=section)
+                if p.key.removeprefix(f"{section}.").split(".")[0] in defaults]
+    except Exception:  # noqa: BLE001 -- the plugin's validators accepted the options as given: that stands
+        return []
+    return []
 
 
 def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:

@@ -155,6 +155,41 @@ def test_hook_functions_that_would_never_be_called_are_plugin_errors():
     assert f"long ({'x' * 159}…)" in host.broken_note()
 
 
+def test_an_options_default_that_breaks_its_own_bounds_is_the_plugins_error(tmp_path):
+    from advinf.recipe import default_problems
+
+    write(tmp_path / "bad_default.py", """
+from pydantic import ConfigDict, Field
+from advinf import hookimpl
+from advinf_plugins.toy_networks import CriticOptions, toy_critic
+
+class BadOptions(CriticOptions):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(0, gt=0)
+
+@hookimpl
+def register_critics(register):
+    register("bad_default_critic", lambda o, ctx: toy_critic(CriticOptions(**o.model_dump(exclude={"width"})), ctx),
+             BadOptions)
+""")
+    recipe = write(tmp_path / "r.toml", (RECIPES / "ali_mixture25.toml").read_text().replace(
+        "seed = 0", 'seed = 0\nplugins = ["bad_default.py"]'))
+    with pytest.raises(advinf.RecipeError) as err:
+        advinf.load_recipe(recipe, ["critic.name=bad_default_critic"])
+    assert ("critic.width: the default of critic 'bad_default_critic' (plugin " in str(err.value)
+            and "is invalid: Input should be greater than 0 (got 0); a bug in that plugin" in str(err.value))
+    assert advinf.load_recipe(recipe, ["critic.name=bad_default_critic", "critic.width=2"]).spec.critic.name
+    host = PluginHost(strict=True, disabled=set())  # and no built-in component has such a default
+    host.load_entry_points()
+    checked = 0
+    for kind, comps in host.registry.items():
+        for comp in comps.values():
+            if not any(f.is_required() for f in comp.options.model_fields.values()):
+                assert default_problems(comp, {}, kind) == [], (kind, comp.name)
+                checked += 1
+    assert checked > 40
+
+
 def test_strict_mode_makes_load_errors_fatal(third_party, monkeypatch):
     monkeypatch.setenv("ADVINF_STRICT_PLUGINS", "1")
     with pytest.raises(PluginError, match="ADVINF_STRICT_PLUGINS"):
