@@ -61,9 +61,7 @@ class ModeCoverage(Evaluator):
         self.o = options
 
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
-        if "centres" not in data.meta or "std" not in data.meta:
-            raise UserError("evaluator 'mode_coverage' needs a mixture dataset (with centres and std), "
-                            "e.g. dataset 'mixture25'")
+        _require_mixture(data)
         centres = data.meta["centres"].to(model.device)
         std = float(data.meta["std"])
         z = model.prior_sample(self.o.samples, self.o.seed)
@@ -108,8 +106,16 @@ class ModeCoverage(Evaluator):
         plt.close(fig)
 
 
+def _require_mixture(data: Dataset) -> None:
+    if "centres" not in data.meta or "std" not in data.meta:
+        raise UserError("evaluator 'mode_coverage' needs a mixture dataset (with centres and std), "
+                        "e.g. dataset 'mixture25'")
+
+
 def mode_coverage(options: ModeCoverageOptions, ctx) -> Evaluator:
     """Modes covered (paper and strict counts), sample quality and reconstruction accuracy on a mixture."""
+    if ctx.dataset is not None:  # refused when the recipe is built, not after its training
+        _require_mixture(ctx.dataset)
     return ModeCoverage(options)
 
 

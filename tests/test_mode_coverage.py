@@ -68,3 +68,16 @@ def test_evaluator_on_a_known_decoder_and_a_non_mixture(tmp_path):
     assert (tmp_path / "mode_coverage.png").stat().st_size > 1000
     with pytest.raises(UserError, match="needs a mixture dataset"):
         ModeCoverage(ModeCoverageOptions()).evaluate(model, Dataset(Split(torch.zeros(4, 2))), tmp_path)
+
+
+def test_a_recipe_pairing_it_with_another_dataset_fails_before_training(tmp_path):
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    out = tmp_path / "run"  # the digits data ships with scikit-learn: no download
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_digits.toml"), "--out", str(out),
+                                   "--set", "evaluators.mode_coverage.samples=100", "--set", "train.steps=5"])
+    assert res.exit_code == 2 and "evaluators.mode_coverage: evaluator 'mode_coverage' needs a mixture" in res.output
+    assert not out.exists()  # nothing trained, nothing written
