@@ -297,14 +297,21 @@ class ProbeData:
         return FeatureSets(train, pos, test)
 
 
-def probe_data(data: Dataset, o: ProbeOptions, what: str) -> ProbeData:
-    """Check the data can be probed and draw the subsets."""
+def require_probe_data(data: Dataset, what: str) -> tuple:
+    """The dataset's label info, if it can be probed: class labels and a held-out split (checked when a recipe is
+    built as well as when it is evaluated)."""
     info = data.label_info()
     if info is None or info[0] != "classes":
         raise UserError(f"evaluator '{what}' needs a dataset with class labels (e.g. digits, svhn, mnist)")
     if data.heldout is None or len(data.heldout) == 0:
         raise UserError(f"evaluator '{what}' tests on the held-out split, but the dataset has none; give the "
                         "dataset a held-out split")
+    return info
+
+
+def probe_data(data: Dataset, o: ProbeOptions, what: str) -> ProbeData:
+    """Check the data can be probed and draw the subsets."""
+    info = require_probe_data(data, what)
     y_train = _labels(data.train)
     y_test_all = _labels(data.heldout)
     classes = max(info[2], int(y_train.max()) + 1)
@@ -543,11 +550,15 @@ class KnnProbe(_Probe):
 
 def svm_probe(options: SvmProbeOptions, ctx) -> Evaluator:
     """The paper's L2-SVM on encoder features: test error over class-balanced labelled draws, with baselines."""
+    if getattr(ctx, "dataset", None) is not None:  # refused when the recipe is built, not after its training
+        require_probe_data(ctx.dataset, "svm_probe")
     return SvmProbe(options, getattr(ctx, "seed", 0))
 
 
 def knn_probe(options: KnnProbeOptions, ctx) -> Evaluator:
     """BiGAN's 1-nearest-neighbour (cosine) error on encoder features, same labelled draws as svm_probe."""
+    if getattr(ctx, "dataset", None) is not None:
+        require_probe_data(ctx.dataset, "knn_probe")
     return KnnProbe(options, getattr(ctx, "seed", 0))
 
 

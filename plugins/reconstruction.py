@@ -125,9 +125,7 @@ class Reconstruction(Evaluator):
         o = self.o
         if model.encoder is None or model.decoder is None:
             raise UserError("evaluator 'reconstruction' needs an encoder and a decoder (a plain GAN has no encoder)")
-        held = data.heldout
-        if held is None or len(held) == 0:
-            raise UserError("evaluator 'reconstruction' works on the held-out split, but the dataset has none")
+        held = _require_heldout(data)
         start = time.perf_counter()
         n = len(held)
         if o.examples is not None and o.examples < n:
@@ -204,8 +202,16 @@ def _cuda(model: TrainedModel) -> list[int]:
     return [model.device.index or 0] if model.device.type == "cuda" else []
 
 
+def _require_heldout(data: Dataset):
+    if data.heldout is None or len(data.heldout) == 0:
+        raise UserError("evaluator 'reconstruction' works on the held-out split, but the dataset has none")
+    return data.heldout
+
+
 def reconstruction(options: ReconstructionOptions, ctx) -> Evaluator:
     """Per-pixel MSE of x -> z -> x on held-out data, and how often reconstructions keep their class."""
+    if getattr(ctx, "dataset", None) is not None:  # refused when the recipe is built, not after its training
+        _require_heldout(ctx.dataset)
     return Reconstruction(options)
 
 

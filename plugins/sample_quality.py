@@ -334,10 +334,7 @@ class _SampleQuality(Evaluator):
         o = self.o
         if model.decoder is None:
             raise UserError(f"evaluator '{self.kind}' scores decoder samples, but this model has no decoder")
-        split = data.heldout if o.real == "heldout" else data.train
-        if split is None or len(split) < 2:
-            raise UserError(f"evaluator '{self.kind}' compares samples with the {o.real} split, which holds fewer "
-                            f"than 2 examples; set evaluators.{self.kind}.real = \"train\" or give the dataset one")
+        split = _real_split(data, o, self.kind)
         start = time.perf_counter()
         device = model.device
         net = self.network(data, device)
@@ -416,13 +413,26 @@ class Kid(_SampleQuality):
         return {"kid_mean": float(mean), "kid_std": float(std)}
 
 
+def _real_split(data: Dataset, o: SampleQualityOptions, kind: str):
+    """The split samples are compared with (checked when a recipe is built as well as when it is evaluated)."""
+    split = data.heldout if o.real == "heldout" else data.train
+    if split is None or len(split) < 2:
+        raise UserError(f"evaluator '{kind}' compares samples with the {o.real} split, which holds fewer "
+                        f"than 2 examples; set evaluators.{kind}.real = \"train\" or give the dataset one")
+    return split
+
+
 def fid(options: SampleQualityOptions, ctx: BuildContext) -> Evaluator:
     """Fréchet distance (torchmetrics' FID) between decoder samples and data in a feature network's space."""
+    if ctx.dataset is not None:  # refused when the recipe is built, not after its training
+        _real_split(ctx.dataset, options, "fid")
     return Fid(options, ctx)
 
 
 def kid(options: KidOptions, ctx: BuildContext) -> Evaluator:
     """Kernel (MMD) distance (torchmetrics' KID) between decoder samples and data in a feature network's space."""
+    if ctx.dataset is not None:
+        _real_split(ctx.dataset, options, "kid")
     return Kid(options, ctx)
 
 

@@ -297,3 +297,22 @@ def test_the_paper_svhn_encoder_gives_the_documented_5376_features():
     assert [f[0].numel() for f in post.features] == [4096, 512, 512]
     assert posterior_features(post, "mean_and_hidden").shape == (2, 5376)
     assert posterior_features(post, "mean").shape == (2, 256)
+
+
+@pytest.mark.parametrize("evaluator,expected", [
+    ("svm_probe", "evaluators.svm_probe: evaluator 'svm_probe' tests on the held-out split, but the dataset has none"),
+    ("knn_probe", "evaluators.knn_probe: evaluator 'knn_probe' tests on the held-out split"),
+    ("reconstruction", "evaluators.reconstruction: evaluator 'reconstruction' works on the held-out split"),
+    ("fid", "evaluators.fid: evaluator 'fid' compares samples with the heldout split, which holds fewer than 2"),
+])
+def test_an_evaluator_the_data_cannot_serve_fails_before_training(tmp_path, evaluator, expected):
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(out), "--set",
+                                   f"evaluators.{evaluator}.seed=1", "--set", "dataset.heldout=0"])
+    assert res.exit_code == 2 and expected in res.output, res.output
+    assert not out.exists()  # nothing trained, nothing written
