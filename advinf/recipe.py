@@ -16,7 +16,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 import tomli_w
 import torch
@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName, validation_context
-from advinf.plugins import Component, PluginHost, default_host
+from advinf.options import bools_posing_as_numbers, default_problems, problems_from
+from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
 
@@ -524,7 +525,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
                                 suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}"))
     if unknown:
         return
-    posing = _bools_posing_as_numbers(comp.options, opts, f"{section}.")
+    posing = bools_posing_as_numbers(comp.options, opts, f"{section}.")
     if posing:
         problems.extend(posing)
         return
@@ -552,26 +553,6 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
                 nested = getattr(out[section], ref.options) or {}
                 _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
                                     name_key=f"{section}.{field_name}", environment=environment)
-
-
-def default_problems(comp: Component, given: dict[str, Any], section: str, context: Any = None) -> list[Problem]:
-    """The defaults of ``comp``'s options that ``given`` leaves in use and that break their own field's rules (pydantic
-    does not check defaults): a plugin's bug, reported against the key and the plugin before anything is built."""
-    defaults = {k: info.get_default(call_default_factory=True) for k, info in comp.options.model_fields.items()
-                if k not in given and not info.is_required()}
-    if not defaults:
-        return []
-    try:
-        comp.options.model_validate({**defaults, **given}, context=context)
-    except ValidationError as exc:
-        return [Problem(p.key, f"the default of {comp.kind} '{comp.name}' (plugin '{comp.plugin}') is invalid: "
-                               f"{p.message}", p.value, p.has_value,
-                        hint="a bug in that plugin: set this key in the recipe, and tell its authors")
-                for p in problems_from(exc, comp.options, given, prefix=section)
-                if p.key.removeprefix(f"{section}.").split(".")[0] in defaults]
-    except Exception:  # noqa: BLE001 -- the plugin's validators accepted the options as given: that stands
-        return []
-    return []
 
 
 def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:
@@ -625,100 +606,3 @@ def _non_finite(data: Any, prefix: str = "") -> list[Problem]:
     if isinstance(data, float) and not math.isfinite(data):
         return [Problem(prefix.rstrip("."), "must be a finite number", data, True)]
     return []
-
-
-def _bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
-    """true/false given for a numeric option, or a number or string for a true/false one (pydantic's lax mode
-    would read them as 1 and 0, or 1 and "yes" as true)."""
-    out = []
-    for key, value in data.items():
-        field_info = model.model_fields.get(key)
-        if field_info is None:
-            continue
-        ann = field_info.annotation
-        if isinstance(value, bool) and not _admits_bool(ann) and _admits_number(ann):
-            out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
-        elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
-            out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
-        if isinstance(value, list) and _admits_number(ann) and not _admits_bool(ann):  # inside lists, too
-            text = any(t is str for t in _leaves(ann))
-            for i, item in enumerate(value):
-                if isinstance(item, bool):
-                    out.append(Problem(f"{prefix}{key}.{i}", "a boolean where a number is expected", item, True))
-                elif isinstance(item, str) and not text:
-                    out.append(Problem(f"{prefix}{key}.{i}", "a string where a number is expected", item, True))
-        sub = _unwrap_model(ann)
-        if sub is not None and isinstance(value, dict):
-            out.extend(_bools_posing_as_numbers(sub, value, f"{prefix}{key}."))
-    return out
-
-
-def _leaves(tp: Any) -> list[Any]:
-    args = get_args(tp)
-    return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
-
-
-def _admits_bool(tp: Any) -> bool:
-    return any(t is bool or t is Any for t in _leaves(tp))
-
-
-def _admits_number(tp: Any) -> bool:
-    return any(t in (int, float) for t in _leaves(tp))
-
-
-def _admits_other(tp: Any) -> bool:
-    return any(t not in (bool, type(None)) for t in _leaves(tp))
-
-
-# -- error conversion ------------------------------------------------------------------------------------
-
-def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefix: str = "") -> list[Problem]:
-    """pydantic errors -> Problems keyed by dotted recipe key, with 'did you mean' for unknown keys."""
-    out = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        key = ".".join(([prefix] if prefix else []) + loc)
-        etype = err["type"]
-        if etype == "extra_forbidden":
-            allowed = _fields_at(model, loc[:-1])
-            hint = suggest(loc[-1], allowed) or (f"allowed keys: {', '.join(allowed)}" if allowed else "")
-            out.append(Problem(key, "unknown key", err.get("input"), True, hint))
-        elif etype == "missing" and loc[-1] == "name" and len(loc) == 2 and loc[0] in WELL_KNOWN:
-            net = loc[0]  # often a --set encoder.* for a game without an encoder
-            out.append(Problem(key, "missing required key", hint=f"name the {net} network (advinf list-plugins "
-                               f"lists them), or, if the game has no {net}, leave out [{net}] and --set {net}.*"))
-        elif etype == "missing":
-            out.append(Problem(key, "missing required key"))
-        elif etype in ("model_type", "dict_type"):  # pydantic names its class: say what the recipe needs
-            out.append(Problem(key, f"must be a table (a [{key}] section, or {{...}} in --set)", err.get("input"),
-                               True))
-        elif etype == "string_pattern_mismatch" and key == "name":
-            out.append(Problem(key, "must be a plain name of at most 100 letters, digits, '.', '_', '+' or '-' "
-                                    "(it names the run directory)", err.get("input"), True))
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-            out.append(Problem(key, msg, err.get("input"), "input" in err and etype != "model_type"))
-    return out
-
-
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """Field names of the (sub)model found by walking ``loc`` from ``model``; [] if not a model."""
-    current: Any = model
-    for part in loc:
-        current = _unwrap_model(current)
-        if current is None or part not in current.model_fields:
-            return []
-        current = current.model_fields[part].annotation
-    current = _unwrap_model(current)
-    return list(current.model_fields) if current is not None else []
-
-
-def _unwrap_model(tp: Any) -> type[BaseModel] | None:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    if get_origin(tp) is not None or type(tp).__name__ == "UnionType":
-        for arg in get_args(tp):
-            m = _unwrap_model(arg)
-            if m is not None:
-                return m
-    return None

@@ -141,3 +141,22 @@ def test_a_loaded_run_evaluates_in_the_precision_it_trained_in(tmp_path, monkeyp
     monkeypatch.setattr("advinf.runs.set_fp32_precision", lambda device, tf32: calls.append((device.type, tf32)))
     advinf.load_run(out)
     assert calls == [("cpu", True)]
+
+
+def test_create_checks_options_as_a_recipe_does_and_is_typed_by_kind():
+    import typing
+    from importlib.resources import files
+
+    for kwargs, expected in [({"hiden": 3}, "hiden: unknown option of critic 'toy_critic' (got 3); did you mean "
+                                           "'hidden'?"),
+                             ({"hidden": -1}, "hidden: Input should be greater than 0 (got -1)"),
+                             ({"hidden": True}, "hidden: a boolean where a number is expected (got True)")]:
+        with pytest.raises(advinf.RecipeError) as err:
+            advinf.create("critic", "toy_critic", **kwargs)
+        assert str(err.value) == f"create('critic', 'toy_critic'): 1 problem\n  {expected}"
+    with pytest.raises(advinf.UserError, match=r"unknown kind 'critc' in create\(kind, name, \.\.\.\) \(did you mean "
+                                               r"'critic'\?\); the kinds are game, encoder"):
+        advinf.create("critc", "toy_critic")
+    returns = {typing.get_type_hints(f)["return"] for f in typing.get_overloads(advinf.create)}
+    assert {advinf.Game, advinf.Encoder, advinf.Decoder, advinf.JointCritic, advinf.Prior} <= returns
+    assert files("advinf").joinpath("py.typed").is_file()  # PEP 561: type checkers read advinf's hints

@@ -156,7 +156,7 @@ def test_hook_functions_that_would_never_be_called_are_plugin_errors():
 
 
 def test_an_options_default_that_breaks_its_own_bounds_is_the_plugins_error(tmp_path):
-    from advinf.recipe import default_problems
+    from advinf.options import default_problems
 
     write(tmp_path / "bad_default.py", """
 from pydantic import ConfigDict, Field
