@@ -206,6 +206,14 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
           f"summary: {outcome.out / SUMMARY_FILE}")
     if outcome.failed:
         raise UserError(lost_message(outcome, recipe))
+    paused = [r for r in outcome.results if r.stopped == "stop_after"]
+    if paused:
+        import shlex
+
+        _echo(f"stopped at step {paused[0].steps} (--stop-after), with a checkpoint: "
+              f"{', '.join(f'seed {r.seed}' for r in paused)}; continue each on its own (advinf run --resume "
+              f"{shlex.quote(str(paused[0].run_dir))}, ...), then summarise them all with advinf compare "
+              f"{shlex.quote(str(outcome.out))}/seed_*")
     if outcome.stopped is not None:
         _echo(f"stopped ({outcome.stopped}): the seeds in training wrote a checkpoint (advinf run --resume "
               f"{outcome.out}/seed_K continues one); no further seed was started")

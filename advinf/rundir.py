@@ -41,8 +41,21 @@ def require_run_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} is a file, not an advinf run directory")
     if not is_run_dir(path):
-        raise UserError(f"{path} is not an advinf run directory (no {RECIPE_FILE}); "
-                        "check --out, or drop --resume to start a new run there")
+        seeds = seed_runs(path)
+        if seeds:
+            raise UserError(f"{path} holds a group of seeds ({', '.join(p.name for p in seeds)}), not one run; "
+                            f"continue each seed on its own: advinf run --resume {seeds[0]}")
+        empty = not path.exists() or not any(path.iterdir())
+        raise UserError(f"{path} is not an advinf run directory (no {RECIPE_FILE}); check --out"
+                        + (", or drop --resume to start a new run there" if empty else ""))
+
+
+def seed_runs(path: Path) -> list[Path]:
+    """The run directories ``seed_K`` in ``path`` (a group of seeds, ``advinf run --seeds``), by K."""
+    if not path.is_dir():
+        return []
+    found = [p for p in path.glob("seed_*") if p.name[5:].isdigit() and is_run_dir(p)]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def check_target(path: Path, *, resume: bool) -> None:
@@ -65,8 +78,12 @@ def _check_target(path: Path, resume: bool) -> None:
             if (path / name).exists() and not (path / name).is_dir():
                 raise UserError(f"{path / name} is not a directory; move it away to resume the run")
     elif path.exists() and any(path.iterdir()):
-        what = "already holds a run" if is_run_dir(path) else "is not empty"
-        raise UserError(f"run directory {path} {what}; pass --resume to continue it, or choose another --out")
+        if is_run_dir(path):
+            raise UserError(f"run directory {path} already holds a run; pass --resume to continue it, or choose "
+                            "another --out")
+        seeds = seed_runs(path)
+        held = f"holds a group of seeds ({seeds[0].name}, ...)" if seeds else "is not empty (and holds no run)"
+        raise UserError(f"{path} {held}; choose another --out")
 
 
 def prepare_target(path: Path, *, resume: bool) -> bool:

@@ -96,6 +96,32 @@ def test_seed_lists_and_refusals(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["recipe.toml"]
 
 
+def test_a_group_stopped_after_n_steps_and_its_folder_say_what_to_do_next(tmp_path):
+    group = tmp_path / "g"
+    res = CliRunner().invoke(cli, ["run", str(TOY), "--seeds", "0,2", "--out", str(group), "--stop-after", "10",
+                                   *(a for s in SETS for a in ("--set", s))])
+    assert res.exit_code == 0, res.output
+    assert (f"stopped at step 10 (--stop-after), with a checkpoint: seed 0, seed 2; continue each on its own "
+            f"(advinf run --resume {group / 'seed_0'}, ...), then summarise them all with advinf compare "
+            f"{group}/seed_*") in " ".join(res.output.split())
+    for args, message in (
+            (["run", str(TOY), "--seeds", "0-1", "--out", str(group)],  # --seeds cannot --resume: no loop of hints
+             f"{group / 'seed_0'} already holds a run (of an earlier group of seeds); give the group a new --out, "
+             f"or continue that seed on its own: advinf run --resume {group / 'seed_0'}"),
+            (["run", "--resume", str(group)],
+             f"{group} holds a group of seeds (seed_0, seed_2), not one run; continue each seed on its own: advinf "
+             f"run --resume {group / 'seed_0'}"),
+            (["run", str(TOY), "--out", str(group)], f"{group} holds a group of seeds (seed_0, ...); choose another")):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "n.txt").write_text("mine")
+    res = CliRunner().invoke(cli, ["run", str(TOY), "--out", str(tmp_path / "notes")])
+    assert res.exit_code == 2 and "is not empty (and holds no run); choose another --out" in res.output
+    res = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "notes")])  # no hint back to the first one
+    assert res.exit_code == 2 and res.output.strip().endswith("(no recipe.toml); check --out")
+
+
 def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_seed(tmp_path):
     out = tmp_path / "group"
     sets = [a for s in [*SETS, "train.steps=100000", "train.log_every=5", "train.checkpoint_every=0"]
