@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from advinf.conditions import example_conditions
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.rundir import EVAL_FILE
+from advinf.rundir import EVAL_FILE, eval_entries
 from advinf.runs import LoadedRun, load_run, run_evaluators
 
 if TYPE_CHECKING:
@@ -122,6 +123,13 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
             raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
         if not isinstance(metrics, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
+        metrics, steps = eval_entries(metrics)
+        stale = sorted(n for n, s in steps.items() if s != run.step)
+        for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
+            warnings.warn(f"{path}: '{name}' is of step {steps[name]}, the run is at step {run.step}: left out of "
+                          f"the comparison (advinf evaluate {run_dir} --with {name} brings it up to date)",
+                          stacklevel=2)
+            del metrics[name]
     elif spec.evaluators:
         evaluators = run_evaluators(run, host=host)
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:

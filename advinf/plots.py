@@ -9,7 +9,7 @@ from typing import Any
 
 from advinf.atomic import atomic_path
 from advinf.errors import UserError
-from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, is_run_dir
+from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir
 
 #: Record keys that are bookkeeping, not curves.
 _NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
@@ -67,8 +67,10 @@ def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
         except ValueError:
             data = {}
         if isinstance(data, dict):
-            for key, value in flatten(data).items():
-                add(f"eval/{key}", metrics[-1]["step"], value)
+            results, steps = eval_entries(data)
+            for name, entry in results.items():  # each entry at the step of the model that gave it
+                for key, value in flatten({name: entry}).items():
+                    add(f"eval/{key}", steps.get(name, metrics[-1]["step"]), value)
     return series
 
 

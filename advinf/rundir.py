@@ -143,9 +143,10 @@ class RunDir:
     def write_library(self, info: dict[str, Any]) -> None:
         write_json(self.path / LIBRARY_FILE, info)
 
-    def write_eval(self, results: dict[str, Any]) -> None:
-        """Merge ``results`` into eval.json: entries of other evaluators (``advinf evaluate``) are kept."""
-        merge_eval(self.path / EVAL_FILE, results)
+    def write_eval(self, results: dict[str, Any], step: int) -> None:
+        """Merge ``results`` (of the model at ``step``) into eval.json: entries of other evaluators (``advinf
+        evaluate``) are kept."""
+        merge_eval(self.path / EVAL_FILE, results, step)
 
 
 def read_eval(path: Path) -> dict[str, Any]:
@@ -163,9 +164,27 @@ def read_eval(path: Path) -> dict[str, Any]:
     return data
 
 
-def merge_eval(path: Path, results: dict[str, Any]) -> None:
-    """Write ``results`` into the eval.json at ``path`` over its earlier entries, keeping the others."""
-    write_json(path, {**read_eval(path), **results})
+#: The key of an eval.json entry that says which step's model gave it: entries written at different times (the
+#: run's final evaluation, ``advinf evaluate`` before a resume) may be of different steps.
+EVAL_STEP = "step"
+
+
+def merge_eval(path: Path, results: dict[str, Any], step: int) -> None:
+    """Write ``results`` (of the model at ``step``, each entry stamped with it) into the eval.json at ``path`` over
+    its earlier entries, keeping the others."""
+    stamped = {k: {**v, EVAL_STEP: step} if isinstance(v, dict) else v for k, v in results.items()}
+    write_json(path, {**read_eval(path), **stamped})
+
+
+def eval_entries(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """An eval.json's results without their step stamps, and each stamped entry's step (older files have none)."""
+    results, steps = {}, {}
+    for name, entry in data.items():
+        if isinstance(entry, dict) and isinstance(entry.get(EVAL_STEP), int):
+            steps[name] = entry[EVAL_STEP]
+            entry = {k: v for k, v in entry.items() if k != EVAL_STEP}
+        results[name] = entry
+    return results, steps
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

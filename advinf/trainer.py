@@ -647,7 +647,7 @@ class Trainer:
         out_dir = self.run.path if self.run is not None else Path.cwd()
         results = evaluate(self.model(), evaluators, self.data, out_dir)
         if self.run is not None and final:
-            self.run.write_eval(results)
+            self.run.write_eval(results, self.step)
         for logger in self._active_loggers():
             logger.log_evaluation(self.step, results, final)
         return results

@@ -162,13 +162,13 @@ def build_for_bench(recipe: Recipe, host: PluginHost, data: str = "auto") -> tup
     """The recipe's components, on its own data (``recipe``), on random data shaped like it (``random``), or on
     its own when they load and random data otherwise (``auto``). Returns them and why random data was used."""
     if data == "random":
-        return build(recipe, host=host, dataset=random_dataset(recipe, host)), "asked for"
+        return build(recipe, host=host, dataset=random_dataset(recipe, host), evaluators=False), "asked for"
     try:
-        return build(recipe, host=host), None
+        return build(recipe, host=host, evaluators=False), None  # the step is timed, not evaluated
     except RecipeError as exc:
         if data == "recipe" or not all(p.key.startswith("dataset") for p in exc.problems):
             raise
-        return build(recipe, host=host, dataset=random_dataset(recipe, host)), exc.render()
+        return build(recipe, host=host, dataset=random_dataset(recipe, host), evaluators=False), exc.render()
 
 
 def untimed_steps(spec: TrainSpec, warmup: int) -> int:

@@ -360,6 +360,7 @@ def test_compare_six_runs_through_the_cli(tmp_path, runs):
     assert [r["encoder"] for r in table["runs"]] == [False, True, True, True, True, True]
     for r in table["runs"]:
         saved = json.loads((Path(r["run_dir"]) / "eval.json").read_text())
+        assert {name: entry.pop("step") for name, entry in saved.items()} == {"mode_coverage": 20}  # of step 20
         assert r["metrics"] == saved and r["metrics_from"] == "eval.json" and r["step"] == 20
         assert ("reconstruction_accuracy" in r["metrics"]["mode_coverage"]) == r["encoder"]
     assert table["groups"] == []  # one run per experiment

@@ -20,6 +20,7 @@ from conftest import RECIPES, ROOT, TINY, TINY_ENCODER, cli_env, write
 import advinf
 from advinf import checkpoint as ckpt
 from advinf.cli import cli
+from advinf.rundir import eval_entries
 
 ALI = str(RECIPES / "ali_mixture25.toml")
 
@@ -149,7 +150,8 @@ def test_load_run_gives_eval_mode_networks(tmp_path):
         assert loaded.encoder(x).sample().shape == (5, 2)
     res = CliRunner().invoke(cli, ["evaluate", str(out), "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == json.loads((out / "eval.json").read_text())
+    results, steps = eval_entries(json.loads((out / "eval.json").read_text()))
+    assert json.loads(res.output) == results and steps == {"mode_coverage": 30}  # each entry says its step
 
 
 NAN_GAME = '''

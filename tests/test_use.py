@@ -32,7 +32,7 @@ def test_evaluators_on_demand_merge_into_eval_json(trained):
                                                          "evaluators.mode_coverage.plot=false"], device="cpu")
     merged = json.loads((trained / "eval.json").read_text())
     assert merged["earlier"] == {"kept": 1}  # never loses earlier entries
-    assert merged["mode_coverage"] == results["mode_coverage"]
+    assert merged["mode_coverage"] == {**results["mode_coverage"], "step": 30}  # the step of the model evaluated
     assert results["mode_coverage"]["modes_total"] == 25
     with pytest.raises(advinf.UserError, match="unknown evaluator"):
         evaluate_run(trained, ["mode_coverag"], device="cpu")
@@ -66,3 +66,23 @@ def test_evaluate_and_plot_commands(trained, tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["mode_coverage"]["modes_total"] == 25
     res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_eval_json_entries_say_their_step_and_a_stale_one_is_not_shown_as_the_runs(tmp_path):
+    from advinf.compare import compare_runs
+
+    run = tmp_path / "run"
+    tiny = [a for t in TINY + TINY_ENCODER for a in ("--set", t)]
+    assert CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(run), *tiny]).exit_code \
+        == 0
+    evaluate_run(run, ["reconstruction"], ["evaluators.reconstruction.classifier=false"], device="cpu")  # step 30
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run), "--set", "train.steps=40", "--allow-changes"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((run / "eval.json").read_text())
+    assert (saved["mode_coverage"]["step"], saved["reconstruction"]["step"]) == (40, 30)
+    series = curves(run)  # each entry drawn at its own step
+    assert series["eval/reconstruction.mse_mean"][0][-1] == 30
+    assert series["eval/mode_coverage.modes_covered"][0][-1] == 40
+    with pytest.warns(UserWarning, match=r"'reconstruction' is of step 30, the run is at step 40: left out"):
+        table = compare_runs([run], tmp_path / "cmp", figure=False)
+    assert set(table.runs[0].metrics) == {"mode_coverage"} and "step" not in table.runs[0].metrics["mode_coverage"]
