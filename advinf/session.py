@@ -26,6 +26,7 @@ from advinf.rundir import (
     RECIPE_FILE,
     check_target,
     default_run_dir,
+    eval_entries,
     prepare_target,
     read_eval,
     remove_if_empty,
@@ -135,10 +136,29 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             trainer.apply_optimizer_settings()
             if applied:
                 log(f"applied the changed optimiser settings: {', '.join(applied)}")
-        result = trainer.fit(stop_after=stop_after)
+        finished = _already_evaluated(trainer, out_dir, list(rec.spec.evaluators)) \
+            if checkpoint is not None and not changes else None
+        if finished is not None:
+            log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
+                f"to do (advinf evaluate {out_dir} runs the evaluators again; --set train.steps=N --allow-changes "
+                f"trains on)")
+        result = finished or trainer.fit(stop_after=stop_after)
     finally:
         distributed.shutdown(world)
     return RunOutcome(out_dir, rec, trainer, result, resumed_from)
+
+
+def _already_evaluated(trainer: Trainer, out_dir: Path, evaluators: list[str]) -> TrainResult | None:
+    """The result of a run resumed after its last step whose eval.json holds every one of the recipe's
+    ``evaluators`` at that step (resuming a finished run would otherwise redo its whole final evaluation); None if
+    there is work left. Every rank of a data-parallel run reads the same file, so all decide alike."""
+    if trainer.step < trainer.total_steps:
+        return None
+    results, steps = eval_entries(read_eval(out_dir / EVAL_FILE))
+    if any(steps.get(name) != trainer.step for name in evaluators):
+        return None  # e.g. the final evaluation was interrupted: it runs again
+    return TrainResult(0, 0.0, eval={n: results[n] for n in evaluators}, run_dir=out_dir,
+                       checkpoint=ckpt.latest_checkpoint(out_dir / CHECKPOINTS_DIR))
 
 
 def _silent(message: str) -> None:

@@ -86,3 +86,22 @@ def test_eval_json_entries_say_their_step_and_a_stale_one_is_not_shown_as_the_ru
     with pytest.warns(UserWarning, match=r"'reconstruction' is of step 30, the run is at step 40: left out"):
         table = compare_runs([run], tmp_path / "cmp", figure=False)
     assert set(table.runs[0].metrics) == {"mode_coverage"} and "step" not in table.runs[0].metrics["mode_coverage"]
+
+
+def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missing(tmp_path):
+    run = tmp_path / "run"
+    tiny = [a for t in TINY + TINY_ENCODER for a in ("--set", t)]
+    assert CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(run), *tiny]).exit_code \
+        == 0
+    before = (run / "eval.json").read_bytes()
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and "had already finished at step 30, and eval.json holds its evaluation" in res.output
+    assert (run / "eval.json").read_bytes() == before  # nothing evaluated again
+    assert json.loads(res.output[res.output.index("{"):])["mode_coverage"]["modes_total"] == 25  # still reported
+    (run / "eval.json").write_text("{}")  # as if the final evaluation had been interrupted
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and "already finished" not in res.output
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["step"] == 30
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run), "--set", "evaluators.mode_coverage.samples=300",
+                                   "--allow-changes"])  # a changed evaluator runs again
+    assert res.exit_code == 0 and "already finished" not in res.output
