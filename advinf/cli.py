@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from advinf.errors import UserError
+from advinf.errors import UserError, suggest
 
 
 class Terminated(BaseException):
@@ -348,6 +348,10 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
     from advinf.conditions import example_conditions
     from advinf.runs import load_run
 
+    if grid != "conditions" and click.get_current_context().get_parameter_source("columns") \
+            is click.core.ParameterSource.COMMANDLINE:
+        raise UserError("--columns lays out --grid conditions; a grid of samples is square (one row per "
+                        "--condition when several are given)")
     run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     if (conditions or grid == "conditions") and run.condition is None:
         raise UserError(f"{run_dir} is not a conditional run; --condition and --grid conditions need one")
@@ -404,7 +408,11 @@ def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 
     run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
     path = out_path or run_dir / "interpolations.png"
-    x, y = visualize.pick(visualize.get_split(run.dataset, split), 2 * pairs, seed)
+    chosen = visualize.get_split(run.dataset, split)
+    if 2 * pairs > len(chosen):  # said in pairs, the option's unit
+        raise UserError(f"--pairs {pairs} needs {2 * pairs} examples, but the {split} split holds {len(chosen)}; "
+                        f"ask for at most {len(chosen) // 2} pairs")
+    x, y = visualize.pick(chosen, 2 * pairs, seed)
     visualize.interpolations(run, x, path, steps, y=y)
     _done(path)
 
@@ -559,6 +567,10 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
         Console().print(table)
         if verbose:
             click.echo(_component_details(host, infos))
+    for name in host.unmatched_disabled():
+        hint = suggest(name, [p.name for p in infos])
+        click.echo(f"warning: ADVINF_DISABLE_PLUGINS names '{name}', which is no installed plugin"
+                   + (f"; {hint}" if hint else ""), err=True)
     broken = [p.name for p in infos if p.broken]
     if broken:
         click.echo(f"error: broken plugins: {', '.join(broken)} (see the error column; ADVINF_DISABLE_PLUGINS="

@@ -265,6 +265,11 @@ class PluginHost:
         found = [c for by_name in self.registry.values() for c in by_name.values() if c.plugin == plugin]
         return sorted(found, key=lambda c: (kinds[c.kind], c.name))
 
+    def unmatched_disabled(self) -> list[str]:
+        """The names in ``disabled`` (ADVINF_DISABLE_PLUGINS) that match no loaded plugin: a typo disables nothing."""
+        return sorted(n for n in self.disabled if n not in self.plugins
+                      and not any(p.startswith(f"{n} (") for p in self.plugins))
+
     def errors(self) -> dict[str, str]:
         return {n: p.error for n, p in self.plugins.items() if p.error}
 

@@ -201,7 +201,11 @@ def test_disabled_plugins_are_not_imported(third_party, monkeypatch):
     host = PluginHost(strict=True)
     host.load_entry_points()
     assert host.plugins["broken"].disabled and "broken_plugin" not in sys.modules
-    assert host.errors() == {}
+    assert host.errors() == {} and host.unmatched_disabled() == []
+    monkeypatch.setenv("ADVINF_DISABLE_PLUGINS", "gams,broken")  # a typo disables nothing: list-plugins says so
+    res = CliRunner().invoke(cli, ["list-plugins", "--json"])
+    assert "warning: ADVINF_DISABLE_PLUGINS names 'gams', which is no installed plugin; did you mean 'games'?" \
+        in res.output and "'broken'" not in res.output.split("warning:")[1]
 
 
 def test_list_plugins_json_and_help_survive_broken_plugins(third_party):

@@ -81,3 +81,8 @@ def test_picture_commands_on_a_trained_toy_run(tmp_path):
         assert out.stat().st_size > 1000
     res = CliRunner().invoke(cli, ["reconstruct", str(run), "--count", "5000"])
     assert res.exit_code == 2 and "split holds 500" in res.output
+    res = CliRunner().invoke(cli, ["interpolate", str(run), "--pairs", "251"])
+    assert res.exit_code == 2 and "--pairs 251 needs 502 examples, but the heldout split holds 500; ask for at " \
+        "most 250 pairs" in res.output
+    res = CliRunner().invoke(cli, ["sample", str(run), "--columns", "4"])  # it would be ignored
+    assert res.exit_code == 2 and "--columns lays out --grid conditions" in res.output
