@@ -4,9 +4,10 @@ from typing import Literal, overload
 
 from torch import nn
 
-from advinf.batches import BatchSource
+from advinf.atomic import atomic_path
+from advinf.batches import MAIN, BatchSource, StreamSource, stream_seed
 from advinf.build import Built, build
-from advinf.conditions import Condition, ConditionEmbedding
+from advinf.conditions import Condition, ConditionEmbedding, embedding_for, example_conditions, with_condition
 from advinf.data import Dataset, Split, StreamingSplit
 from advinf.divergences import Divergence, critic_pairs
 from advinf.errors import PluginError, RecipeError, UserError
@@ -36,11 +37,15 @@ from advinf.interfaces import (
     TrainedModel,
     check_networks,
     checks_machine,
+    evaluating,
+    flat_latent_dim,
 )
 from advinf.loggers import JsonlLogger, flatten_results
+from advinf.pictures import save_grid
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, load_recipe
-from advinf.runs import LoadedRun, load_run
+from advinf.regularisers import spectral_normalise
+from advinf.runs import LoadedRun, load_run, saved_recipe
 from advinf.session import RunOutcome, run_recipe
 from advinf.settings import OptimizerSpec, ScheduleSpec, TrainSpec
 from advinf.trainer import Trainer, TrainingDiverged, TrainResult
@@ -96,4 +101,7 @@ __all__ = [
     "TrainedModel", "Trainer", "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build",
     "check_networks", "checks_machine", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl",
     "load_recipe", "load_run", "run_recipe",
+    # helpers for plugins (docs/plugins.md, "Helpers for plugins"): what the built-in plugins use, no more
+    "MAIN", "StreamSource", "atomic_path", "embedding_for", "evaluating", "example_conditions", "flat_latent_dim",
+    "save_grid", "saved_recipe", "spectral_normalise", "stream_seed", "with_condition",
 ]

@@ -18,7 +18,7 @@ from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe, validate_recipe
+from advinf.recipe import Recipe, read_toml, validate_recipe
 from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir, merge_eval, read_eval
 from advinf.settings import resolve_device, set_fp32_precision
 
@@ -140,6 +140,16 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
     merge_eval(run_dir / EVAL_FILE, results, run.step)
     return results
+
+
+def saved_recipe(run_dir: str | Path, host: PluginHost | None = None) -> Recipe | None:
+    """The recipe of the run in ``run_dir`` as its recipe.toml says, validated, or None when there is none. The
+    local plugins it lists are not imported (a run directory is data). For evaluators that rebuild part of a run
+    while it trains (``advinf.build`` of it), as the probes' untrained baseline does."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    return validate_recipe(read_toml(path), source=str(path), base_dir=Path(run_dir), host=host, load_plugins=False)
 
 
 def run_evaluators(run: LoadedRun, recipe: Recipe | None = None, host: PluginHost | None = None

@@ -45,9 +45,10 @@ from advinf import (
     Posterior,
     UserError,
     critic_pairs,
+    embedding_for,
     hookimpl,
+    with_condition,
 )
-from advinf.conditions import embedding_for, with_condition
 from advinf.divergences import losses
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior, UniformPrior

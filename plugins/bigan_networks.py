@@ -32,8 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
-from advinf import Decoder, DeterministicPosterior, Encoder, JointCritic, UserError, hookimpl
-from advinf.interfaces import flat_latent_dim
+from advinf import Decoder, DeterministicPosterior, Encoder, JointCritic, UserError, flat_latent_dim, hookimpl
 
 
 class BiganOptions(BaseModel):

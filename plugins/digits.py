@@ -56,11 +56,12 @@ from advinf import (
     JointCritic,
     Split,
     UserError,
+    embedding_for,
+    flat_latent_dim,
     hookimpl,
+    spectral_normalise,
+    with_condition,
 )
-from advinf.conditions import embedding_for, with_condition
-from advinf.interfaces import flat_latent_dim
-from advinf.regularisers import spectral_normalise
 
 #: How many of the encoder's last hidden BN outputs go into ``posterior.features`` (as the paper's SVHN encoder).
 FEATURE_LAYERS = 3

@@ -32,8 +32,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from advinf import Dataset, Split, StreamingSplit, UserError, hookimpl
-from advinf.atomic import atomic_path
+from advinf import Dataset, Split, StreamingSplit, UserError, atomic_path, hookimpl
 
 #: Bump when the decoded tensors of the same options would change (invalidates every cache file).
 CACHE_FORMAT = 1

@@ -18,9 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from advinf import Dataset, Evaluator, TrainedModel, UserError, hookimpl
-from advinf.atomic import atomic_path
-from advinf.conditions import example_conditions
+from advinf import Dataset, Evaluator, TrainedModel, UserError, atomic_path, example_conditions, hookimpl
 
 
 class ModeCoverageOptions(BaseModel):

@@ -38,11 +38,12 @@ from advinf import (
     GaussianPosterior,
     JointCritic,
     UserError,
+    embedding_for,
     hookimpl,
+    spectral_normalise,
+    with_condition,
 )
-from advinf.conditions import embedding_for, with_condition
 from advinf.layers import Conv2d, ConvTranspose2d, Dropout
-from advinf.regularisers import spectral_normalise
 
 # -- architectures as data ---------------------------------------------------------------------------------
 

@@ -68,8 +68,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
-from advinf import Dataset, Evaluator, Networks, Posterior, Split, StreamingSplit, TrainedModel, UserError, hookimpl
-from advinf.evaluation import evaluating
+from advinf import (
+    Dataset,
+    Evaluator,
+    Networks,
+    Posterior,
+    Split,
+    StreamingSplit,
+    TrainedModel,
+    UserError,
+    evaluating,
+    hookimpl,
+    saved_recipe,
+)
 
 FeatureKind = Literal["mean_and_hidden", "mean"]
 DEFAULT_C_GRID = [float(c) for c in np.logspace(-5, 0, 11)]
@@ -216,20 +227,14 @@ def untrained_encoder(model: TrainedModel, out_dir: Path | None, seed: int) -> t
     where = "the loaded run's recipe"
     problem = ""
     if recipe is None and out_dir is not None:
-        from advinf.rundir import RECIPE_FILE
-
-        path = Path(out_dir) / RECIPE_FILE
-        if path.is_file():
-            from advinf.recipe import read_toml, validate_recipe
-
-            try:
-                recipe = validate_recipe(read_toml(path), source=str(path), base_dir=Path(out_dir),
-                                         load_plugins=False)
-                where = str(path)
-            except Exception as exc:  # the fallback below still gives a baseline; the report says why
-                problem = f"; reading {path} failed: {exc}"
+        path = Path(out_dir) / "recipe.toml"
+        try:
+            recipe = saved_recipe(out_dir)
+            where = str(path)
+        except Exception as exc:  # the fallback below still gives a baseline; the report says why
+            problem = f"; reading {path} failed: {exc}"
     if recipe is not None and "encoder" in recipe.spec.network_specs():
-        from advinf.build import build
+        from advinf import build
 
         try:
             with torch.random.fork_rng(devices=_cuda(model)):

@@ -33,9 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from advinf import Dataset, Evaluator, TrainedModel, UserError, hookimpl
-from advinf.evaluation import evaluating
-from advinf.pictures import save_grid
+from advinf import Dataset, Evaluator, TrainedModel, UserError, evaluating, hookimpl, save_grid
 from advinf_plugins.probes import (
     DEFAULT_C_GRID,
     LinearModel,

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from advinf import (
     CRITIC,
     GENERATOR,
+    MAIN,
     Batch,
     Dataset,
     Evaluator,
@@ -43,12 +44,14 @@ from advinf import (
     Split,
     Stream,
     StreamingSplit,
+    StreamSource,
     TrainedModel,
     UserError,
+    evaluating,
     hookimpl,
+    saved_recipe,
+    stream_seed,
 )
-from advinf.batches import MAIN, StreamSource, stream_seed
-from advinf.evaluation import evaluating
 from advinf_plugins.probes import balanced_subset
 
 #: The name of the labelled stream (``batch.streams["labelled"]``).
@@ -333,12 +336,7 @@ def run_recipe_of(model: TrainedModel, out_dir: Path | None):
     """The recipe ``model`` was trained with: the loaded run's, else RUN_DIR/recipe.toml (during training)."""
     recipe = getattr(model, "recipe", None)
     if recipe is None and out_dir is not None:
-        from advinf.recipe import read_toml, validate_recipe
-        from advinf.rundir import RECIPE_FILE
-
-        path = Path(out_dir) / RECIPE_FILE
-        if path.is_file():
-            recipe = validate_recipe(read_toml(path), source=str(path), base_dir=Path(out_dir), load_plugins=False)
+        recipe = saved_recipe(out_dir)
     if recipe is None:
         raise UserError("evaluator 'critic_classifier': the labelled-only baseline is rebuilt from the run's "
                         "recipe, and none was found (evaluate a run directory, or set baseline = false)")
@@ -350,7 +348,7 @@ def labelled_only(model: TrainedModel, data: Dataset, out_dir: Path | None, o: C
     """The same critic architecture, built fresh from the run's recipe and seed, trained on the run's labelled
     subset alone (same labelled batches in the same order, same number of steps, the critic's optimiser); its
     test error on (x, z) with z from ``baseline_z``."""
-    from advinf.build import build
+    from advinf import build
 
     recipe = run_recipe_of(model, out_dir)
     game: SemisupAli = model.game  # type: ignore[assignment]

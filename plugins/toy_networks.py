@@ -11,9 +11,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from advinf import Condition, Decoder, Encoder, ImplicitPosterior, JointCritic, UserError, hookimpl
-from advinf.conditions import embedding_for, with_condition
-from advinf.regularisers import spectral_normalise
+from advinf import (
+    Condition,
+    Decoder,
+    Encoder,
+    ImplicitPosterior,
+    JointCritic,
+    UserError,
+    embedding_for,
+    hookimpl,
+    spectral_normalise,
+    with_condition,
+)
 
 
 class _Options(BaseModel):

@@ -447,3 +447,31 @@ def test_architecture_layers_hold_and_there_is_no_import_cycle():
     for m in sorted(anywhere):
         if m not in state:
             visit(m, [m])
+
+
+def test_the_built_in_plugins_use_only_the_public_api():
+    """docs/architecture.md: the built-in plugins import advinf like any third-party plugin: the package itself
+    (its __all__, which lists the helpers for plugins of docs/plugins.md) and the documented modules ``advinf.layers``,
+    ``advinf.divergences`` and ``advinf.regularisers``; anywhere in the file, functions included."""
+    import advinf
+
+    public_modules = {"layers", "divergences", "regularisers"}
+    wrong = []
+    for path in sorted((ROOT / "plugins").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                parts = node.module.split(".")
+                if parts[0] != "advinf":
+                    continue
+                if len(parts) > 1 and parts[1] not in public_modules:
+                    wrong.append(f"{path.name}:{node.lineno} from {node.module}")
+                elif len(parts) == 1:
+                    wrong += [f"{path.name}:{node.lineno} advinf.{a.name} (not in __all__)" for a in node.names
+                              if a.name not in advinf.__all__ and a.name not in public_modules]
+            elif isinstance(node, ast.Import):
+                wrong += [f"{path.name}:{node.lineno} import {a.name}" for a in node.names
+                          if a.name.startswith("advinf.") and a.name.split(".")[1] not in public_modules]
+    assert wrong == []
+    documented = (DOCS / "plugins.md").read_text()
+    helpers = advinf.__all__[advinf.__all__.index("MAIN"):]  # the helpers for plugins, listed last
+    assert [h for h in helpers if f"`{h}`" not in documented and f"`{h}(" not in documented] == []
