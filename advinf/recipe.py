@@ -292,7 +292,8 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     if problems:
         unknown = [p for p in problems if p.message.startswith("unknown ")]
         if unknown and spec.plugins and not load_plugins:
-            raise UserError(f"{source} uses components from local plugins ({', '.join(spec.plugins)}), which advinf "
+            files = plugin_paths(spec.plugins, base_dir or Path.cwd())  # where they are, whatever the cwd
+            raise UserError(f"{source} uses components from local plugins ({', '.join(files)}), which advinf "
                             "does not import from a run directory (plugins are code). Load the ones you trust with "
                             "--plugin PATH (library: plugins=[...]).")
         raise RecipeError(source, problems)

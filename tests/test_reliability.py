@@ -74,6 +74,7 @@ def test_a_run_directory_never_imports_its_plugins(tmp_path):
     assert '"../../mark.py"' in (run / "recipe.toml").read_text()  # stored relative to the run
     res = invoke("sample", run, "--out", tmp_path / "s.png")
     assert res.exit_code == 2 and "--plugin PATH" in res.output and not log.exists()
+    assert f"uses components from local plugins ({project / 'mark.py'})" in res.output  # a path to pass, not ../..
     res = invoke("evaluate", run)
     assert res.exit_code == 2 and not log.exists()
     res = invoke("run", "--resume", run)
