@@ -30,7 +30,6 @@ class AdvinfGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
         if command is None and not AdvinfGroup._plugin_commands_added:
-            AdvinfGroup._plugin_commands_added = True
             _add_plugin_commands()
             command = super().get_command(ctx, name)
         return command
@@ -91,8 +90,8 @@ def _rank_prefix() -> str:
 
 
 @click.group(cls=AdvinfGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Plugins may add commands: `advinf list-plugins` shows the installed plugins; run a plugin's "
-                    "command as `advinf NAME`.")
+             epilog="Plugins may add commands: `advinf list-plugins` shows the installed plugins and the commands "
+                    "they add; run a plugin's command as `advinf NAME`.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for user errors.")
 @click.version_option(package_name="advinf")
 def cli(debug: bool) -> None:
@@ -545,8 +544,11 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
 @click.option("--verbose", "-v", is_flag=True,
               help="Also each component's summary and options (type, default, description).")
 def list_plugins(as_json: bool, verbose: bool) -> None:
-    """List installed plugins, what they register, and load errors. Exit status 2 when a plugin is broken."""
+    """List installed plugins, what they register (commands included), and load errors. Exit status 2 when a
+    plugin is broken."""
     host = _host()
+    if not AdvinfGroup._plugin_commands_added:
+        _add_plugin_commands()
     infos = sorted(host.plugins.values(), key=lambda p: p.name)
     if as_json:
         listing = [p.as_json() for p in infos]
@@ -596,17 +598,24 @@ def _component_details(host: Any, infos: list[Any]) -> str:
 
 
 def _add_plugin_commands() -> None:
+    """The commands plugins add (once), each recorded against its plugin for ``advinf list-plugins``."""
+    AdvinfGroup._plugin_commands_added = True
     host = _host()
     for impl in host.pm.hook.register_commands.get_hookimpls():
+        name = host.pm.get_name(impl.plugin) or "?"
+        info = host.plugins.get(name)
+        before = set(cli.commands)
         try:
             impl.function(cli=cli)
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not break the command line
-            name = host.pm.get_name(impl.plugin) or "?"
-            info = host.plugins.get(name)
             if info is not None:
                 info.error = f"register_commands raised {type(exc).__name__}: {exc}"
             if host.strict:
                 raise UserError(f"plugin '{name}': register_commands raised {exc}") from exc
+        if info is not None:
+            info.components.setdefault("command", []).extend(sorted(set(cli.commands) - before))
+            if not info.components["command"]:
+                del info.components["command"]
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -250,6 +250,22 @@ def register_commands(cli):
                          env=cli_env(PYTHONPATH=str(root)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "hello from a plugin"
+    listing = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True,
+                             text=True, env=cli_env(PYTHONPATH=str(root)))
+    assert listing.returncode == 0, listing.stderr  # the commands a plugin adds are listed with it
+    assert {p["name"]: p for p in json.loads(listing.stdout)}["hello"]["components"] == {"command": ["hello"]}
+    broken = make_dist(tmp_path / "site2", "advinf-broken-cmd", {"badcmd": "badcmd_plugin"}, {"badcmd_plugin": """
+from advinf import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    raise RuntimeError("no click here")
+"""})
+    listing = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True,
+                             text=True, env=cli_env(PYTHONPATH=str(broken)))
+    assert listing.returncode == 2  # a failing register_commands is a broken plugin, listed as one
+    assert {p["name"]: p for p in json.loads(listing.stdout)}["badcmd"]["error"] == \
+        "register_commands raised RuntimeError: no click here"
 
 
 def test_every_registration_hook_feeds_its_kind(advinf_host):
