@@ -95,6 +95,12 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
         raise UserError("give at least one run directory to compare")
     if points < 1:
         raise UserError(f"points must be at least 1 (got {points})")
+    seen: dict[Path, str] = {}
+    for run_dir in map(str, run_dirs):
+        key = Path(run_dir).resolve()
+        if key in seen:  # counted twice, one run would pose as two seeds of an experiment
+            raise UserError(f"{run_dir} is given twice (as {seen[key]} too); give each run once")
+        seen[key] = run_dir
     out = Path(out_dir)
     results: list[RunResult] = []
     panels: list[_Panels] = []
@@ -212,8 +218,13 @@ def summarise(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
             if values:
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 stats.setdefault(ev, {})[metric] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+        seeds = [m.seed for m in members]
+        for seed in sorted({s for s in seeds if seeds.count(s) > 1}):
+            twins = [m.run_dir for m in members if m.seed == seed]
+            warnings.warn(f"{', '.join(twins)} are runs of {name} with the same seed {seed}: its mean ± std counts "
+                          f"that seed {len(twins)} times (they may differ only in threads or device)", stacklevel=2)
         groups.append({"recipe": name, "game": members[0].game, "runs": [m.run_dir for m in members],
-                       "seeds": [m.seed for m in members], "metrics": stats})
+                       "seeds": seeds, "metrics": stats})
     return groups
 
 

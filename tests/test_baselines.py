@@ -402,3 +402,14 @@ def test_runs_of_one_experiment_at_several_seeds_are_summarised():
     assert stats["modes_covered"] == {"mean": 24.0, "std": 1.0, "n": 3}
     assert stats["reconstruction_accuracy"]["mean"] == pytest.approx(0.8)
     assert stats["reconstruction_accuracy"]["std"] == pytest.approx(0.1)
+    twin = RunResult("runs/other0", "other0", "ali", "ali", 0, 100, True, {}, "eval.json", "s")
+    with pytest.warns(UserWarning, match=r"runs/ali0, runs/other0 are runs of ali with the same seed 0: its mean ± "
+                                         r"std counts that seed 2 times"):
+        assert summarise([*runs, twin])[0]["seeds"] == [0, 1, 2, 0]
+
+
+def test_compare_refuses_a_run_given_twice(tmp_path):
+    from advinf.compare import compare_runs
+
+    with pytest.raises(UserError, match=r"given twice \(as .*/run too\); give each run once"):
+        compare_runs([tmp_path / "run", str(tmp_path / "x" / ".." / "run")], tmp_path / "cmp")
