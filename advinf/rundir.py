@@ -79,8 +79,8 @@ def _check_target(path: Path, resume: bool) -> None:
                 raise UserError(f"{path / name} is not a directory; move it away to resume the run")
     elif path.exists() and any(path.iterdir()):
         if is_run_dir(path):
-            raise UserError(f"run directory {path} already holds a run; pass --resume to continue it, or choose "
-                            "another --out")
+            raise UserError(f"run directory {path} already holds a run; pass --resume to continue it (resume=True "
+                            "in Python), or choose another --out (run_dir / out)")
         seeds = seed_runs(path)
         held = f"holds a group of seeds ({seeds[0].name}, ...)" if seeds else "is not empty (and holds no run)"
         raise UserError(f"{path} {held}; choose another --out")

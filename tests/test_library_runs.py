@@ -160,3 +160,10 @@ def test_create_checks_options_as_a_recipe_does_and_is_typed_by_kind():
     returns = {typing.get_type_hints(f)["return"] for f in typing.get_overloads(advinf.create)}
     assert {advinf.Game, advinf.Encoder, advinf.Decoder, advinf.JointCritic, advinf.Prior} <= returns
     assert files("advinf").joinpath("py.typed").is_file()  # PEP 561: type checkers read advinf's hints
+
+
+def test_a_used_run_directory_is_refused_in_the_librarys_words_too(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.toml").write_text("")
+    with pytest.raises(UserError, match=r"already holds a run; pass --resume to continue it \(resume=True in Python\)"):
+        advinf.run_recipe(RECIPES / "ali_mixture25.toml", out=tmp_path / "run")
