@@ -409,6 +409,8 @@ class TrainedModel:
             if n is None:
                 raise ValueError("give n or z")
             z = self.prior_sample(n, seed)
+        elif n is not None and n != len(z):
+            raise ValueError(f"n = {n} but z holds {len(z)} draws: give one of them (n is z's count)")
         with evaluating(self.nets):
             return self.game.sample(self.nets, z.to(self.device), _to(y, self.device))
 

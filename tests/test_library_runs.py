@@ -70,6 +70,9 @@ def test_a_run_of_components_made_by_name_reloads_from_the_recipe_it_wrote(tmp_p
     live = advinf.TrainedModel(trainer.nets, trainer.game, trainer.device)
     z = run.prior_sample(16, seed=3)
     assert not torch.equal(live.sample(z=z), run.sample(z=z))  # ... which is not the live decoder
+    assert torch.equal(run.sample(16, z=z), run.sample(z=z))
+    with pytest.raises(ValueError, match="n = 3 but z holds 16 draws"):  # not silently the 16
+        run.sample(3, z=z)
     # the commands work on it, and it resumes like a recipe's run
     res = CliRunner().invoke(cli, ["sample", str(out), "--count", "16", "--out", str(tmp_path / "s.png")])
     assert res.exit_code == 0, res.output
