@@ -99,6 +99,7 @@ class StreamSource:
         self._stream: Any = None
 
     def next(self) -> Batch:
+        """The next batch of this stream, on the device (a new epoch reshuffles)."""
         if isinstance(self.split, StreamingSplit):
             if self._stream is None:
                 self._stream = iter(self._loader())
@@ -146,9 +147,11 @@ class StreamSource:
             persistent_workers=split.workers > 0, prefetch_factor=4 if split.workers > 0 else None)
 
     def state(self) -> dict[str, int]:
+        """The position of this stream (epoch, index in its order): a checkpoint saves it."""
         return self.sampler.state()
 
     def load_state(self, state: dict[str, int]) -> None:
+        """Continue from a position ``state`` saved by :meth:`state`."""
         self.sampler.load_state(state)
         self._stream = None  # a streaming split restarts its loader at the restored position
 
@@ -211,6 +214,7 @@ class BatchSource:
                             subset=subset, what=what, **common)  # type: ignore[arg-type]
 
     def next(self) -> Batch:
+        """The next batch of every stream, as the game's ``losses`` receives it."""
         batch = self.main.next()
         batch.streams = {name: src.next() for name, src in self.extra.items()}
         return batch
@@ -234,6 +238,7 @@ class BatchSource:
         return {**self.main.state(), "streams": {name: s.state() for name, s in self.extra.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue every stream from a position saved by :meth:`state`."""
         self.main.load_state(state)
         saved = state.get("streams", {})
         for name, src in self.extra.items():

@@ -90,6 +90,7 @@ class ConditionEmbedding(nn.Module):
         self.requires_grad_(condition.train_embedding)
 
     def forward(self, y: Tensor) -> Tensor:
+        """The embedding of labels y (class indices or attribute vectors), one row per example."""
         return self.linear(self.condition.as_input(y).to(self.linear.weight.dtype))
 
 

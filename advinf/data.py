@@ -28,6 +28,7 @@ class Split:
         return len(self.x)
 
     def to(self, device: torch.device | str) -> Split:
+        """This split on ``device``, its stored values unchanged (uint8 pixels stay uint8 until decoded)."""
         return Split(self.x.to(device), None if self.y is None else self.y.to(device))
 
     @property
@@ -63,9 +64,11 @@ class StreamingSplit:
         return tuple((item[0] if isinstance(item, tuple) else item).shape)
 
     def to(self, device: torch.device | str) -> StreamingSplit:
+        """This split itself: it stays on the host, and batches are copied to the device as they are drawn."""
         return self  # stays on the host; batches are copied to the device as they are drawn
 
     def take(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The examples at ``idx`` (stored values) and their labels (None without labels), read from ``source``."""
         return _collate([self.source[int(i)] for i in idx])
 
     def labels(self, chunk: int = 4096) -> Tensor | None:
@@ -123,6 +126,7 @@ class Dataset:
         return "classes", tuple(str(i) for i in range(count)), count
 
     def to(self, device: torch.device | str) -> Dataset:
+        """Both splits on ``device``."""
         return Dataset(self.train.to(device), None if self.heldout is None else self.heldout.to(device),
                        dict(self.meta))
 

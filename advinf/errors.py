@@ -48,6 +48,7 @@ class RecipeError(UserError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """The source and every problem, one per line: what the command line prints."""
         n = len(self.problems)
         head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
         return "\n".join([head, *("  " + p.render() for p in self.problems)])

@@ -85,7 +85,9 @@ class Encoder(nn.Module, abc.ABC):
     conditional: bool = False
 
     @abc.abstractmethod
-    def forward(self, x: Tensor, y: Tensor | None = None) -> Posterior: ...
+    def forward(self, x: Tensor, y: Tensor | None = None) -> Posterior:
+        """q(z | x) for a batch of examples (and their labels y, for a conditional encoder)."""
+        ...
 
 
 class Decoder(nn.Module, abc.ABC):
@@ -94,7 +96,9 @@ class Decoder(nn.Module, abc.ABC):
     conditional: bool = False
 
     @abc.abstractmethod
-    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor: ...
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Gx(z): examples in the data's range for a batch of latent codes (and labels y, if conditional)."""
+        ...
 
 
 class JointCritic(nn.Module, abc.ABC):
@@ -107,7 +111,9 @@ class JointCritic(nn.Module, abc.ABC):
     conditional: bool = False
 
     @abc.abstractmethod
-    def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor: ...
+    def forward(self, x: Tensor, z: Tensor | None, y: Tensor | None = None) -> Tensor:
+        """D(x, z): one logit per pair, shape (B,) (z is None for a critic of x alone, a GAN's)."""
+        ...
 
 
 class Prior(abc.ABC):
@@ -117,7 +123,9 @@ class Prior(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
-               ) -> Tensor: ...
+               ) -> Tensor:
+        """n draws from p(z) on ``device`` (from ``generator`` when given, for reproducible pictures)."""
+        ...
 
 
 #: The network names every game knows, and the component kind each is built from.
@@ -187,6 +195,7 @@ class Networks(MutableMapping[str, nn.Module]):
             m.train(mode and name not in self.frozen)
 
     def to(self, device: torch.device, channels_last: bool = False) -> Networks:
+        """Every network on ``device`` (convolutions' tensors in NHWC with ``channels_last``)."""
         for m in self._modules.values():
             m.to(device)
             if channels_last:
@@ -293,7 +302,9 @@ class Game(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def losses(self, nets: Networks, batch: Batch) -> GameLosses: ...
+    def losses(self, nets: Networks, batch: Batch) -> GameLosses:
+        """Every player's loss on one batch (and scalars to log): the engine takes each player's gradient."""
+        ...
 
     # -- using a trained model (pictures, commands, evaluators, load_run users) ----------------------------
     def condition_for(self, name: str, y: Tensor | None) -> Tensor | None:
@@ -415,10 +426,12 @@ class TrainedModel:
             return self.game.sample(self.nets, z.to(self.device), _to(y, self.device))
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Posterior:
+        """q(z | x) of examples (moved to the model's device), networks in eval mode."""
         with evaluating(self.nets):
             return self.game.encode(self.nets, x.to(self.device), _to(y, self.device))
 
     def reconstruct(self, x: Tensor, y: Tensor | None = None, use_mean: bool = False) -> Tensor:
+        """Gx(Gz(x)) of examples (from the posterior mean with ``use_mean``), networks in eval mode."""
         with evaluating(self.nets):
             return self.game.reconstruct(self.nets, x.to(self.device), _to(y, self.device), use_mean)
 
@@ -431,7 +444,9 @@ class Evaluator(abc.ABC):
     """Reads a trained model (through its game) and its data, returns named metrics; may write pictures."""
 
     @abc.abstractmethod
-    def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]: ...
+    def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
+        """The metrics of a trained model on ``data`` (JSON-able; pictures may go to ``out_dir``)."""
+        ...
 
 
 class Logger(abc.ABC):

@@ -257,6 +257,7 @@ class PluginHost:
             f"{n} ({e if len(e) <= 160 else e[:159] + '…'})" for n, e in sorted(broken.items()))
 
     def names(self, kind: str) -> list[str]:
+        """The registered names of ``kind``, sorted."""
         return sorted(self.registry[kind])
 
     def components_of(self, plugin: str) -> list[Component]:
@@ -271,6 +272,7 @@ class PluginHost:
                       and not any(p.startswith(f"{n} (") for p in self.plugins))
 
     def errors(self) -> dict[str, str]:
+        """Each broken plugin's error, by plugin name."""
         return {n: p.error for n, p in self.plugins.items() if p.error}
 
     def divergences(self) -> dict[str, Callable[..., Any]]:

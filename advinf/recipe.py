@@ -167,6 +167,7 @@ class Recipe:
         return out
 
     def to_toml(self, relative_to: Path | None = None) -> str:
+        """The resolved recipe as TOML (local plugin paths relative to ``relative_to``): a run's recipe.toml."""
         return tomli_w.dumps(self.resolved(relative_to))
 
 

@@ -131,6 +131,7 @@ class OptimizerSpec(BaseModel):
         return self.name in ("adam", "adamw") and "fused" not in self.options and not self.options.get("foreach")
 
     def build(self, params: list[torch.nn.Parameter], **extra: Any) -> torch.optim.Optimizer:
+        """The torch optimiser these settings describe, over ``params`` (``extra``: e.g. fused=True)."""
         kwargs = self.options
         if "betas" in kwargs:
             kwargs["betas"] = tuple(kwargs["betas"])

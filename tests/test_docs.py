@@ -475,3 +475,25 @@ def test_the_built_in_plugins_use_only_the_public_api():
     documented = (DOCS / "plugins.md").read_text()
     helpers = advinf.__all__[advinf.__all__.index("MAIN"):]  # the helpers for plugins, listed last
     assert [h for h in helpers if f"`{h}`" not in documented and f"`{h}(" not in documented] == []
+
+
+def test_every_public_method_says_what_it_does():
+    """Each public method of the classes ``import advinf`` exports has a docstring, its own or an advinf base
+    class's (a torch base class's ``forward`` doc says nothing about an encoder)."""
+    import inspect
+
+    import advinf
+
+    missing = []
+    for name in advinf.__all__:
+        cls = getattr(advinf, name)
+        if not inspect.isclass(cls) or not cls.__module__.startswith("advinf"):
+            continue
+        for attr, value in vars(cls).items():
+            if attr.startswith("_") or not callable(value):
+                continue
+            owners = [k for k in cls.__mro__ if attr in vars(k) and (getattr(vars(k)[attr], "__doc__", None) or "")
+                      .strip()]
+            if not owners or not owners[0].__module__.startswith("advinf"):
+                missing.append(f"{name}.{attr}")
+    assert missing == []
