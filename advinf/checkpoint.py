@@ -75,8 +75,13 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
         sums = {}
         for name in FILES:
             path = tmp / f"{name}.safetensors"
-            save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors[name].items()}, str(path),
-                      metadata={"format": "advinf-checkpoint"})
+            try:
+                save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors[name].items()},
+                          str(path), metadata={"format": "advinf-checkpoint"})
+            except SafetensorError as exc:  # its own error type, for the file system's refusals too (a full disk)
+                raise UserError(f"cannot write the checkpoint of step {step} into {root}: {exc}; free some space "
+                                "(or fix what the message says) and resume: the previous checkpoint is intact") \
+                    from exc
             os.chmod(path, default_mode())  # safetensors writes its files private (0600)
             sums[name] = _sha256(path)
             _fsync_file(path)

@@ -57,9 +57,11 @@ class AdvinfGroup(click.Group):
 
 
 # What the file system refuses for a reason the user can fix: a directory where a file belongs (or the reverse),
-# a missing path, permissions, a full or read-only disk, a name too long.
+# a missing path, permissions, a full or read-only disk, a name too long. (EEXIST and ENOTEMPTY are left out: they
+# come from advinf's own renames, and a traceback serves a bug there better.)
 _USER_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
-                errno.EROFS, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTEMPTY}
+                errno.EROFS, errno.ENAMETOOLONG}
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def file_system_message(exc: OSError) -> str | None:
@@ -68,13 +70,14 @@ def file_system_message(exc: OSError) -> str | None:
     if exc.errno not in _USER_ERRNOS:
         return None
     reason = exc.strerror or os.strerror(exc.errno)
-    if exc.filename is None:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            return None
-        return (f"{reason}: free some space and try again (files are written whole or not at all; a run continues from "
-                f"its last checkpoint with --resume)")
-    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
-    return f"{where}: {reason} (check the path and its permissions; --debug shows where advinf was)"
+    if exc.filename is None and exc.errno not in _FULL:
+        return None
+    where = "" if exc.filename is None else (
+        f"{exc.filename} -> {exc.filename2}: " if exc.filename2 is not None else f"{exc.filename}: ")
+    if exc.errno in _FULL:
+        return (f"{where}{reason}: free some space and try again (files are written whole or not at all; a run "
+                f"continues from its last checkpoint with --resume)")
+    return f"{where}{reason} (check the path and its permissions; --debug shows where advinf was)"
 
 
 def _rank_prefix() -> str:
@@ -164,9 +167,9 @@ def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resum
     result, trainer = outcome.result, outcome.trainer
     if trainer.rank != 0:
         return  # under torchrun, rank 0 reports (and writes) for every rank
-    rate = result.steps / result.seconds if result.seconds > 0 else float("nan")
-    _echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({rate:.1f} steps/s); "
-          f"at step {trainer.step} of {trainer.total_steps}")
+    rate = f" in {result.seconds:.1f} s ({result.steps / result.seconds:.1f} steps/s)" \
+        if result.steps and result.seconds > 0 else ""
+    _echo(f"trained {result.steps} steps{rate}; at step {trainer.step} of {trainer.total_steps}")
     if result.stopped is not None:
         import shlex
 

@@ -111,19 +111,24 @@ def _unwrap_model(tp: Any) -> type[BaseModel] | None:
 def default_problems(comp: Any, given: dict[str, Any], section: str, context: Any = None) -> list[Problem]:
     """The defaults of ``comp``'s options (``comp``: a registered ``Component``) that ``given`` leaves in use and
     that break their own field's rules (pydantic does not check defaults): a plugin's bug, reported against the key
-    and the plugin before anything is built."""
-    defaults = {k: info.get_default(call_default_factory=True) for k, info in comp.options.model_fields.items()
-                if k not in given and not info.is_required()}
-    if not defaults:
-        return []
+    and the plugin before anything is built. A default that depends on the other fields (a default factory taking
+    them) is left to pydantic, and anything this check cannot judge is no problem."""
     try:
+        defaults: dict[str, Any] = {}
+        for name, info in comp.options.model_fields.items():
+            key = info.validation_alias if isinstance(info.validation_alias, str) else info.alias or name  # as given
+            if name in given or key in given or info.is_required() or info.default_factory_takes_validated_data:
+                continue
+            defaults[key] = info.get_default(call_default_factory=True)
+        if not defaults:
+            return []
         comp.options.model_validate({**defaults, **given}, context=context)
     except ValidationError as exc:
         return [Problem(p.key, f"the default of {comp.kind} '{comp.name}' (plugin '{comp.plugin}') is invalid: "
                                f"{p.message}", p.value, p.has_value,
                         hint="a bug in that plugin: set this key in the recipe, and tell its authors")
                 for p in problems_from(exc, comp.options, given, prefix=section)
-                if p.key.removeprefix(f"{section}.").split(".")[0] in defaults]
+                if p.key.removeprefix(f"{section}.").split(".")[0] in defaults and p.message != "unknown key"]
     except Exception:  # noqa: BLE001 -- the plugin's validators accepted the options as given: that stands
         return []
     return []

@@ -44,8 +44,9 @@ def flatten(record: dict[str, Any], prefix: str = "", finite: bool = True) -> di
 
 
 def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """Curve name -> (steps, values): the training metrics, then each evaluation metric (``eval/NAME.key``),
-    the final evaluation (eval.json) as the last point at the run's last step."""
+    """Curve name -> (steps, values) in step order: the training metrics, then each evaluation metric
+    (``eval/NAME.key``) from evals.jsonl and eval.json, each eval.json entry at the step it carries (entries of
+    older runs, without one, at the run's last step)."""
     series: dict[str, tuple[list[int], list[float]]] = {}
 
     def add(name: str, step: int, value: float) -> None:
@@ -71,6 +72,9 @@ def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
             for name, entry in results.items():  # each entry at the step of the model that gave it
                 for key, value in flatten({name: entry}).items():
                     add(f"eval/{key}", steps.get(name, metrics[-1]["step"]), value)
+    for name, (xs, ys) in series.items():  # an entry of an earlier step must not draw the line backwards
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        series[name] = ([xs[i] for i in order], [ys[i] for i in order])
     return series
 
 

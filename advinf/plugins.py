@@ -398,7 +398,12 @@ def _hook_mistakes(plugin: object) -> str | None:
             continue
         if not callable(fn):
             continue
-        opts = getattr(fn, "advinf_impl", None)
+        try:  # as pluggy reads the marker: a lazy proxy may raise anything, a mock answers every name
+            opts = getattr(fn, "advinf_impl", None)
+        except Exception:  # noqa: BLE001
+            opts = None
+        if not isinstance(opts, dict):
+            opts = None
         hook = (opts or {}).get("specname") or attr
         if opts is None and attr in hooks and getattr(fn, "__module__", None) != hookspecs.__name__:
             problems.append(f"{attr} is not marked @advinf.hookimpl, so it would never be called")

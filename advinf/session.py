@@ -105,8 +105,10 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         changes = changed_keys(_normalised(saved, out_dir, host), rec.resolved())  # type: ignore[arg-type]
         changes = [k for k in changes if k != "plugins"] if _same_plugins(saved, rec, out_dir) else changes  # type: ignore[arg-type]
         if changes and not allow_changes:
-            why = (f" ({out_dir / RECIPE_FILE} was edited after the checkpoint of step {checkpoint.step}: undo the "
-                   "edit to resume as trained, or") if edited and checkpoint is not None else ";"
+            why = (f" ({out_dir / RECIPE_FILE} differs from the recipe of the checkpoint of step {checkpoint.step}: "
+                   "it was edited, or changed by an --allow-changes resume that stopped before its next checkpoint; "
+                   "restore it to resume as the checkpoint was trained, or") if edited and checkpoint is not None \
+                else ";"
             raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}"
                             f"{why} pass --allow-changes to resume with it anyway" + (")" if edited else ""))
         kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")

@@ -227,12 +227,11 @@ def untrained_encoder(model: TrainedModel, out_dir: Path | None, seed: int) -> t
     where = "the loaded run's recipe"
     problem = ""
     if recipe is None and out_dir is not None:
-        path = Path(out_dir) / "recipe.toml"
         try:
             recipe = saved_recipe(out_dir)
-            where = str(path)
+            where = f"{out_dir}'s recipe.toml"
         except Exception as exc:  # the fallback below still gives a baseline; the report says why
-            problem = f"; reading {path} failed: {exc}"
+            problem = f"; reading {out_dir}'s recipe.toml failed: {exc}"
     if recipe is not None and "encoder" in recipe.spec.network_specs():
         from advinf import build
 

@@ -87,7 +87,8 @@ def test_an_edited_recipe_toml_is_a_change_on_resume(tmp_path):
     assert "lr = 0.0003" in recipe.read_text()
     res = resume()
     assert res.exit_code == 2 and "in: optimizer.lr" in res.output, res.output
-    assert f"{recipe} was edited after the checkpoint of step 10" in res.output
+    said = " ".join(res.output.split())
+    assert f"{recipe} differs from the recipe of the checkpoint of step 10: it was edited" in said
     recipe.write_text(text.replace("[train]", "[train]\nbatch_sise = 3", 1))
     res = resume()
     assert res.exit_code == 2 and "train.batch_sise" in res.output and str(recipe) in res.output, res.output
@@ -362,3 +363,21 @@ def test_the_state_checksum_is_that_of_the_file_as_read_back():
     keys (a MultiStepLR's milestones) must not make its own checkpoint look edited."""
     state = {"step": 3, "components": {"lr_schedule.critic": {"milestones": {5: 1, 10: 1}}}, "x": [1.5, None]}
     assert ckpt._state_checksum(state) == ckpt._state_checksum(json.loads(json.dumps(state)))
+
+
+def test_a_checkpoint_the_disk_refuses_is_a_user_error_and_the_previous_one_stays(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    tensors = {name: {"w": torch.ones(3)} for name in ckpt.FILES}
+    first = ckpt.save_checkpoint(tmp_path, 1, tensors, {}, keep=3)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(advinf.UserError, match=r"cannot write the checkpoint of step 2 into .*: Error while "
+                                               r"serializing: No space left on device \(os error 28\); free some "
+                                               r"space .* the previous checkpoint is intact"):
+        ckpt.save_checkpoint(tmp_path, 2, tensors, {}, keep=3)
+    assert ckpt.latest_checkpoint(tmp_path) == first and [p.name for p in tmp_path.iterdir()
+                                                          if p.name.startswith(".tmp")] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import RECIPES, cli_env, write
+from pydantic import BaseModel, ConfigDict, Field
 
 import advinf
 from advinf import hookspecs
@@ -150,6 +152,17 @@ def test_hook_functions_that_would_never_be_called_are_plugin_errors():
     assert host.errors()["unmarked"] == "register_priors is not marked @advinf.hookimpl, so it would never be called"
     host.add_plugin(types.SimpleNamespace(register_prior=register_prior), name="typo")
     assert host.errors()["typo"] == "unknown hook 'register_prior' (did you mean 'register_priors'?)"
+    class Proxy:  # a lazy proxy raising on any attribute, and a mock answering every name: neither is a hook
+        def __call__(self):
+            pass
+
+        def __getattr__(self, name):
+            raise RuntimeError("working outside of a context")
+
+    from unittest import mock
+
+    ordinary = types.SimpleNamespace(current_app=Proxy(), helper=mock.MagicMock(), register_priors=register_prior)
+    assert host.add_plugin(ordinary, name="ordinary").error is None
     long = "x" * 300
     host._fail("long", "1", long)
     assert f"long ({'x' * 159}…)" in host.broken_note()
@@ -188,6 +201,15 @@ def register_critics(register):
                 assert default_problems(comp, {}, kind) == [], (kind, comp.name)
                 checked += 1
     assert checked > 40
+
+    class Fine(BaseModel):  # defaults this check must not misjudge: one computed from another field, an alias
+        model_config = ConfigDict(extra="forbid")
+        n: int = 2
+        m: int = Field(default_factory=lambda data: data["n"] * 2, gt=3)
+        lr: float = Field(0.1, alias="learning_rate", gt=0)
+
+    fine = host.get("critic", "toy_critic")
+    assert default_problems(dataclasses.replace(fine, options=Fine), {}, "critic") == []
 
 
 def test_strict_mode_makes_load_errors_fatal(third_party, monkeypatch):

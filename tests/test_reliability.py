@@ -186,9 +186,13 @@ def test_which_os_errors_are_the_users_to_fix():
     assert file_system_message(PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/x/y")).startswith(
         "/x/y: Permission denied")
     assert file_system_message(OSError(errno.EXDEV, os.strerror(errno.EXDEV), "/a", None, "/b")) is None  # a bug
-    assert file_system_message(OSError(errno.EEXIST, "File exists", "/a", None, "/b")).startswith("/a -> /b: File")
+    assert file_system_message(OSError(errno.ENOENT, "No such file or directory", "/a", None, "/b")).startswith(
+        "/a -> /b: No such file")
+    assert file_system_message(OSError(errno.EEXIST, "File exists", "/a", None, "/b")) is None  # advinf's renames
     full = file_system_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     assert full.startswith("No space left on device: free some space") and "--resume" in full
+    assert file_system_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/r/m.png")).startswith(
+        "/r/m.png: No space left on device: free some space")
     assert file_system_message(OSError(errno.EACCES, "denied")) is None  # no path to name: not ours to explain
     assert file_system_message(OSError("no errno at all")) is None
 

@@ -83,6 +83,9 @@ def test_eval_json_entries_say_their_step_and_a_stale_one_is_not_shown_as_the_ru
     series = curves(run)  # each entry drawn at its own step
     assert series["eval/reconstruction.mse_mean"][0][-1] == 30
     assert series["eval/mode_coverage.modes_covered"][0][-1] == 40
+    with (run / "evals.jsonl").open("a") as f:  # an evaluation after that entry's step: drawn in step order
+        f.write(json.dumps({"step": 35, "reconstruction": {"mse_mean": 0.5}}) + "\n")
+    assert curves(run)["eval/reconstruction.mse_mean"][0] == [30, 35]
     with pytest.warns(UserWarning, match=r"'reconstruction' is of step 30, the run is at step 40: left out"):
         table = compare_runs([run], tmp_path / "cmp", figure=False)
     assert set(table.runs[0].metrics) == {"mode_coverage"} and "step" not in table.runs[0].metrics["mode_coverage"]
@@ -102,6 +105,8 @@ def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missi
     res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
     assert res.exit_code == 0 and "already finished" not in res.output
     assert json.loads((run / "eval.json").read_text())["mode_coverage"]["step"] == 30
+    written = (run / "eval.json").stat().st_mtime_ns
     res = CliRunner().invoke(cli, ["run", "--resume", str(run), "--set", "evaluators.mode_coverage.samples=300",
                                    "--allow-changes"])  # a changed evaluator runs again
     assert res.exit_code == 0 and "already finished" not in res.output
+    assert (run / "eval.json").stat().st_mtime_ns != written and "trained 0 steps; at step 30 of 30" in res.output
