@@ -24,7 +24,6 @@ two one-thread jobs gain.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import statistics
@@ -32,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Any
 
@@ -209,50 +209,68 @@ def _in_workers(tasks: list[tuple], jobs: int, results: list[SeedResult], starte
     """Run ``tasks`` in ``jobs`` spawned worker processes, appending to ``results`` as seeds finish and to
     ``started`` as they start. Returns the signal that ended the group early, if one did, and the exit codes of
     workers killed outright (their seed in hand has no result); raises the first worker's error after the others
-    stopped."""
+    stopped.
+
+    Each worker has a pipe of its own, and this process hands it the next seed when it reports the last one: no
+    lock is shared, so a worker killed at any moment (SIGKILL from a machine out of memory) ends its own pipe and
+    nothing else, and the other workers carry on with the seeds left."""
     ctx = torch.multiprocessing.get_context("spawn")
-    todo, done = ctx.Queue(), ctx.Queue()
-    for task in tasks:
-        todo.put(task)
-    for _ in range(jobs):
-        todo.put(None)
+    todo = list(tasks)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    workers = [ctx.Process(target=_worker, args=(todo, done, threads)) for _ in range(jobs)]
+    pipes, theirs, workers = [], [], []
+    for _ in range(jobs):
+        here, there = ctx.Pipe()
+        pipes.append(here)
+        theirs.append(there)
+        workers.append(ctx.Process(target=_worker, args=(there, threads)))
     received: list[str] = []
+    error: str | None = None
 
     def forward(signum: int, frame: Any) -> None:  # the workers have their own process group: only this reaches them
         received.append(signal.Signals(signum).name)
         _signal_all(workers, signum)
 
+    def hand_next(i: int) -> None:
+        """The next seed to worker ``i``, or None (stop) once the group is stopping or no seed is left."""
+        task = todo.pop(0) if todo and not received and error is None else None
+        try:
+            pipes[i].send(task)
+        except (BrokenPipeError, OSError):  # it died meanwhile: its pipe's end is seen below
+            if task is not None:
+                todo.insert(0, task)
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    error: str | None = None
     try:
-        for w in workers:
+        for w, there in zip(workers, theirs, strict=True):
             w.start()
-        exited = 0
-        while exited < jobs:
-            try:
-                kind, value = done.get(timeout=0.5)
-            except queue.Empty:
-                if not any(w.is_alive() for w in workers):
-                    break  # a worker killed outright (e.g. out of memory) sends nothing more
-                continue
-            if kind == "started":
-                started.add(value)
-            elif kind == "result":
-                results.append(value)
-                log(_line(value))
-            elif kind == "error":
-                if error is None:
+            there.close()  # the worker's end is its own now: its death ends the pipe (EOF here)
+        for i in range(jobs):
+            hand_next(i)
+        live = set(range(jobs))
+        while live:
+            ready = mp_connection.wait([pipes[i] for i in live], timeout=0.5)
+            for i in [i for i in live if pipes[i] in ready]:
+                try:
+                    kind, value = pipes[i].recv()
+                except (EOFError, OSError):  # the worker ended (returned, or was killed outright)
+                    live.discard(i)
+                    continue
+                if kind == "started":
+                    started.add(value)
+                elif kind == "result":
+                    results.append(value)
+                    log(_line(value))
+                    hand_next(i)
+                elif kind == "error" and error is None:
                     error = value
                     _signal_all(workers, signal.SIGTERM)  # the other seeds checkpoint and stop
-            else:
-                exited += 1
         for w in workers:
             w.join()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for end in pipes:
+            end.close()
     if error is not None:
         raise UserError(error)
     killed = [w.exitcode for w in workers if w.exitcode]  # a worker that returns, even after an error, exits 0
@@ -265,26 +283,28 @@ def _signal_all(workers: list, signum: int) -> None:
             os.kill(w.pid, signum)
 
 
-def _worker(todo: Any, done: Any, threads: int) -> None:
-    """A worker process: seeds from ``todo`` until none is left or a signal stopped one."""
+def _worker(pipe: Any, threads: int) -> None:
+    """A worker process: the seeds its pipe hands it, one at a time, until it hands None or a signal stopped one."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the parent alone, which forwards it once
     torch.set_num_threads(threads)
     try:
-        while (task := todo.get()) is not None:
-            done.put(("started", task[1]))
+        while (task := pipe.recv()) is not None:
+            pipe.send(("started", task[1]))
             try:
                 result = _run_one(*task)
             except UserError as exc:
-                done.put(("error", f"seed {task[1]}: {exc}"))
+                pipe.send(("error", f"seed {task[1]}: {exc}"))
                 break
             except Exception as exc:
-                done.put(("error", f"seed {task[1]} failed: {type(exc).__name__}: {exc}"))
+                pipe.send(("error", f"seed {task[1]} failed: {type(exc).__name__}: {exc}"))
                 break
-            done.put(("result", result))
+            pipe.send(("result", result))
             if result.stopped in _SIGNALS:
                 break
+    except (EOFError, OSError):  # the group's process is gone: nothing to report to
+        pass
     finally:
-        done.put(("exit", None))
+        pipe.close()
 
 
 def _run_one(recipe: str, seed: int, out: str, overrides: list[str], stop_after: int | None, plugins: list[str],
