@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from advinf.errors import Problem, suggest
+from advinf.errors import Problem, UserError, suggest
 from advinf.interfaces import WELL_KNOWN
 
 
@@ -132,3 +132,33 @@ def default_problems(comp: Any, given: dict[str, Any], section: str, context: An
     except Exception:  # noqa: BLE001 -- the plugin's validators accepted the options as given: that stands
         return []
     return []
+
+
+def check_options(comp: Any, opts: dict[str, Any], section: str = "", context: Any = None,
+                  reserved: tuple[str, ...] = ()) -> tuple[BaseModel | None, list[Problem]]:
+    """``opts`` checked against the options model of ``comp`` (a registered ``Component``), as a recipe section's
+    are and ``advinf.create``'s: unknown keys (with a did-you-mean, ``reserved`` keys of the section among the
+    suggestions), booleans posing as numbers, pydantic's own checks, a plugin validator's crash and broken
+    defaults. Returns the validated options (None when a problem stops it) and the problems, keyed under
+    ``section``. A plugin validator's own UserError passes through: its message is meant for the user."""
+    dot = f"{section}." if section else ""
+    fields = comp.options.model_fields
+    unknown = [Problem(f"{dot}{k}", f"unknown option of {comp.kind} '{comp.name}'", opts[k], True,
+                       suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}")
+               for k in opts if k not in fields]
+    if unknown:
+        return None, unknown
+    posing = bools_posing_as_numbers(comp.options, opts, dot)
+    if posing:
+        return None, posing
+    try:
+        validated = comp.options.model_validate(opts, context=context)
+    except ValidationError as exc:
+        return None, problems_from(exc, comp.options, opts, prefix=section)
+    except UserError:
+        raise
+    except Exception as exc:  # a plugin's own validator may raise anything: its author's bug, named as such
+        return None, [Problem(section or "(options)", f"the options check of {comp.kind} '{comp.name}' (plugin "
+                              f"'{comp.plugin}') failed with {type(exc).__name__}: {exc}",
+                              hint="a bug in that plugin; check these options, or tell its authors")]
+    return validated, default_problems(comp, opts, section, context)

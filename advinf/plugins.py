@@ -16,12 +16,12 @@ from types import ModuleType, UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pluggy
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from advinf import hookspecs
-from advinf.errors import PluginError, Problem, RecipeError, UserError, suggest
+from advinf.errors import PluginError, RecipeError, UserError, suggest
 from advinf.interfaces import BuildContext, RegisteredName
-from advinf.options import bools_posing_as_numbers, default_problems, problems_from
+from advinf.options import check_options
 from advinf.provenance import Origin, mark
 
 ENTRY_POINT_GROUP = "advinf"
@@ -292,24 +292,9 @@ class PluginHost:
             raise UserError(f"unknown kind '{kind}' in create(kind, name, ...){' (' + hint + ')' if hint else ''}; "
                             f"the kinds are {', '.join(self.registry)}")
         comp = self.get(kind, name)
-
-        where = f"create({kind!r}, {name!r})"
-        unknown = [k for k in options if k not in comp.options.model_fields]
-        if unknown:
-            fields = list(comp.options.model_fields)
-            raise RecipeError(where, [Problem(k, f"unknown option of {kind} '{name}'", options[k], True,
-                                              suggest(k, fields) or f"options: {', '.join(fields) or '(none)'}")
-                                      for k in unknown])
-        posing = bools_posing_as_numbers(comp.options, options, "")
-        if posing:
-            raise RecipeError(where, posing)
-        try:
-            validated = comp.options.model_validate(options)
-        except ValidationError as exc:
-            raise RecipeError(where, problems_from(exc, comp.options, options)) from None
-        bad_defaults = default_problems(comp, options, "")
-        if bad_defaults:
-            raise RecipeError(where, bad_defaults)
+        validated, problems = check_options(comp, options)
+        if problems:
+            raise RecipeError(f"create({kind!r}, {name!r})", problems)
         if kind == "divergence":
             return comp.factory
         component = comp.factory(validated, self.context(ctx))

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName, validation_context
-from advinf.options import bools_posing_as_numbers, default_problems, problems_from
+from advinf.options import check_options, problems_from
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
@@ -520,30 +520,11 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     except UserError as exc:
         problems.append(Problem(name_key or f"{section}.name", str(exc)))
         return
-    fields = comp.options.model_fields
-    unknown = [k for k in opts if k not in fields]
-    for k in unknown:
-        problems.append(Problem(f"{section}.{k}", f"unknown option of {kind} '{name}'", opts[k], True,
-                                suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}"))
-    if unknown:
+    validated, found = check_options(comp, opts, section, validation_context(environment), reserved)
+    problems.extend(found)
+    if validated is None:
         return
-    posing = bools_posing_as_numbers(comp.options, opts, f"{section}.")
-    if posing:
-        problems.extend(posing)
-        return
-    try:
-        out[section] = comp.options.model_validate(opts, context=validation_context(environment))
-    except ValidationError as exc:
-        problems.extend(problems_from(exc, comp.options, opts, prefix=section))
-        return
-    except UserError:  # a message the plugin means for the user
-        raise
-    except Exception as exc:  # a plugin's own validator may raise anything: its author's bug, named as such
-        problems.append(Problem(section, f"the options check of {kind} '{name}' (plugin '{comp.plugin}') failed "
-                                f"with {type(exc).__name__}: {exc}",
-                                hint="a bug in that plugin; check these options, or tell its authors"))
-        return
-    problems.extend(default_problems(comp, opts, section, validation_context(environment)))
+    out[section] = validated
     for field_name, info in comp.options.model_fields.items():  # options that name other components
         for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
             value = getattr(out[section], field_name)
