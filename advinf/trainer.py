@@ -247,7 +247,7 @@ class Trainer:
             return False
         for p, gs in zip(players, grads, strict=True):
             for param, g in zip(self._param_list[p.name], gs, strict=True):
-                param.grad = g
+                param.grad = _laid_out_like(g, param)
         for p in players:
             self.optimizers[p.name].step()
         return True
@@ -676,6 +676,18 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
 
 def _qualname(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _laid_out_like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """``grad`` with ``param``'s strides, as ``backward()`` would have stored it. ``autograd.grad`` returns whatever
+    layout the backward produced (a channels_last 1x1 convolution's weight gradient comes back with contiguous
+    strides, for one), and CUDA's fused Adam refuses a gradient laid out unlike its parameter. Strides that differ
+    only on size-1 dimensions describe the same memory: a view; otherwise one copy."""
+    if grad is None or grad.stride() == param.stride():
+        return grad
+    if all(n == 1 or a == b for n, a, b in zip(param.shape, grad.stride(), param.stride(), strict=True)):
+        return grad.as_strided(param.shape, param.stride())
+    return torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
 
 
 def _build_optimizer(spec: OptimizerSpec, params: list[torch.nn.Parameter], fused: bool, player: Player,

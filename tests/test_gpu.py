@@ -46,7 +46,7 @@ def test_toy_recipe_on_cuda(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(tmp_path / "run"),
                                    *sets(TINY + TINY_ENCODER + ["train.device=cuda"])])
     assert res.exit_code == 0, res.output
-    assert "modes_covered" in json.loads(res.output)["mode_coverage"]
+    assert "modes_covered" in json.loads(res.stdout)["mode_coverage"]
 
 
 def _toy_trainer(game_options: dict | None = None, **spec):

@@ -207,3 +207,43 @@ def test_an_optimizer_implementation_the_recipe_chooses_is_kept():
     default = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
                       train=TrainSpec(steps=1, batch_size=32), optimizer=OptimizerSpec(), device="cpu")
     assert all(g["fused"] for opt in default.optimizers.values() for g in opt.param_groups)
+
+
+def test_gradients_are_stored_with_their_parameters_layout():
+    """``autograd.grad`` hands back whatever strides the backward produced: a channels_last weight's gradient can
+    come back contiguous. CUDA's fused Adam refuses that ("params, grads, exp_avgs, and exp_avg_sqs must have same
+    dtype, device, and layout"; every channels_last recipe failed its first GPU step), so the trainer stores each
+    gradient with its parameter's strides, as ``backward()`` does, with the same values."""
+
+    class LaidOutCritic(advinf.JointCritic):
+        def __init__(self):
+            super().__init__()
+            self.w3 = torch.nn.Parameter(torch.randn(2, 3, 3, 3).to(memory_format=torch.channels_last))
+            self.w1 = torch.nn.Parameter(torch.randn(2, 3, 1, 1).to(memory_format=torch.channels_last))
+            self.head = torch.nn.Linear(10, 1)
+
+        def forward(self, x, z, y=None):
+            pair = torch.cat([x, z], 1)
+            image = pair.repeat(1, 12).view(-1, 3, 4, 4)  # a 3-channel picture of the pair
+            h = torch.nn.functional.conv2d(image, self.w3.contiguous())  # its gradient comes back contiguous
+            h1 = torch.nn.functional.linear(pair[:, :3], self.w1.view(2, 3))  # (3, 1, 1, 1): unlike (3, 1, 3, 3)
+            return self.head(torch.cat([h.flatten(1), h1], 1)).squeeze(1)
+
+    nets = tiny_nets()
+    nets["critic"] = LaidOutCritic()
+    layouts = {n: p.stride() for n, p in nets["critic"].named_parameters()}
+    assert layouts["w3"] != torch.empty(2, 3, 3, 3).stride() and layouts["w1"] != torch.empty(2, 3, 1, 1).stride()
+    trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=1, batch_size=32), optimizer=SGD, device="cpu")
+    start = {n: p.detach().clone() for n, p in nets["critic"].named_parameters()}
+    batch = copy.deepcopy(trainer).batches.next()  # the batch the trainer will draw
+    torch.manual_seed(3)
+    reference = copy.deepcopy(nets)
+    out = JointGame(JointGameOptions(), stochastic=True).losses(reference, batch).losses
+    expected = torch.autograd.grad(out["critic"], list(reference["critic"].parameters()))
+    torch.manual_seed(3)
+    trainer.train_step()
+    for (name, p), g in zip(nets["critic"].named_parameters(), expected, strict=True):
+        assert p.grad.stride() == p.stride() == layouts[name], name
+        torch.testing.assert_close(p.grad, g)
+        torch.testing.assert_close(p.detach(), start[name] - 0.5 * g)
