@@ -557,6 +557,10 @@ class Trainer:
                                     f"has {', '.join(opts) or 'none'}); was it written by another game?")
                 ckpt.load_optimizer_state(self.optimizers[p.name], self._names(p), p.name,
                                           checkpoint.tensors["optim"], opts[p.name], where)
+                for param, st in self.optimizers[p.name].state.items():  # saved contiguous; fused Adam needs
+                    for key, value in st.items():  # its moments laid out like their parameter
+                        if isinstance(value, Tensor) and value.shape == param.shape:
+                            st[key] = _laid_out_like(value, param)
             rng = checkpoint.tensors["rng"]
             if self.rank > 0:
                 prefix = f"rank{self.rank}."

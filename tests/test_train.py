@@ -13,6 +13,7 @@ from conftest import RECIPES, TINY, TINY_ENCODER
 
 import advinf
 from advinf import Batch, Networks, OptimizerSpec, Trainer, TrainSpec
+from advinf.checkpoint import load_checkpoint
 from advinf.cli import cli
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.mixture import MixtureOptions, mixture25
@@ -209,11 +210,13 @@ def test_an_optimizer_implementation_the_recipe_chooses_is_kept():
     assert all(g["fused"] for opt in default.optimizers.values() for g in opt.param_groups)
 
 
-def test_gradients_are_stored_with_their_parameters_layout():
+def test_gradients_and_optimiser_state_keep_their_parameters_layout(tmp_path):
     """``autograd.grad`` hands back whatever strides the backward produced: a channels_last weight's gradient can
     come back contiguous. CUDA's fused Adam refuses that ("params, grads, exp_avgs, and exp_avg_sqs must have same
     dtype, device, and layout"; every channels_last recipe failed its first GPU step), so the trainer stores each
-    gradient with its parameter's strides, as ``backward()`` does, with the same values."""
+    gradient with its parameter's strides, as ``backward()`` does, with the same values. A checkpoint stores
+    Adam's moments contiguous: restored, they take their parameter's strides again (resuming failed the same way).
+    """
 
     class LaidOutCritic(advinf.JointCritic):
         def __init__(self):
@@ -247,3 +250,20 @@ def test_gradients_are_stored_with_their_parameters_layout():
         assert p.grad.stride() == p.stride() == layouts[name], name
         torch.testing.assert_close(p.grad, g)
         torch.testing.assert_close(p.detach(), start[name] - 0.5 * g)
+
+    def adam_trainer(run_dir=None):
+        nets = tiny_nets()
+        nets["critic"] = LaidOutCritic()
+        return Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(), run_dir=run_dir,
+                       train=TrainSpec(steps=2, batch_size=32), optimizer=OptimizerSpec(), device="cpu")
+
+    first = adam_trainer(tmp_path / "run")
+    first.train_step()
+    saved = first.save_checkpoint()
+    resumed = adam_trainer()
+    resumed.restore(load_checkpoint(saved))
+    for name, p in resumed.nets["critic"].named_parameters():
+        state = resumed.optimizers["critic"].state[p]
+        assert state["exp_avg"].stride() == state["exp_avg_sq"].stride() == p.stride() == layouts[name], name
+        torch.testing.assert_close(state["exp_avg"], first.optimizers["critic"].state[
+            dict(first.nets["critic"].named_parameters())[name]]["exp_avg"])
