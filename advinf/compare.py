@@ -31,7 +31,7 @@ from advinf.conditions import example_conditions
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.rundir import EVAL_FILE, eval_entries
+from advinf.rundir import EVAL_FILE, eval_entries, eval_options, evaluator_options
 from advinf.runs import LoadedRun, load_run, run_evaluators
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class RunResult:
     metrics: dict[str, dict[str, Any]]
     metrics_from: str  # "eval.json", "recomputed" or "none" (no evaluators)
     setting: str = field(default="", repr=False)  # the resolved recipe but for seed, init_from and host settings
+    eval_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # each evaluator's options
 
 
 @dataclass
@@ -110,6 +111,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
         if figure:
             panels.append(_panels(run, points, seed))
         del run
+    _warn_unlike_options(results)
     comparison = Comparison(results, summarise(results))
     if figure:
         comparison.figure = out / FIGURE_FILE
@@ -129,6 +131,7 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
             raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
         if not isinstance(metrics, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
+        options = {**evaluator_options(run.recipe.resolved()), **eval_options(metrics)}
         metrics, steps = eval_entries(metrics)
         stale = sorted(n for n, s in steps.items() if s != run.step)
         for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
@@ -140,11 +143,28 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         evaluators = run_evaluators(run, host=host)
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:
             metrics = evaluate(run, evaluators, run.dataset.to(run.device), Path(tmp))
-        source = "recomputed"
+        source, options = "recomputed", evaluator_options(run.recipe.resolved())
     else:
-        metrics, source = {}, "none"
+        metrics, source, options = {}, "none", {}
     return RunResult(str(run_dir), run_dir.name, spec.name, spec.game.name, spec.seed, run.step,
-                     run.encoder is not None, metrics, source, _setting(run.recipe.resolved()))
+                     run.encoder is not None, metrics, source, _setting(run.recipe.resolved()),
+                     {n: o for n, o in options.items() if n in metrics})
+
+
+def _warn_unlike_options(results: list[RunResult]) -> None:
+    """Warn where runs' numbers of one evaluator were computed with different options (an ``advinf evaluate
+    --set`` on some of them, or recipes that configure it differently): they are not comparable."""
+    for name in sorted({n for r in results for n in r.eval_options}):
+        having = [r for r in results if name in r.eval_options]
+        keys = sorted({k for r in having for k in r.eval_options[name]})
+        unlike = [k for k in keys if len({json.dumps(r.eval_options[name].get(k), sort_keys=True)
+                                          for r in having}) > 1]
+        if unlike:
+            detail = "; ".join(f"{k}: " + ", ".join(f"{json.dumps(r.eval_options[name].get(k))} ({r.label})"
+                                                    for r in having) for k in unlike[:3])
+            warnings.warn(f"'{name}' was computed with different options in these runs ({detail}): its numbers "
+                          f"are not comparable (advinf evaluate RUN --with {name} --set evaluators.{name}.KEY=VALUE "
+                          f"evaluates a run again with the others' options)", stacklevel=3)
 
 
 def _setting(resolved: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,11 @@ class RunDir:
     def write_library(self, info: dict[str, Any]) -> None:
         write_json(self.path / LIBRARY_FILE, info)
 
-    def write_eval(self, results: dict[str, Any], step: int) -> None:
-        """Merge ``results`` (of the model at ``step``) into eval.json: entries of other evaluators (``advinf
-        evaluate``) are kept."""
-        merge_eval(self.path / EVAL_FILE, results, step)
+    def write_eval(self, results: dict[str, Any], step: int,
+                   options: Mapping[str, dict[str, Any]] | None = None) -> None:
+        """Merge ``results`` (of the model at ``step``, computed with the evaluators' ``options``) into eval.json:
+        entries of other evaluators (``advinf evaluate``) are kept."""
+        merge_eval(self.path / EVAL_FILE, results, step, options)
 
 
 def read_eval(path: Path) -> dict[str, Any]:
@@ -167,24 +169,45 @@ def read_eval(path: Path) -> dict[str, Any]:
 #: The key of an eval.json entry that says which step's model gave it: entries written at different times (the
 #: run's final evaluation, ``advinf evaluate`` before a resume) may be of different steps.
 EVAL_STEP = "step"
+#: The key of an eval.json entry that holds its evaluator's options: ``advinf evaluate --set`` may have computed an
+#: entry with other options than the run's recipe.
+EVAL_OPTIONS = "options"
 
 
-def merge_eval(path: Path, results: dict[str, Any], step: int) -> None:
-    """Write ``results`` (of the model at ``step``, each entry stamped with it) into the eval.json at ``path`` over
-    its earlier entries, keeping the others."""
-    stamped = {k: {**v, EVAL_STEP: step} if isinstance(v, dict) else v for k, v in results.items()}
+def merge_eval(path: Path, results: dict[str, Any], step: int,
+               options: Mapping[str, dict[str, Any]] | None = None) -> None:
+    """Write ``results`` (of the model at ``step``, each entry stamped with it, and with its evaluator's options
+    where ``options`` has them) into the eval.json at ``path`` over its earlier entries, keeping the others."""
+    options = options or {}
+    stamped = {k: {**v, EVAL_STEP: step, **({EVAL_OPTIONS: options[k]} if k in options else {})}
+               if isinstance(v, dict) else v for k, v in results.items()}
     write_json(path, {**read_eval(path), **stamped})
 
 
 def eval_entries(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """An eval.json's results without their step stamps, and each stamped entry's step (older files have none)."""
+    """An eval.json's results without their stamps, and each stamped entry's step (older files have none)."""
     results, steps = {}, {}
     for name, entry in data.items():
         if isinstance(entry, dict) and isinstance(entry.get(EVAL_STEP), int):
             steps[name] = entry[EVAL_STEP]
-            entry = {k: v for k, v in entry.items() if k != EVAL_STEP}
+            entry = {k: v for k, v in entry.items() if k not in (EVAL_STEP, EVAL_OPTIONS)}
         results[name] = entry
     return results, steps
+
+
+def eval_options(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The evaluator options each stamped entry of an eval.json was computed with (older files have none)."""
+    return {name: entry[EVAL_OPTIONS] for name, entry in data.items()
+            if isinstance(entry, dict) and isinstance(entry.get(EVAL_STEP), int)
+            and isinstance(entry.get(EVAL_OPTIONS), dict)}
+
+
+def evaluator_options(recipe: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each evaluator's options in a resolved recipe (its ``every`` left out: it says when, not what), as JSON
+    gives them back, to stamp eval.json entries with and compare them."""
+    tables = recipe.get("evaluators", {})
+    return json.loads(json.dumps({n: {k: v for k, v in t.items() if k != "every"} for n, t in tables.items()
+                                  if isinstance(t, dict)}))
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

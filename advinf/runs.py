@@ -19,7 +19,16 @@ from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import Recipe, read_toml, validate_recipe
-from advinf.rundir import CHECKPOINTS_DIR, EVAL_FILE, LIBRARY_FILE, RECIPE_FILE, is_run_dir, merge_eval, read_eval
+from advinf.rundir import (
+    CHECKPOINTS_DIR,
+    EVAL_FILE,
+    LIBRARY_FILE,
+    RECIPE_FILE,
+    evaluator_options,
+    is_run_dir,
+    merge_eval,
+    read_eval,
+)
 from advinf.settings import resolve_device, set_fp32_precision
 
 
@@ -138,7 +147,7 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
-    merge_eval(run_dir / EVAL_FILE, results, run.step)
+    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir)))
     return results
 
 

@@ -27,6 +27,8 @@ from advinf.rundir import (
     check_target,
     default_run_dir,
     eval_entries,
+    eval_options,
+    evaluator_options,
     prepare_target,
     read_eval,
     remove_if_empty,
@@ -138,7 +140,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             trainer.apply_optimizer_settings()
             if applied:
                 log(f"applied the changed optimiser settings: {', '.join(applied)}")
-        finished = _already_evaluated(trainer, out_dir, list(rec.spec.evaluators)) \
+        finished = _already_evaluated(trainer, out_dir, evaluator_options(rec.resolved(out_dir))) \
             if checkpoint is not None and not changes else None
         if finished is not None:
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
@@ -150,15 +152,21 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     return RunOutcome(out_dir, rec, trainer, result, resumed_from)
 
 
-def _already_evaluated(trainer: Trainer, out_dir: Path, evaluators: list[str]) -> TrainResult | None:
+def _already_evaluated(trainer: Trainer, out_dir: Path, evaluators: dict[str, dict[str, Any]]
+                       ) -> TrainResult | None:
     """The result of a run resumed after its last step whose eval.json holds every one of the recipe's
-    ``evaluators`` at that step (resuming a finished run would otherwise redo its whole final evaluation); None if
-    there is work left. Every rank of a data-parallel run reads the same file, so all decide alike."""
+    ``evaluators`` at that step, computed with the recipe's options (resuming a finished run would otherwise redo
+    its whole final evaluation); None if there is work left. Every rank of a data-parallel run reads the same
+    file, so all decide alike."""
     if trainer.step < trainer.total_steps:
         return None
-    results, steps = eval_entries(read_eval(out_dir / EVAL_FILE))
+    data = read_eval(out_dir / EVAL_FILE)
+    results, steps = eval_entries(data)
     if any(steps.get(name) != trainer.step for name in evaluators):
         return None  # e.g. the final evaluation was interrupted: it runs again
+    stamped = eval_options(data)  # an entry without options is of an older advinf: taken as the recipe's
+    if any(stamped.get(name, options) != options for name, options in evaluators.items()):
+        return None  # e.g. `advinf evaluate --set evaluators.NAME.key=value` at the last step: not the recipe's
     return TrainResult(0, 0.0, eval={n: results[n] for n in evaluators}, run_dir=out_dir,
                        checkpoint=ckpt.latest_checkpoint(out_dir / CHECKPOINTS_DIR))
 

@@ -47,7 +47,7 @@ from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
 from advinf.provenance import library_recipe, run_name
-from advinf.rundir import RunDir
+from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, resolve_device, set_fp32_precision
 from advinf.version import __version__
 
@@ -650,8 +650,9 @@ class Trainer:
             return {}
         out_dir = self.run.path if self.run is not None else Path.cwd()
         results = evaluate(self.model(), evaluators, self.data, out_dir)
-        if self.run is not None and final:
-            self.run.write_eval(results, self.step)
+        if self.run is not None and final:  # the recipe's evaluators: stamped with their options
+            options = evaluator_options(self.recipe or {}) if evaluators is self.evaluators else None
+            self.run.write_eval(results, self.step, options)
         for logger in self._active_loggers():
             logger.log_evaluation(self.step, results, final)
         return results

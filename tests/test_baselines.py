@@ -20,7 +20,7 @@ import advinf
 from advinf import Batch, DeterministicPosterior, GaussianPosterior, Networks, Trainer, TrainSpec, UserError
 from advinf import checkpoint as ckpt
 from advinf.cli import cli
-from advinf.compare import RunResult, summarise
+from advinf.compare import RunResult, compare_runs, summarise
 from advinf_plugins.baselines import (
     Alice,
     AliceOptions,
@@ -361,6 +361,7 @@ def test_compare_six_runs_through_the_cli(tmp_path, runs):
     for r in table["runs"]:
         saved = json.loads((Path(r["run_dir"]) / "eval.json").read_text())
         assert {name: entry.pop("step") for name, entry in saved.items()} == {"mode_coverage": 20}  # of step 20
+        assert saved["mode_coverage"].pop("options")["samples"] == 500  # the recipe's options, stamped
         assert r["metrics"] == saved and r["metrics_from"] == "eval.json" and r["step"] == 20
         assert ("reconstruction_accuracy" in r["metrics"]["mode_coverage"]) == r["encoder"]
     assert table["groups"] == []  # one run per experiment
@@ -381,6 +382,17 @@ def test_compare_six_runs_through_the_cli(tmp_path, runs):
     saved = json.loads((runs["ali"] / "eval.json").read_text())["mode_coverage"]
     for key in ("modes_covered", "modes_covered_strict", "high_quality_fraction"):
         assert again["metrics"]["mode_coverage"][key] == saved[key]
+
+    # one run evaluated again with other options: its numbers are not comparable with the others'
+    other = tmp_path / "other_ali"
+    shutil.copytree(runs["ali"], other)
+    res = CliRunner().invoke(cli, ["evaluate", str(other), "--with", "mode_coverage", "--set",
+                                   "evaluators.mode_coverage.samples=300", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with pytest.warns(UserWarning) as warned:  # also: the copy has the same seed as the original
+        compare_runs([runs["ali"], other], tmp_path / "unlike", figure=False, device="cpu")
+    assert any("'mode_coverage' was computed with different options in these runs (samples: 500 (ali), 300 "
+               "(other_ali)): its numbers are not comparable" in str(w.message) for w in warned)
 
     res = CliRunner().invoke(cli, ["compare", str(tmp_path)])
     assert res.exit_code == 2 and "not an advinf run directory" in res.output
@@ -409,7 +421,6 @@ def test_runs_of_one_experiment_at_several_seeds_are_summarised():
 
 
 def test_compare_refuses_a_run_given_twice(tmp_path):
-    from advinf.compare import compare_runs
 
     with pytest.raises(UserError, match=r"given twice \(as .*/run too\); give each run once"):
         compare_runs([tmp_path / "run", str(tmp_path / "x" / ".." / "run")], tmp_path / "cmp")

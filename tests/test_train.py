@@ -267,3 +267,19 @@ def test_gradients_and_optimiser_state_keep_their_parameters_layout(tmp_path):
         assert state["exp_avg"].stride() == state["exp_avg_sq"].stride() == p.stride() == layouts[name], name
         torch.testing.assert_close(state["exp_avg"], first.optimizers["critic"].state[
             dict(first.nets["critic"].named_parameters())[name]]["exp_avg"])
+
+
+def test_an_evaluator_metric_named_like_advinfs_stamps_is_refused(tmp_path):
+    """eval.json entries carry advinf's `step` and `options`: an evaluator's own metric of either name would be
+    overwritten without a word, so it is refused, naming the evaluator."""
+
+    class Stepper(advinf.Evaluator):
+        def evaluate(self, model, data, out_dir):
+            return {"step": 3, "loss": 0.5}
+
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=2, batch_size=32, progress="none"), evaluators={"stepper": Stepper()},
+                      run_dir=tmp_path / "run", device="cpu")
+    with pytest.raises(advinf.UserError, match=r"evaluator 'stepper' returned metric\(s\) named step: .* rename"):
+        trainer.fit()
+    assert (tmp_path / "run" / "checkpoints").is_dir()  # the training is kept: `advinf evaluate` once it is fixed

@@ -32,6 +32,8 @@ def test_evaluators_on_demand_merge_into_eval_json(trained):
                                                          "evaluators.mode_coverage.plot=false"], device="cpu")
     merged = json.loads((trained / "eval.json").read_text())
     assert merged["earlier"] == {"kept": 1}  # never loses earlier entries
+    options = merged["mode_coverage"].pop("options")  # the options it was computed with, `every` left out
+    assert (options["samples"], options["plot"], "every" in options) == (200, False, False)
     assert merged["mode_coverage"] == {**results["mode_coverage"], "step": 30}  # the step of the model evaluated
     assert results["mode_coverage"]["modes_total"] == 25
     with pytest.raises(advinf.UserError, match="unknown evaluator"):
@@ -110,3 +112,14 @@ def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missi
                                    "--allow-changes"])  # a changed evaluator runs again
     assert res.exit_code == 0 and "already finished" not in res.output
     assert (run / "eval.json").stat().st_mtime_ns != written and "trained 0 steps; at step 30 of 30" in res.output
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]["samples"] == 300
+
+    # a one-off `advinf evaluate --set` at the last step is not the run's evaluation: a resume evaluates again
+    evaluate_run(run, ["mode_coverage"], ["evaluators.mode_coverage.samples=200"], device="cpu")
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]["samples"] == 200
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and "already finished" not in res.output
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]["samples"] == 300
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])  # now it is: nothing to do
+    assert res.exit_code == 0 and "had already finished" in res.output
+    assert "options" not in json.loads(res.stdout)["mode_coverage"]  # the stamps stay in eval.json
