@@ -287,7 +287,6 @@ class Trainer:
         reasons = [  # the recipe's own conflicts first, then what this machine or launch lacks
             'train.nonfinite = "skip" decides on the host whether to apply each update'
             if self.spec.nonfinite == "skip" else None,
-            "train.compile compiles the losses on its own; use one of the two" if self.spec.compile else None,
             "a learning-rate schedule changes the rate on the host each step" if scheduled else None,
             self.game.host_decisions(),
             "it needs a CUDA device (train.device)" if self.device.type != "cuda" else None,

@@ -90,6 +90,21 @@ def test_the_recorded_step_trains_as_the_eager_one(update):
             torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
 
 
+def test_the_recorded_compiled_step_trains_as_the_eager_compiled_one():
+    """train.compile with train.cuda_graph: the compiled losses (compiled during the eager warm-up steps) are
+    recorded with the rest of the step, and replaying them trains as the compiled step run eagerly does (the same
+    generated kernels, the same random numbers)."""
+    eager, graph = _toy_trainer(compile=True), _toy_trainer(compile=True, cuda_graph=True)
+    for t in (eager, graph):
+        torch.manual_seed(0)
+        t.fit()
+    assert graph._captured is not None and graph._captured.calls == 20 and graph._captured._replay is not None
+    for name in ("encoder", "decoder", "critic"):
+        a, b = eager.nets[name].state_dict(), graph.nets[name].state_dict()
+        for k, v in a.items():
+            torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_no_host_synchronisation_inside_the_loop(cuda_graph):
     """Between log intervals the step never waits for the GPU: any synchronising call raises."""

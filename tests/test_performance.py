@@ -152,7 +152,6 @@ def test_a_step_that_draws_more_batches_than_recorded_fails_loudly():
 @pytest.mark.parametrize(("spec", "why"), [
     ({}, "needs a CUDA device"),
     ({"nonfinite": "skip"}, "decides on the host"),
-    ({"compile": True}, "use one of the two"),
     ({"optimizer": {"schedule": {"name": "linear", "decay": 10}}}, "schedule changes the rate"),
     ({"game": {"r1": 1.0, "r1_every": 4}}, "game.r1_every = 4 applies R1 on some steps only"),
     ({"game": {"instance_noise": 0.1, "instance_noise_steps": 100}}, "game.instance_noise_steps anneals"),
