@@ -7,13 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from advinf.errors import UserError, suggest
+
+if TYPE_CHECKING:
+    from advinf.compare import Comparison
 
 
 class Terminated(BaseException):
@@ -433,34 +436,15 @@ def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path,
     """Trained runs side by side: the paper's mixture figure (one column per run: held-out data, latent codes,
     reconstructions, prior samples, decoder samples) and a table of each run's metrics (its eval.json, or its
     evaluators run again); runs of the same recipe are also summarised as mean ± std."""
-    from advinf.compare import compare_runs, metric_columns
+    from advinf.compare import compare_runs
 
     result = compare_runs(run_dirs, out_dir, device=device, host=_host(), plugins=plugins, points=points)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:
-        columns = metric_columns(result.runs)
-        names = [m for _, m in columns]
-        heads = [(m if names.count(m) == 1 else f"{ev}.{m}").replace("_", " ") for ev, m in columns]
-        table = Table(title="runs")
-        table.add_column("run", overflow="fold", min_width=12)
-        for col in ("game", "seed", "step", *heads):
-            table.add_column(col, overflow="fold")
-        for r in result.runs:
-            values = [_cell(r.metrics.get(ev, {}).get(m)) for ev, m in columns]
-            table.add_row(r.label, r.game, str(r.seed), str(r.step), *values)
         console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: no columns cut
-        console.print(table)
-        if result.groups:
-            summary = Table(title="runs of the same recipe: mean ± std (sample)")
-            summary.add_column("recipe", overflow="fold", min_width=12)
-            for col in ("game", "seeds", *heads):
-                summary.add_column(col, overflow="fold")
-            for g in result.groups:
-                stats = [g["metrics"].get(ev, {}).get(m) for ev, m in columns]
-                summary.add_row(g["recipe"], g["game"], ",".join(map(str, g["seeds"])),
-                                *("–" if s is None else f"{_short(s['mean'])} ± {_short(s['std'], 2)}" for s in stats))
-            console.print(summary)
+        for table in comparison_tables(result):
+            console.print(table)
     for r in result.runs:
         if r.metrics_from != "eval.json":
             _echo(f"{r.run_dir}: no eval.json; " + ("its evaluators were run again" if r.metrics_from == "recomputed"
@@ -468,6 +452,50 @@ def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path,
     if result.figure is not None:
         _done(result.figure)
     _done(result.table)  # type: ignore[arg-type]
+
+
+#: More metrics than this, and ``compare`` prints them as rows (one column per run): an image run's probes and
+#: sample-quality evaluators give dozens, which as columns fold into an unreadable table.
+WIDE = 8
+
+
+def comparison_tables(result: Comparison) -> list[Table]:
+    """``compare``'s tables: each run's metrics, and the mean ± std of each experiment run at several seeds. A
+    few metrics are columns (one row per run); more than ``WIDE`` are rows (one column per run or experiment)."""
+    from advinf.compare import metric_columns
+
+    columns = metric_columns(result.runs)
+    names = [m for _, m in columns]
+    heads = [(m if names.count(m) == 1 else f"{ev}.{m}").replace("_", " ") for ev, m in columns]
+    runs = [[r.game, str(r.seed), str(r.step), *(_cell(r.metrics.get(ev, {}).get(m)) for ev, m in columns)]
+            for r in result.runs]
+    groups = [[g["game"], ",".join(map(str, g["seeds"])),
+               *("–" if s is None else f"{_short(s['mean'])} ± {_short(s['std'], 2)}"
+                 for s in (g["metrics"].get(ev, {}).get(m) for ev, m in columns))] for g in result.groups]
+    wide = len(columns) > WIDE
+    tables = [_table("runs", "run", [r.label for r in result.runs], ["game", "seed", "step", *heads], runs, wide)]
+    if result.groups:
+        tables.append(_table("runs of the same recipe: mean ± std (sample)", "recipe",
+                             [g["recipe"] for g in result.groups], ["game", "seeds", *heads], groups, wide))
+    return tables
+
+
+def _table(title: str, what: str, labels: list[str], heads: list[str], rows: list[list[str]], wide: bool) -> Table:
+    """A table of ``rows`` (one per label, one cell per head), or with ``wide`` its transpose."""
+    table = Table(title=title)
+    if wide:
+        table.add_column(what, overflow="fold", min_width=12)
+        for label in labels:
+            table.add_column(label, overflow="fold")
+        for i, head in enumerate(heads):
+            table.add_row(head, *(row[i] for row in rows))
+    else:
+        table.add_column(what, overflow="fold", min_width=12)
+        for head in heads:
+            table.add_column(head, overflow="fold")
+        for label, row in zip(labels, rows, strict=True):
+            table.add_row(label, *row)
+    return table
 
 
 def _short(value: float, digits: int = 3) -> str:

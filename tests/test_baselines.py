@@ -424,3 +424,39 @@ def test_compare_refuses_a_run_given_twice(tmp_path):
 
     with pytest.raises(UserError, match=r"given twice \(as .*/run too\); give each run once"):
         compare_runs([tmp_path / "run", str(tmp_path / "x" / ".." / "run")], tmp_path / "cmp")
+
+
+def test_compare_prints_many_metrics_as_rows():
+    """A few metrics are columns, one row per run; an image run's dozens would fold into an unreadable table, so
+    past WIDE they are rows, one column per run (and per experiment in the mean ± std table)."""
+    from rich.console import Console
+
+    from advinf.cli import WIDE, comparison_tables
+    from advinf.compare import Comparison
+
+    def text(comparison):
+        console = Console(record=True, width=200)
+        for table in comparison_tables(comparison):
+            console.print(table)
+        return console.export_text()
+
+    def runs(n_metrics):
+        metrics = {"probe": {f"layer_{i}_accuracy": 0.5 + i / 100 for i in range(n_metrics)}}
+        return [RunResult(f"runs/a{s}", f"a{s}", "ali_digits", "ali", s, 100, True, metrics, "eval.json", "x")
+                for s in (0, 1)]
+
+    few = runs(3)
+    lines = text(Comparison(few, summarise(few))).splitlines()
+    header = next(ln for ln in lines if "layer 0 accuracy" in ln)
+    assert "layer 2 accuracy" in header and "seed" in header  # metrics are columns
+    assert sum(ln.lstrip("│ ").startswith("a0 ") or "│ a0 " in ln for ln in lines) == 1  # a row per run
+
+    assert WIDE < 12
+    many = runs(12)
+    printed = text(Comparison(many, summarise(many)))
+    lines = printed.splitlines()
+    header = next(ln for ln in lines if " a0 " in ln)
+    assert " a1 " in header and "layer" not in header  # the runs are columns
+    rows = [ln for ln in lines if "layer 11 accuracy" in ln]
+    assert len(rows) == 2 and "0.610" in rows[0] and "0.61 ± 0" in rows[1]  # per run, then mean ± std
+    assert "ali_digits" in printed and "0,1" in printed  # the experiment's column, its seeds
