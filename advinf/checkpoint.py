@@ -124,6 +124,21 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME_RE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
+def incomplete_checkpoints(root: Path) -> str | None:
+    """What the ``step_*`` entries under ``root`` that are no complete checkpoint are, when there are such (links
+    are never followed: a checkpoint is a folder of the run), for messages; None when there are none."""
+    found = sorted((p for p in root.glob("step_*") if p not in list_checkpoints(root)), key=lambda p: p.name) \
+        if root.is_dir() else []
+    if not found:
+        return None
+    linked = [p.name for p in found if p.is_symlink()]
+    missing = [p.name for p in found if not p.is_symlink()]
+    parts = [f"{', '.join(linked)} {'is a link' if len(linked) == 1 else 'are links'} (a checkpoint must be a "
+             f"folder of the run: copy the folder in instead of linking it)"] if linked else []
+    parts += [f"{', '.join(missing)}: state.json missing"] if missing else []
+    return "; ".join(parts)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint ``latest`` names; if it is missing or incomplete, the newest complete one (warned)."""
     if root.exists() and not root.is_dir():

@@ -67,7 +67,9 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
         raise UserError(f"{run_dir} is not an advinf run directory (no {RECIPE_FILE})")
     path = Path(checkpoint) if checkpoint is not None else ckpt.latest_checkpoint(run_dir / CHECKPOINTS_DIR)
     if path is None:
-        raise UserError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / CHECKPOINTS_DIR})")
+        why = ckpt.incomplete_checkpoints(run_dir / CHECKPOINTS_DIR)
+        raise UserError(f"{run_dir} has no checkpoint yet (nothing under {run_dir / CHECKPOINTS_DIR})" if why is None
+                        else f"{run_dir} has no complete checkpoint under {run_dir / CHECKPOINTS_DIR}: {why}")
     if nets is not None or game is not None:
         if nets is None or game is None:
             raise UserError("load_run(RUN, nets=..., game=...) needs both the networks and the game")

@@ -207,11 +207,12 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
 def _refuse_incomplete_checkpoints(root: Path) -> None:
     """Resuming with no complete checkpoint restarts from step 0 and would write over incomplete ones: their
     weights may be all that is left of the training, so they are never discarded silently."""
-    found = sorted(p.name for p in root.glob("step_*")) if root.is_dir() else []
-    if found:
-        raise UserError(f"{root} holds {', '.join(found)}, but none is a complete checkpoint (state.json missing); "
-                        f"resuming would start again from step 0 and write over them: move them out of {root} "
-                        f"first if that is what you want")
+    why = ckpt.incomplete_checkpoints(root)
+    if why is not None:
+        names = ", ".join(sorted(p.name for p in root.glob("step_*")))
+        raise UserError(f"{root} holds {names}, but none is a complete checkpoint ({why}); resuming would start "
+                        f"again from step 0 and write over them: move them out of {root} first if that is what "
+                        f"you want")
 
 
 def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to resume") -> dict[str, Any]:

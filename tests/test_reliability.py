@@ -534,6 +534,23 @@ def test_what_a_user_added_to_a_run_is_never_replaced(tmp_path):
         res = invoke("run", "--resume", run, "--stop-after", "12")
     assert res.exit_code == 2 and "none is a complete checkpoint" in res.output, res.output
     assert "step_0000010" in res.output and snapshot(run / "checkpoints") == before
+    assert "step_0000010, step_0000020, step_0000030: state.json missing" in " ".join(res.output.split())
+
+    # complete checkpoints linked in from elsewhere are not the run's (never followed): the message says so
+    linked, elsewhere = tmp_path / "linked", tmp_path / "elsewhere"
+    tiny_run(linked, "--set", "train.checkpoint_every=10")
+    elsewhere.mkdir()
+    for folder in sorted((linked / "checkpoints").glob("step_*")):
+        folder.rename(elsewhere / folder.name)
+        folder.symlink_to(elsewhere / folder.name, target_is_directory=True)
+    with pytest.warns(UserWarning, match="missing or incomplete"):
+        res = invoke("run", "--resume", linked, "--stop-after", "12")
+    assert res.exit_code == 2 and "step_0000010, step_0000020, step_0000030 are links (a checkpoint must be a " \
+        "folder of the run: copy the folder in instead of linking it)" in " ".join(res.output.split()), res.output
+    with pytest.warns(UserWarning, match="missing or incomplete"):
+        res = invoke("sample", linked, "--out", tmp_path / "s.png")  # not "nothing under checkpoints"
+    assert res.exit_code == 2 and "has no complete checkpoint under" in res.output, res.output
+    assert "are links" in res.output and not (tmp_path / "s.png").exists()
 
 
 def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):
