@@ -129,7 +129,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             log = _silent
         created = prepare_target(out_dir, resume=resume) if main else False  # before the (possibly slow) build
         try:
-            trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world)
+            trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world,
+                             keep_recipe_file=recipe is None and not overrides)
         except BaseException:
             if created:
                 remove_if_empty(out_dir)  # a failed start leaves nothing behind
@@ -176,9 +177,12 @@ def _silent(message: str) -> None:
 
 
 def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoint: ckpt.Checkpoint | None,
-           allow_changes: bool, log: Callable[[str], None], world: distributed.World | None = None) -> Trainer:
+           allow_changes: bool, log: Callable[[str], None], world: distributed.World | None = None,
+           keep_recipe_file: bool = False) -> Trainer:
     """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given. In a
-    data-parallel ``world``, ranks other than 0 train without a run directory or evaluators."""
+    data-parallel ``world``, ranks other than 0 train without a run directory or evaluators. ``keep_recipe_file``:
+    the recipe is RUN/recipe.toml as it stands (no recipe given, no ``--set``), so the file is not rewritten and
+    keeps the user's comments."""
     built = build(rec, host=host, init=checkpoint is None)
     spec = rec.spec
     main = world is None or world.main
@@ -192,8 +196,9 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing
     if trainer.run is None:
         return trainer
-    if checkpoint is None or allow_changes:
-        trainer.run.write_recipe(rec.to_toml(out_dir))
+    recipe_file = out_dir / RECIPE_FILE
+    if (checkpoint is None or allow_changes) and not (keep_recipe_file and recipe_file.is_file()):
+        trainer.run.write_recipe(rec.to_toml(out_dir))  # else RUN/recipe.toml is the recipe, kept as it is written
     if checkpoint is not None:
         log(f"resuming {out_dir} from step {trainer.step}")
     elif resume:

@@ -95,9 +95,11 @@ def test_an_edited_recipe_toml_is_a_change_on_resume(tmp_path):
     recipe.write_text("[train\n")
     res = resume()
     assert res.exit_code == 2 and f"{recipe} cannot be read" in res.output and "fix it to resume" in res.output
-    recipe.write_text(text.replace("lr = 0.0001", "lr = 0.0003", 1))
+    edited = "# mine: a faster rate\n" + text.replace("lr = 0.0001", "lr = 0.0003  # was 1e-4", 1)
+    recipe.write_text(edited)
     res = CliRunner().invoke(cli, ["run", "--resume", str(run), "--allow-changes"])
     assert res.exit_code == 0 and "applied the changed optimiser settings: optimizer.lr" in res.output, res.output
+    assert recipe.read_text() == edited  # the recipe it ran with, as the user wrote it: comments kept
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).state["recipe"]["optimizer"]["lr"] == 3e-4
 
 
