@@ -127,14 +127,20 @@ def list_checkpoints(root: Path) -> list[Path]:
 def incomplete_checkpoints(root: Path) -> str | None:
     """What the ``step_*`` entries under ``root`` that are no complete checkpoint are, when there are such (links
     are never followed: a checkpoint is a folder of the run), for messages; None when there are none."""
-    found = sorted((p for p in root.glob("step_*") if p not in list_checkpoints(root)), key=lambda p: p.name) \
-        if root.is_dir() else []
+    if not root.is_dir():
+        return None
+    complete = set(list_checkpoints(root))
+    found = sorted((p for p in root.glob("step_*") if p not in complete), key=lambda p: p.name)
     if not found:
         return None
     linked = [p.name for p in found if p.is_symlink()]
-    missing = [p.name for p in found if not p.is_symlink()]
+    misnamed = [p.name for p in found if not p.is_symlink() and not _NAME_RE.match(p.name)]
+    files = [p.name for p in found if not p.is_symlink() and _NAME_RE.match(p.name) and not p.is_dir()]
+    missing = [p.name for p in found if not p.is_symlink() and _NAME_RE.match(p.name) and p.is_dir()]
     parts = [f"{', '.join(linked)} {'is a link' if len(linked) == 1 else 'are links'} (a checkpoint must be a "
              f"folder of the run: copy the folder in instead of linking it)"] if linked else []
+    parts += [f"{', '.join(misnamed)}: not named step_N (N: the step)"] if misnamed else []
+    parts += [f"{', '.join(files)}: not a folder"] if files else []
     parts += [f"{', '.join(missing)}: state.json missing"] if missing else []
     return "; ".join(parts)
 

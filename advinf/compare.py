@@ -143,7 +143,7 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         evaluators = run_evaluators(run, host=host)
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:
             metrics = evaluate(run, evaluators, run.dataset.to(run.device), Path(tmp))
-        source, options = "recomputed", evaluator_options(run.recipe.resolved())
+        source, options = "recomputed", evaluator_options(run.recipe.resolved(), evaluators)
     else:
         metrics, source, options = {}, "none", {}
     return RunResult(str(run_dir), run_dir.name, spec.name, spec.game.name, spec.seed, run.step,
@@ -156,9 +156,9 @@ def _warn_unlike_options(results: list[RunResult]) -> None:
     --set`` on some of them, or recipes that configure it differently): they are not comparable."""
     for name in sorted({n for r in results for n in r.eval_options}):
         having = [r for r in results if name in r.eval_options]
-        keys = sorted({k for r in having for k in r.eval_options[name]})
-        unlike = [k for k in keys if len({json.dumps(r.eval_options[name].get(k), sort_keys=True)
-                                          for r in having}) > 1]
+        # over the keys every run's stamp holds: a stamp leaves out pictures-only options, an older one new options
+        keys = sorted(set.intersection(*(set(r.eval_options[name]) for r in having)))
+        unlike = [k for k in keys if len({json.dumps(r.eval_options[name][k], sort_keys=True) for r in having}) > 1]
         if unlike:
             detail = "; ".join(f"{k}: " + ", ".join(f"{json.dumps(r.eval_options[name].get(k))} ({r.label})"
                                                     for r in having) for k in unlike[:3])

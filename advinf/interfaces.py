@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -442,6 +442,11 @@ def _to(y: Tensor | None, device: torch.device) -> Tensor | None:
 
 class Evaluator(abc.ABC):
     """Reads a trained model (through its game) and its data, returns named metrics; may write pictures."""
+
+    #: Options that change only the pictures an evaluator draws, not its numbers (e.g. ``plot``): left out of the
+    #: options eval.json records with each entry, so changing them neither makes a finished run evaluate again
+    #: nor makes runs' numbers look unlike to ``compare``.
+    pictures_only: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:

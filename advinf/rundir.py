@@ -202,12 +202,21 @@ def eval_options(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             and isinstance(entry.get(EVAL_OPTIONS), dict)}
 
 
-def evaluator_options(recipe: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each evaluator's options in a resolved recipe (its ``every`` left out: it says when, not what), as JSON
-    gives them back, to stamp eval.json entries with and compare them."""
-    tables = recipe.get("evaluators", {})
-    return json.loads(json.dumps({n: {k: v for k, v in t.items() if k != "every"} for n, t in tables.items()
-                                  if isinstance(t, dict)}))
+def evaluator_options(recipe: Mapping[str, Any], evaluators: Mapping[str, Any] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Each evaluator's options in a resolved recipe, as JSON gives them back, to stamp eval.json entries with
+    and compare them: its ``every`` left out (it says when, not what), and the ``pictures_only`` options of the
+    built ``evaluators`` given (they change no number)."""
+    tables, evaluators = recipe.get("evaluators", {}), evaluators or {}
+    return json.loads(json.dumps({
+        n: {k: v for k, v in t.items() if k != "every" and k not in getattr(evaluators.get(n), "pictures_only", ())}
+        for n, t in tables.items() if isinstance(t, dict)}))
+
+
+def unlike_options(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The options two stamps of one evaluator disagree on, over the keys both hold: a stamp leaves out its
+    evaluator's pictures-only options, and an older advinf may have known fewer options."""
+    return sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

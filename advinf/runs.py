@@ -149,7 +149,7 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
-    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir)))
+    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir), evaluators))
     return results
 
 

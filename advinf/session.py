@@ -32,6 +32,7 @@ from advinf.rundir import (
     prepare_target,
     read_eval,
     remove_if_empty,
+    unlike_options,
 )
 from advinf.trainer import Trainer, TrainResult
 
@@ -141,8 +142,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             trainer.apply_optimizer_settings()
             if applied:
                 log(f"applied the changed optimiser settings: {', '.join(applied)}")
-        finished = _already_evaluated(trainer, out_dir, evaluator_options(rec.resolved(out_dir))) \
-            if checkpoint is not None and not changes else None
+        options = evaluator_options(rec.resolved(out_dir), trainer.evaluators)
+        finished = _already_evaluated(trainer, out_dir, options) if checkpoint is not None and not changes else None
         if finished is not None:
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
                 f"to do (advinf evaluate {out_dir} runs the evaluators again; --set train.steps=N --allow-changes "
@@ -166,7 +167,7 @@ def _already_evaluated(trainer: Trainer, out_dir: Path, evaluators: dict[str, di
     if any(steps.get(name) != trainer.step for name in evaluators):
         return None  # e.g. the final evaluation was interrupted: it runs again
     stamped = eval_options(data)  # an entry without options is of an older advinf: taken as the recipe's
-    if any(stamped.get(name, options) != options for name, options in evaluators.items()):
+    if any(unlike_options(stamped.get(name, options), options) for name, options in evaluators.items()):
         return None  # e.g. `advinf evaluate --set evaluators.NAME.key=value` at the last step: not the recipe's
     return TrainResult(0, 0.0, eval={n: results[n] for n in evaluators}, run_dir=out_dir,
                        checkpoint=ckpt.latest_checkpoint(out_dir / CHECKPOINTS_DIR))

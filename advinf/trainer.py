@@ -650,7 +650,7 @@ class Trainer:
         out_dir = self.run.path if self.run is not None else Path.cwd()
         results = evaluate(self.model(), evaluators, self.data, out_dir)
         if self.run is not None and final:  # the recipe's evaluators: stamped with their options
-            options = evaluator_options(self.recipe or {}) if evaluators is self.evaluators else None
+            options = evaluator_options(self.recipe or {}, evaluators) if evaluators is self.evaluators else None
             self.run.write_eval(results, self.step, options)
         for logger in self._active_loggers():
             logger.log_evaluation(self.step, results, final)
@@ -687,8 +687,8 @@ def _laid_out_like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tens
     layout the backward produced (a channels_last 1x1 convolution's weight gradient comes back with contiguous
     strides, for one), and CUDA's fused Adam refuses a gradient laid out unlike its parameter. Strides that differ
     only on size-1 dimensions describe the same memory: a view; otherwise one copy."""
-    if grad is None or grad.stride() == param.stride():
-        return grad
+    if grad is None or grad.layout != torch.strided or grad.stride() == param.stride():
+        return grad  # a sparse gradient (nn.Embedding(sparse=True)) has no strides
     if all(n == 1 or a == b for n, a, b in zip(param.shape, grad.stride(), param.stride(), strict=True)):
         return grad.as_strided(param.shape, param.stride())
     return torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     events = prof.key_averages()
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     if cuda:
-        kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+                   and not getattr(e, "is_user_annotation", False)]  # e.g. Optimizer.step: spans counted kernels
         busy = sum(e.self_device_time_total for e in kernels) / args.steps / 1000
         launches = sum(e.count for e in kernels) / args.steps
         print(f"{args.recipe} on {torch.cuda.get_device_name(device)}: eager step "

@@ -55,6 +55,8 @@ def reconstruction_accuracy(x: Tensor, recon: Tensor, centres: Tensor) -> float:
 
 
 class ModeCoverage(Evaluator):
+    pictures_only = frozenset({"plot", "plot_points"})  # the figure's options, not the numbers'
+
     def __init__(self, options: ModeCoverageOptions):
         self.o = options
 

@@ -107,6 +107,8 @@ def train_pixel_classifier(data: Dataset, o: ReconstructionOptions, classes: int
 
 
 class Reconstruction(Evaluator):
+    pictures_only = frozenset({"pictures"})  # the figure's options, not the numbers'
+
     def __init__(self, options: ReconstructionOptions):
         self.o = options
         # what depends on the data only (the mean image, the pixel classifier), kept for evaluations every N steps

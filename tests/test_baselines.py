@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -460,3 +461,22 @@ def test_compare_prints_many_metrics_as_rows():
     rows = [ln for ln in lines if "layer 11 accuracy" in ln]
     assert len(rows) == 2 and "0.610" in rows[0] and "0.61 ± 0" in rows[1]  # per run, then mean ± std
     assert "ali_digits" in printed and "0,1" in printed  # the experiment's column, its seeds
+
+
+def test_compare_weighs_only_the_options_every_stamp_holds():
+    """A stamp leaves out its evaluator's pictures-only options (and an older advinf's knew fewer options): runs
+    are unlike only in options all their stamps hold."""
+    from advinf.compare import _warn_unlike_options
+
+    def result(label, options):
+        return RunResult(f"runs/{label}", label, "ali", "ali", 0, 100, True, {"mode_coverage": {"m": 1}},
+                         "eval.json", "s", {"mode_coverage": options})
+
+    old = result("old", {"samples": 500, "plot": True, "plot_points": 200})  # no stamp: the recipe's options
+    new = result("new", {"samples": 500})  # stamped: pictures-only options left out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_unlike_options([old, new])
+    with pytest.warns(UserWarning, match=r"samples: 500 \(old\), 500 \(new\), 300 \(other\)"):
+        _warn_unlike_options([old, new, result("other", {"samples": 300})])
+

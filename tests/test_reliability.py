@@ -551,6 +551,16 @@ def test_what_a_user_added_to_a_run_is_never_replaced(tmp_path):
         res = invoke("sample", linked, "--out", tmp_path / "s.png")  # not "nothing under checkpoints"
     assert res.exit_code == 2 and "has no complete checkpoint under" in res.output, res.output
     assert "are links" in res.output and not (tmp_path / "s.png").exists()
+    (linked / "checkpoints" / "step_0000010").unlink()
+    (linked / "checkpoints" / "step_notes.txt").write_text("mine")
+    (linked / "checkpoints" / "step_0000040").write_text("a file")
+    (linked / "checkpoints" / "step_0000050").mkdir()
+    with pytest.warns(UserWarning, match="missing or incomplete"):
+        res = invoke("sample", linked, "--out", tmp_path / "s.png")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "step_0000020, step_0000030 are links" in said, res.output
+    assert "step_notes.txt: not named step_N (N: the step); step_0000040: not a folder; step_0000050: state.json " \
+        "missing" in said, res.output
 
 
 def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):

@@ -283,3 +283,29 @@ def test_an_evaluator_metric_named_like_advinfs_stamps_is_refused(tmp_path):
     with pytest.raises(advinf.UserError, match=r"evaluator 'stepper' returned metric\(s\) named step: .* rename"):
         trainer.fit()
     assert (tmp_path / "run" / "checkpoints").is_dir()  # the training is kept: `advinf evaluate` once it is fixed
+
+
+def test_a_sparse_gradient_is_stored_as_it_comes():
+    """An ``nn.Embedding(sparse=True)`` gives a sparse gradient, which has no strides to match to its parameter's:
+    it is stored as ``autograd.grad`` gave it, and SGD (which takes sparse gradients) trains the embedding."""
+
+    class EmbeddingCritic(advinf.JointCritic):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(4, 4, sparse=True)
+            self.head = torch.nn.Linear(12, 1)
+
+        def forward(self, x, z, y=None):
+            pair = torch.cat([x, z], 1)
+            rows = (pair[:, 0] > 0).long() + 2 * (pair[:, 1] > 0).long()  # a row of the table per quadrant
+            return self.head(torch.cat([self.table(rows), pair, pair], 1)).squeeze(1)
+
+    nets = tiny_nets()
+    nets["critic"] = EmbeddingCritic()
+    before = nets["critic"].table.weight.detach().clone()
+    trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=1, batch_size=32), optimizer=SGD, device="cpu")
+    trainer.train_step()
+    assert nets["critic"].table.weight.grad.layout == torch.sparse_coo
+    assert not torch.equal(nets["critic"].table.weight.detach(), before)
+

@@ -33,7 +33,7 @@ def test_evaluators_on_demand_merge_into_eval_json(trained):
     merged = json.loads((trained / "eval.json").read_text())
     assert merged["earlier"] == {"kept": 1}  # never loses earlier entries
     options = merged["mode_coverage"].pop("options")  # the options it was computed with, `every` left out
-    assert (options["samples"], options["plot"], "every" in options) == (200, False, False)
+    assert (options["samples"], "plot" in options, "every" in options) == (200, False, False)  # plot: pictures
     assert merged["mode_coverage"] == {**results["mode_coverage"], "step": 30}  # the step of the model evaluated
     assert results["mode_coverage"]["modes_total"] == 25
     with pytest.raises(advinf.UserError, match="unknown evaluator"):
@@ -123,3 +123,8 @@ def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missi
     res = CliRunner().invoke(cli, ["run", "--resume", str(run)])  # now it is: nothing to do
     assert res.exit_code == 0 and "had already finished" in res.output
     assert "options" not in json.loads(res.stdout)["mode_coverage"]  # the stamps stay in eval.json
+    # an option that changes only the pictures (ModeCoverage.pictures_only) changes no number: nothing to do again
+    evaluate_run(run, ["mode_coverage"], ["evaluators.mode_coverage.plot=false"], device="cpu")
+    assert "plot" not in json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and "had already finished" in res.output
