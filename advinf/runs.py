@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from advinf import checkpoint as ckpt
 from advinf.build import Built, build, build_evaluators
 from advinf.conditions import Condition
 from advinf.data import Dataset
-from advinf.errors import UserError
+from advinf.errors import RecipeError, UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
@@ -174,12 +175,27 @@ def run_evaluators(run: LoadedRun, recipe: Recipe | None = None, host: PluginHos
 
 
 def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = None) -> Recipe:
-    """The recipe a checkpoint was trained with (stored in it as JSON)."""
+    """The recipe a checkpoint was trained with (stored in it as JSON). Where it fails this advinf's checks (a run
+    of an older advinf, say, with an option since renamed), RUN/recipe.toml is used instead if it passes them,
+    with a warning: a user can fix that file, never the checkpoint (its state.json is checksummed)."""
     data: dict[str, Any] | None = loaded.state.get("recipe")
     if data is None:
         raise UserError(f"{loaded.path} holds no recipe; it was not written by advinf run")
-    return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host, load_plugins=False,
-                           environment=False)  # to sample or evaluate: training-only needs (loggers) not checked
+    try:
+        return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host,
+                               load_plugins=False, environment=False)  # no training-only needs (loggers) checked
+    except RecipeError as stored:
+        path = run_dir / RECIPE_FILE
+        try:
+            recipe = validate_recipe(read_toml(path), source=str(path), base_dir=run_dir, host=host,
+                                     load_plugins=False, environment=False)
+        except UserError as edited:
+            raise UserError(f"{stored.render()}\nThe recipe stored with the checkpoint fails this advinf's checks "
+                            f"(written by an older advinf?). Fix those keys in {path}, which is used instead once it "
+                            f"passes them; now it does not:\n{edited}") from None
+        warnings.warn(f"the recipe stored in {loaded.path}/state.json fails this advinf's checks "
+                      f"({'; '.join(p.render() for p in stored.problems)[:300]}); using {path} instead", stacklevel=2)
+        return recipe
 
 
 def _run_device(run_dir: Path, device: str | torch.device | None, trained_on: str) -> torch.device:

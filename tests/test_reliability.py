@@ -630,3 +630,30 @@ def test_files_and_folders_of_a_run_get_the_usual_permissions(tmp_path):
             assert stat.S_IMODE((run / "eval.json").stat().st_mode) == mode
     finally:
         os.umask(old)
+
+
+def test_a_run_whose_stored_recipe_fails_todays_checks_opens_with_its_fixed_recipe_toml(tmp_path):
+    """A run written by an older advinf may hold a recipe this one refuses (an option since renamed). Its
+    checkpoint is checksummed and cannot be fixed, so sample and evaluate use RUN/recipe.toml once it passes,
+    with a warning; while it does not, the message names both sources and what to do."""
+    from advinf import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    tiny_run(run)
+    state_path = next(run.glob("checkpoints/step_*/state.json"))
+    state = json.loads(state_path.read_text())
+    state["recipe"]["encoder"]["hiden"] = 400  # as if an older advinf had spelled the option so
+    state["state_checksum"] = ckpt._state_checksum(state)  # noqa: SLF001 (what that advinf would have written)
+    state_path.write_text(json.dumps(state))
+    recipe = run / "recipe.toml"
+    good = recipe.read_text()
+    recipe.write_text(good.replace("[encoder]\n", "[encoder]\nhiden = 400\n", 1))
+    res = invoke("sample", run, "--out", tmp_path / "s.png")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"{state_path}: 1 problem" in said and "encoder.hiden" in said, res.output
+    assert f"Fix those keys in {recipe}, which is used instead once it passes them; now it does not" in said
+    assert "Traceback" not in res.output and not (tmp_path / "s.png").exists()
+    recipe.write_text(good)  # fixed
+    with pytest.warns(UserWarning, match=r"fails this advinf's checks \(encoder.hiden: .*\); using .*recipe.toml"):
+        res = invoke("sample", run, "--out", tmp_path / "s.png")
+    assert res.exit_code == 0 and (tmp_path / "s.png").is_file(), res.output
