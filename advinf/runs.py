@@ -191,8 +191,9 @@ def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = 
                                      load_plugins=False, environment=False)
         except UserError as edited:
             raise UserError(f"{stored.render()}\nThe recipe stored with the checkpoint fails this advinf's checks "
-                            f"(written by an older advinf?). Fix those keys in {path}, which is used instead once it "
-                            f"passes them; now it does not:\n{edited}") from None
+                            f"(written by another version of advinf, or with plugins not installed here?). Install "
+                            f"what it needs, or fix those keys in {path}, which is used instead once it passes "
+                            f"them; now it does not:\n{edited}") from None
         warnings.warn(f"the recipe stored in {loaded.path}/state.json fails this advinf's checks "
                       f"({'; '.join(p.render() for p in stored.problems)[:300]}); using {path} instead", stacklevel=2)
         return recipe

@@ -651,7 +651,7 @@ def test_a_run_whose_stored_recipe_fails_todays_checks_opens_with_its_fixed_reci
     res = invoke("sample", run, "--out", tmp_path / "s.png")
     said = " ".join(res.output.split())
     assert res.exit_code == 2 and f"{state_path}: 1 problem" in said and "encoder.hiden" in said, res.output
-    assert f"Fix those keys in {recipe}, which is used instead once it passes them; now it does not" in said
+    assert f"fix those keys in {recipe}, which is used instead once it passes them; now it does not" in said
     assert "Traceback" not in res.output and not (tmp_path / "s.png").exists()
     recipe.write_text(good)  # fixed
     with pytest.warns(UserWarning, match=r"fails this advinf's checks \(encoder.hiden: .*\); using .*recipe.toml"):
