@@ -207,6 +207,9 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         log(f"warning: {out_dir} has no checkpoint yet; starting it again from step 0")
     else:
         log(f"run directory: {out_dir}")
+    hint = trainer.speed_hint()
+    if hint is not None:
+        log(hint)
     return trainer
 
 

@@ -204,3 +204,18 @@ def test_a_recipe_s_tf32_is_a_boolean():
     assert res.exit_code == 2 and "train.tf32: Input should be a valid boolean (got 'yes')" in res.output
     res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_mixture25.toml"), "--set", "train.tf32=true"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_cuda_run_that_could_record_its_step_is_told_so():
+    """On CUDA, a run without train.cuda_graph whose step could be recorded gets a one-line hint (recording is
+    the largest gain measured on a GPU); none on the CPU, none with cuda_graph on, none where it is refused."""
+    trainer = _trainer()
+    assert trainer.speed_hint() is None  # the CPU
+    trainer.device = torch.device("cuda")  # what the hint reads; nothing runs on it here
+    assert trainer.cuda_graph_refusal() is None
+    assert "--set train.cuda_graph=true records the whole step" in trainer.speed_hint()
+    trainer.spec = trainer.spec.model_copy(update={"nonfinite": "skip"})
+    assert "decides on the host" in trainer.cuda_graph_refusal() and trainer.speed_hint() is None
+    trainer.spec = trainer.spec.model_copy(update={"nonfinite": "stop", "cuda_graph": True})
+    assert trainer.speed_hint() is None
+
