@@ -19,7 +19,7 @@ from advinf.errors import RecipeError, UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe, read_toml, validate_recipe
+from advinf.recipe import Recipe, changed_keys, read_toml, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
     EVAL_FILE,
@@ -185,18 +185,36 @@ def recipe_of(loaded: ckpt.Checkpoint, run_dir: Path, host: PluginHost | None = 
         return validate_recipe(data, source=f"{loaded.path}/state.json", base_dir=run_dir, host=host,
                                load_plugins=False, environment=False)  # no training-only needs (loggers) checked
     except RecipeError as stored:
+        if any(p.key.endswith(".name") or p.key == "name" for p in stored.problems):
+            raise  # a component this machine lacks (a plugin not installed): no other recipe can stand in for it
         path = run_dir / RECIPE_FILE
         try:
             recipe = validate_recipe(read_toml(path), source=str(path), base_dir=run_dir, host=host,
                                      load_plugins=False, environment=False)
         except UserError as edited:
             raise UserError(f"{stored.render()}\nThe recipe stored with the checkpoint fails this advinf's checks "
-                            f"(written by another version of advinf, or with plugins not installed here?). Install "
-                            f"what it needs, or fix those keys in {path}, which is used instead once it passes "
-                            f"them; now it does not:\n{edited}") from None
+                            f"(written by another version of advinf?). Fix those keys in {path}, which is used "
+                            f"instead once it passes them; now it does not:\n{edited}") from None
+        sections = {p.key.rsplit(".", 1)[0] for p in stored.problems}
+        other = [k for k in changed_keys(data, recipe.resolved(run_dir))
+                 if _holds(data, k) and k.rsplit(".", 1)[0] not in sections]  # keys new defaults add: not changes
+        if other:
+            raise UserError(f"{stored.render()}\nThe recipe stored with the checkpoint fails this advinf's checks, "
+                            f"and {path}, which would be used instead, differs from it in more than those sections: "
+                            f"{', '.join(other[:8])}. The weights would be loaded into another model; make {path} "
+                            f"the checkpoint's recipe but for those keys") from None
         warnings.warn(f"the recipe stored in {loaded.path}/state.json fails this advinf's checks "
                       f"({'; '.join(p.render() for p in stored.problems)[:300]}); using {path} instead", stacklevel=2)
         return recipe
+
+
+def _holds(data: dict[str, Any], dotted: str) -> bool:
+    """Whether the nested ``data`` has the dotted key."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
 
 
 def _run_device(run_dir: Path, device: str | torch.device | None, trained_on: str) -> torch.device:

@@ -8,17 +8,21 @@
 #
 #   OUT=gpu_out bash benchmarks/gpu_check.sh [STEPS]      # STEPS: timed steps per bench repeat (default 100)
 #
-# $OUT receives three files, whatever happens: summary.txt (the lines to read), pytest_gpu.txt, and
-# gpu_check.tgz with every report and log, packed again after each stage (a machine that returns few files, or
-# a run stopped at its time limit, still gives back what the finished stages measured).
+# $OUT receives three files: summary.txt (the lines to read), pytest_gpu.txt, and gpu_check.tgz with every report
+# and log, packed again after each stage (a machine that returns few files, or a run stopped at its time limit,
+# still gives back what the finished stages measured). Every stage's time limit is cut to what is left of
+# BUDGET seconds (default 560: a lent machine's call may run 600), and the exit status is 1 if any stage failed.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 STEPS=${1:-100}
+BUDGET=${BUDGET:-560}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+[[ "$PY" == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # a relative path: made absolute
+FAILED=()
 SITE=/tmp/advinf_site
 rm -rf "$SITE"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -27,15 +31,30 @@ fi
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 2
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
-pack() { tar czf "$OUT/gpu_check.tgz" -C "$WORK" . && cp "$WORK/summary.txt" "$OUT/summary.txt" 2>/dev/null; true; }
+# the archive is written beside and renamed into place: a run killed while packing keeps the previous one
+pack() {
+    tar czf "$OUT/.gpu_check.tgz.part" -C "$WORK" . && mv -f "$OUT/.gpu_check.tgz.part" "$OUT/gpu_check.tgz"
+    cp "$WORK/summary.txt" "$OUT/summary.txt" 2>/dev/null
+    true
+}
 say() { echo "$*" | tee -a "$WORK/summary.txt"; }
-# each bench is given at most 150 s, so that a hang cannot cost the runs after it
-bench() { local name=$1; shift; timeout 150 "$PY" -m advinf bench "$@" --json --steps "$STEPS" --warmup 20 \
-    --repeats 3 > "$WORK/bench_$name.json" 2> "$WORK/bench_$name.err"; pack; }
+# at most $1 seconds, and never past the budget (so that a hang cannot cost the stages after it)
+limit() { local left=$((BUDGET - SECONDS)); (( left < $1 )) && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
+stage() {  # stage NAME SECONDS COMMAND...: run it under its limit; a failure is recorded and said
+    local name=$1 secs rc; secs=$(limit "$2"); shift 2
+    timeout "$secs" "$@"; rc=$?
+    if (( rc != 0 )); then FAILED+=("$name"); say "FAILED: $name (exit status $rc, limit ${secs} s)"; fi
+    pack
+}
+bench() { local name=$1; shift; stage "bench $name" 150 bash -c '"$0" -m advinf bench "$@" > "$WORK/bench_'"$name"'.json" \
+    2> "$WORK/bench_'"$name"'.err"' "$PY" "$@" --json --steps "$STEPS" --warmup 20 --repeats 3; }
+export WORK
 
 nvidia-smi > "$WORK/nvidia-smi.txt" 2>&1
-"$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))" \
-    > "$WORK/torch.txt" || { cat "$WORK/torch.txt"; pack; exit 2; }
+if ! "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available(), torch.cuda.get_device_name(0))" \
+        > "$WORK/torch.txt" 2>&1; then
+    say "torch cannot use CUDA here: $(tail -n 1 "$WORK/torch.txt")"; pack; exit 2
+fi
 say "torch, CUDA, device: $(cat "$WORK/torch.txt")"
 
 # ali_svhn (channels_last: the recipe's): eager IEEE fp32; recorded with bf16; recorded with TF32; compiled with
@@ -45,33 +64,35 @@ bench svhn_graph_bf16 recipes/ali_svhn.toml --set train.cuda_graph=true --set tr
 bench svhn_graph_tf32 recipes/ali_svhn.toml --set train.cuda_graph=true --set train.tf32=true
 bench svhn_compile_bf16 recipes/ali_svhn.toml --set train.compile=true --set train.autocast=bf16
 bench toy_graph recipes/ali_mixture25.toml --set train.cuda_graph=true
-(cd "$WORK" && "$PY" -m advinf_benchmarks.project bench_*.json) | tee -a "$WORK/summary.txt"
+"$PY" -m advinf_benchmarks.project "$WORK"/bench_*.json | tee -a "$WORK/summary.txt"
 pack
 
 # where the recorded step's time goes: the eager bf16 step's kernels (the recorded step runs the same ones)
-timeout 90 "$PY" -m advinf_benchmarks.profile_step recipes/ali_svhn.toml --set train.autocast=bf16 --steps 20 \
-    --rows 30 > "$WORK/profile.txt" 2>&1
+stage profile 90 bash -c '"$0" -m advinf_benchmarks.profile_step recipes/ali_svhn.toml --set train.autocast=bf16 \
+    --steps 20 --rows 30 > "$WORK/profile.txt" 2>&1' "$PY"
 grep -m1 "kernels in" "$WORK/profile.txt" | tee -a "$WORK/summary.txt"
-pack
 
-# the recorded bf16 step's options side by side, in one process (samples/s column: at the first one's batch)
-timeout 200 "$PY" -m advinf_benchmarks.options recipes/ali_svhn.toml --data random --steps 200 --warmup 30 \
-    --repeats 2 --set train.device=cuda \
-    --config graph_bf16=train.cuda_graph=true,train.autocast=bf16 \
+# the recorded bf16 step's options side by side, in one process (samples/s column: at the first one's batch);
+# compile on its own, so that a slow compile cannot cost the other rows
+options() { local name=$1; shift; stage "options $name" 120 bash -c '"$0" -m advinf_benchmarks.options \
+    recipes/ali_svhn.toml --data random --steps 200 --warmup 30 --repeats 2 --set train.device=cuda "$@" \
+    > "$WORK/options_'"$name"'.txt" 2>&1' "$PY" "$@"; tail -n 4 "$WORK/options_$name.txt" | tee -a "$WORK/summary.txt"; }
+options layout --config graph_bf16=train.cuda_graph=true,train.autocast=bf16 \
     --config graph_bf16_nchw=train.cuda_graph=true,train.autocast=bf16,train.channels_last=false \
-    --config graph_bf16_compile=train.cuda_graph=true,train.autocast=bf16,train.compile=true \
-    --config graph_bf16_b500=train.cuda_graph=true,train.autocast=bf16,train.batch_size=500 \
-    > "$WORK/options.txt" 2>&1
-tail -n 5 "$WORK/options.txt" | tee -a "$WORK/summary.txt"
-pack
+    --config graph_bf16_b500=train.cuda_graph=true,train.autocast=bf16,train.batch_size=500
+options compile --config graph_bf16=train.cuda_graph=true,train.autocast=bf16 \
+    --config graph_bf16_compile=train.cuda_graph=true,train.autocast=bf16,train.compile=true
 
 # what stacking 10 toy seeds in one step could gain on the GPU (docs/recipes.md, "Several seeds")
-timeout 120 "$PY" -m advinf_benchmarks.stacking --device cuda --seeds 10 --json > "$WORK/stacking_cuda.json" \
-    2> "$WORK/stacking_cuda.err" && say "stacking: $(tr -d '\n ' < "$WORK/stacking_cuda.json" | head -c 300)"
-pack
+stage stacking 120 bash -c '"$0" -m advinf_benchmarks.stacking --device cuda --seeds 10 --json \
+    > "$WORK/stacking_cuda.json" 2> "$WORK/stacking_cuda.err"' "$PY"
+say "stacking: $(tr -d '\n ' < "$WORK/stacking_cuda.json" | head -c 300)"
 
 # the GPU tests (marked gpu; they skip without CUDA)
-timeout 240 "$PY" -m pytest -v -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 > "$OUT/pytest_gpu.txt" 2>&1
+stage tests 240 bash -c '"$0" -m pytest -v -m gpu tests/test_gpu.py -p no:cacheprovider --durations=5 \
+    > "$1/pytest_gpu.txt" 2>&1' "$PY" "$OUT"
 say "GPU tests: $(tail -n 1 "$OUT/pytest_gpu.txt")"
 for f in "$WORK"/*.err; do echo "== $f"; tail -n 4 "$f"; done
+say "${#FAILED[@]} stage(s) failed${FAILED[*]:+: ${FAILED[*]}}; ${SECONDS} s"
 pack
+[[ ${#FAILED[@]} -eq 0 ]]

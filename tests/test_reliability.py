@@ -651,9 +651,25 @@ def test_a_run_whose_stored_recipe_fails_todays_checks_opens_with_its_fixed_reci
     res = invoke("sample", run, "--out", tmp_path / "s.png")
     said = " ".join(res.output.split())
     assert res.exit_code == 2 and f"{state_path}: 1 problem" in said and "encoder.hiden" in said, res.output
-    assert f"fix those keys in {recipe}, which is used instead once it passes them; now it does not" in said
+    assert f"Fix those keys in {recipe}, which is used instead once it passes them; now it does not" in said
     assert "Traceback" not in res.output and not (tmp_path / "s.png").exists()
     recipe.write_text(good)  # fixed
     with pytest.warns(UserWarning, match=r"fails this advinf's checks \(encoder.hiden: .*\); using .*recipe.toml"):
         res = invoke("sample", run, "--out", tmp_path / "s.png")
     assert res.exit_code == 0 and (tmp_path / "s.png").is_file(), res.output
+    # a recipe.toml that differs elsewhere would put the weights into another model: refused
+    recipe.write_text(good.replace('[prior]\nname = "gaussian"', '[prior]\nname = "uniform"', 1))
+    assert 'name = "uniform"' in recipe.read_text()
+    res = invoke("sample", run, "--out", tmp_path / "t.png")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "differs from it in more than those sections: prior.name" in said, res.output
+    assert "make" in said and not (tmp_path / "t.png").exists()
+    # a component this machine lacks: no recipe.toml stands in for it
+    recipe.write_text(good)
+    state["recipe"]["prior"]["name"] = "fancy_prior"
+    state["state_checksum"] = ckpt._state_checksum(state)  # noqa: SLF001
+    state_path.write_text(json.dumps(state))
+    res = invoke("sample", run, "--out", tmp_path / "t.png")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "prior.name" in said and "fancy_prior" in said, res.output
+    assert "used instead" not in said and not (tmp_path / "t.png").exists()
