@@ -8,10 +8,11 @@
 #
 #   OUT=gpu_out bash benchmarks/gpu_check.sh [STEPS]      # STEPS: timed steps per bench repeat (default 100)
 #
-# $OUT receives three files: summary.txt (the lines to read), pytest_gpu.txt, and gpu_check.tgz with every report
-# and log, packed again after each stage (a machine that returns few files, or a run stopped at its time limit,
-# still gives back what the finished stages measured). Every stage's time limit is cut to what is left of
-# BUDGET seconds (default 560: a lent machine's call may run 600), and the exit status is 1 if any stage failed.
+# $OUT receives at most three files: summary.txt (the lines to read), pytest_gpu.txt, and gpu_check.tgz with
+# every report and log, packed again after each stage (a machine that returns few files, or a run stopped at its
+# time limit, still gives back what the finished stages measured). Every stage's time limit is cut to what is left of
+# BUDGET seconds (default 560: a lent machine's call may run 600; a stage left under 5 s is skipped), and
+# the exit status is 1 if any stage failed or was skipped.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 STEPS=${1:-100}
@@ -39,9 +40,10 @@ pack() {
 }
 say() { echo "$*" | tee -a "$WORK/summary.txt"; }
 # at most $1 seconds, and never past the budget (so that a hang cannot cost the stages after it)
-limit() { local left=$((BUDGET - SECONDS)); (( left < $1 )) && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
+limit() { local left=$((BUDGET - SECONDS)); (( left < $1 )) && echo $(( left > 0 ? left : 0 )) || echo "$1"; }
 stage() {  # stage NAME SECONDS COMMAND...: run it under its limit; a failure is recorded and said
     local name=$1 secs rc; secs=$(limit "$2"); shift 2
+    if (( secs < 5 )); then FAILED+=("$name"); say "SKIPPED: $name (the budget of $BUDGET s is spent)"; return; fi
     timeout "$secs" "$@"; rc=$?
     if (( rc != 0 )); then FAILED+=("$name"); say "FAILED: $name (exit status $rc, limit ${secs} s)"; fi
     pack
@@ -93,6 +95,6 @@ stage tests 240 bash -c '"$0" -m pytest -v -m gpu tests/test_gpu.py -p no:cachep
     > "$1/pytest_gpu.txt" 2>&1' "$PY" "$OUT"
 say "GPU tests: $(tail -n 1 "$OUT/pytest_gpu.txt")"
 for f in "$WORK"/*.err; do echo "== $f"; tail -n 4 "$f"; done
-say "${#FAILED[@]} stage(s) failed${FAILED[*]:+: ${FAILED[*]}}; ${SECONDS} s"
+say "${#FAILED[@]} stage(s) failed or skipped${FAILED[*]:+: ${FAILED[*]}}; ${SECONDS} s"
 pack
 [[ ${#FAILED[@]} -eq 0 ]]
