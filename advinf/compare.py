@@ -122,7 +122,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
 
 
 def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> RunResult:
-    spec = run.recipe.spec
+    spec, resolved = run.recipe.spec, run.recipe.resolved()
     path = run_dir / EVAL_FILE
     if path.is_file():
         try:
@@ -131,7 +131,7 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
             raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
         if not isinstance(metrics, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
-        options = {**evaluator_options(run.recipe.resolved()), **eval_options(metrics)}
+        options = {**evaluator_options(resolved), **eval_options(metrics)}
         metrics, steps = eval_entries(metrics)
         stale = sorted(n for n, s in steps.items() if s != run.step)
         for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
@@ -143,11 +143,11 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         evaluators = run_evaluators(run, host=host)
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:
             metrics = evaluate(run, evaluators, run.dataset.to(run.device), Path(tmp))
-        source, options = "recomputed", evaluator_options(run.recipe.resolved(), evaluators)
+        source, options = "recomputed", evaluator_options(resolved, evaluators)
     else:
         metrics, source, options = {}, "none", {}
     return RunResult(str(run_dir), run_dir.name, spec.name, spec.game.name, spec.seed, run.step,
-                     run.encoder is not None, metrics, source, _setting(run.recipe.resolved()),
+                     run.encoder is not None, metrics, source, _setting(resolved),
                      {n: o for n, o in options.items() if n in metrics})
 
 
