@@ -156,6 +156,7 @@ class Trainer:
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16,
                                          cache_enabled=not self.spec.cuda_graph)  # a graph must not hold casts
                           if self.spec.autocast == "bf16" else contextlib.nullcontext())
+        self._scalar_keys: tuple[str, ...] | None = None  # the scalars the game logs (the first step's)
         self._trial()  # before the run directory is touched
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
         if self.run is not None and recipe is None:
@@ -226,9 +227,24 @@ class Trainer:
                             f"{hint}") from exc
 
     def _checked(self, out: GameLosses) -> GameLosses:
+        """``out`` if it keeps the losses contract: one 0-dim tensor per player, 0-dim scalars, the same scalars
+        every step (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
+        game = type(self.game).__name__
         missing = [p.name for p in self.players if p.name not in out.losses]
         if missing:
             raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
+        for kind, values in (("loss", out.losses), ("scalar", out.scalars)):
+            for name, v in values.items():
+                if not isinstance(v, Tensor) or v.dim() != 0:
+                    got = f"shape {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
+                    raise UserError(f"game {game}: losses() returned {kind} {name!r} as {got}; each loss and scalar "
+                                    "must be a 0-dim tensor (reduce it, e.g. .mean())")
+        keys = tuple(out.scalars)
+        if self._scalar_keys is None:
+            self._scalar_keys = keys
+        elif keys != self._scalar_keys:
+            raise UserError(f"game {game}: losses() returned the scalars {list(keys)} after {list(self._scalar_keys)}"
+                            "; return the same scalars (names, in the same order) on every step")
         return out
 
     def _forward(self, next_batch: Callable[[], Batch]) -> GameLosses:

@@ -309,3 +309,39 @@ def test_a_sparse_gradient_is_stored_as_it_comes():
     assert nets["critic"].table.weight.grad.layout == torch.sparse_coo
     assert not torch.equal(nets["critic"].table.weight.detach(), before)
 
+
+
+class _BrokenContract(JointGame):
+    """ALI whose losses() breaks the contract in one of three ways (``how``)."""
+
+    def __init__(self, how: str):
+        super().__init__(JointGameOptions(), stochastic=True)
+        self.how, self.calls = how, 0
+
+    def losses(self, nets, batch):
+        out = super().losses(nets, batch)
+        self.calls += 1
+        if self.how == "per_example":  # (B,) losses: no scalar to take a gradient of
+            out.losses["critic"] = out.losses["critic"] * torch.ones(batch.x.shape[0])
+        elif self.how == "shaped_scalar":
+            out.scalars["extra"] = out.losses["critic"].detach()[None]
+        elif self.how == "scalar_on_odd_calls" and self.calls % 2:
+            out.scalars["extra"] = out.losses["critic"].detach()
+        return out
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("per_example", r"game _BrokenContract: losses\(\) returned loss 'critic' as shape \(32,\); each loss and "
+                    r"scalar must be a 0-dim tensor"),
+    ("shaped_scalar", r"returned scalar 'extra' as shape \(1,\)"),
+    ("scalar_on_odd_calls", r"returned the scalars \[.*\] after \[.*'extra'\]; return the same scalars"),
+])
+def test_a_game_that_breaks_the_losses_contract_is_named_before_anything_is_written(tmp_path, how, message):
+    """Not torch's 'grad can be implicitly created only for scalar outputs' or a size mismatch in the trainer's
+    sums, after the run directory was made: the first two fail in the trial step, before it."""
+    run = tmp_path / "run"
+    with pytest.raises(advinf.UserError, match=message):
+        Trainer(tiny_nets(), _BrokenContract(how), tiny_data(), train=TrainSpec(steps=4, batch_size=32,
+                progress="none"), device="cpu", run_dir=run).fit()
+    if how != "scalar_on_odd_calls":  # seen in the trial; a scalar that comes and goes shows on a later step
+        assert not run.exists()
