@@ -23,23 +23,16 @@ from advinf.data import Dataset
 from advinf.errors import PluginError, Problem, RecipeError, UserError
 from advinf.interfaces import (
     BuildContext,
-    Decoder,
-    Encoder,
     Evaluator,
     Game,
-    JointCritic,
     Logger,
     Networks,
-    Prior,
 )
-from advinf.plugins import PluginHost, default_host
+from advinf.plugins import COMPONENT_TYPES, PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.recipe import NetworkSpec, Recipe, build_game
 from advinf.rundir import CHECKPOINTS_DIR, is_run_dir
 from advinf.settings import resolve_device
-
-_EXPECTED: dict[str, type] = {"dataset": Dataset, "prior": Prior, "encoder": Encoder, "decoder": Decoder,
-                              "critic": JointCritic, "evaluator": Evaluator, "logger": Logger}
 
 
 @dataclass
@@ -120,9 +113,9 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
     except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
         raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
                                                         f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
-    if not isinstance(obj, _EXPECTED[kind]):
+    if not isinstance(obj, COMPONENT_TYPES[kind]):
         raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
-                          f"{type(obj).__name__}, not a {_EXPECTED[kind].__name__}")
+                          f"{type(obj).__name__}, not a {COMPONENT_TYPES[kind].__name__}")
     mark(obj, Origin(kind, name, options.model_dump(mode="json", exclude_none=True)))  # as advinf.create does
     return obj
 

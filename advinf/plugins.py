@@ -19,8 +19,19 @@ import pluggy
 from pydantic import BaseModel, ConfigDict
 
 from advinf import hookspecs
-from advinf.errors import PluginError, RecipeError, UserError, suggest
-from advinf.interfaces import BuildContext, RegisteredName
+from advinf.data import Dataset
+from advinf.errors import PluginError, Problem, RecipeError, UserError, suggest
+from advinf.interfaces import (
+    BuildContext,
+    Decoder,
+    Encoder,
+    Evaluator,
+    Game,
+    JointCritic,
+    Logger,
+    Prior,
+    RegisteredName,
+)
 from advinf.options import check_options
 from advinf.provenance import Origin, mark
 
@@ -31,6 +42,12 @@ class NoOptions(BaseModel):
     """The options model of a component that takes none."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+#: What each kind's factory must return (checked by ``create`` and when a recipe is built).
+COMPONENT_TYPES: dict[str, type] = {"game": Game, "dataset": Dataset, "prior": Prior, "encoder": Encoder,
+                                    "decoder": Decoder, "critic": JointCritic, "evaluator": Evaluator,
+                                    "logger": Logger}
 
 
 @dataclass(frozen=True)
@@ -280,8 +297,10 @@ class PluginHost:
         return {name: comp.factory for name, comp in self.registry["divergence"].items()}
 
     def context(self, ctx: BuildContext | None = None) -> BuildContext:
-        """``ctx`` (or an empty one) with this host's divergences, for a game's factory."""
-        return dataclasses.replace(ctx or BuildContext(), divergences=self.divergences())
+        """``ctx`` (or an empty one) with this host's divergences, for a game's factory, and this host as
+        ``ctx.host`` unless it names one (for factories that build other components by name)."""
+        base = ctx or BuildContext()
+        return dataclasses.replace(base, divergences=self.divergences(), host=base.host or self)
 
     def create(self, kind: str, name: str, ctx: Any = None, /, **options: Any) -> Any:
         """Build a component by name with keyword options (validated by its options model); a divergence is
@@ -293,13 +312,45 @@ class PluginHost:
                             f"the kinds are {', '.join(self.registry)}")
         comp = self.get(kind, name)
         validated, problems = check_options(comp, options)
+        for option, ref, value in self.named_components(comp, validated):  # as a recipe's are checked
+            if value not in self.registry.get(ref.kind, {}):
+                problems.append(self.unknown_name(ref.kind, option, value))
+            elif ref.options is not None:
+                problems += check_options(self.get(ref.kind, value), dict(getattr(validated, ref.options) or {}),
+                                          ref.options)[1]
         if problems:
             raise RecipeError(f"create({kind!r}, {name!r})", problems)
         if kind == "divergence":
             return comp.factory
-        component = comp.factory(validated, self.context(ctx))
+        try:
+            component = comp.factory(validated, self.context(ctx))
+        except UserError:  # the factory's own message, e.g. sizes that do not fit the data
+            raise
+        except Exception as exc:
+            raise PluginError(f"building {kind} '{name}' (plugin '{comp.plugin}') failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        expected = COMPONENT_TYPES.get(kind)
+        if expected is not None and not isinstance(component, expected):
+            raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
+                              f"{type(component).__name__}, not a {expected.__name__}")
         mark(component, Origin(kind, name, validated.model_dump(mode="json", exclude_none=True)))
         return component
+
+    def named_components(self, comp: Component, validated: BaseModel | None) -> list[tuple[str, RegisteredName, str]]:
+        """The options of ``validated`` (``comp``'s options) that name other registered components, marked with
+        ``RegisteredName``: (option, marker, the name given)."""
+        if validated is None:
+            return []
+        return [(option, ref, value) for option, info in comp.options.model_fields.items()
+                for ref in info.metadata if isinstance(ref, RegisteredName)
+                for value in [getattr(validated, option)] if isinstance(value, str)]
+
+    def unknown_name(self, kind: str, key: str, name: str) -> Problem:
+        """An unknown component name at ``key``: near misses, the available names, plugins that failed to load."""
+        available = self.names(kind)
+        hint = suggest(name, available)
+        hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
+        return Problem(key, f"unknown {kind}", name, True, hint + self.broken_note())
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[str]) -> str:

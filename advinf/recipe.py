@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
-from advinf.interfaces import WELL_KNOWN, BuildContext, Game, RegisteredName, validation_context
+from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
 from advinf.options import check_options, problems_from
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
@@ -513,7 +513,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     reserved = {"evaluator": EVALUATOR_KEYS, "encoder": NETWORK_KEYS, "decoder": NETWORK_KEYS,
                 "critic": NETWORK_KEYS}.get(kind, ("name",))
     if name not in host.registry[kind]:
-        problems.append(_unknown(host, kind, name_key or f"{section}.name", name))
+        problems.append(host.unknown_name(kind, name_key or f"{section}.name", name))
         return
     try:
         comp = host.get(kind, name)
@@ -525,25 +525,13 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
     if validated is None:
         return
     out[section] = validated
-    for field_name, info in comp.options.model_fields.items():  # options that name other components
-        for ref in (m for m in info.metadata if isinstance(m, RegisteredName)):
-            value = getattr(out[section], field_name)
-            if not isinstance(value, str):
-                continue
-            if value not in host.registry.get(ref.kind, {}):
-                problems.append(_unknown(host, ref.kind, f"{section}.{field_name}", value))
-            elif ref.options is not None:  # and that component's options, in their own table
-                nested = getattr(out[section], ref.options) or {}
-                _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
-                                    name_key=f"{section}.{field_name}", environment=environment)
-
-
-def _unknown(host: PluginHost, kind: str, key: str, name: str) -> Problem:
-    """An unknown component name at ``key``: near misses, the available names, plugins that failed to load."""
-    available = host.names(kind)
-    hint = suggest(name, available)
-    hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
-    return Problem(key, f"unknown {kind}", name, True, hint + host.broken_note())
+    for field_name, ref, value in host.named_components(comp, out[section]):  # options naming other components
+        if value not in host.registry.get(ref.kind, {}):
+            problems.append(host.unknown_name(ref.kind, f"{section}.{field_name}", value))
+        elif ref.options is not None:  # and that component's options, in their own table
+            nested = getattr(out[section], ref.options) or {}
+            _validate_component(host, ref.kind, f"{section}.{ref.options}", value, dict(nested), {}, problems,
+                                name_key=f"{section}.{field_name}", environment=environment)
 
 
 def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:

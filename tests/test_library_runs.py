@@ -165,6 +165,38 @@ def test_create_checks_options_as_a_recipe_does_and_is_typed_by_kind():
     assert files("advinf").joinpath("py.typed").is_file()  # PEP 561: type checkers read advinf's hints
 
 
+def test_create_checks_named_components_and_what_the_factory_does_as_a_recipe_does(advinf_host):
+    """A registered name in the options gets the recipe's "did you mean"; a factory that raises or returns the
+    wrong kind is named with its plugin; the factory's ctx.host is the host that builds it."""
+    with pytest.raises(advinf.RecipeError) as err:
+        advinf.create("game", "ali", None, divergence="hinje")
+    assert str(err.value).startswith("create('game', 'ali'): 1 problem\n  divergence: unknown divergence (got "
+                                     "'hinje'); did you mean 'hinge'? available: hinge, least_squares")
+
+    class Plugin:
+        seen = []
+
+        @advinf.hookimpl
+        def register_critics(self, register):
+            register("nothing", lambda o, ctx: None)
+            register("exploding", lambda o, ctx: 1 / 0)
+
+        @advinf.hookimpl
+        def register_priors(self, register):
+            register("host_seen", lambda o, ctx: Plugin.seen.append(ctx.host) or
+                     advinf.create("prior", "gaussian", None, dim=2))
+
+    advinf_host.add_plugin(Plugin(), name="odd")
+    with pytest.raises(advinf.PluginError, match=r"the factory of critic 'nothing' \(plugin 'odd'\) returned "
+                                                 r"NoneType, not a JointCritic"):
+        advinf_host.create("critic", "nothing")
+    with pytest.raises(advinf.PluginError, match=r"building critic 'exploding' \(plugin 'odd'\) failed: "
+                                                 r"ZeroDivisionError: division by zero"):
+        advinf_host.create("critic", "exploding")
+    assert isinstance(advinf_host.create("prior", "host_seen"), advinf.Prior)
+    assert Plugin.seen == [advinf_host]
+
+
 def test_a_used_run_directory_is_refused_in_the_librarys_words_too(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.toml").write_text("")

@@ -119,7 +119,8 @@ def test_fewer_samples_or_real_examples_and_a_kid_subset_lowered_to_fit(tmp_path
 
 def test_bad_network_names_and_options_are_user_errors():
     ctx = BuildContext(dataset=digits())
-    with pytest.raises(UserError, match="unknown feature_network 'inceptoin'; did you mean 'inception'"):
+    with pytest.raises(UserError, match=r"network: unknown feature_network \(got 'inceptoin'\); did you mean "
+                                        r"'inception'\? available: inception, label_classifier"):
         advinf.create("evaluator", "fid", ctx, network="inceptoin")
     with pytest.raises(UserError, match="network_options.epochs: Input should be greater than or equal to 1"):
         advinf.create("evaluator", "fid", ctx, network_options={"epochs": 0})
