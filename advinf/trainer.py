@@ -270,9 +270,11 @@ class Trainer:
 
     def train_step(self) -> GameLosses:
         """One update under the recipe's scheme (replayed from a CUDA graph with ``train.cuda_graph``); returns
-        the (last) losses."""
+        the (last) losses. Counts in ``step``, as ``fit`` does: a later ``fit`` trains up to ``train.steps`` in
+        all, and a checkpoint says how many updates were made."""
         out = self._captured() if self._captured is not None else self._step_on(self.batches.next)
         self._step_schedules()
+        self.step += 1
         return out
 
     def _step_on(self, next_batch: Callable[[], Batch]) -> GameLosses:
@@ -418,7 +420,6 @@ class Trainer:
                 try:
                     while self.step < end and self._stopping() is None:
                         out = self.train_step()
-                        self.step += 1
                         progress.advance(self.step)  # host values only: the step counter and the clock
                         if acc is None:
                             keys = [f"loss_{p.name}" for p in self.players] + list(out.scalars)

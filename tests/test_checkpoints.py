@@ -294,12 +294,12 @@ def test_a_checkpoint_never_holds_non_finite_weights(tmp_path):
     trainer = Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
                       train=TrainSpec(steps=4, batch_size=32, progress="none"), run_dir=tmp_path / "run", device="cpu")
     trainer.train_step()
-    assert trainer.save_checkpoint().name == "step_0000000"
+    assert trainer.save_checkpoint().name == "step_0000001"
     with torch.no_grad():
         next(nets.decoder.parameters())[0] = float("inf")  # e.g. an overflowing gradient step
-    with pytest.raises(TrainingDiverged, match="the last good checkpoint is .*step_0000000"):
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint is .*step_0000001"):
         trainer.save_checkpoint()
-    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000000"]
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")] == ["step_0000001"]
 
 
 def test_ema_averages_the_generator_and_load_run_returns_it(tmp_path):

@@ -345,3 +345,23 @@ def test_a_game_that_breaks_the_losses_contract_is_named_before_anything_is_writ
                 progress="none"), device="cpu", run_dir=run).fit()
     if how != "scalar_on_odd_calls":  # seen in the trial; a scalar that comes and goes shows on a later step
         assert not run.exists()
+
+
+def test_train_step_counts_so_that_fit_trains_up_to_train_steps_in_all(tmp_path):
+    """Steps taken by hand count: fit() does the rest, the checkpoint's step is the number of updates made, and
+    the learning-rate schedule agrees with it."""
+    schedule = advinf.ScheduleSpec(name="exponential", hold=0, decay=4, final=0.5)
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=8, batch_size=32, progress="none", sample_every=0),
+                      optimizer=OptimizerSpec(name="adam", lr=1e-3, schedule=schedule), device="cpu",
+                      run_dir=tmp_path / "run")
+    for _ in range(3):
+        trainer.train_step()
+    assert trainer.step == 3
+    result = trainer.fit()
+    assert result.steps == 5 and trainer.step == 8
+    assert trainer.schedulers["critic"].last_epoch == 8
+    adam = trainer.optimizers["critic"]
+    assert int(adam.state[adam.param_groups[0]["params"][0]]["step"]) == 8  # updates made: 3 by hand, 5 by fit
+    game = JointGame(JointGameOptions(), stochastic=True)
+    assert advinf.load_run(tmp_path / "run", nets=tiny_nets(), game=game, device="cpu").step == 8
