@@ -142,6 +142,9 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     data = run.recipe.resolved(run_dir)
     configured = data.get("evaluators", {})
     data["evaluators"] = dict(configured) if names is None else {n: configured.get(n, {}) for n in names}
+    if not data["evaluators"]:
+        raise UserError(f"{run_dir}'s recipe names no evaluators: choose some with --with NAME[,NAME...] "
+                        "(evaluate_run(RUN, names=[...]) in Python; advinf list-plugins lists them)")
     bad = [o for o in overrides if not o.strip().startswith("evaluators.")]
     if bad:
         raise UserError(f"--set with advinf evaluate changes evaluators only (evaluators.NAME.key=value), not: "

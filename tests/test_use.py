@@ -128,3 +128,15 @@ def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missi
     assert "plot" not in json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]
     res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
     assert res.exit_code == 0 and "had already finished" in res.output
+
+
+def test_evaluating_a_run_whose_recipe_names_no_evaluator_says_what_to_do(tmp_path):
+    """Not an empty table and exit status 0."""
+    run, recipe = tmp_path / "run", tmp_path / "no_evaluators.toml"
+    recipe.write_text((RECIPES / "ali_mixture25.toml").read_text().split("[evaluators")[0])
+    tiny = [a for t in TINY + TINY_ENCODER if not t.startswith("evaluators.") for a in ("--set", t)]
+    res = CliRunner().invoke(cli, ["run", str(recipe), "--out", str(run), *tiny])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu"])
+    assert res.exit_code == 2 and "recipe names no evaluators: choose some with --with NAME" in res.output, res.output
+    assert not (run / "eval.json").exists()
