@@ -39,6 +39,23 @@ def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix
     return out
 
 
+def nested_unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
+    """Keys of the tables given for options that are themselves option models, which are not that model's fields:
+    rejected as at the top level whatever the nested model's own ``extra`` says (pydantic's default drops them)."""
+    out = []
+    for key, value in data.items():
+        info = model.model_fields.get(key)
+        sub = _unwrap_model(info.annotation) if info is not None else None
+        if sub is None or not isinstance(value, dict):
+            continue
+        fields = list(sub.model_fields)
+        out += [Problem(f"{prefix}{key}.{k}", "unknown key", v, True,
+                        suggest(k, fields) or f"allowed keys: {', '.join(fields) or '(none)'}")
+                for k, v in value.items() if k not in sub.model_fields]
+        out += nested_unknown_keys(sub, {k: v for k, v in value.items() if k in sub.model_fields}, f"{prefix}{key}.")
+    return out
+
+
 def _leaves(tp: Any) -> list[Any]:
     args = get_args(tp)
     return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
@@ -146,6 +163,7 @@ def check_options(comp: Any, opts: dict[str, Any], section: str = "", context: A
     unknown = [Problem(f"{dot}{k}", f"unknown option of {comp.kind} '{comp.name}'", opts[k], True,
                        suggest(k, [*fields, *reserved]) or f"options: {', '.join(fields) or '(none)'}")
                for k in opts if k not in fields]
+    unknown += nested_unknown_keys(comp.options, opts, dot)
     if unknown:
         return None, unknown
     posing = bools_posing_as_numbers(comp.options, opts, dot)

@@ -321,6 +321,32 @@ def test_unknown_name_lists_available(advinf_host):
     assert game.divergence == "minimax"
 
 
+class _Inner(BaseModel):  # a plugin's nested options model, with pydantic's default extra="ignore"
+    scale: float = 1.0
+
+
+class _NestedOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inner: _Inner = _Inner()
+
+
+def test_unknown_keys_of_nested_options_are_refused_not_dropped(advinf_host):
+    """pydantic would drop ``inner.scal`` silently, and the factory would train with scale 1.0."""
+    from advinf_plugins.priors import GaussianPrior
+
+    class Plugin:
+        @advinf.hookimpl
+        def register_priors(self, register):
+            register("nested", lambda o, ctx: GaussianPrior((2,)), _NestedOptions)
+
+    advinf_host.add_plugin(Plugin(), name="nested")
+    with pytest.raises(advinf.RecipeError) as err:
+        advinf_host.create("prior", "nested", None, inner={"scale": 2.0, "scal": 3})
+    assert str(err.value) == ("create('prior', 'nested'): 1 problem\n  inner.scal: unknown key (got 3); did you mean "
+                              "'scale'?")
+    assert advinf_host.create("prior", "nested", None, inner={"scale": 2.0}) is not None
+
+
 def test_recipe_can_name_a_project_local_plugin(tmp_path):
     write(tmp_path / "my_plugin.py", GOOD)
     text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["my_plugin.py"]')
