@@ -7,10 +7,13 @@ loaded with its modules given again (``load_run(RUN, nets=..., game=...)``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from advinf.interfaces import WELL_KNOWN, Evaluator, Game, Logger, Networks
 from advinf.settings import OptimizerSpec, TrainSpec
@@ -20,15 +23,26 @@ _ATTRIBUTE = "_advinf_origin"
 
 @dataclass(frozen=True)
 class Origin:
-    """A component's registered kind and name, and the options it was made with (as a recipe section holds them)."""
+    """A component's registered kind and name, and the options it was made with (as a recipe section holds them);
+    for a module, also the names and shapes of its parameters and buffers when it was made (``layout``)."""
 
     kind: str
     name: str
     options: dict[str, Any]
+    layout: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+
+
+def layout(module: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The names and shapes of a module's parameters and buffers (its state dict's), in order."""
+    return tuple((key, tuple(value.shape)) for key, value in module.state_dict().items())
 
 
 def mark(component: object, origin: Origin) -> None:
-    """Remember where ``component`` came from (nothing happens for an object that takes no attributes)."""
+    """Remember where ``component`` came from (nothing happens for an object that takes no attributes); a module's
+    layout is taken now, so that one changed afterwards (``spectral_normalise``, a replaced layer) is not
+    described by its name and options as if a rebuild gave the same module."""
+    if isinstance(component, nn.Module):
+        origin = dataclasses.replace(origin, layout=layout(component))
     with contextlib.suppress(AttributeError, TypeError):
         object.__setattr__(component, _ATTRIBUTE, origin)
 
@@ -37,10 +51,10 @@ def origin_of(component: object) -> Origin | None:
     return getattr(component, _ATTRIBUTE, None)
 
 
-def describe(component: object, label: str) -> str:
+def describe(component: object, label: str, why: str = "not made by advinf.create") -> str:
     """How a component appears in messages: ``critic (mymodule.MyCritic, not made by advinf.create)``."""
     cls = type(component)
-    return f"{label} ({cls.__module__}.{cls.__qualname__}, not made by advinf.create)"
+    return f"{label} ({cls.__module__}.{cls.__qualname__}, {why})"
 
 
 def run_name(directory: str) -> str:
@@ -62,6 +76,10 @@ def library_recipe(*, name: str, seed: int, nets: Networks, game: Game, data: ob
         origin = origin_of(component)
         if origin is None or origin.kind != kind:
             missing.append(describe(component, label))
+            return None
+        if origin.layout is not None and isinstance(component, nn.Module) and layout(component) != origin.layout:
+            missing.append(describe(component, label, f"changed since advinf.create made {kind} '{origin.name}': "
+                                                      "its parameters and buffers are not the ones it was made with"))
             return None
         return {"name": origin.name, **origin.options}
 

@@ -165,6 +165,26 @@ def test_create_checks_options_as_a_recipe_does_and_is_typed_by_kind():
     assert files("advinf").joinpath("py.typed").is_file()  # PEP 561: type checkers read advinf's hints
 
 
+def test_a_component_changed_after_create_is_not_described_by_its_name(tmp_path):
+    """A critic made by name and then spectrally normalised: a rebuild from its name and options would give other
+    parameters, so the run is described in library.json (load it with its modules), not by a recipe.toml that
+    load_run, advinf sample and --resume cannot use."""
+    data, _, ctx = parts()
+    nets = networks(ctx)
+    advinf.spectral_normalise(nets.critic)
+    out = tmp_path / "sn"
+    Trainer(nets, advinf.create("game", "ali"), data, train=SPEC, run_dir=out).fit()
+    assert not (out / "recipe.toml").exists()
+    assert json.loads((out / "library.json").read_text())["not_by_name"] == [
+        "critic (advinf_plugins.toy_networks.ToyCritic, changed since advinf.create made critic 'toy_critic': its "
+        "parameters and buffers are not the ones it was made with)"]
+    with pytest.raises(UserError, match=r"critic \(advinf_plugins.toy_networks.ToyCritic, changed since"):
+        advinf.load_run(out)
+    again = networks(ctx)
+    advinf.spectral_normalise(again.critic)
+    assert advinf.load_run(out, nets=again, game=advinf.create("game", "ali"), device="cpu").step == SPEC.steps
+
+
 def test_create_checks_named_components_and_what_the_factory_does_as_a_recipe_does(advinf_host):
     """A registered name in the options gets the recipe's "did you mean"; a factory that raises or returns the
     wrong kind is named with its plugin; the factory's ctx.host is the host that builds it."""
