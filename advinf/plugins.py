@@ -221,6 +221,8 @@ class PluginHost:
             if not (callable(labels) or labels in (None, "classes", "attributes", "unknown")):
                 raise TypeError(f"`labels` of {kind} '{name}' must be None, 'classes', 'attributes', 'unknown' "
                                 "or a function of the options returning one")
+            if any(c.kind == kind and c.name == name for c in staged):
+                raise TypeError(f"{kind} '{name}' is registered twice by this plugin; give each a name of its own")
             doc = (factory.__doc__ or "").strip().splitlines()
             staged.append(Component(kind, name, factory, options or NoOptions,
                                     summary or (doc[0] if doc else ""), plugin, version, conditional, labels))

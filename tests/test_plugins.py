@@ -321,6 +321,19 @@ def test_unknown_name_lists_available(advinf_host):
     assert game.divergence == "minimax"
 
 
+def test_a_plugin_that_registers_one_name_twice_is_told_so(advinf_host):
+    class Plugin:
+        @advinf.hookimpl
+        def register_priors(self, register):
+            register("twice", lambda o, ctx: None)
+            register("twice", lambda o, ctx: None)
+
+    info = advinf_host.add_plugin(Plugin(), name="selfdup")
+    assert info.error == ("register_priors raised TypeError: prior 'twice' is registered twice by this plugin; give "
+                          "each a name of its own")
+    assert "twice" not in advinf_host.names("prior")
+
+
 class _Inner(BaseModel):  # a plugin's nested options model, with pydantic's default extra="ignore"
     scale: float = 1.0
 
