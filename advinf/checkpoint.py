@@ -68,6 +68,10 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, Tensor]]
     root.mkdir(parents=True, exist_ok=True)
     _clear_debris(root)
     final = root / checkpoint_name(step)
+    if final.is_symlink() or (final.exists() and not (final / STATE_FILE).is_file()):
+        raise UserError(f"{final} is in the way of step {step}'s checkpoint and is no complete checkpoint (a link, "
+                        "or no state.json): its weights may be all that is left of a training, so it is not written "
+                        f"over; move it out of {root} and resume")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes it private (0700)
     replaced: Path | None = None  # this step's earlier checkpoint, moved aside until the new one is in place
@@ -124,13 +128,16 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_NAME_RE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def incomplete_checkpoints(root: Path) -> str | None:
+def incomplete_checkpoints(root: Path, after: int | None = None) -> str | None:
     """What the ``step_*`` entries under ``root`` that are no complete checkpoint are, when there are such (links
-    are never followed: a checkpoint is a folder of the run), for messages; None when there are none."""
+    are never followed: a checkpoint is a folder of the run), for messages; None when there are none. With
+    ``after``, only those a run resumed from step ``after`` would reach and write over (named for a later step)."""
     if not root.is_dir():
         return None
     complete = set(list_checkpoints(root))
-    found = sorted((p for p in root.glob("step_*") if p not in complete), key=lambda p: p.name)
+    found = sorted((p for p in root.glob("step_*") if p not in complete and (
+        after is None or ((m := _NAME_RE.match(p.name)) is not None and int(m.group(1)) > after))),
+        key=lambda p: p.name)
     if not found:
         return None
     linked = [p.name for p in found if p.is_symlink()]

@@ -82,8 +82,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             if stop_after is not None and checkpoint.step > stop_after:  # equal: applies --allow-changes only
                 raise UserError(f"--stop-after {stop_after}: {out_dir} is already at step {checkpoint.step}; give a "
                                 f"later step, or leave --stop-after out to train to the end")
-        else:
-            _refuse_incomplete_checkpoints(out_dir / CHECKPOINTS_DIR)
+        _refuse_incomplete_checkpoints(out_dir / CHECKPOINTS_DIR, checkpoint.step if checkpoint else None)
         read_eval(out_dir / EVAL_FILE)  # a damaged eval.json is refused before training, not found after it
         if saved is None:
             saved = _read_saved_recipe(out_dir)
@@ -213,15 +212,21 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     return trainer
 
 
-def _refuse_incomplete_checkpoints(root: Path) -> None:
-    """Resuming with no complete checkpoint restarts from step 0 and would write over incomplete ones: their
-    weights may be all that is left of the training, so they are never discarded silently."""
-    why = ckpt.incomplete_checkpoints(root)
-    if why is not None:
+def _refuse_incomplete_checkpoints(root: Path, step: int | None) -> None:
+    """Resuming from ``step`` (None: no complete checkpoint, from step 0) would write over the incomplete
+    checkpoints of later steps: their weights may be all that is left of the training, so they are never
+    discarded silently."""
+    why = ckpt.incomplete_checkpoints(root, after=step)
+    if why is None:
+        return
+    if step is None:
         names = ", ".join(sorted(p.name for p in root.glob("step_*")))
         raise UserError(f"{root} holds {names}, but none is a complete checkpoint ({why}); resuming would start "
                         f"again from step 0 and write over them: move them out of {root} first if that is what "
                         f"you want")
+    raise UserError(f"{root} holds later checkpoints than its newest complete one (step {step}) that are not "
+                    f"complete ({why}); resuming from step {step} would write over them: move them out of {root} "
+                    "first if that is what you want")
 
 
 def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to resume") -> dict[str, Any]:

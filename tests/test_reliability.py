@@ -563,6 +563,26 @@ def test_what_a_user_added_to_a_run_is_never_replaced(tmp_path):
         "missing" in said, res.output
 
 
+def test_incomplete_checkpoints_after_the_newest_complete_one_are_not_written_over(tmp_path):
+    """A complete step 10 and an incomplete step 30 (state.json lost, or a link): resuming from step 10 would train
+    to 30 and replace it. Refused, naming it; and the checkpoint writer itself never replaces such a folder."""
+    run = tmp_path / "run"
+    tiny_run(run, "--set", "train.checkpoint_every=10")
+    shutil.rmtree(run / "checkpoints" / "step_0000020")
+    (run / "checkpoints" / "step_0000030" / "state.json").unlink()
+    before = snapshot(run / "checkpoints")
+    with pytest.warns(UserWarning, match="missing or incomplete"):  # latest names step_0000030
+        res = invoke("run", "--resume", run, "--set", "optimizer.lr=3e-4", "--allow-changes")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "holds later checkpoints than its newest complete one (step 10) that are not " \
+        "complete (step_0000030: state.json missing); resuming from step 10 would write over them" in said, said
+    assert snapshot(run / "checkpoints") == before
+    with pytest.raises(advinf.UserError, match=r"step_0000030 is in the way of step 30's checkpoint and is no "
+                                               r"complete checkpoint"):
+        ckpt.save_checkpoint(run / "checkpoints", 30, {}, {}, keep=3)
+    assert snapshot(run / "checkpoints") == before
+
+
 def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):
     run = tmp_path / "run"
     tiny_run(run)
