@@ -454,7 +454,7 @@ class Trainer:
                 result.stopped = self._stopping() or ("stop_after" if self.step < self.total_steps else None)
                 if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every \
                         and self.step != start_step:
-                    self._save_samples(fork_rng=True)  # the last step's picture, whenever training ends
+                    self._save_samples_or_checkpoint(fork_rng=True)  # the last step's picture, however it ends
                 if self.run is not None or self.world_size > 1:
                     result.checkpoint = self._checkpoint()
             result.steps, result.seconds = self.step - start_step, time.perf_counter() - t_start
@@ -493,7 +493,7 @@ class Trainer:
         if self.run is None and self.world_size == 1:
             return
         if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every == 0:
-            self._save_samples()
+            self._save_samples_or_checkpoint()
         if self.spec.checkpoint_every and self.step % self.spec.checkpoint_every == 0 and self.step != end:
             self._checkpoint()
 
@@ -655,6 +655,18 @@ class Trainer:
                 y = example_conditions(self.condition, self.data, self.spec.num_samples, self.seed).to(self.device)
             self._fixed = (z, y)
         return self._fixed
+
+    def _save_samples_or_checkpoint(self, fork_rng: bool = False) -> None:
+        """``_save_samples``; where the picture cannot be written (a full disk, a folder where the file goes), a
+        checkpoint of this step first, so that the training since the last one is not lost with it (one process:
+        in a data-parallel run every rank takes part in a checkpoint, and only rank 0 draws pictures)."""
+        try:
+            self._save_samples(fork_rng)
+        except Exception:
+            if self.world_size == 1:
+                with contextlib.suppress(Exception):  # the picture's error is the one to report
+                    self._checkpoint()
+            raise
 
     def _save_samples(self, fork_rng: bool = False) -> None:
         """The fixed-noise picture of this step, to samples/ and the loggers. ``fork_rng``: leave the RNG as it was

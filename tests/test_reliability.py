@@ -583,6 +583,18 @@ def test_incomplete_checkpoints_after_the_newest_complete_one_are_not_written_ov
     assert snapshot(run / "checkpoints") == before
 
 
+def test_a_sample_picture_that_cannot_be_written_does_not_lose_the_training_since_the_last_checkpoint(tmp_path):
+    """A folder where the last step's picture goes (or a full disk): the error is reported, but a checkpoint of
+    that step is written first, so that a resume does not train those steps again."""
+    run = tmp_path / "run"
+    tiny_run(run, "--set", "train.checkpoint_every=10", "--stop-after", "10")
+    (run / "samples" / "step_0000030.png").mkdir()  # TINY: 30 steps, a picture every 15
+    res = invoke("run", "--resume", run)
+    assert res.exit_code == 2 and "step_0000030.png" in res.output, res.output
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000030"
+    assert ckpt.load_checkpoint(run / "checkpoints" / "step_0000030").step == 30
+
+
 def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):
     run = tmp_path / "run"
     tiny_run(run)
