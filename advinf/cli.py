@@ -222,6 +222,9 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
     if outcome.stopped is not None:
         _echo(f"stopped ({outcome.stopped}): the seeds in training wrote a checkpoint (advinf run --resume "
               f"{outcome.out}/seed_K continues one); no further seed was started")
+        for seed in outcome.not_started:  # --seeds again is refused (the group's folder is taken): one by one
+            _echo(f"  seed {seed}: never started: advinf run {recipe} --set seed={seed} "
+                  f"--out {outcome.out / f'seed_{seed}'} (with the same --set overrides)")
         sys.exit(130 if outcome.stopped == "SIGINT" else 143)
 
 

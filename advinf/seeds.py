@@ -23,6 +23,7 @@ two one-thread jobs gain.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -42,7 +43,7 @@ from advinf.atomic import write_json
 from advinf.errors import UserError
 from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import load_recipe
+from advinf.recipe import load_recipe, parse_override
 from advinf.rundir import CHECKPOINTS_DIR, check_target, default_run_dir, is_run_dir
 from advinf.session import run_recipe
 
@@ -118,6 +119,11 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
         raise UserError(f"--jobs {jobs}: give at least 1")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--seeds cannot run under torchrun: launch one data-parallel run per seed instead")
+    for item in overrides:
+        with contextlib.suppress(ValueError):  # a malformed one is load_recipe's to report
+            if parse_override(item)[0] == ["seed"]:
+                raise UserError(f"--set {item.strip()} with --seeds: each seed's run sets `seed` itself; give the "
+                                "seeds as --seeds (e.g. --seeds 3, or 3-5)")
     host = host or default_host()
     for plugin in plugins:
         host.load_local(str(plugin))

@@ -76,7 +76,9 @@ def test_seed_lists_and_refusals(tmp_path):
     assert len(parse_seeds("0-9999,0-9999,5")) == 10_000  # the seeds counted, not the ranges
     runner = CliRunner()
     for args, message in ((["--seeds", "x"], "--seeds 'x'"), (["--jobs", "2"], "--jobs goes with --seeds"),
-                          (["--seeds", "0-1", "--resume"], "resume a seed on its own")):
+                          (["--seeds", "0-1", "--resume"], "resume a seed on its own"),
+                          (["--seeds", "0-1", "--set", "seed=3"], "--set seed=3 with --seeds: each seed's run sets "
+                                                                  "`seed` itself")):
         res = runner.invoke(cli, ["run", str(TOY), *args])
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     (tmp_path / "g" / "seed_1").mkdir(parents=True)
@@ -137,6 +139,8 @@ def test_a_signal_stops_every_worker_with_a_checkpoint_and_starts_no_further_see
     stdout, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 143, stderr
     assert "stopped (SIGTERM)" in stderr and "Traceback" not in stderr
+    for s in (2, 3):  # the way to train the seeds it never started (--seeds again is refused: the folder is taken)
+        assert f"seed {s}: never started: advinf run {TOY} --set seed={s} --out {out / f'seed_{s}'}" in stderr
     for s in (0, 1):
         assert list((out / f"seed_{s}" / "checkpoints").glob("step_*"))  # each stopped with a checkpoint
     assert not (out / "seed_2").exists() and not (out / "seed_3").exists()
