@@ -392,11 +392,14 @@ class Trainer:
         losses = ", ".join(f"loss_{p.name}={v:.4g}" for p, v in zip(self.players, self._bad_losses.tolist(),
                                                                      strict=True))
         last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
-        where = f"the last good checkpoint is {last}; " if last is not None else ""
         skip = "" if self.spec.nonfinite == "skip" else ", or set train.nonfinite = \"skip\""
-        raise TrainingDiverged(
-            f"training diverged: non-finite loss or weights at step {bad} ({losses}); {where}lower the learning "
-            f"rate and resume with --resume --allow-changes{skip}")
+        if last is not None:
+            what = f"the last good checkpoint is {last}; lower the learning rate and resume with --resume " \
+                   f"--allow-changes{skip}"
+        else:
+            where = f" (delete {self.run.path} or give another --out)" if self.run is not None else ""
+            what = f"no checkpoint was written before it; lower the learning rate{skip} and train again{where}"
+        raise TrainingDiverged(f"training diverged: non-finite loss or weights at step {bad} ({losses}); {what}")
 
     # -- the loop ------------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> TrainResult:

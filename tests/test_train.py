@@ -195,6 +195,8 @@ def test_large_finite_weights_are_not_taken_for_divergence(mode):
     with pytest.raises(advinf.TrainingDiverged) as err:
         trainer._check_diverged(parameters=True)
     assert ("or set train.nonfinite" in str(err.value)) == (mode == "stop")
+    assert "no checkpoint was written before it; lower the learning rate" in str(err.value)  # not "resume"
+    assert "--resume" not in str(err.value)
 
 
 def test_an_optimizer_implementation_the_recipe_chooses_is_kept():
