@@ -276,7 +276,9 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         _validate_component(host, "evaluator", f"evaluators.{name}", name, ev.options, options, problems,
                             name_key=f"evaluators.{name}", environment=environment)
     _validate_loggers(host, spec, options, problems, environment)
-    problems.extend(_check_optimizer("optimizer", spec.optimizer))
+    shared = _check_optimizer("optimizer", spec.optimizer)
+    problems.extend(shared)
+    shared_keys = {p.key.removeprefix("optimizer.").split(".")[0] for p in shared}
     players: dict[str, OptimizerSpec] = {}
     for player, table in spec.optimizers.items():
         if not isinstance(table.get("inherit", True), bool):
@@ -287,7 +289,8 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         except ValidationError as exc:
             problems.extend(problems_from(exc, OptimizerSpec, table, prefix=f"optimizers.{player}"))
             continue
-        problems.extend(_check_optimizer(f"optimizers.{player}", players[player]))
+        problems.extend(p for p in _check_optimizer(f"optimizers.{player}", players[player])  # inherited: said once
+                        if p.key.removeprefix(f"optimizers.{player}.").split(".")[0] not in shared_keys - set(table))
     if not problems:
         problems.extend(check_fit(spec, options, host, environment))
     if problems:

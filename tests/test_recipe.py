@@ -73,6 +73,7 @@ def test_missing_section_and_bad_optimizer_option(tmp_path):
     assert "prior: missing required key" in text
     text = problems_of(tmp_path, ALI.replace("lr = 1e-4", "lr = 1e-4\nbetass = [0.5, 0.9]"))
     assert "optimizer.betass: unknown option of optimizer 'adam'" in text and "did you mean 'betas'?" in text
+    assert "1 problem" in text and "optimizers.critic" not in text  # inherited by [optimizers.critic]: said once
 
 
 def test_optimizer_values_are_checked_by_building_it(tmp_path):
