@@ -23,6 +23,7 @@ from advinf.recipe import Recipe, changed_keys, load_recipe, plugin_paths, valid
 from advinf.rundir import (
     CHECKPOINTS_DIR,
     EVAL_FILE,
+    LIBRARY_FILE,
     RECIPE_FILE,
     check_target,
     default_run_dir,
@@ -231,6 +232,12 @@ def _refuse_incomplete_checkpoints(root: Path, step: int | None) -> None:
 
 def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to resume") -> dict[str, Any]:
     path = run_dir / RECIPE_FILE
+    if not path.exists() and (run_dir / LIBRARY_FILE).is_file():  # a Trainer's run of the user's own modules
+        raise UserError(f"{run_dir} was trained from Python with modules advinf cannot rebuild by name (its "
+                        f"{LIBRARY_FILE} names them), so `advinf run --resume` cannot continue it: in Python, "
+                        "build the Trainer again with the same modules, Trainer(..., run_dir=RUN, resume=True), "
+                        "then trainer.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint."
+                        "latest_checkpoint(RUN / \"checkpoints\"))) and trainer.fit()")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -100,6 +100,16 @@ def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path
         advinf.load_run(out, nets=renamed, game=advinf.create("game", "ali"))
     with pytest.raises(UserError, match="needs both the networks and the game"):
         advinf.load_run(out, nets=networks(ctx, OwnCritic()))
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out)])  # not "recipe.toml cannot be read; give the recipe"
+    assert res.exit_code == 2 and "cannot rebuild by name (its library.json names them), so `advinf run --resume` " \
+        "cannot continue it: in Python, build the Trainer again" in " ".join(res.output.split()), res.output
+    from advinf import checkpoint
+
+    longer = SPEC.model_copy(update={"steps": 16})
+    again = Trainer(networks(ctx, OwnCritic()), advinf.create("game", "ali"), data, train=longer, run_dir=out,
+                    resume=True)  # what the message says to do
+    again.restore(advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints")))
+    assert again.fit().steps == 4 and again.step == 16
 
 
 def test_a_moving_average_enabled_on_resume_starts_from_the_restored_weights(tmp_path):
