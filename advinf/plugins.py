@@ -268,12 +268,15 @@ class PluginHost:
             raise UserError(unknown_name_message(kind, name, self.registry[kind]) + self.broken_note()) from None
 
     def broken_note(self) -> str:
-        """'; plugins that failed to load: ...' (a missing component may be theirs), or ''."""
+        """'; plugins that failed to load: ...' and '; plugins disabled ...' (a missing component may be theirs),
+        or ''."""
         broken = {n: e for n, e in self.errors().items() if "registered by both" not in e}
-        if not broken:
-            return ""
-        return "; plugins that failed to load (the name may be theirs): " + "; ".join(
-            f"{n} ({e if len(e) <= 160 else e[:159] + '…'})" for n, e in sorted(broken.items()))
+        off = sorted(n for n, info in self.plugins.items() if info.disabled)
+        note = "; plugins that failed to load (the name may be theirs): " + "; ".join(
+            f"{n} ({e if len(e) <= 160 else e[:159] + '…'})" for n, e in sorted(broken.items())) if broken else ""
+        if off:
+            note += f"; plugins disabled by ADVINF_DISABLE_PLUGINS (the name may be theirs): {', '.join(off)}"
+        return note
 
     def names(self, kind: str) -> list[str]:
         """The registered names of ``kind``, sorted."""

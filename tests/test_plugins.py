@@ -321,6 +321,15 @@ def test_unknown_name_lists_available(advinf_host):
     assert game.divergence == "minimax"
 
 
+def test_an_unknown_name_says_which_plugins_are_disabled(monkeypatch):
+    """Not only a "did you mean" for another plugin's name: the name may be the disabled plugin's."""
+    monkeypatch.setenv("ADVINF_DISABLE_PLUGINS", "toy_networks")
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_mixture25.toml")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "encoder.name: unknown encoder (got 'toy_encoder')" in said, said
+    assert "plugins disabled by ADVINF_DISABLE_PLUGINS (the name may be theirs): toy_networks" in said
+
+
 def test_a_plugin_that_registers_one_name_twice_is_told_so(advinf_host):
     class Plugin:
         @advinf.hookimpl
