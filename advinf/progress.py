@@ -8,9 +8,11 @@ synchronisation; the metrics change only at log intervals, when the trainer has 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -118,11 +120,24 @@ class ProgressReporter:
             self._bar.metrics = metric_items(record, with_rate=False)
             self._bar.update(self._task, completed=step)
         elif self.mode == "lines":
-            print(f"step {step}/{self.total}  {'  '.join(metric_items(record))}", file=sys.stderr, flush=True)
+            with self._unless_closed():
+                print(f"step {step}/{self.total}  {'  '.join(metric_items(record))}", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:
         if self.mode != "none":
-            self._console.print(text)
+            with self._unless_closed():
+                self._console.print(text)
+
+    @contextlib.contextmanager
+    def _unless_closed(self) -> Iterator[None]:
+        """Where the reader went away (``advinf run ... 2>&1 | head``), nothing more is shown and training goes on:
+        the lines are also in metrics.jsonl, and a run must not end for want of a reader."""
+        try:
+            yield
+        except BrokenPipeError:
+            self.mode = "none"
+            with contextlib.suppress(OSError):  # what is left in the buffer cannot be written either
+                sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the process
 
     def close(self) -> None:
         if self._bar is not None:

@@ -595,6 +595,20 @@ def test_a_sample_picture_that_cannot_be_written_does_not_lose_the_training_sinc
     assert ckpt.load_checkpoint(run / "checkpoints" / "step_0000030").step == 30
 
 
+def test_a_reader_that_goes_away_does_not_end_the_training(tmp_path):
+    """``advinf run ... 2>&1 | head -n 1``: the log lines stop, the run trains to its end and keeps its checkpoint
+    (it ended with exit status 1 and nothing saved)."""
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "advinf", "run", str(ALI), "--out", str(run), *sets(TINY + TINY_ENCODER),
+            "--set", "train.log_every=1", "--progress", "lines"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    proc.wait(timeout=240)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000030"
+    assert (run / "eval.json").is_file()
+
+
 def test_picture_and_folder_outputs_refuse_paths_that_would_destroy_or_cannot_be(tmp_path):
     run = tmp_path / "run"
     tiny_run(run)
