@@ -124,7 +124,8 @@ class JointGame(AdversarialGame):
 
     def check(self, nets: Networks) -> None:
         if not nets["critic"].uses_z:
-            raise UserError("ALI/BiGAN need a joint critic D(x, z), but the critic ignores z")
+            raise UserError("ALI/BiGAN need a joint critic D(x, z), but the critic ignores z: set critic.joint = "
+                            "true (the default), or play game \"gan\" for a critic of x alone")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         x, y = batch.x, batch.y
