@@ -22,11 +22,11 @@ def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix
         if field_info is None:
             continue
         ann = field_info.annotation
-        if isinstance(value, bool) and not _admits_bool(ann) and _admits_number(ann):
+        if isinstance(value, bool) and not admits_bool(ann) and _admits_number(ann):
             out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
-        elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
+        elif not isinstance(value, bool) and admits_bool(ann) and not _admits_other(ann) and value is not None:
             out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
-        if isinstance(value, list) and _admits_number(ann) and not _admits_bool(ann):  # inside lists, too
+        if isinstance(value, list) and _admits_number(ann) and not admits_bool(ann):  # inside lists, too
             text = any(t is str for t in _leaves(ann))
             for i, item in enumerate(value):
                 if isinstance(item, bool):
@@ -61,7 +61,7 @@ def _leaves(tp: Any) -> list[Any]:
     return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
 
 
-def _admits_bool(tp: Any) -> bool:
+def admits_bool(tp: Any) -> bool:
     return any(t is bool or t is Any for t in _leaves(tp))
 
 

@@ -27,7 +27,7 @@ from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
 from advinf.options import check_options, problems_from
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
-from advinf.settings import OPTIMIZERS, OptimizerSpec, TrainSpec, resolve_device
+from advinf.settings import OPTIMIZERS, RECIPE_CONTEXT, OptimizerSpec, TrainSpec, resolve_device
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
 
@@ -251,7 +251,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     if problems:
         raise RecipeError(source, problems)
     try:
-        spec = RecipeSpec.model_validate(data, strict=True)
+        spec = RecipeSpec.model_validate(data, strict=True, context=RECIPE_CONTEXT)
     except ValidationError as exc:
         raise RecipeError(source, problems_from(exc, RecipeSpec, data)) from None
 
@@ -285,7 +285,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             problems.append(Problem(f"optimizers.{player}.inherit", "must be true or false", table["inherit"], True))
             continue
         try:
-            players[player] = spec.optimizer.merged(table)
+            players[player] = spec.optimizer.merged(table, RECIPE_CONTEXT)
         except ValidationError as exc:
             problems.extend(problems_from(exc, OptimizerSpec, table, prefix=f"optimizers.{player}"))
             continue

@@ -7,6 +7,7 @@ layers, and a library user builds them by hand (``TrainSpec(steps=1000)``).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -94,6 +95,35 @@ class ScheduleSpec(BaseModel):
         return f
 
 
+#: The validation context of a recipe's checks, which name each key themselves (``_plain_numbers`` is for Python).
+RECIPE_CONTEXT = {"recipe": True}
+
+
+def _from_recipe(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("recipe"))
+
+
+def _plain_numbers(data: Any, fields: dict[str, Any] | None) -> Any:
+    """For ``model_validator(mode="before")``: what a recipe's checks refuse before the model sees it, refused in
+    Python too (``TrainSpec(batch_size=True)``, ``OptimizerSpec(lr=float("inf"))``): booleans posing as numbers
+    (pydantic's lax mode reads True as 1) and non-finite numbers. ``fields``: the model's fields (a boolean is
+    refused where the field admits none); None: every value is a number or a list of them."""
+    if not isinstance(data, dict):
+        return data
+    from advinf.options import admits_bool  # options imports what settings must not
+
+    for key, value in data.items():
+        info = fields.get(key) if fields is not None else None
+        if fields is not None and info is None:
+            continue  # an unknown key: pydantic's to report
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        if isinstance(value, bool) and (info is None or not admits_bool(info.annotation)) or (
+                value is not items[0] and any(isinstance(v, bool) for v in items)):
+            raise ValueError(f"{key}: a boolean where a number is expected (got {value!r})")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError(f"{key}: must be a finite number (got {value!r})")
+    return data
+
 class OptimizerSpec(BaseModel):
     """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it), except
     ``schedule``, its learning-rate schedule."""
@@ -102,18 +132,31 @@ class OptimizerSpec(BaseModel):
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     schedule: ScheduleSpec | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
+        # the keyword arguments: a boolean only where torch's default is no number (a flag)
+        if isinstance(data, dict) and not _from_recipe(info):
+            kwargs = {k: v for k, v in data.items() if k not in cls.model_fields}
+            cls_ = OPTIMIZERS.get(data.get("name", "adam"))
+            defaults = inspect.signature(cls_.__init__).parameters if cls_ is not None else {}
+            number = {k for k, p in defaults.items() if isinstance(p.default, int | float | tuple)
+                      and not isinstance(p.default, bool)}
+            _plain_numbers({k: v for k, v in kwargs.items() if not isinstance(v, bool) or k in number}, None)
+        return data
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    def merged(self, override: dict[str, Any]) -> OptimizerSpec:
+    def merged(self, override: dict[str, Any], context: dict[str, Any] | None = None) -> OptimizerSpec:
         """This spec with ``override``'s keys on top. Naming another optimiser, or ``inherit = false``, starts
         from torch's defaults instead of this spec's options."""
         override = dict(override)
         inherit = override.pop("inherit", True)
         if override.get("name", self.name) != self.name or inherit is False:
-            return OptimizerSpec.model_validate({"name": self.name, **override})
-        return OptimizerSpec.model_validate({**self.as_table(), **override})
+            return OptimizerSpec.model_validate({"name": self.name, **override}, context=context)
+        return OptimizerSpec.model_validate({**self.as_table(), **override}, context=context)
 
     def as_table(self) -> dict[str, Any]:
         """The spec as a recipe table: name, the optimiser's options and the schedule (if any)."""
@@ -144,6 +187,11 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: PositiveInt | None = None
     epochs: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
+        return data if _from_recipe(info) else _plain_numbers(data, cls.model_fields)
     batch_size: PositiveInt = 100
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     critic_steps: PositiveInt = Field(1, description="critic-side steps per generator step (alternating only)")

@@ -367,3 +367,19 @@ def test_train_step_counts_so_that_fit_trains_up_to_train_steps_in_all(tmp_path)
     assert int(adam.state[adam.param_groups[0]["params"][0]]["step"]) == 8  # updates made: 3 by hand, 5 by fit
     game = JointGame(JointGameOptions(), stochastic=True)
     assert advinf.load_run(tmp_path / "run", nets=tiny_nets(), game=game, device="cpu").step == 8
+
+
+def test_train_and_optimizer_specs_refuse_in_python_what_a_recipe_refuses():
+    """Booleans posing as numbers (pydantic's lax mode read True as 1) and infinities; torch's flags stay flags."""
+    from pydantic import ValidationError
+
+    for make, message in ((lambda: TrainSpec(steps=10, batch_size=True), "batch_size: a boolean where a number"),
+                          (lambda: TrainSpec(steps=True), "steps: a boolean where a number"),
+                          (lambda: TrainSpec(steps=5, ema=float("inf")), "ema: must be a finite number"),
+                          (lambda: OptimizerSpec(lr=True), "lr: a boolean where a number"),
+                          (lambda: OptimizerSpec(lr=float("inf")), "lr: must be a finite number"),
+                          (lambda: OptimizerSpec(betas=[True, 0.9]), "betas: a boolean where a number")):
+        with pytest.raises(ValidationError, match=message):
+            make()
+    assert TrainSpec(steps=5, compile=True).compile
+    assert OptimizerSpec(lr=1e-3, amsgrad=True, fused=True, foreach=None).options["amsgrad"] is True
