@@ -116,13 +116,15 @@ def _plain_numbers(data: Any, fields: dict[str, Any] | None) -> Any:
         info = fields.get(key) if fields is not None else None
         if fields is not None and info is None:
             continue  # an unknown key: pydantic's to report
-        items = list(value) if isinstance(value, list | tuple) else [value]
+        listed = isinstance(value, list | tuple)
+        items = list(value) if listed else [value]
         if isinstance(value, bool) and (info is None or not admits_bool(info.annotation)) or (
-                value is not items[0] and any(isinstance(v, bool) for v in items)):
+                listed and any(isinstance(v, bool) for v in items)):
             raise ValueError(f"{key}: a boolean where a number is expected (got {value!r})")
         if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise ValueError(f"{key}: must be a finite number (got {value!r})")
     return data
+
 
 class OptimizerSpec(BaseModel):
     """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it), except
@@ -187,11 +189,6 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     steps: PositiveInt | None = None
     epochs: PositiveInt | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
-        return data if _from_recipe(info) else _plain_numbers(data, cls.model_fields)
     batch_size: PositiveInt = 100
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     critic_steps: PositiveInt = Field(1, description="critic-side steps per generator step (alternating only)")
@@ -220,6 +217,11 @@ class TrainSpec(BaseModel):
         "auto", description="torch.distributed backend under torchrun: nccl on CUDA, gloo on CPU when 'auto'")
     sync_batch_norm: bool = Field(False, description="under torchrun: batch norm statistics over the global "
                                   "batch (SyncBatchNorm, CUDA only) instead of each rank's shard")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
+        return data if _from_recipe(info) else _plain_numbers(data, cls.model_fields)
 
     @field_validator("device")
     @classmethod

@@ -661,8 +661,9 @@ class Trainer:
 
     def _save_samples_or_checkpoint(self, fork_rng: bool = False) -> None:
         """``_save_samples``; where the picture cannot be written (a full disk, a folder where the file goes), a
-        checkpoint of this step first, so that the training since the last one is not lost with it (one process:
-        in a data-parallel run every rank takes part in a checkpoint, and only rank 0 draws pictures)."""
+        checkpoint of this step before its error goes on, so that the training since the last one is not lost with
+        it (one process: in a data-parallel run every rank takes part in a checkpoint, and only rank 0 draws
+        pictures)."""
         try:
             self._save_samples(fork_rng)
         except Exception:
