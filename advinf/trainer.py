@@ -159,6 +159,7 @@ class Trainer:
         self._scalar_keys: tuple[str, ...] | None = None  # the scalars the game logs (the first step's)
         self._trial()  # before the run directory is touched
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
+        self._resume = resume
         if self.run is not None and recipe is None:
             self.recipe = self._library_run(data, default, overrides, loggers, write=not resume)
         self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
@@ -405,6 +406,12 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> TrainResult:
         """Train until ``train.steps`` (or step ``stop_after``), checkpointing on the way; then evaluate."""
         end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
+        if self._resume and not self._rng_restored and self.run is not None and self.step == 0:
+            done = ckpt.list_checkpoints(self.run.checkpoints)
+            if done:  # training from step 0 would mix a new run into the old one's metrics and checkpoints
+                raise UserError(f"{self.run.path} holds checkpoints up to {done[-1].name}, but none was restored: "
+                                "call trainer.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint."
+                                f"latest_checkpoint(RUN / \"checkpoints\"))) before fit() to continue it")
         if not self._rng_restored:
             torch.manual_seed(self.seed if self.rank == 0 else self.seed + 1_000_003 * self.rank)  # own noise
         self.nets.train(True)

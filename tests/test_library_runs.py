@@ -108,6 +108,9 @@ def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path
     longer = SPEC.model_copy(update={"steps": 16})
     again = Trainer(networks(ctx, OwnCritic()), advinf.create("game", "ali"), data, train=longer, run_dir=out,
                     resume=True)  # what the message says to do
+    with pytest.raises(UserError, match=r"holds checkpoints up to step_0000012, but none was restored: call "
+                                        r"trainer.restore"):  # not a new run from step 0 into the old one's files
+        again.fit()
     again.restore(advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints")))
     assert again.fit().steps == 4 and again.step == 16
 
