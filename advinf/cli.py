@@ -116,7 +116,7 @@ def _plugin_option(f):
                              "imported from it: name the files you trust here.")(f)
 
 
-@cli.command()
+@cli.command(context_settings={"allow_extra_args": True})  # a second path is answered with what to write
 @click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key (TOML value syntax), e.g. --set train.batch_size=64.")
@@ -139,11 +139,19 @@ def _plugin_option(f):
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --seeds: how many seeds train at once, in worker processes.")
 @_plugin_option
-def run(recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_changes: bool,
-        stop_after: int | None, progress: str | None, loggers: tuple[str, ...], seeds: str | None, jobs: int,
-        plugins: tuple[Path, ...]) -> None:
+@click.pass_context
+def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool,
+        allow_changes: bool, stop_after: int | None, progress: str | None, loggers: tuple[str, ...],
+        seeds: str | None, jobs: int, plugins: tuple[Path, ...]) -> None:
     """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
     from advinf.session import run_recipe
+
+    if ctx.args:
+        extra = " ".join(ctx.args)
+        hint = (f": continue the run with advinf run --resume {ctx.args[0]} (its own recipe), or advinf run "
+                f"{recipe} --out {ctx.args[0]} --resume" if resume and recipe is not None else
+                ": give the run directory as --out DIR")
+        raise UserError(f"advinf run takes one RECIPE (or, with --resume, one RUN_DIR), and also got {extra}{hint}")
 
     if loggers:
         overrides = (*overrides, f"train.loggers={json.dumps(list(loggers))}")

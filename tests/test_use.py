@@ -140,3 +140,14 @@ def test_evaluating_a_run_whose_recipe_names_no_evaluator_says_what_to_do(tmp_pa
     res = CliRunner().invoke(cli, ["evaluate", str(run), "--device", "cpu"])
     assert res.exit_code == 2 and "recipe names no evaluators: choose some with --with NAME" in res.output, res.output
     assert not (run / "eval.json").exists()
+
+
+def test_a_recipe_and_a_run_directory_both_given_say_which_form_to_use(tmp_path):
+    """Not click's bare 'Got unexpected extra argument'."""
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--resume", str(tmp_path / "r")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"continue the run with advinf run --resume {tmp_path / 'r'} (its own recipe), " \
+        f"or advinf run {RECIPES / 'ali_mixture25.toml'} --out {tmp_path / 'r'} --resume" in said, said
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), str(tmp_path / "r")])
+    assert res.exit_code == 2 and "give the run directory as --out DIR" in res.output
+    assert not (tmp_path / "r").exists()
