@@ -5,38 +5,13 @@ defaults that break their own field's rules (which pydantic does not check). Sha
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from advinf.errors import Problem, UserError, suggest
 from advinf.interfaces import WELL_KNOWN
-
-
-def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
-    """true/false given for a numeric option, or a number or string for a true/false one (pydantic's lax mode
-    would read them as 1 and 0, or 1 and "yes" as true)."""
-    out = []
-    for key, value in data.items():
-        field_info = model.model_fields.get(key)
-        if field_info is None:
-            continue
-        ann = field_info.annotation
-        if isinstance(value, bool) and not admits_bool(ann) and _admits_number(ann):
-            out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
-        elif not isinstance(value, bool) and admits_bool(ann) and not _admits_other(ann) and value is not None:
-            out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
-        if isinstance(value, list) and _admits_number(ann) and not admits_bool(ann):  # inside lists, too
-            text = any(t is str for t in _leaves(ann))
-            for i, item in enumerate(value):
-                if isinstance(item, bool):
-                    out.append(Problem(f"{prefix}{key}.{i}", "a boolean where a number is expected", item, True))
-                elif isinstance(item, str) and not text:
-                    out.append(Problem(f"{prefix}{key}.{i}", "a string where a number is expected", item, True))
-        sub = _unwrap_model(ann)
-        if sub is not None and isinstance(value, dict):
-            out.extend(bools_posing_as_numbers(sub, value, f"{prefix}{key}."))
-    return out
+from advinf.values import bools_posing_as_numbers, unwrap_model
 
 
 def nested_unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
@@ -45,7 +20,7 @@ def nested_unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: st
     out = []
     for key, value in data.items():
         info = model.model_fields.get(key)
-        sub = _unwrap_model(info.annotation) if info is not None else None
+        sub = unwrap_model(info.annotation) if info is not None else None
         if sub is None or not isinstance(value, dict):
             continue
         fields = list(sub.model_fields)
@@ -54,23 +29,6 @@ def nested_unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: st
                 for k, v in value.items() if k not in sub.model_fields]
         out += nested_unknown_keys(sub, {k: v for k, v in value.items() if k in sub.model_fields}, f"{prefix}{key}.")
     return out
-
-
-def _leaves(tp: Any) -> list[Any]:
-    args = get_args(tp)
-    return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
-
-
-def admits_bool(tp: Any) -> bool:
-    return any(t is bool or t is Any for t in _leaves(tp))
-
-
-def _admits_number(tp: Any) -> bool:
-    return any(t in (int, float) for t in _leaves(tp))
-
-
-def _admits_other(tp: Any) -> bool:
-    return any(t not in (bool, type(None)) for t in _leaves(tp))
 
 
 def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefix: str = "") -> list[Problem]:
@@ -106,23 +64,12 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """Field names of the (sub)model found by walking ``loc`` from ``model``; [] if not a model."""
     current: Any = model
     for part in loc:
-        current = _unwrap_model(current)
+        current = unwrap_model(current)
         if current is None or part not in current.model_fields:
             return []
         current = current.model_fields[part].annotation
-    current = _unwrap_model(current)
+    current = unwrap_model(current)
     return list(current.model_fields) if current is not None else []
-
-
-def _unwrap_model(tp: Any) -> type[BaseModel] | None:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    if get_origin(tp) is not None or type(tp).__name__ == "UnionType":
-        for arg in get_args(tp):
-            m = _unwrap_model(arg)
-            if m is not None:
-                return m
-    return None
 
 
 def default_problems(comp: Any, given: dict[str, Any], section: str, context: Any = None) -> list[Problem]:

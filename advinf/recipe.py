@@ -10,8 +10,6 @@ others, optimisers only for its players, labelled data and label-taking networks
 from __future__ import annotations
 
 import copy
-import inspect
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -27,7 +25,14 @@ from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
 from advinf.options import check_options, problems_from
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import Origin, mark
-from advinf.settings import OPTIMIZERS, RECIPE_CONTEXT, OptimizerSpec, TrainSpec, resolve_device
+from advinf.settings import (
+    RECIPE_CONTEXT,
+    OptimizerSpec,
+    TrainSpec,
+    optimizer_option_problems,
+    resolve_device,
+)
+from advinf.values import non_finite
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
 
@@ -247,7 +252,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             problems.append(Problem(f"--set {item}", str(exc)))
     _drop_replaced_alternatives(data, overrides)
     problems.extend(_migrate(data))
-    problems.extend(_non_finite(data))
+    problems.extend(non_finite(data))
     if problems:
         raise RecipeError(source, problems)
     try:
@@ -538,24 +543,7 @@ def _validate_component(host: PluginHost, kind: str, section: str, name: str, op
 
 
 def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:
-    cls = OPTIMIZERS[spec.name]
-    signature = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in signature if p not in ("self", "params")]
-    problems = [Problem(f"{key}.{k}", f"unknown option of optimizer '{spec.name}'", v, True,
-                        suggest(k, allowed) or f"options: {', '.join(allowed)}")
-                for k, v in spec.options.items() if k not in allowed]
-    for k, v in spec.options.items():
-        default = signature[k].default if k in signature else None
-        number = isinstance(v, int | float) and not isinstance(v, bool)
-        if isinstance(default, bool) and not isinstance(v, bool):
-            problems.append(Problem(f"{key}.{k}", "must be true or false", v, True))
-        elif isinstance(default, int | float) and not isinstance(default, bool) and not number:
-            what = "a boolean where a number is expected" if isinstance(v, bool) else "must be a number"
-            problems.append(Problem(f"{key}.{k}", what, v, True))
-    betas = spec.options.get("betas")
-    if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
-            isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
-        problems.append(Problem(f"{key}.betas", "must be two numbers in [0, 1), e.g. [0.5, 0.999]", betas, True))
+    problems = optimizer_option_problems(key, spec.name, spec.options)
     if problems:
         return problems
     try:  # build it once (fused where the trainer fuses it) and take a step on a dummy parameter, so that a bad
@@ -569,14 +557,3 @@ def _check_optimizer(key: str, spec: OptimizerSpec) -> list[Problem]:
         problems.append(Problem(key, f"optimizer '{spec.name}' rejects these options: {exc}",
                                 spec.options, True))
     return problems
-
-
-def _non_finite(data: Any, prefix: str = "") -> list[Problem]:
-    """Every inf or nan in the recipe: no recipe value means an infinity (TOML allows writing one)."""
-    if isinstance(data, dict):
-        return [p for k, v in data.items() for p in _non_finite(v, f"{prefix}{k}.")]
-    if isinstance(data, list):
-        return [p for i, v in enumerate(data) for p in _non_finite(v, f"{prefix}{i}.")]
-    if isinstance(data, float) and not math.isfinite(data):
-        return [Problem(prefix.rstrip("."), "must be a finite number", data, True)]
-    return []

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
-from advinf.errors import UserError
+from advinf.errors import Problem, UserError, suggest
+from advinf.values import bools_posing_as_numbers, non_finite
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -95,7 +96,7 @@ class ScheduleSpec(BaseModel):
         return f
 
 
-#: The validation context of a recipe's checks, which name each key themselves (``_plain_numbers`` is for Python).
+#: The validation context of a recipe's checks, which name each key themselves (``_refuse`` is for Python).
 RECIPE_CONTEXT = {"recipe": True}
 
 
@@ -103,28 +104,34 @@ def _from_recipe(info: ValidationInfo) -> bool:
     return isinstance(info.context, dict) and bool(info.context.get("recipe"))
 
 
-def _plain_numbers(data: Any, fields: dict[str, Any] | None) -> Any:
-    """For ``model_validator(mode="before")``: what a recipe's checks refuse before the model sees it, refused in
-    Python too (``TrainSpec(batch_size=True)``, ``OptimizerSpec(lr=float("inf"))``): booleans posing as numbers
-    (pydantic's lax mode reads True as 1) and non-finite numbers. ``fields``: the model's fields (a boolean is
-    refused where the field admits none); None: every value is a number or a list of them."""
-    if not isinstance(data, dict):
-        return data
-    from advinf.options import admits_bool  # options imports what settings must not
+def optimizer_option_problems(key: str, name: str, options: dict[str, Any]) -> list[Problem]:
+    """An optimiser's keyword arguments checked against its signature: unknown ones (with a did-you-mean), a
+    boolean or text where torch's default is a number, a number where it is a flag, and ``betas``."""
+    dot = f"{key}." if key else ""
+    signature = inspect.signature(OPTIMIZERS[name].__init__).parameters
+    allowed = [p for p in signature if p not in ("self", "params")]
+    problems = [Problem(f"{dot}{k}", f"unknown option of optimizer '{name}'", v, True,
+                        suggest(k, allowed) or f"options: {', '.join(allowed)}")
+                for k, v in options.items() if k not in allowed]
+    for k, v in options.items():
+        default = signature[k].default if k in signature else None
+        number = isinstance(v, int | float) and not isinstance(v, bool)
+        if isinstance(default, bool) and not isinstance(v, bool):
+            problems.append(Problem(f"{dot}{k}", "must be true or false", v, True))
+        elif isinstance(default, int | float) and not isinstance(default, bool) and not number:
+            what = "a boolean where a number is expected" if isinstance(v, bool) else "must be a number"
+            problems.append(Problem(f"{dot}{k}", what, v, True))
+    betas = options.get("betas")
+    if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
+            isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        problems.append(Problem(f"{dot}betas", "must be two numbers in [0, 1), e.g. [0.5, 0.999]", betas, True))
+    return problems
 
-    for key, value in data.items():
-        info = fields.get(key) if fields is not None else None
-        if fields is not None and info is None:
-            continue  # an unknown key: pydantic's to report
-        listed = isinstance(value, list | tuple)
-        items = list(value) if listed else [value]
-        if isinstance(value, bool) and (info is None or not admits_bool(info.annotation)) or (
-                listed and any(isinstance(v, bool) for v in items)):
-            raise ValueError(f"{key}: a boolean where a number is expected (got {value!r})")
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            raise ValueError(f"{key}: must be a finite number (got {value!r})")
-    return data
 
+def _refuse(problems: list[Problem]) -> None:
+    """The checks a recipe makes, for a spec built in Python: its problems as one pydantic ValueError."""
+    if problems:
+        raise ValueError("; ".join(p.render() for p in problems))
 
 class OptimizerSpec(BaseModel):
     """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it), except
@@ -137,14 +144,11 @@ class OptimizerSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
-        # the keyword arguments: a boolean only where torch's default is no number (a flag)
-        if isinstance(data, dict) and not _from_recipe(info):
+        """In Python, the recipe's checks of the keyword arguments (a recipe makes them itself, naming each key):
+        ``OptimizerSpec(lr=True)`` is not lr 1, nor ``lr=float("inf")`` a run that diverges at once."""
+        if isinstance(data, dict) and not _from_recipe(info) and data.get("name", "adam") in OPTIMIZERS:
             kwargs = {k: v for k, v in data.items() if k not in cls.model_fields}
-            cls_ = OPTIMIZERS.get(data.get("name", "adam"))
-            defaults = inspect.signature(cls_.__init__).parameters if cls_ is not None else {}
-            number = {k for k, p in defaults.items() if isinstance(p.default, int | float | tuple)
-                      and not isinstance(p.default, bool)}
-            _plain_numbers({k: v for k, v in kwargs.items() if not isinstance(v, bool) or k in number}, None)
+            _refuse(optimizer_option_problems("", data.get("name", "adam"), kwargs) + non_finite(kwargs))
         return data
 
     @property
@@ -221,7 +225,10 @@ class TrainSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _numbers(cls, data: Any, info: ValidationInfo) -> Any:
-        return data if _from_recipe(info) else _plain_numbers(data, cls.model_fields)
+        """In Python, the recipe's checks: ``TrainSpec(batch_size=True)`` is not a batch of 1."""
+        if isinstance(data, dict) and not _from_recipe(info):
+            _refuse(bools_posing_as_numbers(cls, data, "") + non_finite(data))
+        return data
 
     @field_validator("device")
     @classmethod

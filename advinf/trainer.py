@@ -230,7 +230,6 @@ class Trainer:
     def _checked(self, out: GameLosses) -> GameLosses:
         """``out`` if it keeps the losses contract: one 0-dim tensor per player, 0-dim scalars, the same scalars
         every step (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
-        game = type(self.game).__name__
         missing = [p.name for p in self.players if p.name not in out.losses]
         if missing:
             raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
@@ -238,14 +237,15 @@ class Trainer:
             for name, v in values.items():
                 if not isinstance(v, Tensor) or v.dim() != 0:
                     got = f"shape {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
-                    raise UserError(f"game {game}: losses() returned {kind} {name!r} as {got}; each loss and scalar "
-                                    "must be a 0-dim tensor (reduce it, e.g. .mean())")
+                    raise UserError(f"game {type(self.game).__name__}: losses() returned {kind} {name!r} as {got}; "
+                                    "each loss and scalar must be a 0-dim tensor (reduce it, e.g. .mean())")
         keys = tuple(out.scalars)
         if self._scalar_keys is None:
             self._scalar_keys = keys
         elif keys != self._scalar_keys:
-            raise UserError(f"game {game}: losses() returned the scalars {list(keys)} after {list(self._scalar_keys)}"
-                            "; return the same scalars (names, in the same order) on every step")
+            raise UserError(f"game {type(self.game).__name__}: losses() returned the scalars {list(keys)} after "
+                            f"{list(self._scalar_keys)}; return the same scalars (names, in the same order) on every "
+                            "step")
         return out
 
     def _forward(self, next_batch: Callable[[], Batch]) -> GameLosses:

@@ -1,0 +1,78 @@
+"""Checks of plain option values that a recipe and a spec built in Python share, before pydantic reads them:
+booleans posing as numbers (pydantic's lax mode would read true as 1) and infinities (TOML and Python can write
+them; no option means one). Each gives ``Problem``s keyed by dotted key."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel
+
+from advinf.errors import Problem
+
+
+def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix: str) -> list[Problem]:
+    """true/false given for a numeric option, or a number or string for a true/false one (pydantic's lax mode
+    would read them as 1 and 0, or 1 and "yes" as true)."""
+    out = []
+    for key, value in data.items():
+        field_info = model.model_fields.get(key)
+        if field_info is None:
+            continue
+        ann = field_info.annotation
+        if isinstance(value, bool) and not _admits_bool(ann) and _admits_number(ann):
+            out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
+        elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
+            out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
+        if isinstance(value, list) and _admits_number(ann) and not _admits_bool(ann):  # inside lists, too
+            text = any(t is str for t in _leaves(ann))
+            for i, item in enumerate(value):
+                if isinstance(item, bool):
+                    out.append(Problem(f"{prefix}{key}.{i}", "a boolean where a number is expected", item, True))
+                elif isinstance(item, str) and not text:
+                    out.append(Problem(f"{prefix}{key}.{i}", "a string where a number is expected", item, True))
+        sub = unwrap_model(ann)
+        if sub is not None and isinstance(value, dict):
+            out.extend(bools_posing_as_numbers(sub, value, f"{prefix}{key}."))
+    return out
+
+
+def non_finite(data: Any, prefix: str = "") -> list[Problem]:
+    """Every inf or nan in ``data`` (nested tables and lists): no option value means an infinity (TOML allows
+    writing one, and Python ``float("inf")``)."""
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite(v, f"{prefix}{k}.")]
+    if isinstance(data, list | tuple):
+        return [p for i, v in enumerate(data) for p in non_finite(v, f"{prefix}{i}.")]
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(prefix.rstrip("."), "must be a finite number", data, True)]
+    return []
+
+
+def _leaves(tp: Any) -> list[Any]:
+    args = get_args(tp)
+    return [leaf for a in args for leaf in _leaves(a)] if args and get_origin(tp) is not Literal else [tp]
+
+
+def _admits_bool(tp: Any) -> bool:
+    return any(t is bool or t is Any for t in _leaves(tp))
+
+
+def _admits_number(tp: Any) -> bool:
+    return any(t in (int, float) for t in _leaves(tp))
+
+
+def _admits_other(tp: Any) -> bool:
+    return any(t not in (bool, type(None)) for t in _leaves(tp))
+
+
+def unwrap_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    if get_origin(tp) is not None or type(tp).__name__ == "UnionType":
+        for arg in get_args(tp):
+            m = unwrap_model(arg)
+            if m is not None:
+                return m
+    return None
