@@ -1,6 +1,7 @@
 """How much training several seeds as one stacked network could gain on this machine, before anyone builds it::
 
     python -m advinf_benchmarks.stacking [--seeds 10] [--threads 2] [--device cpu] [--json]
+    python -m advinf_benchmarks.stacking --exactness [--seeds 10] [--threads 2] [--json]
 
 ALI's toy step (the paper's 2-D networks and batch, ali-reference §4: a 2-layer encoder and 4-layer decoder of
 400 units with batch norm, a critic of three maxout layers of 200 units x 5 pieces; the original divergence,
@@ -12,6 +13,11 @@ This is not advinf's engine and it is not bit-exact to single runs (the batch-no
 it is the best case of stacking, the same maths for S independent seeds with as few kernel launches as the
 step allows. If it gains little over S = 1, a stacked engine cannot gain more, and running seeds side by side
 (``advinf run --seeds ... --jobs N``) is the better use of the machine's cores.
+
+``--exactness`` asks the other question a stacked engine raises: for each of the toy's linear layers, is one
+``baddbmm`` over S seed-major slices bit-identical to ``F.linear`` of each slice (what a single run computes),
+in the forward pass and in the gradients of input, weight and bias? And one batch norm over the seeds'
+channels side by side, to each seed's own (output, gradients, running statistics)?
 """
 
 from __future__ import annotations
@@ -159,6 +165,75 @@ def measure(seeds: int, steps: int = 50, warmup: int = 10, repeats: int = 5,
             "single_ms_all": [round(v, 3) for v in times[1]], "stacked_ms_all": [round(v, 3) for v in times[seeds]]}
 
 
+# (in, out, bias) of every linear layer of the toy's networks: encoder, decoder, critic (maxout layers, output)
+TOY_LINEAR_LAYERS = (
+    (X_DIM + NOISE, HIDDEN, False), (HIDDEN, HIDDEN, False), (HIDDEN, Z_DIM, True),
+    (Z_DIM, HIDDEN, False), (HIDDEN, X_DIM, True),
+    (X_DIM + Z_DIM, CRITIC_UNITS * PIECES, True), (CRITIC_UNITS, CRITIC_UNITS * PIECES, True), (CRITIC_UNITS, 1, True),
+)
+
+
+def linear_exactness(seeds: int, in_dim: int, out_dim: int, bias: bool, seed: int = 0) -> dict[str, bool]:
+    """Whether one ``baddbmm`` (``bmm`` without bias) over ``seeds`` seed-major slices of a batch gives, for
+    every slice, the bits ``F.linear`` of that slice gives: output and the gradients of input, weight, bias."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(seeds, out_dim, in_dim, generator=g) * INIT_STD
+    b = torch.randn(seeds, out_dim, generator=g) if bias else None
+    x = torch.randn(seeds * BATCH, in_dim, generator=g)
+    grad = torch.randn(seeds * BATCH, out_dim, generator=g)
+    ws, xs = w.clone().requires_grad_(), x.clone().requires_grad_()
+    bs = b.clone().requires_grad_() if b is not None else None
+    h, wt = xs.view(seeds, BATCH, in_dim), ws.transpose(1, 2)
+    y = (torch.baddbmm(bs.unsqueeze(1), h, wt) if bs is not None else torch.bmm(h, wt)).reshape(seeds * BATCH, -1)
+    stacked = torch.autograd.grad(y, [xs, ws] + ([bs] if bs is not None else []), grad)
+    same = {"output": True, "grad_input": True, "grad_weight": True, "grad_bias": True}
+    for k in range(seeds):
+        rows = slice(k * BATCH, (k + 1) * BATCH)
+        xk, wk = x[rows].clone().requires_grad_(), w[k].clone().requires_grad_()
+        bk = b[k].clone().requires_grad_() if b is not None else None
+        yk = F.linear(xk, wk, bk)
+        one = torch.autograd.grad(yk, [xk, wk] + ([bk] if bk is not None else []), grad[rows])
+        same["output"] &= torch.equal(yk, y[rows])
+        same["grad_input"] &= torch.equal(one[0], stacked[0][rows])
+        same["grad_weight"] &= torch.equal(one[1], stacked[1][k])
+        if bk is not None:
+            same["grad_bias"] &= torch.equal(one[2], stacked[2][k])
+    return same
+
+
+def batch_norm_exactness(seeds: int, channels: int = HIDDEN, seed: int = 0) -> dict[str, bool]:
+    """Whether one training-mode ``F.batch_norm`` over ``[batch, seeds x channels]`` gives each seed what its
+    own ``F.batch_norm`` over ``[batch, channels]`` gives: output, gradients of input, scale and shift, running
+    mean and variance."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, seeds, channels, generator=g) * 3 + 1
+    grad = torch.randn(BATCH, seeds, channels, generator=g)
+    scale, shift = torch.rand(seeds, channels, generator=g) + 0.5, torch.randn(seeds, channels, generator=g)
+    mean, var = torch.zeros(seeds, channels), torch.ones(seeds, channels)
+    xs, ss, hs = (t.clone().requires_grad_() for t in (x, scale, shift))
+    y = F.batch_norm(xs.view(BATCH, -1), mean.view(-1), var.view(-1), ss.view(-1), hs.view(-1), True, 0.05, BN_EPS)
+    stacked = torch.autograd.grad(y, [xs, ss, hs], grad.view(BATCH, -1))
+    y = y.view(BATCH, seeds, channels)
+    same = dict.fromkeys(("output", "grad_input", "grad_scale", "grad_shift", "running_mean", "running_var"), True)
+    for k in range(seeds):
+        xk, sk, hk = (t.clone().requires_grad_() for t in (x[:, k], scale[k], shift[k]))
+        mk, vk = torch.zeros(channels), torch.ones(channels)
+        yk = F.batch_norm(xk, mk, vk, sk, hk, True, 0.05, BN_EPS)
+        one = torch.autograd.grad(yk, [xk, sk, hk], grad[:, k].contiguous())
+        for key, a, b in (("output", yk, y[:, k]), ("grad_input", one[0], stacked[0][:, k]),
+                          ("grad_scale", one[1], stacked[1][k]), ("grad_shift", one[2], stacked[2][k]),
+                          ("running_mean", mk, mean[k]), ("running_var", vk, var[k])):
+            same[key] &= torch.equal(a, b)
+    return same
+
+
+def exactness(seeds: int) -> dict[str, object]:
+    """:func:`linear_exactness` for every layer in :data:`TOY_LINEAR_LAYERS`, and :func:`batch_norm_exactness`."""
+    layers = [{"in": i, "out": o, "bias": b, **linear_exactness(seeds, i, o, b)} for i, o, b in TOY_LINEAR_LAYERS]
+    return {"device": "cpu", "threads": torch.get_num_threads(), "seeds": seeds, "batch_size": BATCH,
+            "linear": layers, "batch_norm": batch_norm_exactness(seeds)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -168,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--exactness", action="store_true", help="check bit-exactness of stacked layers (CPU)")
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--seeds must be at least 2, --steps and --repeats at least 1, --warmup at least 0")
@@ -179,6 +255,22 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.exactness:
+        if device.type != "cpu":
+            parser.error("--exactness checks the CPU's kernels; leave out --device")
+        report = exactness(args.seeds)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return
+        print(f"{args.seeds} seeds stacked against one seed each, CPU, {report['threads']} threads "
+              "(exact: bit-identical for every seed)")
+        for layer in report["linear"]:  # type: ignore[union-attr]
+            parts = [k for k in ("output", "grad_input", "grad_weight", "grad_bias") if not layer[k]]
+            verdict = "exact" if not parts else "differs in " + ", ".join(parts)
+            print(f"  linear {layer['in']}-{layer['out']}: {verdict}")
+        parts = [k for k, v in report["batch_norm"].items() if not v]  # type: ignore[union-attr]
+        print("  batch norm: " + ("exact" if not parts else "differs in " + ", ".join(parts)))
+        return
     out = measure(args.seeds, args.steps, args.warmup, args.repeats, device)
     if args.json:
         print(json.dumps(out, indent=2))

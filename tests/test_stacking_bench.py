@@ -69,3 +69,28 @@ def test_bad_arguments_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         stacking.main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_exactness_covers_every_toy_layer_and_sees_a_one_ulp_difference(monkeypatch, capsys):
+    report = stacking.exactness(2)
+    assert [(layer["in"], layer["out"]) for layer in report["linear"]] == \
+        [(i, o) for i, o, _ in stacking.TOY_LINEAR_LAYERS]
+    assert set(report["batch_norm"]) == {"output", "grad_input", "grad_scale", "grad_shift", "running_mean",
+                                         "running_var"}
+    one_layer = stacking.linear_exactness(2, 2, 400, False)
+    real_linear = torch.nn.functional.linear
+    # one ulp more in each seed's own product: the check must call it a difference, and only where it is
+    monkeypatch.setattr(stacking.F, "linear", lambda x, w, b=None: torch.nextafter(
+        real_linear(x, w, b), torch.tensor(float("inf"))))
+    nudged = stacking.linear_exactness(2, 2, 400, False)
+    assert one_layer["output"] and not nudged["output"] and nudged["grad_weight"] == one_layer["grad_weight"]
+    monkeypatch.undo()
+    stacking.main(["--exactness", "--seeds", "2"])
+    out = capsys.readouterr().out
+    assert "linear 200-1000:" in out and "batch norm:" in out
+
+
+def test_exactness_refuses_another_device(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        stacking.main(["--exactness", "--device", "meta"])
+    assert exit_info.value.code == 2 and "--exactness checks the CPU" in capsys.readouterr().err
