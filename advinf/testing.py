@@ -1,7 +1,8 @@
-"""A pytest helper for plugin authors (loaded automatically through the ``pytest11`` entry point).
+"""A plugin host for plugin authors' tests: pytest's ``advinf_host`` fixture gives one (installed with advinf,
+through the ``pytest11`` entry point, module ``pytest_advinf``).
 
-Fixture ``advinf_host``: a fresh :class:`advinf.PluginHost` with no plugins loaded, so a test can add
-exactly the plugins it is about (a factory that sizes its network from the data gets a ``BuildContext``)::
+:func:`fresh_host` is a :class:`advinf.PluginHost` with no plugins loaded, so a test can add exactly the plugins
+it is about (a factory that sizes its network from the data gets a ``BuildContext``)::
 
     def test_my_critic(advinf_host):
         advinf_host.add_plugin(my_plugin_module, name="mine")
@@ -15,13 +16,9 @@ the built-in ones too, ``advinf_host.add_plugin(advinf_plugins.games, name="game
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from advinf.plugins import PluginHost
 
 
-@pytest.fixture
-def advinf_host() -> Iterator[PluginHost]:
-    yield PluginHost(strict=False, disabled=set())
+def fresh_host() -> PluginHost:
+    """A plugin host with nothing loaded and nothing disabled (the ``advinf_host`` fixture's)."""
+    return PluginHost(strict=False, disabled=set())

@@ -483,3 +483,18 @@ def test_an_unknown_name_of_every_kind_names_the_broken_plugins(kind, override, 
     for any_kind in hookspecs.KINDS:  # and every kind, looked up by name from code (e.g. feature networks)
         with pytest.raises(UserError, match=f"unknown {any_kind} 'nope'.*failed to load.*sn_critics"):
             host.get(any_kind, "nope")
+
+
+def test_the_pytest_plugin_imports_no_torch_until_a_test_asks_for_its_fixture(tmp_path):
+    """pytest loads advinf's plugin in every run of any project in the environment; only ``advinf_host`` may
+    import advinf (and torch)."""
+    (tmp_path / "test_other.py").write_text(
+        "import sys\n\n"
+        "def test_a_project_without_advinf():\n"
+        "    assert 'torch' not in sys.modules and 'advinf' not in sys.modules\n\n"
+        "def test_with_the_fixture(advinf_host):\n"
+        "    assert advinf_host.names('critic') == [] and 'advinf' in sys.modules\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                          "-p", "no:hypothesispytest", "test_other.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
