@@ -109,7 +109,8 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
     try:
         obj = comp.factory(options, context)
     except UserError as exc:  # the factory's own message, e.g. sizes that do not fit the data
-        raise RecipeError(recipe.source, [Problem(key, str(exc))]) from None
+        where = f"{section}.{exc.option}" if exc.option else key
+        raise RecipeError(recipe.source, [Problem(where, str(exc))]) from None
     except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
         raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
                                                         f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc

@@ -11,9 +11,16 @@ class UserError(Exception):
     """A problem the user can fix (bad recipe, unknown name, missing data, bad checkpoint).
 
     The CLI prints ``str(error)`` and exits with status 2; ``--debug`` shows the traceback.
+
+    ``option``: the component's option the user should change, when it is one (``root`` of a dataset whose files
+    are missing): a recipe's error then names that key (``dataset.root``), not the component (``dataset.name``).
     """
 
     exit_code = 2
+
+    def __init__(self, *args: object, option: str | None = None):
+        super().__init__(*args)
+        self.option = option
 
 
 class PluginError(UserError):

@@ -101,12 +101,14 @@ def to_pixels(values: Tensor, size: int, resize: str) -> Tensor:
 def heldout_count(heldout: float, n: int) -> int:
     if heldout >= 1:
         if heldout != int(heldout):
-            raise UserError(f"dataset 'digits': heldout = {heldout}: give a whole count (>= 1) or a fraction (< 1)")
+            raise UserError(f"dataset 'digits': heldout = {heldout}: give a whole count (>= 1) or a fraction (< 1)",
+                            option="heldout")
         count = int(heldout)
     else:
         count = int(round(heldout * n))
     if count >= n:
-        raise UserError(f"dataset 'digits': heldout = {heldout} leaves no training images (there are {n})")
+        raise UserError(f"dataset 'digits': heldout = {heldout} leaves no training images (there are {n})",
+                        option="heldout")
     return count
 
 

@@ -160,7 +160,7 @@ def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool
     if download_hint:
         msg += (" Set `download = true` in [dataset] (or --set dataset.download=true) to fetch them with "
                 "torchvision's downloader, or point `root` at the folder that holds them.")
-    raise UserError(msg)
+    raise UserError(msg, option="root")
 
 
 def _torchvision(name: str, root: Path, make: Callable[[], Any]) -> Any:
@@ -170,7 +170,7 @@ def _torchvision(name: str, root: Path, make: Callable[[], Any]) -> Any:
     except RuntimeError as exc:
         raise UserError(f"dataset '{name}': torchvision could not load the files under {root}: {exc}. If a "
                         "checksum fails, delete the file and download it again (`download = true`), or set "
-                        "`verify = false` for files you trust.") from None
+                        "`verify = false` for files you trust.", option="root") from None
 
 
 def _cache_path(name: str, options: BaseModel, extra: Any = None) -> Path:
@@ -314,11 +314,12 @@ def read_cifar10_bin(path: Path) -> tuple[Tensor, Tensor]:
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
         raise UserError(f"dataset 'cifar10': {path} is not a CIFAR-10 binary batch (its size, {raw.size} bytes, is "
-                        "not a multiple of 3073)")
+                        "not a multiple of 3073)", option="root")
     records = raw.reshape(-1, 3073)
     labels = records[:, 0].astype(np.int64)
     if labels.max() > 9:
-        raise UserError(f"dataset 'cifar10': {path} holds labels above 9; it is not a CIFAR-10 binary batch")
+        raise UserError(f"dataset 'cifar10': {path} holds labels above 9; it is not a CIFAR-10 binary batch",
+                        option="root")
     return torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
@@ -333,7 +334,8 @@ def _official_python_batches(root: Path) -> Callable[[bool], tuple[Tensor, Tenso
         if not check_integrity(str(base / name), md5):
             raise UserError(f"dataset 'cifar10': {base / name} is not the official release's file (checksum); advinf "
                             "unpickles only the official python batches, since a pickle can run code. Use the "
-                            f"official binary version instead ({CIFAR_BIN}/, plain bytes), e.g. with download = true")
+                            f"official binary version instead ({CIFAR_BIN}/, plain bytes), e.g. with download = true",
+                            option="root")
 
     def load(train: bool) -> tuple[Tensor, Tensor]:
         ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=False))
@@ -369,7 +371,7 @@ def cifar10(options: Cifar10Options, ctx) -> Dataset:
         if options.heldout == "validation":
             if options.validation >= len(x):
                 raise UserError(f"dataset 'cifar10': validation = {options.validation}, but the training batches "
-                                f"hold only {len(x)} examples")
+                                f"hold only {len(x)} examples", option="validation")
             cut = len(x) - options.validation
             heldout, x, y = _limit(x[cut:], y[cut:], options.limit), x[:cut], y[:cut]
         elif options.heldout == "test":
@@ -467,7 +469,7 @@ def tiny_imagenet(options: TinyImagenetOptions, ctx) -> Dataset:
         wnids = [w.strip() for w in (base / "wnids.txt").read_text().split() if w.strip()]
         if sorted(wnids) != train.classes:
             raise UserError(f"dataset 'tiny_imagenet': the class folders of {base / 'train'} do not match "
-                            f"{base / 'wnids.txt'}")
+                            f"{base / 'wnids.txt'}", option="root")
 
         def split(samples: list[tuple[str, int]], what: str) -> Split:
             samples = samples[:options.limit] if options.limit else samples
@@ -497,12 +499,13 @@ def image_folder(options: ImageFolderOptions, ctx) -> Dataset:
     exts = tuple(sorted({e.lower() for e in IMG_EXTENSIONS}))
     if not root.is_dir():
         raise UserError(f"dataset 'image_folder': {root} is not a folder; set `root` to a folder of images "
-                        f"({', '.join(exts)}), optionally with one subfolder per class")
+                        f"({', '.join(exts)}), optionally with one subfolder per class", option="root")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     mode = options.labels if options.labels != "auto" else ("folders" if classes else "none")
     if mode == "folders":
         if not classes:
-            raise UserError(f"dataset 'image_folder': labels = 'folders', but {root} has no subfolders")
+            raise UserError(f"dataset 'image_folder': labels = 'folders', but {root} has no subfolders",
+                            option="labels")
         samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=exts, allow_empty=True)
     else:
         classes = []
@@ -510,7 +513,8 @@ def image_folder(options: ImageFolderOptions, ctx) -> Dataset:
                          if p.suffix.lower() in exts and p.is_file()
                          and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not samples:
-        raise UserError(f"dataset 'image_folder': no images under {root} (looked for {', '.join(exts)})")
+        raise UserError(f"dataset 'image_folder': no images under {root} (looked for {', '.join(exts)})",
+                        option="root")
     # The cache key includes every file's path, size and modification time: edited folders are re-read.
     fingerprint = hashlib.sha256("\n".join(
         f"{os.path.relpath(p, root)}\t{c}\t{os.stat(p).st_size}\t{os.stat(p).st_mtime_ns}"

@@ -213,12 +213,12 @@ def read_inception_weights(o: InceptionOptions) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     if o.weights is None or not Path(o.weights).is_file():  # removed since the options were checked
-        raise UserError(missing_weights_message(o.weights))
+        raise UserError(missing_weights_message(o.weights), option="weights")
     try:
         return load_file(o.weights)
     except Exception as exc:
         raise UserError(f"cannot read Inception weights from {o.weights}: {type(exc).__name__}: "
-                        f"{str(exc)[:200]}") from None
+                        f"{str(exc)[:200]}", option="weights") from None
 
 
 @contextlib.contextmanager

@@ -144,7 +144,7 @@ def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
                                       ("z_dim", o.z_dim, latent, "the prior's z has")):
         if given is not None and known is not None and given != known:
             raise UserError(f"{what}: {key} = {given}, but {source} {known} dimensions; remove {key} to take it "
-                            "from there")
+                            "from there", option=key)
     x_dim, z_dim = o.x_dim or data, o.z_dim or latent
     if x_dim is None or z_dim is None:
         raise UserError(f"{what}: give x_dim and z_dim, or build it from a recipe with a dataset and prior")

@@ -208,7 +208,7 @@ def test_missing_data_names_the_files_and_the_download_option(tmp_path, name, ex
     with pytest.raises(UserError) as err:
         load(name, root=str(tmp_path / "empty"))
     msg = str(err.value)
-    assert f"dataset '{name}'" in msg and "download = true" in msg
+    assert f"dataset '{name}'" in msg and "download = true" in msg and err.value.option == "root"
     for e in expected:
         assert str(tmp_path / "empty" / e) in msg
     assert not (tmp_path / "empty").exists()  # nothing created, nothing downloaded
@@ -219,6 +219,7 @@ def test_cli_reports_missing_data_without_a_traceback(tmp_path):
                                    "--set", f"dataset.root={tmp_path / 'nothing'}", "--set", "train.threads=1",
                                    "--set", "train.progress=none"])
     assert res.exit_code == 2 and "extra_32x32.mat" in res.output and "download = true" in res.output
+    assert "  dataset.root: dataset 'svhn': files not found" in res.output  # the key to change, not dataset.name
     assert "Traceback" not in res.output
 
 

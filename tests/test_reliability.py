@@ -138,7 +138,7 @@ def test_values_validation_can_know_are_wrong(tmp_path, override, expected):
 
 @pytest.mark.parametrize("override,expected", [
     ("train.batch_size=1", "train.batch_size: batch norm needs at least 2 examples per batch"),
-    ("encoder.x_dim=3", "encoder.name: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
+    ("encoder.x_dim=3", "encoder.x_dim: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
     ("decoder.hidden=10000000", "decoder.name: building decoder 'toy_decoder' (plugin 'toy_networks') failed"),
 ])
 def test_what_fails_only_when_built_fails_before_training_and_writes_nothing(tmp_path, override, expected):
