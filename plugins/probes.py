@@ -32,7 +32,9 @@ at the chosen C), C, the feature dimension, and ``unconverged_fits`` (liblinear 
 The paper drew 100 sets of 1,000 SVHN labels (19.14 +- 0.50 % test error); the default here is 10.
 
 **knn_probe** (BiGAN's 1-NN): each test example takes the label of its nearest labelled training example
-(``k`` nearest by majority, ties to the nearest) by cosine similarity of the unscaled features (``metric``).
+(``k`` nearest by majority, ties to the nearest) by cosine similarity of the unscaled features, or by Euclidean
+distance with ``metric = "euclidean"``, which is what BiGAN's code used (ali-reference §7; the BiGAN recipes set
+it). Cosine is the default because it ignores the features' scale.
 Reported as test error (and ``test_accuracy_mean``, BiGAN's number) over the same draws.
 
 **Too little data.** When the training split cannot give the validation set and a class-balanced labelled set
@@ -126,7 +128,8 @@ class SvmProbeOptions(ProbeOptions):
 
 class KnnProbeOptions(ProbeOptions):
     k: int = Field(1, ge=1, description="neighbours voting (BiGAN: 1)")
-    metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity of feature vectors")
+    metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity of feature vectors "
+                                                  "(BiGAN's code: euclidean)")
 
 
 # -- labelled subsets --------------------------------------------------------------------------------------
@@ -560,7 +563,7 @@ def svm_probe(options: SvmProbeOptions, ctx) -> Evaluator:
 
 
 def knn_probe(options: KnnProbeOptions, ctx) -> Evaluator:
-    """BiGAN's 1-nearest-neighbour (cosine) error on encoder features, same labelled draws as svm_probe."""
+    """BiGAN's 1-nearest-neighbour error on encoder features (cosine; BiGAN: euclidean), svm_probe's draws."""
     if getattr(ctx, "dataset", None) is not None:
         require_probe_data(ctx.dataset, "knn_probe")
     return KnnProbe(options, getattr(ctx, "seed", 0))
