@@ -158,8 +158,8 @@ def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool
     what = ", ".join(str(root / e) for e in expected)
     msg = f"dataset '{name}': files not found under {root}: expected {what} (missing: {', '.join(missing)})."
     if download_hint:
-        msg += (" Set `download = true` in [dataset] (or --set dataset.download=true) to fetch them with "
-                "torchvision's downloader, or point `root` at the folder that holds them.")
+        msg += (" Set `download = true` beside this `root` (for the run's data: --set dataset.download=true) to "
+                "fetch them with torchvision's downloader, or point `root` at the folder that holds them.")
     raise UserError(msg, option="root")
 
 

@@ -16,11 +16,18 @@ depend on the label: ``encoder_sees_labels`` says so in the report, and such an 
 unsupervised representation).
 
 **Labelled subsets** (shared by both probes: the same options give the same subsets). A validation set of
-``validation`` examples is drawn once, uniformly at random, from the *training* split; each of ``repeats``
-labelled training sets holds ``labels`` examples drawn from the rest, class-balanced (``labels // classes``
-per class, the remainder to randomly chosen classes). One generator seeded with ``seed`` draws the validation set
-and then the labelled sets in turn, so the first draws stay the same when ``repeats`` grows. The test set is the
-held-out split (all of it, or ``test_examples`` of it drawn with ``seed``).
+``validation`` examples is taken once from the *training* split: drawn uniformly at random, or, with
+``validation_from = "last"``, its last ``validation`` examples, fixed; each of ``repeats`` labelled training sets
+holds ``labels`` examples drawn from the rest, class-balanced (``labels // classes`` per class, the remainder to
+randomly chosen classes). One generator seeded with ``seed`` draws the validation set and then the labelled sets
+in turn, so the first draws stay the same when ``repeats`` grows. The test set is the held-out split (all of it,
+or ``test_examples`` of it drawn with ``seed``).
+
+``labelled_from`` names a registered dataset (its options in ``labelled_from_options``) whose training split
+takes the place of the run's for the validation and labelled sets; the test set stays the run's held-out split.
+The paper's SVHN protocol needs it (ali-reference §5.1): the model trained on ``extra``, the SVM's labels came
+from ``train[0:63257]`` and C was chosen on the fixed ``train[63257:73257]``, 10,000 examples. That dataset is
+built with the evaluator, when the recipe is, so missing files fail before training.
 
 **svm_probe** (the paper's L2-SVM): scikit-learn's ``LinearSVC`` (squared hinge, L2 penalty, one-vs-rest) on
 features standardised with the mean and standard deviation of each labelled training set (the original used no
@@ -63,7 +70,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -71,10 +78,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from advinf import (
+    BuildContext,
     Dataset,
     Evaluator,
     Networks,
     Posterior,
+    RegisteredName,
     Split,
     StreamingSplit,
     TrainedModel,
@@ -107,6 +116,16 @@ class ProbeOptions(BaseModel):
                                                                  "mean: the posterior mean alone")
     baselines: bool = Field(True, description="also run the protocol on raw pixels and the untrained encoder")
     batch_size: int = Field(500, ge=1, description="examples per encoder forward pass")
+    validation_from: Literal["random", "last"] = Field(
+        "random", description="random: the validation set is drawn uniformly from the training split; last: it "
+                              "is the split's last `validation` examples (the original SVHN script: "
+                              "train[63257:73257])")
+    labelled_from: Annotated[str | None, RegisteredName("dataset", options="labelled_from_options")] = Field(
+        None, description="a registered dataset whose training split gives the validation and labelled sets "
+                          "instead of the run's (the paper's SVHN protocol: svhn with split = \"train\", while the "
+                          "model trained on extra); the test set stays the run's held-out split")
+    labelled_from_options: dict[str, Any] = Field(default_factory=dict,
+                                                  description="options of the labelled_from dataset")
 
 
 class SvmProbeOptions(ProbeOptions):
@@ -170,17 +189,22 @@ def balanced_subset(y: Tensor, pool: Tensor, size: int, classes: int, g: torch.G
     return torch.sort(torch.cat(picked)).values
 
 
-def draw_labelled(y: Tensor, labels: int, validation: int, repeats: int, seed: int, classes: int) -> LabelledDraws:
-    """The validation set (uniform, drawn first) and ``repeats`` class-balanced labelled sets from the rest."""
+def draw_labelled(y: Tensor, labels: int, validation: int, repeats: int, seed: int, classes: int,
+                  validation_from: Literal["random", "last"] = "random") -> LabelledDraws:
+    """The validation set (uniform, drawn first; or the last ``validation`` examples) and ``repeats``
+    class-balanced labelled sets from the rest."""
     y = y.detach().cpu().long().reshape(-1)
     n = len(y)
     if validation + labels > n:
         raise TooLittleData(f"the training split holds {n} examples, fewer than validation ({validation}) plus labels "
                         f"({labels}); lower them")
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
-    val = torch.sort(perm[:validation]).values
-    pool = torch.sort(perm[validation:]).values
+    if validation_from == "last":
+        val, pool = torch.arange(n - validation, n), torch.arange(n - validation)
+    else:
+        perm = torch.randperm(n, generator=g)
+        val = torch.sort(perm[:validation]).values
+        pool = torch.sort(perm[validation:]).values
     return LabelledDraws(val, [balanced_subset(y, pool, labels, classes, g) for _ in range(repeats)])
 
 
@@ -286,9 +310,11 @@ class FeatureSets:
 
 @dataclass
 class ProbeData:
-    """What every probe reads: the draws, the labels, the test indices and whether y reaches the encoder."""
+    """What every probe reads: the draws (indices into ``pool``, the training split they come from), the labels
+    and the test indices."""
 
     data: Dataset
+    pool: Split | StreamingSplit
     draws: LabelledDraws
     y_train: Tensor
     test_idx: Tensor
@@ -299,7 +325,7 @@ class ProbeData:
         needed = self.draws.needed()
         pos = torch.full((len(self.y_train),), -1, dtype=torch.long)
         pos[needed] = torch.arange(len(needed))
-        train = collect(self.data.train, needed, fn, batch_size)
+        train = collect(self.pool, needed, fn, batch_size)
         test = collect(self.data.heldout, self.test_idx, fn, batch_size)  # type: ignore[arg-type]
         return FeatureSets(train, pos, test)
 
@@ -316,20 +342,49 @@ def require_probe_data(data: Dataset, what: str) -> tuple:
     return info
 
 
-def probe_data(data: Dataset, o: ProbeOptions, what: str) -> ProbeData:
-    """Check the data can be probed and draw the subsets."""
+def probe_data(data: Dataset, o: ProbeOptions, what: str, pool: Split | StreamingSplit | None = None) -> ProbeData:
+    """Check the data can be probed and draw the subsets, from ``pool`` (default: the training split)."""
     info = require_probe_data(data, what)
-    y_train = _labels(data.train)
+    pool = pool if pool is not None else data.train
+    y_train = _labels(pool)
     y_test_all = _labels(data.heldout)
     classes = max(info[2], int(y_train.max()) + 1)
-    draws = draw_labelled(y_train, o.labels, o.validation, o.repeats, o.seed, classes)
+    draws = draw_labelled(y_train, o.labels, o.validation, o.repeats, o.seed, classes, o.validation_from)
     n_test = len(data.heldout)
     if o.test_examples is not None and o.test_examples < n_test:
         g = torch.Generator().manual_seed(o.seed + 1)
         test_idx = torch.sort(torch.randperm(n_test, generator=g)[: o.test_examples]).values
     else:
         test_idx = torch.arange(n_test)
-    return ProbeData(data, draws, y_train, test_idx, y_test_all[test_idx], classes)
+    return ProbeData(data, pool, draws, y_train, test_idx, y_test_all[test_idx], classes)
+
+
+def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> Split | StreamingSplit | None:
+    """The training split of the ``labelled_from`` dataset (None without one), built now: its problems are the
+    recipe's, keyed by the option to change, before training."""
+    if o.labelled_from is None:
+        return None
+    host = getattr(ctx, "host", None)
+    if host is None:
+        import advinf
+
+        host = advinf.default_host()
+    try:
+        other = host.create("dataset", o.labelled_from, BuildContext(seed=getattr(ctx, "seed", 0), host=host),
+                            **o.labelled_from_options)
+    except UserError as exc:
+        key = f"labelled_from_options.{exc.option}" if exc.option else "labelled_from"
+        raise UserError(f"evaluator '{what}', labelled_from = '{o.labelled_from}': {exc}", option=key) from None
+    info = other.label_info()
+    if info is None or info[0] != "classes":
+        raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has no class labels",
+                        option="labelled_from")
+    run = getattr(ctx, "dataset", None)
+    if run is not None and tuple(other.sample_shape) != tuple(run.sample_shape):
+        raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has examples of shape "
+                        f"{tuple(other.sample_shape)}, but the run's are {tuple(run.sample_shape)}",
+                        option="labelled_from")
+    return other.train
 
 
 def _labels(split: Split | StreamingSplit) -> Tensor:
@@ -497,8 +552,8 @@ def knn_protocol(f: FeatureSets, pd: ProbeData, o: KnnProbeOptions) -> dict[str,
 class _Probe(Evaluator):
     name = ""
 
-    def __init__(self, options: ProbeOptions, recipe_seed: int = 0):
-        self.o, self.recipe_seed = options, recipe_seed
+    def __init__(self, options: ProbeOptions, recipe_seed: int = 0, pool: Split | StreamingSplit | None = None):
+        self.o, self.recipe_seed, self.pool = options, recipe_seed, pool
         # the baselines do not change while a run trains: evaluations every N steps compute them once
         self._baselines: dict[tuple, dict[str, Any]] = {}
 
@@ -512,7 +567,7 @@ class _Probe(Evaluator):
         start = time.perf_counter()
         o = self.o
         try:
-            pd = probe_data(data, o, self.name)
+            pd = probe_data(data, o, self.name, self.pool)
         except TooLittleData as exc:
             return {"skipped": f"{exc} (evaluators.{self.name})"}
         with evaluating(model.nets):
@@ -520,6 +575,8 @@ class _Probe(Evaluator):
         result = self.protocol(trained, pd)
         result.update(labels=o.labels, repeats=o.repeats, validation=o.validation, test_examples=len(pd.test_idx),
                       features=o.features, encoder_sees_labels=model.conditional)
+        if o.labelled_from is not None:
+            result["labelled_from"] = {"name": o.labelled_from, **o.labelled_from_options}
         if o.baselines:
             result.update(self._baseline_results(model, data, out_dir, pd))
         result["seconds"] = round(time.perf_counter() - start, 3)
@@ -528,7 +585,7 @@ class _Probe(Evaluator):
 
     def _baseline_results(self, model: TrainedModel, data: Dataset, out_dir: Path | None, pd: ProbeData
                           ) -> dict[str, Any]:
-        key = (id(data), len(data.train), str(out_dir), type(model.encoder).__name__)
+        key = (id(data), id(pd.pool), len(data.train), str(out_dir), type(model.encoder).__name__)
         if key not in self._baselines:
             raw = self.protocol(pd.features(raw_inputs, self.o.batch_size), pd)
             encoder, how = untrained_encoder(model, out_dir, self.recipe_seed)
@@ -559,14 +616,14 @@ def svm_probe(options: SvmProbeOptions, ctx) -> Evaluator:
     """The paper's L2-SVM on encoder features: test error over class-balanced labelled draws, with baselines."""
     if getattr(ctx, "dataset", None) is not None:  # refused when the recipe is built, not after its training
         require_probe_data(ctx.dataset, "svm_probe")
-    return SvmProbe(options, getattr(ctx, "seed", 0))
+    return SvmProbe(options, getattr(ctx, "seed", 0), labelled_pool(options, ctx, "svm_probe"))
 
 
 def knn_probe(options: KnnProbeOptions, ctx) -> Evaluator:
     """BiGAN's 1-nearest-neighbour error on encoder features (cosine; BiGAN: euclidean), svm_probe's draws."""
     if getattr(ctx, "dataset", None) is not None:
         require_probe_data(ctx.dataset, "knn_probe")
-    return KnnProbe(options, getattr(ctx, "seed", 0))
+    return KnnProbe(options, getattr(ctx, "seed", 0), labelled_pool(options, ctx, "knn_probe"))
 
 
 @hookimpl

@@ -226,7 +226,7 @@ def test_cli_reports_missing_data_without_a_traceback(tmp_path):
 # -- the paper recipes, end to end on tiny real-format data --------------------------------------------------
 
 def _svhn(root):
-    write_svhn(root, {"extra": 8, "test": 2})
+    write_svhn(root, {"extra": 8, "test": 2, "train": 3})
     return root
 
 
@@ -251,7 +251,7 @@ FID_TINY = ["evaluators.fid.samples=4", "evaluators.fid.network_options={epochs 
 
 
 @pytest.mark.parametrize("recipe,writer,size,extra", [
-    ("ali_svhn", _svhn, 32, FID_TINY),
+    ("ali_svhn", _svhn, 32, [*FID_TINY, "evaluators.svm_probe.labelled_from_options.verify=false"]),
     ("ali_cifar10", _cifar10, 32, ["dataset.validation=2", *FID_TINY]),
     ("ali_celeba", _celeba, 64, []),
     ("ali_tiny_imagenet", _tiny, 64, FID_TINY),
@@ -259,7 +259,9 @@ FID_TINY = ["evaluators.fid.samples=4", "evaluators.fid.network_options={epochs 
 def test_paper_recipe_runs_through_the_cli(tmp_path, recipe, writer, size, extra):
     root = writer(tmp_path / "data")
     out = tmp_path / "run"
-    overrides = [f"dataset.root={root}", "dataset.verify=false", "train.epochs=1", "train.batch_size=4",
+    overrides = [f"dataset.root={root}", "dataset.verify=false",
+                 *([f"evaluators.svm_probe.labelled_from_options.root={root}"] if recipe == "ali_svhn" else []),
+                 "train.epochs=1", "train.batch_size=4",
                  "train.threads=1", "train.progress=none", "train.sample_every=1", "train.num_samples=4",
                  "train.log_every=1", "train.device=cpu", *extra]
     args = ["run", str(RECIPES / f"{recipe}.toml"), "--out", str(out)]
@@ -288,7 +290,12 @@ def check_recipe_evaluators(out, recipe: str) -> None:
     assert set(report) == configured and "reconstruction" in configured
     assert math.isfinite(report["reconstruction"]["mse_mean"]) and report["reconstruction"]["examples"] >= 2
     if "svm_probe" in report:
-        assert "fewer than validation (1000) plus labels (1000)" in report["svm_probe"]["skipped"]
+        validation = advinf.load_recipe(RECIPES / f"{recipe}.toml").spec.evaluators["svm_probe"].options.get(
+            "validation", 1000)
+        pool = 3 if recipe == "ali_svhn" else None  # ali_svhn draws its labels from SVHN train (3 images here)
+        assert f"fewer than validation ({validation}) plus labels (1000)" in report["svm_probe"]["skipped"]
+        if pool is not None:
+            assert f"holds {pool} examples" in report["svm_probe"]["skipped"]
         assert "skipped" in report["reconstruction"]["classifier"]
     if "fid" in report:
         assert report["fid"]["protocol"].startswith("fid4_heldout") and math.isfinite(report["fid"]["fid"])

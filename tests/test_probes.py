@@ -316,3 +316,57 @@ def test_an_evaluator_the_data_cannot_serve_fails_before_training(tmp_path, eval
                                    f"evaluators.{evaluator}.seed=1", "--set", "dataset.heldout=0"])
     assert res.exit_code == 2 and expected in res.output, res.output
     assert not out.exists()  # nothing trained, nothing written
+
+
+# -- the labelled pool from another dataset (the paper's SVHN protocol) ---------------------------------------
+
+
+def test_validation_from_last_is_the_split_s_fixed_tail():
+    y = torch.arange(10).repeat(50)
+    d = draw_labelled(y, labels=40, validation=100, repeats=3, seed=5, classes=10, validation_from="last")
+    assert torch.equal(d.validation, torch.arange(400, 500))
+    assert all(int(draw.max()) < 400 for draw in d.labelled)
+    e = draw_labelled(y, labels=40, validation=100, repeats=3, seed=6, classes=10, validation_from="last")
+    assert torch.equal(e.validation, d.validation) and not torch.equal(e.labelled[0], d.labelled[0])
+
+
+def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_heldout(tmp_path):
+    run_data = advinf.create("dataset", "digits", None)  # 1,438 training digits, 359 held out
+    ctx = advinf.BuildContext(dataset=run_data, seed=0)
+    common = {"labels": 100, "validation": 100, "repeats": 2, "baselines": False}
+    own = advinf.create("evaluator", "svm_probe", ctx, **common)
+    other = advinf.create("evaluator", "svm_probe", ctx, **common, validation_from="last",
+                          labelled_from="digits", labelled_from_options={"heldout": 0.8, "split_seed": 3})
+    assert own.pool is None and len(other.pool) == 359
+    model = model_with(Identity(), Reshape((1, 8, 8)), dim=64)
+    a, b = own.evaluate(model, run_data, tmp_path), other.evaluate(model, run_data, tmp_path)
+    assert a["test_examples"] == b["test_examples"] == 359  # the run's held-out split either way
+    assert b["labelled_from"] == {"name": "digits", "heldout": 0.8, "split_seed": 3} and "labelled_from" not in a
+    assert a["test_errors"] != b["test_errors"]
+    # the budget is the other dataset's: its 359 training digits cannot give 300 + 100
+    small = advinf.create("evaluator", "svm_probe", ctx, **{**common, "validation": 300},
+                          labelled_from="digits", labelled_from_options={"heldout": 0.8})
+    assert "holds 359 examples" in small.evaluate(model, run_data, tmp_path)["skipped"]
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("evaluators.svm_probe.labelled_from_options.heldout=5000",
+     "evaluators.svm_probe.labelled_from_options.heldout: evaluator 'svm_probe', labelled_from = 'digits': dataset "
+     "'digits': heldout = 5000.0 leaves no training images"),
+    ("evaluators.svm_probe.labelled_from_options.size=16",
+     "evaluators.svm_probe.labelled_from: evaluator 'svm_probe': labelled_from = 'digits' has examples of shape "
+     "(1, 16, 16), but the run's are (1, 8, 8)"),
+    ("evaluators.svm_probe.labelled_from_options.sise=16",
+     "evaluators.svm_probe.labelled_from_options.sise"),
+])
+def test_a_labelled_from_dataset_that_cannot_serve_fails_before_training(tmp_path, override, expected):
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_digits.toml"), "--out", str(out),
+                                   "--set", "evaluators.svm_probe.labelled_from=digits", "--set", override])
+    assert res.exit_code == 2 and expected in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
