@@ -524,13 +524,22 @@ def _cell(value: Any) -> str:
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
-def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
+@click.option("--build", "build_it", is_flag=True,
+              help="Also build it as run does before training (data, networks, init_from, evaluators) and take one "
+                   "trial step on copies of the networks: what only building can find. Writes nothing.")
+def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool) -> None:
     """Check RECIPE and print it resolved (every default filled in)."""
     from advinf.recipe import load_recipe
 
-    rec = load_recipe(recipe, overrides, host=_host())
+    host = _host()
+    rec = load_recipe(recipe, overrides, host=host)
     for path in rec.imported:  # recipe plugins are code: say what validating ran
         click.echo(f"imported local plugin: {path}", err=True)
+    if build_it:
+        from advinf.session import check_build
+
+        for line in check_build(rec, host):
+            _echo(line)
     click.echo(rec.to_toml(), nl=False)
 
 

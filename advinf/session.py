@@ -213,6 +213,28 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     return trainer
 
 
+def check_build(rec: Recipe, host: PluginHost | None = None) -> list[str]:
+    """What ``advinf run`` does with ``rec`` before it writes anything, and nothing more: build every component
+    (data, networks, ``init_from``, evaluators, loggers) and take one trial step on copies of the networks. Raises
+    what a run would raise; returns lines that say what was built. Writes nothing."""
+    built = build(rec, host=host or default_host())
+    spec = rec.spec
+    trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
+                      optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
+                      seed=spec.seed, device=built.device, recipe=rec.resolved(), condition=built.condition,
+                      loggers=built.loggers)
+    data = built.dataset
+    heldout = f", {len(data.heldout)} held out" if data.heldout is not None else ""
+    lines = [f"dataset: {len(data.train)} training examples of shape {tuple(data.sample_shape)}{heldout}"]
+    lines += [f"{name}: {type(module).__name__}, {sum(p.numel() for p in module.parameters()):,} parameters"
+              for name, module in built.nets.items()]
+    if built.evaluators:
+        lines.append(f"evaluators: {', '.join(built.evaluators)}")
+    lines.append(f"one trial step on {trainer.device} passed ({trainer.total_steps:,} steps of "
+                 f"{spec.train.batch_size} to train)")
+    return lines
+
+
 def _refuse_incomplete_checkpoints(root: Path, step: int | None) -> None:
     """Resuming from ``step`` (None: no complete checkpoint, from step 0) would write over the incomplete
     checkpoints of later steps: their weights may be all that is left of the training, so they are never

@@ -148,6 +148,23 @@ def test_what_fails_only_when_built_fails_before_training_and_writes_nothing(tmp
     assert "Traceback" not in res.output and not out.exists()
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("train.batch_size=1", "train.batch_size: batch norm needs at least 2 examples per batch"),
+    ("encoder.x_dim=3", "encoder.x_dim: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
+    ("critic.joint=false", "the critic ignores z: set critic.joint = true"),
+])
+def test_validate_build_finds_what_only_building_can_and_writes_nothing(tmp_path, monkeypatch, override, expected):
+    monkeypatch.chdir(tmp_path)  # a run would write runs/NAME-... here
+    assert invoke("validate", ALI, "--set", override).exit_code == 0  # the options alone are valid
+    res = invoke("validate", "--build", ALI, *sets(TINY + TINY_ENCODER), "--set", override)
+    assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output
+    good = invoke("validate", "--build", ALI, *sets(TINY + TINY_ENCODER))
+    assert good.exit_code == 0, good.output
+    assert "critic: ToyCritic" in good.output and "one trial step on cpu passed" in good.output
+    assert "[train]" in good.output  # the resolved recipe, as plain validate prints it
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- run directories ----------------------------------------------------------------------------------------
 
 def test_bad_run_directories_are_clear_errors(tmp_path):
