@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -194,7 +195,7 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
             sys.exit(130 if result.stopped == "SIGINT" else 143)
         return
     if result.eval:
-        click.echo(json.dumps(result.eval, indent=2, sort_keys=True))
+        _show(json.dumps(result.eval, indent=2, sort_keys=True))
 
 
 def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str, ...], out: Path | None,
@@ -214,7 +215,10 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
         some = f" ({m['n']} of {len(summary['seeds'])})" if m.get("missing") else ""
         table.add_row(name, "–" + some if m["n"] == 0 else f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
                       *(f"{m['values'][str(s)]:.4g}" if str(s) in m["values"] else "–" for s in summary["seeds"]))
-    (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
+    try:
+        (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
+    except BrokenPipeError:
+        _discard_output(sys.stdout)
     _echo(f"{len(outcome.results)} seeds in {summary['seconds']:.1f} s ({jobs} at a time); "
           f"summary: {outcome.out / SUMMARY_FILE}")
     if outcome.failed:
@@ -237,7 +241,27 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
 
 
 def _echo(message: str) -> None:
-    click.echo(message, err=True)
+    _show(message, err=True)
+
+
+def _show(text: str, err: bool = False) -> None:
+    """``click.echo``, except that where the reader went away (``advinf run ... 2>&1 | head``) the rest of the
+    output goes nowhere instead of ending the command with status 1: a run's work, its directory and eval.json,
+    does not depend on anyone reading its messages."""
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        _discard_output(sys.stderr if err else sys.stdout)
+
+
+def _discard_output(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: later writes, and the flush at exit, succeed silently."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 @cli.command()
