@@ -16,11 +16,19 @@ _NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON records of a .jsonl file (a torn or foreign line is skipped)."""
-    if not path.is_file():
+    """The complete JSON records of a .jsonl file (a torn or foreign line is skipped; no file: none). Something
+    else in its place, or a file that cannot be read, is a UserError naming it."""
+    if not path.exists() and not path.is_symlink():
         return []
+    if not path.is_file():
+        raise UserError(f"{path} is not a file (a folder, or a link to nothing, where advinf writes one); move it "
+                        "away")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:

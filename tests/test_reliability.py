@@ -736,3 +736,16 @@ def test_a_run_whose_stored_recipe_fails_todays_checks_opens_with_its_fixed_reci
     said = " ".join(res.output.split())
     assert res.exit_code == 2 and "prior.name" in said and "fancy_prior" in said, res.output
     assert "used instead" not in said and not (tmp_path / "t.png").exists()
+
+
+def test_a_folder_in_place_of_the_metrics_file_is_named_not_taken_for_no_metrics(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run)
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    res = invoke("plot", run)
+    assert res.exit_code == 2 and f"{run / 'metrics.jsonl'} is not a file" in res.output, res.output
+    (run / "metrics.jsonl").rmdir()
+    (run / "metrics.jsonl").symlink_to(tmp_path / "nowhere")
+    res = invoke("plot", run)
+    assert res.exit_code == 2 and "is not a file (a folder, or a link to nothing" in res.output, res.output
