@@ -43,6 +43,7 @@ from advinf.interfaces import (
 from advinf.loggers import JsonlLogger, flatten_results
 from advinf.pictures import save_grid
 from advinf.plugins import PluginHost, default_host
+from advinf.provenance import origin_of
 from advinf.recipe import Recipe, load_recipe
 from advinf.regularisers import spectral_normalise
 from advinf.runs import LoadedRun, load_run, saved_recipe
@@ -103,5 +104,5 @@ __all__ = [
     "load_recipe", "load_run", "run_recipe",
     # helpers for plugins (docs/plugins.md, "Helpers for plugins"): what the built-in plugins use, no more
     "MAIN", "StreamSource", "atomic_path", "embedding_for", "evaluating", "example_conditions", "flat_latent_dim",
-    "save_grid", "saved_recipe", "spectral_normalise", "stream_seed", "with_condition",
+    "origin_of", "save_grid", "saved_recipe", "spectral_normalise", "stream_seed", "with_condition",
 ]

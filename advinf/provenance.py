@@ -48,6 +48,8 @@ def mark(component: object, origin: Origin) -> None:
 
 
 def origin_of(component: object) -> Origin | None:
+    """The registered kind, name and options ``component`` was made with (by a recipe or ``advinf.create``), or
+    None for one made otherwise."""
     return getattr(component, _ATTRIBUTE, None)
 
 

@@ -25,6 +25,9 @@ or ``test_examples`` of it drawn with ``seed``).
 
 ``labelled_from`` names a registered dataset (its options in ``labelled_from_options``) whose training split
 takes the place of the run's for the validation and labelled sets; the test set stays the run's held-out split.
+When it names the run's own dataset, its options start from the run's (``root``, ``verify``, ...), and
+``labelled_from_options`` changes some of them (``split = "train"``), so that a dataset moved elsewhere
+(``--set dataset.root=DIR``) is found by both.
 The paper's SVHN protocol needs it (ali-reference §5.1): the model trained on ``extra``, the SVM's labels came
 from ``train[0:63257]`` and C was chosen on the fixed ``train[63257:73257]``, 10,000 examples. That dataset is
 built with the evaluator, when the recipe is, so missing files fail before training.
@@ -90,6 +93,7 @@ from advinf import (
     UserError,
     evaluating,
     hookimpl,
+    origin_of,
     saved_recipe,
 )
 
@@ -125,7 +129,8 @@ class ProbeOptions(BaseModel):
                           "instead of the run's (the paper's SVHN protocol: svhn with split = \"train\", while the "
                           "model trained on extra); the test set stays the run's held-out split")
     labelled_from_options: dict[str, Any] = Field(default_factory=dict,
-                                                  description="options of the labelled_from dataset")
+                                                  description="options of the labelled_from dataset (over the "
+                                                              "run's dataset options when it names the same one)")
 
 
 class SvmProbeOptions(ProbeOptions):
@@ -359,9 +364,9 @@ def probe_data(data: Dataset, o: ProbeOptions, what: str, pool: Split | Streamin
     return ProbeData(data, pool, draws, y_train, test_idx, y_test_all[test_idx], classes)
 
 
-def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> Split | StreamingSplit | None:
-    """The training split of the ``labelled_from`` dataset (None without one), built now: its problems are the
-    recipe's, keyed by the option to change, before training."""
+def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> tuple[Split | StreamingSplit, dict[str, Any]] | None:
+    """The training split of the ``labelled_from`` dataset and the options it was built with (None without one),
+    built now: its problems are the recipe's, keyed by the option to change, before training."""
     if o.labelled_from is None:
         return None
     host = getattr(ctx, "host", None)
@@ -369,9 +374,13 @@ def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> Split | StreamingSpli
         import advinf
 
         host = advinf.default_host()
+    run = getattr(ctx, "dataset", None)
+    origin = origin_of(run) if run is not None else None
+    same = origin is not None and origin.kind == "dataset" and origin.name == o.labelled_from
+    options = {**(origin.options if same else {}), **o.labelled_from_options}  # type: ignore[union-attr]
     try:
         other = host.create("dataset", o.labelled_from, BuildContext(seed=getattr(ctx, "seed", 0), host=host),
-                            **o.labelled_from_options)
+                            **options)
     except UserError as exc:
         key = f"labelled_from_options.{exc.option}" if exc.option else "labelled_from"
         raise UserError(f"evaluator '{what}', labelled_from = '{o.labelled_from}': {exc}", option=key) from None
@@ -379,12 +388,11 @@ def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> Split | StreamingSpli
     if info is None or info[0] != "classes":
         raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has no class labels",
                         option="labelled_from")
-    run = getattr(ctx, "dataset", None)
     if run is not None and tuple(other.sample_shape) != tuple(run.sample_shape):
         raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has examples of shape "
                         f"{tuple(other.sample_shape)}, but the run's are {tuple(run.sample_shape)}",
                         option="labelled_from")
-    return other.train
+    return other.train, options
 
 
 def _labels(split: Split | StreamingSplit) -> Tensor:
@@ -552,8 +560,10 @@ def knn_protocol(f: FeatureSets, pd: ProbeData, o: KnnProbeOptions) -> dict[str,
 class _Probe(Evaluator):
     name = ""
 
-    def __init__(self, options: ProbeOptions, recipe_seed: int = 0, pool: Split | StreamingSplit | None = None):
-        self.o, self.recipe_seed, self.pool = options, recipe_seed, pool
+    def __init__(self, options: ProbeOptions, recipe_seed: int = 0,
+                 pool: tuple[Split | StreamingSplit, dict[str, Any]] | None = None):
+        self.o, self.recipe_seed = options, recipe_seed
+        self.pool, self.pool_options = pool if pool is not None else (None, None)
         # the baselines do not change while a run trains: evaluations every N steps compute them once
         self._baselines: dict[tuple, dict[str, Any]] = {}
 
@@ -575,8 +585,8 @@ class _Probe(Evaluator):
         result = self.protocol(trained, pd)
         result.update(labels=o.labels, repeats=o.repeats, validation=o.validation, test_examples=len(pd.test_idx),
                       features=o.features, encoder_sees_labels=model.conditional)
-        if o.labelled_from is not None:
-            result["labelled_from"] = {"name": o.labelled_from, **o.labelled_from_options}
+        if self.pool_options is not None:
+            result["labelled_from"] = {"name": o.labelled_from, **self.pool_options}
         if o.baselines:
             result.update(self._baseline_results(model, data, out_dir, pd))
         result["seconds"] = round(time.perf_counter() - start, 3)

@@ -26,7 +26,7 @@ def _mnist(root):
 
 
 def _svhn(root):
-    write_svhn(root, {"extra": 8, "test": 4})
+    write_svhn(root, {"extra": 8, "test": 4, "train": 3})  # train: the SVM probe's labels (ali_svhn.toml)
     return root, 32
 
 

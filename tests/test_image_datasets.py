@@ -251,7 +251,7 @@ FID_TINY = ["evaluators.fid.samples=4", "evaluators.fid.network_options={epochs 
 
 
 @pytest.mark.parametrize("recipe,writer,size,extra", [
-    ("ali_svhn", _svhn, 32, [*FID_TINY, "evaluators.svm_probe.labelled_from_options.verify=false"]),
+    ("ali_svhn", _svhn, 32, FID_TINY),
     ("ali_cifar10", _cifar10, 32, ["dataset.validation=2", *FID_TINY]),
     ("ali_celeba", _celeba, 64, []),
     ("ali_tiny_imagenet", _tiny, 64, FID_TINY),
@@ -260,7 +260,6 @@ def test_paper_recipe_runs_through_the_cli(tmp_path, recipe, writer, size, extra
     root = writer(tmp_path / "data")
     out = tmp_path / "run"
     overrides = [f"dataset.root={root}", "dataset.verify=false",
-                 *([f"evaluators.svm_probe.labelled_from_options.root={root}"] if recipe == "ali_svhn" else []),
                  "train.epochs=1", "train.batch_size=4",
                  "train.threads=1", "train.progress=none", "train.sample_every=1", "train.num_samples=4",
                  "train.log_every=1", "train.device=cpu", *extra]

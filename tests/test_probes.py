@@ -341,7 +341,9 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
     model = model_with(Identity(), Reshape((1, 8, 8)), dim=64)
     a, b = own.evaluate(model, run_data, tmp_path), other.evaluate(model, run_data, tmp_path)
     assert a["test_examples"] == b["test_examples"] == 359  # the run's held-out split either way
-    assert b["labelled_from"] == {"name": "digits", "heldout": 0.8, "split_seed": 3} and "labelled_from" not in a
+    # the run's dataset options, changed by labelled_from_options
+    assert b["labelled_from"] == {"name": "digits", "size": 8, "resize": "bilinear", "heldout": 0.8,
+                                  "split_seed": 3} and "labelled_from" not in a
     assert a["test_errors"] != b["test_errors"]
     # the budget is the other dataset's: its 359 training digits cannot give 300 + 100
     small = advinf.create("evaluator", "svm_probe", ctx, **{**common, "validation": 300},
