@@ -121,3 +121,26 @@ def library_recipe(*, name: str, seed: int, nets: Networks, game: Game, data: ob
     if optimizers:
         recipe["optimizers"] = {p: {**o.as_table(), "inherit": False} for p, o in optimizers.items()}
     return (None if missing else recipe), missing
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ("train.progress",
+                 "train.loggers", "loggers")) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes (added and removed keys included); how
+    progress is shown and where metrics go (``ignore``) may change on resume."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in ignore)
+                  and a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -19,7 +19,8 @@ from advinf.errors import RecipeError, UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe, changed_keys, read_toml, validate_recipe
+from advinf.provenance import changed_keys
+from advinf.recipe import Recipe, read_toml, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
     EVAL_FILE,

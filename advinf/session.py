@@ -19,7 +19,8 @@ from advinf import distributed
 from advinf.build import build
 from advinf.errors import UserError
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import Recipe, changed_keys, load_recipe, plugin_paths, validate_recipe
+from advinf.provenance import changed_keys
+from advinf.recipe import Recipe, load_recipe, plugin_paths, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
     EVAL_FILE,
@@ -194,7 +195,9 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
                       recipe=rec.resolved(out_dir), resume=resume, condition=built.condition, loggers=built.loggers,
                       rank=world.rank if world else 0, world_size=world.world_size if world else 1)
     if checkpoint is not None:
-        trainer.restore(checkpoint)  # before anything is written: a checkpoint that does not fit changes nothing
+        # before anything is written: a checkpoint that does not fit changes nothing. Its recipe was compared
+        # above (normalised, with --allow-changes), so the trainer does not compare it again
+        trainer.restore(checkpoint, allow_changes=True)
     if trainer.run is None:
         return trainer
     recipe_file = out_dir / RECIPE_FILE

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import signal
 import threading
 import time
@@ -46,7 +47,7 @@ from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Logger, Networ
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.provenance import library_recipe, run_name
+from advinf.provenance import changed_keys, library_recipe, run_name
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, resolve_device, set_fp32_precision
 from advinf.version import __version__
@@ -564,16 +565,29 @@ class Trainer:
         state = {
             "epoch": self.batches.epoch, "sampler": self.batches.state(), "skipped": self.skipped,
             "world_size": self.world_size,
-            "optimizers": metas, "rng": m_rng, "recipe": self.recipe,
+            "optimizers": metas, "rng": m_rng, "recipe": self.recipe, "settings": self._settings(),
             "components": {name: c.state_dict() for name, c in self._components().items()},
             "versions": {"advinf": __version__, "torch": torch.__version__},
         }
         return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": optim, "rng": t_rng},
                                     state, keep=self.spec.keep_checkpoints)
 
-    def restore(self, checkpoint: ckpt.Checkpoint) -> None:
-        """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly."""
+    def _settings(self) -> dict[str, Any]:
+        """This trainer's settings as a checkpoint records them: what ``restore`` compares where no recipe is."""
+        return json.loads(json.dumps({
+            "train": self.spec.model_dump(mode="json", exclude_none=True),
+            "optimizers": {p.name: self._optimizer_specs[p.name].as_table() for p in self.players}}, default=str))
+
+    def restore(self, checkpoint: ckpt.Checkpoint, *, allow_changes: bool = False) -> None:
+        """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly.
+
+        A trainer built otherwise than the run (its recipe, or without one its train and optimiser settings,
+        differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
+        recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
+        for changed optimiser settings, as ``--allow-changes`` does)."""
         where = checkpoint.path
+        if not allow_changes:
+            self._refuse_changes(checkpoint)
         saved_world = checkpoint.state.get("world_size", 1)
         if saved_world != self.world_size:
             raise UserError(f"{where} was written by a run of {saved_world} process(es) (its world size); resume it "
@@ -621,6 +635,20 @@ class Trainer:
         self._rng_restored = True
         if self.run is not None:
             self.run.truncate_after(self.step)
+
+    def _refuse_changes(self, checkpoint: ckpt.Checkpoint) -> None:
+        saved_recipe, saved_settings = checkpoint.state.get("recipe"), checkpoint.state.get("settings")
+        if isinstance(saved_recipe, dict) and self.recipe is not None:
+            changes = changed_keys(saved_recipe, self.recipe)
+        elif isinstance(saved_settings, dict):  # a run of modules not made by name: no recipe, its settings
+            changes = changed_keys(saved_settings, self._settings())
+        else:
+            return  # a checkpoint of an older version, which recorded neither
+        if changes:
+            raise UserError(f"{checkpoint.path} was trained with other settings: {', '.join(changes)} differ from "
+                            "this Trainer's. Build the Trainer as the run was built to continue it exactly, or "
+                            "call restore(checkpoint, allow_changes=True) to go on with these settings (then "
+                            "trainer.apply_optimizer_settings() for changed optimiser settings)")
 
     def apply_optimizer_settings(self) -> None:
         """Set every optimiser's hyperparameters (lr, betas, weight decay, ...) to this trainer's specs, over the

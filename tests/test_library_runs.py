@@ -111,7 +111,10 @@ def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path
     with pytest.raises(UserError, match=r"holds checkpoints up to step_0000012, but none was restored: call "
                                         r"trainer.restore"):  # not a new run from step 0 into the old one's files
         again.fit()
-    again.restore(advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints")))
+    last = advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
+    with pytest.raises(UserError, match=r"trained with other settings: train.steps differ from this Trainer's"):
+        again.restore(last)  # no recipe (library.json): the checkpoint's train and optimiser settings are compared
+    again.restore(last, allow_changes=True)  # 16 steps instead of 12, as --resume --allow-changes would
     assert again.fit().steps == 4 and again.step == 16
 
 
@@ -235,3 +238,24 @@ def test_a_used_run_directory_is_refused_in_the_librarys_words_too(tmp_path):
     (tmp_path / "run" / "recipe.toml").write_text("")
     with pytest.raises(UserError, match=r"already holds a run; pass --resume to continue it \(resume=True in Python\)"):
         advinf.run_recipe(RECIPES / "ali_mixture25.toml", out=tmp_path / "run")
+
+
+def test_a_trainer_built_otherwise_than_its_run_is_refused_by_restore(tmp_path):
+    """A library run made by name: the checkpoint's recipe against the new Trainer's (a dropped schedule was
+    accepted silently, the checkpoint then holding none and recipe.toml still naming it)."""
+    from advinf import OptimizerSpec, ScheduleSpec, checkpoint
+
+    data, _, ctx = parts()
+    out = tmp_path / "lib"
+    game = advinf.create("game", "ali")
+    scheduled = OptimizerSpec(lr=1e-3, schedule=ScheduleSpec(name="exponential", decay=10, final=0.1))
+    Trainer(networks(ctx), game, data, train=SPEC, optimizer=scheduled, run_dir=out).fit(stop_after=5)
+    last = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
+    plain = Trainer(networks(ctx), game, data, train=SPEC, optimizer=OptimizerSpec(lr=1e-3), run_dir=out,
+                    resume=True)
+    with pytest.raises(UserError, match=r"trained with other settings: optimizer.schedule.decay, .*"
+                                        r"optimizer.schedule.name.* restore\(checkpoint, allow_changes=True\)"):
+        plain.restore(last)
+    same = Trainer(networks(ctx), game, data, train=SPEC, optimizer=scheduled, run_dir=out, resume=True)
+    same.restore(last)  # built as the run was: accepted
+    assert same.step == 5 and same.fit().steps == 7
