@@ -16,10 +16,12 @@ hash of every option that changes the tensors), written atomically, so a second 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
+import urllib.error
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -164,13 +166,39 @@ def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool
 
 
 def _torchvision(name: str, root: Path, make: Callable[[], Any]) -> Any:
-    """Build a torchvision dataset, turning its 'not found or corrupted' errors into UserErrors."""
+    """Build a torchvision dataset, turning its 'not found', 'corrupted' and failed-download errors into
+    UserErrors; folders a failed download made and left empty are removed."""
+    before = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
+    existed = root.exists()
     try:
         return make()
-    except RuntimeError as exc:
-        raise UserError(f"dataset '{name}': torchvision could not load the files under {root}: {exc}. If a "
-                        "checksum fails, delete the file and download it again (`download = true`), or set "
-                        "`verify = false` for files you trust.", option="root") from None
+    except (RuntimeError, OSError) as exc:  # a failed download: RuntimeError (MNIST's mirrors) or URLError
+        _remove_new_empty_folders(root, before, existed)
+        text = " ".join(str(exc).split())[:600].rstrip(".")
+        if isinstance(exc, urllib.error.URLError) or any(w in text for w in ("Error downloading", "urlopen",
+                                                                                 "HTTP Error")):
+            raise UserError(f"dataset '{name}': downloading into {root} failed: {text}. Check the network (or a "
+                            "proxy), or put the files there by hand and set `download = false`.",
+                            option="root") from None
+        if not isinstance(exc, RuntimeError):
+            raise
+        hint = (" If a checksum fails, delete the file and download it again (`download = true`), or set "
+                "`verify = false` for files you trust." if any(w in text.lower() for w in
+                                                             ("checksum", "corrupt", "integrity", "md5")) else "")
+        raise UserError(f"dataset '{name}': torchvision could not load the files under {root}: {text}.{hint}",
+                        option="root") from None
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path], existed: bool) -> None:
+    """Remove the folders under ``root`` (and ``root`` if it is new) that did not exist before and are empty."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir() and p not in before), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty
+    if not existed:
+        with contextlib.suppress(OSError):
+            root.rmdir()
 
 
 def _cache_path(name: str, options: BaseModel, extra: Any = None) -> Path:

@@ -340,7 +340,7 @@ def test_the_writing_plugins_tutorial_builds_the_example_package():
 def test_readme_recipe_validates(tmp_path):
     import advinf
 
-    block = next(b for b in toml_blocks(ROOT / "README.md") if b.startswith('name = "ali_mixture25"'))
+    block = next(b for b in toml_blocks(ROOT / "README.md") if b.startswith('name = "my_mixture25"'))
     rec = advinf.load_recipe(_write(tmp_path / "readme.toml", block))
     assert rec.optimizers["critic"].options == {"lr": 4e-4}
     assert rec.eval_every == {"mode_coverage": 5000}

@@ -363,3 +363,43 @@ def test_streaming_training_equals_in_memory_training_and_resumes_exactly(tmp_pa
     assert finals["true"].keys() == finals["false"].keys()
     for k, v in finals["false"].items():
         assert torch.equal(v, finals["true"][k]), k
+
+
+def test_a_failed_download_says_so_and_leaves_no_empty_folders(tmp_path):
+    import urllib.error
+
+    from advinf_plugins.image_datasets import _torchvision
+
+    root = tmp_path / "data" / "mnist"
+
+    def offline():
+        (root / "MNIST" / "raw").mkdir(parents=True)  # what torchvision makes before it downloads
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    with pytest.raises(UserError) as err:
+        _torchvision("mnist", root, offline)
+    msg = str(err.value)
+    assert f"downloading into {root} failed" in msg and "Name or service not known" in msg
+    assert "checksum" not in msg and err.value.option == "root"
+    assert not root.exists() and (tmp_path / "data").exists()  # its new folders went; what was there stays
+
+    def mirrors():
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got: <urlopen error>")
+
+    with pytest.raises(UserError, match="downloading into .* failed: Error downloading"):
+        _torchvision("mnist", root, mirrors)
+
+    def corrupt():
+        raise RuntimeError("File not found or corrupted.")
+
+    with pytest.raises(UserError, match=r"could not load the files under .*corrupted\. If a checksum fails"):
+        _torchvision("svhn", root, corrupt)
+
+    def other():
+        raise RuntimeError("something else")
+
+    with pytest.raises(UserError) as err:
+        _torchvision("svhn", root, other)
+    assert "checksum" not in str(err.value)
+    with pytest.raises(PermissionError):  # not the dataset's problem: not dressed up as one
+        _torchvision("svhn", root, lambda: (_ for _ in ()).throw(PermissionError(13, "denied")))
