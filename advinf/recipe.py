@@ -192,8 +192,6 @@ def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = 
     return out
 
 
-
-
 def _dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
