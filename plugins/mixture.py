@@ -12,7 +12,7 @@ from advinf import Dataset, Split, hookimpl
 
 class MixtureOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    grid: int = Field(5, ge=1, description="modes per side of the square grid")
+    grid: int = Field(5, ge=1, le=100, description="modes per side of the square grid (up to 100: 10,000 modes)")
     spacing: float = Field(2.0, gt=0, description="distance between neighbouring means")
     std: float = Field(0.05, gt=0, description="standard deviation of every component")
     samples: int = Field(100_000, ge=1, le=100_000_000, description="training samples (the paper: 100,000)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
@@ -94,10 +95,15 @@ class ModeCoverage(Evaluator):
         panels += [("prior samples z", z[:n], None), ("decoder samples Gx(z)", x_model[:n], None)]
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100)
         for ax, (title, pts, c) in zip(axes, panels, strict=True):
-            pts = pts.detach().float().cpu().numpy()
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=c, cmap="tab20" if c is not None else None, alpha=0.6)
-            ax.set_title(title, fontsize=9)
-            ax.set_aspect("equal")
+            pts = pts.detach().float().cpu().numpy().reshape(len(pts), -1)
+            if pts.shape[1] == 1:  # a one-dimensional latent: a strip along its axis
+                ax.scatter(pts[:, 0], np.zeros(len(pts)), s=2, c=c, cmap="tab20" if c is not None else None,
+                           alpha=0.6)
+                ax.set_yticks([])
+            else:  # two dimensions; of more, the first two
+                ax.scatter(pts[:, 0], pts[:, 1], s=2, c=c, cmap="tab20" if c is not None else None, alpha=0.6)
+                ax.set_aspect("equal")
+            ax.set_title(title if pts.shape[1] <= 2 else f"{title}, dims 1-2", fontsize=9)
         fig.suptitle(f"modes covered {result['modes_covered']}/{result['modes_total']}, strict "
                      f"{result['modes_covered_strict']}, high quality {result['high_quality_fraction']:.2f}",
                      fontsize=10)

@@ -81,3 +81,25 @@ def test_a_recipe_pairing_it_with_another_dataset_fails_before_training(tmp_path
                                    "--set", "evaluators.mode_coverage.samples=100", "--set", "train.steps=5"])
     assert res.exit_code == 2 and "evaluators.mode_coverage: evaluator 'mode_coverage' needs a mixture" in res.output
     assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("latent", [1, 3])
+def test_the_figure_draws_latents_of_one_or_more_than_two_dimensions(tmp_path, latent):
+    """An encoder and a prior of 1 or 3 dimensions (the panels of codes and prior samples had 2 assumed)."""
+    from advinf import DeterministicPosterior, Encoder, Networks
+    from advinf_plugins.games import JointGame, JointGameOptions
+    from advinf_plugins.priors import GaussianPrior
+
+    class Code(Encoder):
+        def forward(self, x, y=None):
+            return DeterministicPosterior(x[:, :1].repeat(1, latent))
+
+    class Back(torch.nn.Module):
+        def forward(self, z, y=None):
+            return z[:, :1].repeat(1, 2)
+
+    nets = Networks(GaussianPrior((latent,)), encoder=Code(), decoder=Back())
+    model = TrainedModel(nets, JointGame(JointGameOptions(), stochastic=False), torch.device("cpu"))
+    data = Dataset(Split(around(0, 100)), Split(around(1, 50)), meta={"centres": CENTRES, "std": STD})
+    m = ModeCoverage(ModeCoverageOptions(samples=100)).evaluate(model, data, tmp_path)
+    assert m["modes_total"] == 25 and (tmp_path / "mode_coverage.png").stat().st_size > 1000

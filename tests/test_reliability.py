@@ -129,6 +129,7 @@ def test_an_edited_run_directory_cannot_make_advinf_import_a_file(tmp_path):
     ("name=\"../../escape\"", "name: must be a plain name"),
     ("name=\"a\\nb\"", "name: must be a plain name"),
     ("evaluators.mode_coverage.samples=100000000000", "evaluators.mode_coverage.samples: Input should be less"),
+    ("dataset.grid=100000", "dataset.grid: Input should be less than or equal to 100"),  # was killed for memory
 ])
 def test_values_validation_can_know_are_wrong(tmp_path, override, expected):
     res = invoke("validate", ALI, "--set", override)
