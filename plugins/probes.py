@@ -582,6 +582,10 @@ class _Probe(Evaluator):
             return {"skipped": f"{exc} (evaluators.{self.name})"}
         with evaluating(model.nets):
             trained = pd.features(encoder_fn(model, None, o.features), o.batch_size)
+        not_finite = _not_finite(trained)
+        if not_finite:  # an overflowing or diverged encoder: nothing a classifier could be fitted on
+            return {"skipped": f"the encoder's features are not finite for {not_finite} of "
+                               f"{len(trained.train) + len(trained.test)} examples (evaluators.{self.name})"}
         result = self.protocol(trained, pd)
         result.update(labels=o.labels, repeats=o.repeats, validation=o.validation, test_examples=len(pd.test_idx),
                       features=o.features, encoder_sees_labels=model.conditional)
@@ -602,8 +606,16 @@ class _Probe(Evaluator):
             nets = Networks(model.prior, encoder=encoder)
             with torch.no_grad():
                 untrained = pd.features(encoder_fn(model, nets, self.o.features), self.o.batch_size)
-            self._baselines = {key: {"raw_pixels": raw, "untrained": {**self.protocol(untrained, pd), "init": how}}}
+            bad = _not_finite(untrained)
+            scores = {"skipped": f"its features are not finite for {bad} examples"} if bad else \
+                self.protocol(untrained, pd)
+            self._baselines = {key: {"raw_pixels": raw, "untrained": {**scores, "init": how}}}
         return copy.deepcopy(self._baselines[key])
+
+
+def _not_finite(f: FeatureSets) -> int:
+    """How many examples (training rows the draws use, and test rows) have a non-finite feature."""
+    return int((~torch.isfinite(f.train).all(1)).sum() + (~torch.isfinite(f.test).all(1)).sum())
 
 
 class SvmProbe(_Probe):

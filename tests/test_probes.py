@@ -372,3 +372,21 @@ def test_a_labelled_from_dataset_that_cannot_serve_fails_before_training(tmp_pat
                                    "--set", "evaluators.svm_probe.labelled_from=digits", "--set", override])
     assert res.exit_code == 2 and expected in res.output, res.output
     assert "Traceback" not in res.output and not out.exists()
+
+
+class Overflowing(advinf.Encoder):
+    """Finite weights, features that overflow for some inputs (what a diverging model gives)."""
+
+    def forward(self, x, y=None):
+        h = x.flatten(1).clone()
+        h[x[:, 0] > 1.9] = float("inf")
+        return DeterministicPosterior(h)
+
+
+@pytest.mark.parametrize("name", ["svm_probe", "knn_probe"])
+def test_non_finite_features_are_reported_not_a_crash(tmp_path, name):
+    data = cluster_data()
+    probe = advinf.create("evaluator", name, None, labels=20, validation=40, repeats=2)
+    result = probe.evaluate(model_with(Overflowing()), data, tmp_path)
+    assert result["skipped"].startswith("the encoder's features are not finite for ")
+    assert result["skipped"].endswith(f"examples (evaluators.{name})")
