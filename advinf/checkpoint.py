@@ -38,6 +38,7 @@ from torch import Tensor
 
 from advinf.atomic import default_mode, fsync_dir, write_text
 from advinf.errors import UserError
+from advinf.values import parse_json
 
 FILES = ("model", "optim", "rng")
 STATE_FILE = "state.json"
@@ -225,7 +226,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state_path = path / STATE_FILE
     advice = f"delete {path} to resume from an older checkpoint"
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = parse_json(state_path.read_text(encoding="utf-8"))
         CheckpointState.model_validate(state)
         sums = state["checksums"]
     except FileNotFoundError:

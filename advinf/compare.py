@@ -33,6 +33,7 @@ from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.rundir import EVAL_FILE, eval_entries, eval_options, evaluator_options
 from advinf.runs import LoadedRun, load_run, run_evaluators
+from advinf.values import parse_json
 
 if TYPE_CHECKING:
     from advinf.plugins import PluginHost
@@ -126,7 +127,7 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
     path = run_dir / EVAL_FILE
     if path.is_file():
         try:
-            metrics, source = json.loads(path.read_text()), "eval.json"
+            metrics, source = parse_json(path.read_text()), "eval.json"
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
         if not isinstance(metrics, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from advinf.atomic import atomic_path
 from advinf.errors import UserError
 from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir
+from advinf.values import parse_json
 
 #: Record keys that are bookkeeping, not curves.
 _NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
@@ -30,7 +30,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in text.splitlines():
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("step"), int):
@@ -72,7 +72,7 @@ def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     final = run_dir / EVAL_FILE
     if final.is_file() and metrics:
         try:
-            data = json.loads(final.read_text(encoding="utf-8"))
+            data = parse_json(final.read_text(encoding="utf-8"))
         except ValueError:
             data = {}
         if isinstance(data, dict):

@@ -32,7 +32,7 @@ from advinf.settings import (
     optimizer_option_problems,
     resolve_device,
 )
-from advinf.values import non_finite
+from advinf.values import MAX_NESTING, non_finite, parse_toml
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
 
@@ -226,7 +226,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         try:
             apply_override(data, item)
         except ValueError as exc:
-            problems.append(Problem(f"--set {item}", str(exc)))
+            problems.append(Problem(f"--set {_clip(item)}", str(exc)))
     _drop_replaced_alternatives(data, overrides)
     problems.extend(_migrate(data))
     problems.extend(non_finite(data))
@@ -429,7 +429,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return parse_toml(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [Problem("(TOML syntax)", str(exc))]) from None
     except UnicodeDecodeError as exc:
@@ -470,14 +470,24 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if any(not p for p in parts):
         raise ValueError(f"bad key {key!r}")
+    if len(parts) > MAX_NESTING:
+        raise ValueError(f"key {key[:60]!r}... nests more than {MAX_NESTING} tables deep")
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = parse_toml(f"v = {raw}")
+        if list(parsed) != ["v"]:  # "1\nname = 2": more than one value
+            raise ValueError(f"value {_clip(raw)!r} is more than one TOML value (a line break in it?)")
+        value = parsed["v"]
     except tomllib.TOMLDecodeError:
         if raw == "" or any(c in raw for c in "[]{}\"'\n"):
-            raise ValueError(f"value {raw!r} is not valid TOML") from None
+            raise ValueError(f"value {_clip(raw)!r} is not valid TOML") from None
         value = raw
     return parts, value
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """``text``, or its start and a count of what was left out (an override in a message)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

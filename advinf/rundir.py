@@ -12,6 +12,7 @@ from typing import Any
 
 from advinf.atomic import write_json, write_text
 from advinf.errors import UserError
+from advinf.values import parse_json
 
 RECIPE_FILE = "recipe.toml"
 LIBRARY_FILE = "library.json"  # a run trained from Python with components that have no recipe
@@ -157,7 +158,7 @@ def read_eval(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} cannot be read as JSON ({exc}); repair it, or move it away to start it "
                         f"afresh") from None
@@ -228,7 +229,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def _step_of(line: str) -> int | None:
     """The step of one JSON line, or None if the line is not a complete record."""
     try:
-        record = json.loads(line)
+        record = parse_json(line)
         return int(record["step"]) if isinstance(record, dict) and isinstance(record.get("step"), int) else None
     except (ValueError, TypeError):
         return None

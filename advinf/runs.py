@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from advinf.rundir import (
     read_eval,
 )
 from advinf.settings import resolve_device, set_fp32_precision
+from advinf.values import parse_json
 
 
 @dataclass(kw_only=True)
@@ -119,7 +119,7 @@ def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition:
 def _no_recipe_message(run_dir: Path) -> str:
     """Why a run without a recipe cannot be rebuilt by name, and what to do."""
     try:
-        info = json.loads((run_dir / LIBRARY_FILE).read_text(encoding="utf-8"))
+        info = parse_json((run_dir / LIBRARY_FILE).read_text(encoding="utf-8"))
         missing = [str(m) for m in info["not_by_name"]][:8]
     except (OSError, ValueError, KeyError, TypeError):
         missing = []

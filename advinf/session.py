@@ -37,6 +37,7 @@ from advinf.rundir import (
     unlike_options,
 )
 from advinf.trainer import Trainer, TrainResult
+from advinf.values import parse_toml
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to re
                         "then trainer.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint."
                         "latest_checkpoint(RUN / \"checkpoints\"))) and trainer.fit()")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return parse_toml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({exc}); {remedy}") from None
 

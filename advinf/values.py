@@ -1,10 +1,16 @@
 """Checks of plain option values that a recipe and a spec built in Python share, before pydantic reads them:
 booleans posing as numbers (pydantic's lax mode would read true as 1) and infinities (TOML and Python can write
-them; no option means one). Each gives ``Problem``s keyed by dotted key."""
+them; no option means one). Each gives ``Problem``s keyed by dotted key.
+
+And the parsing of the JSON and TOML files advinf reads (recipes, run directories, checkpoints) into plain values
+that recursive code can walk: input nested deeper than :data:`MAX_NESTING` is malformed input, refused as the
+parsers refuse bad syntax, not a RecursionError."""
 
 from __future__ import annotations
 
+import json
 import math
+import tomllib
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -76,3 +82,44 @@ def unwrap_model(tp: Any) -> type[BaseModel] | None:
             if m is not None:
                 return m
     return None
+
+
+#: How deeply lists and tables may nest in a file advinf reads (a recipe's are 4 deep).
+MAX_NESTING = 100
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists and tables in ``value`` nest more than ``limit`` levels deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``; JSON nested too deeply is a ``json.JSONDecodeError`` (a ValueError), as bad syntax is."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
+    if too_deep(value):
+        raise json.JSONDecodeError(f"nested more than {MAX_NESTING} levels deep", text[:100], 0)
+    return value
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """``tomllib.loads``; TOML nested too deeply is a ``tomllib.TOMLDecodeError`` (a ValueError), as bad syntax
+    is."""
+    try:
+        value = tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError("nested too deeply") from None
+    if too_deep(value):
+        raise tomllib.TOMLDecodeError(f"tables and lists nested more than {MAX_NESTING} levels deep")
+    return value

@@ -130,6 +130,9 @@ def test_an_edited_run_directory_cannot_make_advinf_import_a_file(tmp_path):
     ("name=\"a\\nb\"", "name: must be a plain name"),
     ("evaluators.mode_coverage.samples=100000000000", "evaluators.mode_coverage.samples: Input should be less"),
     ("dataset.grid=100000", "dataset.grid: Input should be less than or equal to 100"),  # was killed for memory
+    ('seed=1\nname="x"', "is more than one TOML value (a line break in it?)"),  # name was dropped silently
+    ("x=" + "[" * 1000 + "]" * 1000, "more characters): value '[[["),  # a RecursionError, and clipped
+    (".".join(["a"] * 800) + "=1", "nests more than 100 tables deep"),
 ])
 def test_values_validation_can_know_are_wrong(tmp_path, override, expected):
     res = invoke("validate", ALI, "--set", override)
@@ -750,3 +753,28 @@ def test_a_folder_in_place_of_the_metrics_file_is_named_not_taken_for_no_metrics
     (run / "metrics.jsonl").symlink_to(tmp_path / "nowhere")
     res = invoke("plot", run)
     assert res.exit_code == 2 and "is not a file (a folder, or a link to nothing" in res.output, res.output
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # parseable by nothing recursive
+
+
+@pytest.mark.parametrize("place,command,expected", [
+    ("eval.json", ("compare",), "eval.json is not valid JSON (nested too deeply"),
+    ("eval.json", ("evaluate",), "eval.json cannot be read as JSON (nested too deeply"),
+    ("checkpoints/step_0000030/state.json", ("sample",), "state.json"),
+    ("metrics.jsonl", ("plot",), "has no metrics to plot yet"),  # the line is skipped as a torn one
+])
+def test_run_files_nested_too_deeply_are_malformed_not_a_recursion_error(tmp_path, place, command, expected):
+    run = tmp_path / "run"
+    tiny_run(run)
+    (run / place).write_text(DEEP)
+    out = {"compare": ["--out", tmp_path / "out"], "sample": ["--out", tmp_path / "s.png"]}.get(command[0], [])
+    res = invoke(*command, run, *out)
+    assert res.exit_code == 2 and expected in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_recipe_nested_too_deeply_is_malformed_not_a_recursion_error(tmp_path):
+    for body in ("x = " + DEEP, "[" + ".".join(["a"] * 800) + "]\nb = 1"):
+        recipe = write(tmp_path / "deep.toml", body + "\n" + ALI.read_text())
+        res = invoke("validate", recipe)
+        assert res.exit_code == 2 and "(TOML syntax): " in res.output and "nested" in res.output, res.output
