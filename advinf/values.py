@@ -98,7 +98,7 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
             continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
     return False
 
 
