@@ -132,6 +132,22 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ..
                   and a.get(k, _MISSING) != b.get(k, _MISSING))
 
 
+def summarised(keys: list[str], old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``keys`` (of :func:`changed_keys`) for a message: the keys of a table one side lacks whole (a schedule
+    given or removed) as the table's one key."""
+    return sorted({_absent_table(old, k) or _absent_table(new, k) or k for k in keys})
+
+
+def _absent_table(d: dict[str, Any], key: str) -> str | None:
+    """The dotted key of the outermost table on the way to ``key`` that ``d`` lacks (None if it has them all)."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        d = d.get(parts[i - 1]) if isinstance(d, dict) else None  # type: ignore[assignment]
+        if not isinstance(d, dict):
+            return ".".join(parts[:i])
+    return None
+
+
 _MISSING = object()
 
 

@@ -19,7 +19,7 @@ from advinf import distributed
 from advinf.build import build
 from advinf.errors import UserError
 from advinf.plugins import PluginHost, default_host
-from advinf.provenance import changed_keys
+from advinf.provenance import changed_keys, summarised
 from advinf.recipe import Recipe, load_recipe, plugin_paths, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
@@ -74,6 +74,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     saved: dict[str, Any] | None = None
     checkpoint = None
     changes: list[str] = []
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
     if resume:
         if out_dir is None:
             raise UserError("--resume needs the run directory to continue (advinf run --resume RUN_DIR)")
@@ -107,14 +109,16 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     if progress is not None:
         rec.spec.train.progress = progress  # type: ignore[assignment]
     if saved is not None:
-        changes = changed_keys(_normalised(saved, out_dir, host), rec.resolved())  # type: ignore[arg-type]
+        old, new = _normalised(saved, out_dir, host), rec.resolved()  # type: ignore[arg-type]
+        changes = changed_keys(old, new)
         changes = [k for k in changes if k != "plugins"] if _same_plugins(saved, rec, out_dir) else changes  # type: ignore[arg-type]
         if changes and not allow_changes:
             why = (f" ({out_dir / RECIPE_FILE} differs from the recipe of the checkpoint of step {checkpoint.step}: "
                    "it was edited, or changed by an --allow-changes resume that stopped before its next checkpoint; "
                    "restore it to resume as the checkpoint was trained, or") if edited and checkpoint is not None \
                 else ";"
-            raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: {', '.join(changes)}"
+            raise UserError(f"the recipe differs from the one {out_dir} was trained with, in: "
+                            f"{', '.join(summarised(changes, old, new))}"
                             f"{why} pass --allow-changes to resume with it anyway" + (")" if edited else ""))
         kinds = [k for k in changes if k.startswith("optimizer") and k.endswith(".name")
                  and not k.endswith(".schedule.name")]  # a schedule may change: it is applied from this step
@@ -140,7 +144,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             raise
         resumed_from = trainer.step if checkpoint is not None else None
         if checkpoint is not None and allow_changes:
-            applied = [k for k in changes if k.startswith("optimizer")]
+            applied = summarised([k for k in changes if k.startswith("optimizer")], old, new)
             trainer.apply_optimizer_settings()
             if applied:
                 log(f"applied the changed optimiser settings: {', '.join(applied)}")

@@ -47,7 +47,7 @@ from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Logger, Networ
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.provenance import changed_keys, library_recipe, run_name
+from advinf.provenance import changed_keys, library_recipe, run_name, summarised
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, resolve_device, set_fp32_precision
 from advinf.version import __version__
@@ -639,11 +639,12 @@ class Trainer:
     def _refuse_changes(self, checkpoint: ckpt.Checkpoint) -> None:
         saved_recipe, saved_settings = checkpoint.state.get("recipe"), checkpoint.state.get("settings")
         if isinstance(saved_recipe, dict) and self.recipe is not None:
-            changes = changed_keys(saved_recipe, self.recipe)
+            old, new = saved_recipe, self.recipe
         elif isinstance(saved_settings, dict):  # a run of modules not made by name: no recipe, its settings
-            changes = changed_keys(saved_settings, self._settings())
+            old, new = saved_settings, self._settings()
         else:
             return  # a checkpoint of an older version, which recorded neither
+        changes = summarised(changed_keys(old, new), old, new)
         if changes:
             raise UserError(f"{checkpoint.path} was trained with other settings: {', '.join(changes)} differ from "
                             "this Trainer's. Build the Trainer as the run was built to continue it exactly, or "
