@@ -161,6 +161,7 @@ class Trainer:
         self._trial()  # before the run directory is touched
         self.run = RunDir(Path(run_dir), resume=resume) if run_dir is not None else None
         self._resume = resume
+        self._from_library = recipe is None  # a recipe.toml, if any, is the trainer's own (written below)
         if self.run is not None and recipe is None:
             self.recipe = self._library_run(data, default, overrides, loggers, write=not resume)
         self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
@@ -584,10 +585,16 @@ class Trainer:
         A trainer built otherwise than the run (its recipe, or without one its train and optimiser settings,
         differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
         recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
-        for changed optimiser settings, as ``--allow-changes`` does)."""
+        for changed optimiser settings, as ``--allow-changes`` does), and a library run's recipe.toml is rewritten
+        with them, as ``--allow-changes`` rewrites a recipe run's. The run's ``name`` (its folder's) may differ."""
         where = checkpoint.path
-        if not allow_changes:
-            self._refuse_changes(checkpoint)
+        changes = self._changes(checkpoint)
+        if changes and not allow_changes:
+            raise UserError(f"{where} was trained with other settings: {', '.join(changes)} "
+                            f"{'differs' if len(changes) == 1 else 'differ'} from this Trainer's. Build the Trainer "
+                            "as the run was built to continue it exactly, or call restore(checkpoint, "
+                            "allow_changes=True) to go on with these settings (then "
+                            "trainer.apply_optimizer_settings() for changed optimiser settings)")
         saved_world = checkpoint.state.get("world_size", 1)
         if saved_world != self.world_size:
             raise UserError(f"{where} was written by a run of {saved_world} process(es) (its world size); resume it "
@@ -635,21 +642,20 @@ class Trainer:
         self._rng_restored = True
         if self.run is not None:
             self.run.truncate_after(self.step)
+            if changes and self._from_library and self.recipe is not None and self.rank == 0:
+                self.run.write_recipe(tomli_w.dumps(self.recipe))  # the settings it now trains with
 
-    def _refuse_changes(self, checkpoint: ckpt.Checkpoint) -> None:
+    def _changes(self, checkpoint: ckpt.Checkpoint) -> list[str]:
+        """The keys this trainer's recipe (or, without one, its settings) differs from the checkpoint's in."""
         saved_recipe, saved_settings = checkpoint.state.get("recipe"), checkpoint.state.get("settings")
         if isinstance(saved_recipe, dict) and self.recipe is not None:
             old, new = saved_recipe, self.recipe
         elif isinstance(saved_settings, dict):  # a run of modules not made by name: no recipe, its settings
             old, new = saved_settings, self._settings()
         else:
-            return  # a checkpoint of an older version, which recorded neither
-        changes = summarised(changed_keys(old, new), old, new)
-        if changes:
-            raise UserError(f"{checkpoint.path} was trained with other settings: {', '.join(changes)} differ from "
-                            "this Trainer's. Build the Trainer as the run was built to continue it exactly, or "
-                            "call restore(checkpoint, allow_changes=True) to go on with these settings (then "
-                            "trainer.apply_optimizer_settings() for changed optimiser settings)")
+            return []  # a checkpoint of an older version, which recorded neither
+        ignore = ("train.progress", "train.loggers", "loggers", "name")  # name: the run folder's, moved or copied
+        return summarised(changed_keys(old, new, ignore), old, new)
 
     def apply_optimizer_settings(self) -> None:
         """Set every optimiser's hyperparameters (lr, betas, weight decay, ...) to this trainer's specs, over the

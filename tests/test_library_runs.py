@@ -112,7 +112,7 @@ def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path
                                         r"trainer.restore"):  # not a new run from step 0 into the old one's files
         again.fit()
     last = advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
-    with pytest.raises(UserError, match=r"trained with other settings: train.steps differ from this Trainer's"):
+    with pytest.raises(UserError, match=r"trained with other settings: train.steps differs from this Trainer's"):
         again.restore(last)  # no recipe (library.json): the checkpoint's train and optimiser settings are compared
     again.restore(last, allow_changes=True)  # 16 steps instead of 12, as --resume --allow-changes would
     assert again.fit().steps == 4 and again.step == 16
@@ -253,9 +253,19 @@ def test_a_trainer_built_otherwise_than_its_run_is_refused_by_restore(tmp_path):
     last = checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
     plain = Trainer(networks(ctx), game, data, train=SPEC, optimizer=OptimizerSpec(lr=1e-3), run_dir=out,
                     resume=True)
-    with pytest.raises(UserError, match=r"trained with other settings: optimizer.schedule differ from this "
+    with pytest.raises(UserError, match=r"trained with other settings: optimizer.schedule differs from this "
                                         r"Trainer's.* restore\(checkpoint, allow_changes=True\)"):
         plain.restore(last)
-    same = Trainer(networks(ctx), game, data, train=SPEC, optimizer=scheduled, run_dir=out, resume=True)
-    same.restore(last)  # built as the run was: accepted
+    import shutil
+
+    moved = tmp_path / "moved"  # the recipe's name is the folder's: a copied run is the same run
+    shutil.copytree(out, moved)
+    same = Trainer(networks(ctx), game, data, train=SPEC, optimizer=scheduled, run_dir=moved, resume=True)
+    same.restore(checkpoint.load_checkpoint(checkpoint.latest_checkpoint(moved / "checkpoints")))  # accepted
     assert same.step == 5 and same.fit().steps == 7
+    assert "schedule" in (out / "recipe.toml").read_text()
+    plain.restore(last, allow_changes=True)  # goes on without the schedule, and says so in recipe.toml,
+    assert "schedule" not in (out / "recipe.toml").read_text()  # as --resume --allow-changes rewrites it
+    plain.fit()
+    res = CliRunner().invoke(cli, ["run", "--resume", str(out), "--progress", "none"])  # the file agrees
+    assert res.exit_code == 0 and "already finished" in res.output, res.output
