@@ -30,7 +30,10 @@ When it names the run's own dataset, its options start from the run's (``root``,
 (``--set dataset.root=DIR``) is found by both.
 The paper's SVHN protocol needs it (ali-reference §5.1): the model trained on ``extra``, the SVM's labels came
 from ``train[0:63257]`` and C was chosen on the fixed ``train[63257:73257]``, 10,000 examples. That dataset is
-built with the evaluator, when the recipe is, so missing files fail before training.
+built with the evaluator, when the recipe is, so missing files fail before training; so does a pool whose
+training split holds more than 1 % of the run's held-out examples (byte-for-byte copies: the same dataset split
+otherwise), which would test the probe on examples it was fitted on. ``labelled_from_options`` without
+``labelled_from`` is refused.
 
 **svm_probe** (the paper's L2-SVM): scikit-learn's ``LinearSVC`` (squared hinge, L2 penalty, one-vs-rest) on
 features standardised with the mean and standard deviation of each labelled training set (the original used no
@@ -77,7 +80,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from advinf import (
@@ -131,6 +134,13 @@ class ProbeOptions(BaseModel):
     labelled_from_options: dict[str, Any] = Field(default_factory=dict,
                                                   description="options of the labelled_from dataset (over the "
                                                               "run's dataset options when it names the same one)")
+
+
+    @model_validator(mode="after")
+    def _options_need_a_dataset(self) -> ProbeOptions:
+        if self.labelled_from_options and self.labelled_from is None:
+            raise ValueError("labelled_from_options is given without labelled_from (the dataset they are for)")
+        return self
 
 
 class SvmProbeOptions(ProbeOptions):
@@ -364,6 +374,14 @@ def probe_data(data: Dataset, o: ProbeOptions, what: str, pool: Split | Streamin
     return ProbeData(data, pool, draws, y_train, test_idx, y_test_all[test_idx], classes)
 
 
+def _shared_examples(pool: Split | StreamingSplit, heldout: Split | StreamingSplit) -> int | None:
+    """How many of ``heldout``'s examples appear, byte for byte, in ``pool`` (None for splits read lazily)."""
+    if not isinstance(pool, Split) or not isinstance(heldout, Split) or pool.x.shape[1:] != heldout.x.shape[1:]:
+        return None
+    seen = {hash(row.tobytes()) for row in pool.x.reshape(len(pool), -1).cpu().numpy()}
+    return sum(hash(row.tobytes()) in seen for row in heldout.x.reshape(len(heldout), -1).cpu().numpy())
+
+
 def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> tuple[Split | StreamingSplit, dict[str, Any]] | None:
     """The training split of the ``labelled_from`` dataset and the options it was built with (None without one),
     built now: its problems are the recipe's, keyed by the option to change, before training."""
@@ -388,6 +406,13 @@ def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> tuple[Split | Streami
     if info is None or info[0] != "classes":
         raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has no class labels",
                         option="labelled_from")
+    if run is not None and run.heldout is not None:
+        shared = _shared_examples(other.train, run.heldout)
+        if shared is not None and shared > 0.01 * len(run.heldout):  # a few exact copies can be genuine
+            raise UserError(f"evaluator '{what}': the training split of labelled_from = '{o.labelled_from}' holds "
+                            f"{shared} of the run's {len(run.heldout)} held-out examples (byte for byte), which the "
+                            "probe tests on; give it options whose training split leaves them out (the run's "
+                            "held-out split and seed)", option="labelled_from_options")
     if run is not None and tuple(other.sample_shape) != tuple(run.sample_shape):
         raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has examples of shape "
                         f"{tuple(other.sample_shape)}, but the run's are {tuple(run.sample_shape)}",

@@ -336,14 +336,14 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
     common = {"labels": 100, "validation": 100, "repeats": 2, "baselines": False}
     own = advinf.create("evaluator", "svm_probe", ctx, **common)
     other = advinf.create("evaluator", "svm_probe", ctx, **common, validation_from="last",
-                          labelled_from="digits", labelled_from_options={"heldout": 0.8, "split_seed": 3})
+                          labelled_from="digits", labelled_from_options={"heldout": 0.8})  # none of the run's test digits
     assert own.pool is None and len(other.pool) == 359
     model = model_with(Identity(), Reshape((1, 8, 8)), dim=64)
     a, b = own.evaluate(model, run_data, tmp_path), other.evaluate(model, run_data, tmp_path)
     assert a["test_examples"] == b["test_examples"] == 359  # the run's held-out split either way
     # the run's dataset options, changed by labelled_from_options
     assert b["labelled_from"] == {"name": "digits", "size": 8, "resize": "bilinear", "heldout": 0.8,
-                                  "split_seed": 3} and "labelled_from" not in a
+                                  "split_seed": 0} and "labelled_from" not in a
     assert a["test_errors"] != b["test_errors"]
     # the budget is the other dataset's: its 359 training digits cannot give 300 + 100
     small = advinf.create("evaluator", "svm_probe", ctx, **{**common, "validation": 300},
@@ -390,3 +390,19 @@ def test_non_finite_features_are_reported_not_a_crash(tmp_path, name):
     result = probe.evaluate(model_with(Overflowing()), data, tmp_path)
     assert result["skipped"].startswith("the encoder's features are not finite for ")
     assert result["skipped"].endswith(f"examples (evaluators.{name})")
+
+
+def test_a_labelled_from_pool_holding_the_test_examples_is_refused():
+    """The same dataset split otherwise: its training split would hold the held-out digits the probe tests on."""
+    run_data = advinf.create("dataset", "digits", None)  # 359 held out
+    ctx = advinf.BuildContext(dataset=run_data, seed=0)
+    with pytest.raises(UserError, match=r"the training split of labelled_from = 'digits' holds \d+ of the run's "
+                                        r"359 held-out examples \(byte for byte\)") as err:
+        advinf.create("evaluator", "knn_probe", ctx, labelled_from="digits", labelled_from_options={"heldout": 0.01})
+    assert err.value.option == "labelled_from_options"
+    advinf.create("evaluator", "knn_probe", ctx, labelled_from="digits", labelled_from_options={"size": 8})  # same split
+
+
+def test_labelled_from_options_without_labelled_from_are_refused():
+    with pytest.raises(advinf.RecipeError, match="labelled_from_options is given without labelled_from"):
+        advinf.create("evaluator", "knn_probe", None, labelled_from_options={"root": "/nowhere"})
