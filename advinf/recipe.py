@@ -305,7 +305,8 @@ def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, Bas
         try:
             comp.factory(options[f"loggers.{name}"], BuildContext(seed=spec.seed))
         except UserError as exc:
-            problems.append(Problem("train.loggers", f"logger '{name}': {exc}"))
+            key = f"loggers.{name}.{exc.option}" if exc.option else "train.loggers"
+            problems.append(Problem(key, f"logger '{name}': {exc}"))
         except Exception as exc:
             problems.append(Problem("train.loggers", f"logger '{name}' (plugin '{comp.plugin}') failed: "
                                     f"{type(exc).__name__}: {exc}"))
@@ -353,7 +354,7 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
     try:
         game = build_game(spec, options, host)
     except UserError as exc:
-        return [Problem("game", str(exc))]
+        return [Problem(f"game.{exc.option}" if exc.option else "game", str(exc))]
     name = spec.game.name
     problems: list[Problem] = []
     try:

@@ -498,3 +498,37 @@ def test_the_pytest_plugin_imports_no_torch_until_a_test_asks_for_its_fixture(tm
                           "-p", "no:hypothesispytest", "test_other.py"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
+
+
+def test_a_factory_s_user_error_is_keyed_by_the_option_it_names(tmp_path):
+    """UserError(..., option=KEY) from a game's, a logger's and a critic's factory: the recipe error names the
+    key under the section (docs/plugins.md, the registration contract)."""
+    write(tmp_path / "optplug.py", textwrap.dedent("""
+        from pydantic import BaseModel, ConfigDict
+        from advinf import UserError, hookimpl
+
+        class O(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            knob: int = 1
+
+        def refuse(o, ctx):
+            raise UserError("the knob is wrong", option="knob")
+
+        @hookimpl
+        def register_games(register):
+            register("badgame", refuse, O)
+
+        @hookimpl
+        def register_loggers(register):
+            register("badlog", refuse, O)
+
+        @hookimpl
+        def register_critics(register):
+            register("badcritic", refuse, O)
+    """))
+    recipe = write(tmp_path / "r.toml", 'plugins = ["optplug.py"]\n' + (RECIPES / "ali_mixture25.toml").read_text())
+    for override, key in (('game={name="badgame"}', "game.knob"), ('train.loggers=["badlog"]', "loggers.badlog.knob"),
+                          ('critic={name="badcritic"}', "critic.knob")):
+        res = CliRunner().invoke(cli, ["validate", "--build", str(recipe), "--set", override, "--set",
+                                       "dataset.samples=200"], env=cli_env())
+        assert res.exit_code == 2 and f"  {key}: " in res.output and "the knob is wrong" in res.output, res.output

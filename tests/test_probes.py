@@ -336,7 +336,7 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
     common = {"labels": 100, "validation": 100, "repeats": 2, "baselines": False}
     own = advinf.create("evaluator", "svm_probe", ctx, **common)
     other = advinf.create("evaluator", "svm_probe", ctx, **common, validation_from="last",
-                          labelled_from="digits", labelled_from_options={"heldout": 0.8})  # none of the run's test digits
+                          labelled_from="digits", labelled_from_options={"heldout": 0.8})  # none of its test digits
     assert own.pool is None and len(other.pool) == 359
     model = model_with(Identity(), Reshape((1, 8, 8)), dim=64)
     a, b = own.evaluate(model, run_data, tmp_path), other.evaluate(model, run_data, tmp_path)
@@ -400,7 +400,8 @@ def test_a_labelled_from_pool_holding_the_test_examples_is_refused():
                                         r"359 held-out examples \(byte for byte\)") as err:
         advinf.create("evaluator", "knn_probe", ctx, labelled_from="digits", labelled_from_options={"heldout": 0.01})
     assert err.value.option == "labelled_from_options"
-    advinf.create("evaluator", "knn_probe", ctx, labelled_from="digits", labelled_from_options={"size": 8})  # same split
+    same_split = {"size": 8}
+    advinf.create("evaluator", "knn_probe", ctx, labelled_from="digits", labelled_from_options=same_split)
 
 
 def test_labelled_from_options_without_labelled_from_are_refused():
