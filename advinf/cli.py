@@ -550,7 +550,8 @@ def _cell(value: Any) -> str:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 @click.option("--build", "build_it", is_flag=True,
               help="Also build it as run does before training (data, networks, init_from, evaluators) and take one "
-                   "trial step on copies of the networks: what only building can find. Writes nothing.")
+                   "trial step on copies of the networks: what only building can find. Writes no run (a dataset "
+                   "with download = true fetches what is missing, as run would).")
 def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool) -> None:
     """Check RECIPE and print it resolved (every default filled in)."""
     from advinf.recipe import load_recipe

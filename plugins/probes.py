@@ -205,14 +205,15 @@ def balanced_subset(y: Tensor, pool: Tensor, size: int, classes: int, g: torch.G
 
 
 def draw_labelled(y: Tensor, labels: int, validation: int, repeats: int, seed: int, classes: int,
-                  validation_from: Literal["random", "last"] = "random") -> LabelledDraws:
+                  validation_from: Literal["random", "last"] = "random", split: str = "the training split"
+                  ) -> LabelledDraws:
     """The validation set (uniform, drawn first; or the last ``validation`` examples) and ``repeats``
     class-balanced labelled sets from the rest."""
     y = y.detach().cpu().long().reshape(-1)
     n = len(y)
     if validation + labels > n:
-        raise TooLittleData(f"the training split holds {n} examples, fewer than validation ({validation}) plus labels "
-                        f"({labels}); lower them")
+        raise TooLittleData(f"{split} holds {n} examples, fewer than validation ({validation}) plus labels "
+                            f"({labels}); lower them")
     g = torch.Generator().manual_seed(seed)
     if validation_from == "last":
         val, pool = torch.arange(n - validation, n), torch.arange(n - validation)
@@ -364,7 +365,9 @@ def probe_data(data: Dataset, o: ProbeOptions, what: str, pool: Split | Streamin
     y_train = _labels(pool)
     y_test_all = _labels(data.heldout)
     classes = max(info[2], int(y_train.max()) + 1)
-    draws = draw_labelled(y_train, o.labels, o.validation, o.repeats, o.seed, classes, o.validation_from)
+    split = "the training split" if pool is data.train else \
+        f"the training split of labelled_from = '{o.labelled_from}'"
+    draws = draw_labelled(y_train, o.labels, o.validation, o.repeats, o.seed, classes, o.validation_from, split)
     n_test = len(data.heldout)
     if o.test_examples is not None and o.test_examples < n_test:
         g = torch.Generator().manual_seed(o.seed + 1)

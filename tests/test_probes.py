@@ -348,7 +348,8 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
     # the budget is the other dataset's: its 359 training digits cannot give 300 + 100
     small = advinf.create("evaluator", "svm_probe", ctx, **{**common, "validation": 300},
                           labelled_from="digits", labelled_from_options={"heldout": 0.8})
-    assert "holds 359 examples" in small.evaluate(model, run_data, tmp_path)["skipped"]
+    assert "the training split of labelled_from = 'digits' holds 359 examples" in \
+        small.evaluate(model, run_data, tmp_path)["skipped"]
 
 
 @pytest.mark.parametrize("override,expected", [
