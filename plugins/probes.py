@@ -135,7 +135,6 @@ class ProbeOptions(BaseModel):
                                                   description="options of the labelled_from dataset (over the "
                                                               "run's dataset options when it names the same one)")
 
-
     @model_validator(mode="after")
     def _options_need_a_dataset(self) -> ProbeOptions:
         if self.labelled_from_options and self.labelled_from is None:
