@@ -157,6 +157,6 @@ def init_network(module: nn.Module, name: str, nspec: NetworkSpec, section: str,
         if prefix is None:
             raise UserError(f"{path} holds no network '{source_name}' (it holds: "
                             f"{', '.join(ckpt.network_names(tensors)) or 'none'}); set {section}.init_network")
-        ckpt.load_module_state(module, prefix, tensors, path)
+        ckpt.load_module_state(module, prefix, tensors, path, name)
     except UserError as exc:
         raise fail(str(exc)) from None

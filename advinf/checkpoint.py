@@ -330,8 +330,10 @@ def load_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, Tensor], where: Path) -> None:
-    """Load ``prefix.*`` tensors into ``module`` with a clear error for a different architecture."""
+def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, Tensor], where: Path,
+                      name: str | None = None) -> None:
+    """Load ``prefix.*`` tensors into ``module`` (the recipe's network ``name``, default ``prefix``) with a clear
+    error for a different architecture."""
     own = module.state_dict()
     saved = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
@@ -340,7 +342,7 @@ def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, T
     if missing or extra or shapes:
         parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {extra[:4]}"] if extra else []) \
             + shapes[:4]
-        raise UserError(f"{where}: the checkpoint's {prefix} does not fit the recipe's {prefix} "
+        raise UserError(f"{where}: the checkpoint's {prefix} does not fit the recipe's {name or prefix} "
                         f"(a different architecture?): {'; '.join(parts)}")
     module.load_state_dict(saved)
 

@@ -364,7 +364,8 @@ def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[
     msg = f"unknown {kind} '{name}'"
     if hint:
         msg += f"; {hint}"
-    return msg + f" Available: {', '.join(names) if names else '(none registered)'}"
+    listed = ', '.join(names) if names else '(none registered)'
+    return msg + (f" Available: {listed}" if hint else f"; available: {listed}")  # after "did you mean ...?"
 
 
 _BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="),

@@ -346,6 +346,11 @@ def test_a_network_initialised_from_a_run_starts_from_its_weights(runs):
     assert "decoder" not in built.nets.frozen and built.nets["decoder"].net[0].weight.requires_grad
     fresh = advinf.build(advinf.load_recipe(RECIPES / "alice_mixture25.toml", _overrides("alice_mixture25")))
     assert not torch.equal(fresh.nets["decoder"].net[0].weight, built.nets["decoder"].net[0].weight)
+    narrower = [*_overrides("alice_mixture25"), f"decoder.init_from={runs['gan']}", "decoder.hidden=7"]
+    other = advinf.load_recipe(RECIPES / "alice_mixture25.toml", narrower)
+    with pytest.raises(advinf.RecipeError, match=r"the checkpoint's ema_decoder.module does not fit the recipe's "
+                                                 r"decoder \(a different architecture"):  # the recipe's own name
+        advinf.build(other)
 
 
 def test_compare_six_runs_through_the_cli(tmp_path, runs):

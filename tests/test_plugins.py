@@ -319,6 +319,8 @@ def test_unknown_name_lists_available(advinf_host):
         advinf_host.get("game", "alli")
     game = advinf_host.create("game", "ali", None, divergence="minimax")
     assert game.divergence == "minimax"
+    with pytest.raises(UserError, match=r"^unknown critic 'toy_critic'; available: \(none registered\)$"):
+        advinf_host.get("critic", "toy_critic")  # no near miss: still a separator before the list
 
 
 def test_an_unknown_name_says_which_plugins_are_disabled(monkeypatch):
