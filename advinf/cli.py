@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -218,7 +217,9 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
     try:
         (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
     except BrokenPipeError:
-        _discard_output(sys.stdout)
+        from advinf.progress import discard_output
+
+        discard_output(sys.stdout)
     _echo(f"{len(outcome.results)} seeds in {summary['seconds']:.1f} s ({jobs} at a time); "
           f"summary: {outcome.out / SUMMARY_FILE}")
     if outcome.failed:
@@ -248,20 +249,12 @@ def _show(text: str, err: bool = False) -> None:
     """``click.echo``, except that where the reader went away (``advinf run ... 2>&1 | head``) the rest of the
     output goes nowhere instead of ending the command with status 1: a run's work, its directory and eval.json,
     does not depend on anyone reading its messages."""
+    from advinf.progress import discard_output
+
     try:
         click.echo(text, err=err)
     except BrokenPipeError:
-        _discard_output(sys.stderr if err else sys.stdout)
-
-
-def _discard_output(stream: Any) -> None:
-    """Point ``stream``'s file descriptor at /dev/null: later writes, and the flush at exit, succeed silently."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (a test's capture)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, stream.fileno())
-        finally:
-            os.close(devnull)
+        discard_output(sys.stderr if err else sys.stdout)
 
 
 @cli.command()

@@ -136,12 +136,22 @@ class ProgressReporter:
             yield
         except BrokenPipeError:
             self.mode = "none"
-            with contextlib.suppress(OSError):  # what is left in the buffer cannot be written either
-                sys.stderr = open(os.devnull, "w")  # noqa: SIM115 -- for the rest of the process
+            discard_output(sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def discard_output(stream: Any) -> None:
+    """After a write to ``stream`` met a closed pipe (the reader went away): point its file descriptor at
+    /dev/null, so that later writes, and the flush of what is left in its buffer at exit, succeed silently."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (a test's capture)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, stream.fileno())
+        finally:
+            os.close(devnull)
 
 
 def metric_items(record: dict[str, Any], with_rate: bool = True) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from advinf import checkpoint as ckpt
 from advinf import distributed
-from advinf.build import build
+from advinf.build import Built, build
 from advinf.errors import UserError
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import changed_keys, summarised
@@ -191,14 +191,11 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     the recipe is RUN/recipe.toml as it stands (no recipe given, no ``--set``), so the file is not rewritten and
     keeps the user's comments."""
     built = build(rec, host=host, init=checkpoint is None)
-    spec = rec.spec
     main = world is None or world.main
     device = built.device if world is None else distributed.rank_device(built.device, world.local_rank)
-    trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
-                      optimizers=rec.optimizers, evaluators=built.evaluators if main else {},
-                      eval_every=rec.eval_every, run_dir=out_dir if main else None, seed=spec.seed, device=device,
-                      recipe=rec.resolved(out_dir), resume=resume, condition=built.condition, loggers=built.loggers,
-                      rank=world.rank if world else 0, world_size=world.world_size if world else 1)
+    trainer = _trainer(rec, built, evaluators=built.evaluators if main else {}, run_dir=out_dir if main else None,
+                       device=device, recipe=rec.resolved(out_dir), resume=resume,
+                       rank=world.rank if world else 0, world_size=world.world_size if world else 1)
     if checkpoint is not None:
         # before anything is written: a checkpoint that does not fit changes nothing. Its recipe was compared
         # above (normalised, with --allow-changes), so the trainer does not compare it again
@@ -221,16 +218,22 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     return trainer
 
 
+def _trainer(rec: Recipe, built: Built, **where: Any) -> Trainer:
+    """The trainer of a built recipe; ``where``: what depends on the run (evaluators, run_dir, device, recipe,
+    resume, rank, world_size)."""
+    spec = rec.spec
+    return Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
+                   optimizers=rec.optimizers, eval_every=rec.eval_every, seed=spec.seed, condition=built.condition,
+                   loggers=built.loggers, **where)
+
+
 def check_build(rec: Recipe, host: PluginHost | None = None) -> list[str]:
     """What ``advinf run`` does with ``rec`` before it writes anything, and nothing more: build every component
     (data, networks, ``init_from``, evaluators, loggers) and take one trial step on copies of the networks. Raises
     what a run would raise; returns lines that say what was built. Writes nothing."""
     built = build(rec, host=host or default_host())
     spec = rec.spec
-    trainer = Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
-                      optimizers=rec.optimizers, evaluators=built.evaluators, eval_every=rec.eval_every,
-                      seed=spec.seed, device=built.device, recipe=rec.resolved(), condition=built.condition,
-                      loggers=built.loggers)
+    trainer = _trainer(rec, built, evaluators=built.evaluators, device=built.device, recipe=rec.resolved())
     data = built.dataset
     heldout = f", {len(data.heldout)} held out" if data.heldout is not None else ""
     lines = [f"dataset: {len(data.train)} training examples of shape {tuple(data.sample_shape)}{heldout}"]

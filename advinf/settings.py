@@ -133,6 +133,7 @@ def _refuse(problems: list[Problem]) -> None:
     if problems:
         raise ValueError("; ".join(p.render() for p in problems))
 
+
 class OptimizerSpec(BaseModel):
     """A torch optimiser by ``name``; the other keys are its keyword arguments (checked by building it), except
     ``schedule``, its learning-rate schedule."""
