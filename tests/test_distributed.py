@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,8 @@ def _sync_bn_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_misconfigured_runs_are_refused_with_clear_messages(tmp_path, monkeypatch):
+    # mp.spawn leaves a failed rank's traceback in a temporary file it never removes: keep it in tmp_path
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(mp.ProcessRaisedException, match="sync_batch_norm needs CUDA"):
         mp.spawn(_sync_bn_rank, args=(_free_port(), str(tmp_path / "bn")), nprocs=2)
     assert not (tmp_path / "bn").exists()  # a failed start leaves nothing behind
