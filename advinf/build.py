@@ -92,6 +92,14 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     return Built(recipe, ctx.dataset, nets, game, built_evaluators, condition, device, built_loggers)
 
 
+def build_dataset(recipe: Recipe, host: PluginHost | None = None, device: torch.device | str | None = None
+                  ) -> Dataset:
+    """The recipe's dataset alone (a recipe error at ``dataset.KEY`` when it cannot be loaded)."""
+    host = host or default_host()
+    device = resolve_device(device if device is not None else recipe.spec.train.device)
+    return _make(recipe, host, "dataset", "dataset", BuildContext(device=device, seed=recipe.spec.seed, host=host))
+
+
 def build_evaluators(recipe: Recipe, ctx: BuildContext, host: PluginHost | None = None) -> dict[str, Evaluator]:
     """The recipe's evaluators, built with ``ctx`` (its dataset and prior)."""
     host = host or default_host()

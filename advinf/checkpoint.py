@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from advinf.atomic import default_mode, fsync_dir, write_text
+from advinf.data import DataDescription
 from advinf.errors import UserError
 from advinf.values import parse_json
 
@@ -217,6 +218,7 @@ class CheckpointState(_Loose):
     rng: PythonRng
     recipe: dict[str, Any] | None = None
     components: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. "lr_schedule.PLAYER" -> its state
+    data: DataDescription | None = None  # what the model depends on of its data (checkpoints before it have none)
     checksums: dict[str, str]
     state_checksum: str | None = None  # of this file's other contents (checkpoints before it have none)
 

@@ -263,7 +263,8 @@ def _show(text: str, err: bool = False) -> None:
               help="Registered evaluators to run (default: the recipe's own); options from the recipe where it "
                    "configures them, else their defaults.")
 @click.option("--set", "overrides", multiple=True, metavar="evaluators.NAME.KEY=VALUE",
-              help="Set an evaluator's option (TOML value syntax).")
+              help="Set an evaluator's option (TOML value syntax); dataset.KEY=VALUE says where the run's data is "
+                   "now (e.g. dataset.root=/data/svhn).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's train.device).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @_plugin_option
@@ -344,8 +345,15 @@ def plot(run_dir: Path, out_path: Path | None) -> None:
     _done(plot_run(run_dir, out_path))
 
 
+def _data_option(f):
+    return click.option("--set", "data", multiple=True, metavar="dataset.KEY=VALUE",
+                        help="Where the run's data is now (TOML value), e.g. --set dataset.root=/data/svhn; checked "
+                             "against what the run trained on.")(f)
+
+
 def _picture_options(default_name: str):
     def wrap(f):
+        f = _data_option(f)
         f = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: the recipe's).")(f)
         f = _plugin_option(f)
         f = click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
@@ -372,8 +380,8 @@ def _done(path: Path) -> None:
                    "(default rows: every class, or the attributes of 8 held-out examples).")
 @click.option("--columns", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="With --grid conditions: columns, one fixed z each.")
-def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...], count: int,
-           conditions: tuple[str, ...], grid: str, columns: int) -> None:
+def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
+           data: tuple[str, ...], count: int, conditions: tuple[str, ...], grid: str, columns: int) -> None:
     """Decoder samples from the prior of a trained RUN_DIR (for given conditions, if it is conditional)."""
     import torch
 
@@ -385,7 +393,7 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
             is click.core.ParameterSource.COMMANDLINE:
         raise UserError("--columns lays out --grid conditions; a grid of samples is square (one row per "
                         "--condition when several are given)")
-    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins, data=data)
     if (conditions or grid == "conditions") and run.condition is None:
         raise UserError(f"{run_dir} is not a conditional run; --condition and --grid conditions need one")
     given = torch.stack([run.condition.parse(c) for c in conditions]) if conditions else None  # type: ignore[union-attr]
@@ -416,14 +424,21 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--mean", "use_mean", is_flag=True, help="Decode the posterior mean instead of a sample.")
 def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
-                count: int, split: str, use_mean: bool) -> None:
+                data: tuple[str, ...], count: int, split: str, use_mean: bool) -> None:
     """Reconstructions Gx(Gz(x)): odd columns data, even columns their reconstructions."""
     from advinf import visualize
     from advinf.runs import load_run
 
-    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins, data=data)
     path = out_path or run_dir / "reconstructions.png"
-    x, y = visualize.pick(visualize.get_split(run.dataset, split), count, seed)
+    chosen = visualize.get_split(run.dataset, split)
+    if count > len(chosen):
+        if click.get_current_context().get_parameter_source("count") is click.core.ParameterSource.COMMANDLINE \
+                or not len(chosen):
+            raise UserError(f"--count {count} asks for more examples than the {split} split holds ({len(chosen)})"
+                            + (f"; ask for at most {len(chosen)}" if len(chosen) else ""))
+        count = len(chosen)  # the default, on a split smaller than it: all of them
+    x, y = visualize.pick(chosen, count, seed)
     visualize.reconstructions(run, x, path, use_mean, y=y)
     _done(path)
 
@@ -434,12 +449,12 @@ def reconstruct(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 @click.option("--steps", type=click.IntRange(2, 1000), default=10, show_default=True)
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | None, plugins: tuple[Path, ...],
-                pairs: int, steps: int, split: str) -> None:
+                data: tuple[str, ...], pairs: int, steps: int, split: str) -> None:
     """Latent interpolations between pairs of examples (one pair a row, data at both ends)."""
     from advinf import visualize
     from advinf.runs import load_run
 
-    run = load_run(run_dir, device=device, host=_host(), plugins=plugins)
+    run = load_run(run_dir, device=device, host=_host(), plugins=plugins, data=data)
     path = out_path or run_dir / "interpolations.png"
     chosen = visualize.get_split(run.dataset, split)
     if 2 * pairs > len(chosen):  # said in pairs, the option's unit
@@ -459,14 +474,15 @@ def interpolate(run_dir: Path, out_path: Path | None, seed: int, device: str | N
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON instead.")
 @click.option("--points", type=click.IntRange(min=1), default=2500, show_default=True,
               help="Held-out examples and prior draws per panel of the figure (the paper: 2,500).")
+@_data_option
 def compare(run_dirs: tuple[Path, ...], device: str | None, plugins: tuple[Path, ...], out_dir: Path, as_json: bool,
-            points: int) -> None:
+            points: int, data: tuple[str, ...]) -> None:
     """Trained runs side by side: the paper's mixture figure (one column per run: held-out data, latent codes,
     reconstructions, prior samples, decoder samples) and a table of each run's metrics (its eval.json, or its
     evaluators run again); runs of the same recipe are also summarised as mean ± std."""
     from advinf.compare import compare_runs
 
-    result = compare_runs(run_dirs, out_dir, device=device, host=_host(), plugins=plugins, points=points)
+    result = compare_runs(run_dirs, out_dir, device=device, host=_host(), plugins=plugins, points=points, data=data)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:

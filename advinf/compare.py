@@ -89,10 +89,11 @@ class _Panels:
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, device: str | None = None,
                  host: PluginHost | None = None, plugins: Sequence[str | Path] = (), points: int = 2500,
-                 seed: int = 0, figure: bool = True) -> Comparison:
+                 seed: int = 0, figure: bool = True, data: Sequence[str] = ()) -> Comparison:
     """Compare ``run_dirs``: write ``OUT_DIR/compare.png`` (unless ``figure`` is false) and
     ``OUT_DIR/compare.json``, and return the comparison. ``points`` held-out examples and prior draws (``seed``)
-    per panel, the same for every run. Only the plugins named in ``plugins`` are imported, never a run's own."""
+    per panel, the same for every run. Only the plugins named in ``plugins`` are imported, never a run's own.
+    ``data``: ``dataset.KEY=VALUE`` settings for where the runs' data is now (as :func:`advinf.load_run`)."""
     if not run_dirs:
         raise UserError("give at least one run directory to compare")
     if points < 1:
@@ -107,7 +108,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     results: list[RunResult] = []
     panels: list[_Panels] = []
     for run_dir in map(Path, run_dirs):
-        run = load_run(run_dir, device=device, host=host, plugins=plugins)
+        run = load_run(run_dir, device=device, host=host, plugins=plugins, data=data)
         results.append(_result(run, run_dir, host))
         if figure:
             panels.append(_panels(run, points, seed))

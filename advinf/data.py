@@ -6,10 +6,12 @@ batches are drawn from it is the job of :mod:`advinf.batches`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 
@@ -136,3 +138,90 @@ class Dataset:
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
         return x
+
+
+# -- what a model depends on --------------------------------------------------------------------------------
+
+#: The dtypes a description may name (``torch.<name>``): what datasets store, never anything else.
+DTYPES = ("uint8", "int8", "int16", "int32", "int64", "bool", "float16", "bfloat16", "float32", "float64")
+_DType = Literal[DTYPES]  # type: ignore[valid-type]
+
+
+class _Described(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LabelDescription(_Described):
+    """The labels y: class indices or 0/1 attributes, their names, and one example's label shape and dtype."""
+
+    kind: Literal["classes", "attributes"]
+    names: list[str] = Field(max_length=100_000)
+    shape: list[int] = Field(max_length=8)
+    dtype: _DType
+
+
+class DataDescription(_Described):
+    """What a model trained on a dataset depends on (:func:`describe`); checkpoints keep it as JSON."""
+
+    sample_shape: list[int] = Field(min_length=1, max_length=8)
+    dtype: _DType
+    labels: LabelDescription | None = None
+
+    def model_post_init(self, context: Any) -> None:
+        sizes = self.sample_shape + (self.labels.shape if self.labels else [])
+        if any(not 0 < n <= 1 << 20 for n in sizes):
+            raise ValueError(f"shapes must hold sizes from 1 to {1 << 20}, not {sizes}")
+
+
+def describe(data: Dataset) -> DataDescription:
+    """What a model built on ``data`` depends on: one example's shape and dtype and, with labels, their kind,
+    names, shape and dtype. Checkpoints keep it, so that a trained run can be rebuilt (to sample from it) where
+    its data is not, and data found again is checked against what the run trained on."""
+    train = data.train
+    if isinstance(train, Split):
+        x, y = train.x, train.y
+    else:
+        x, y = train.take(torch.zeros(1, dtype=torch.long))
+    info = data.label_info()
+    labels = None if info is None or y is None else LabelDescription(
+        kind=info[0], names=list(info[1]), shape=list(y.shape[1:]), dtype=_dtype_name(y.dtype))
+    return DataDescription(sample_shape=list(data.sample_shape), dtype=_dtype_name(x.dtype), labels=labels)
+
+
+def described_dataset(description: DataDescription | Mapping[str, Any]) -> Dataset:
+    """A dataset with no examples that holds only what ``description`` says (``meta["described_only"]``):
+    enough to build a trained run's networks, their sizes and conditions, where its data is not."""
+    d = description if isinstance(description, DataDescription) else DataDescription.model_validate(description)
+    x = torch.empty((0, *d.sample_shape), dtype=getattr(torch, d.dtype))
+    meta: dict[str, Any] = {"described_only": True}
+    y = None
+    if d.labels is not None:
+        y = torch.empty((0, *d.labels.shape), dtype=getattr(torch, d.labels.dtype))
+        meta[d.labels.kind] = list(d.labels.names)
+    return Dataset(Split(x, y), None, meta)
+
+
+def unlike_description(found: DataDescription, trained: DataDescription) -> str | None:
+    """How data found now differs from what a run trained on (None when it matches)."""
+    if found.sample_shape != trained.sample_shape:
+        return f"its examples have shape {tuple(found.sample_shape)}, the run's {tuple(trained.sample_shape)}"
+    if found.dtype != trained.dtype:
+        return f"its examples are {found.dtype}, the run's were {trained.dtype}"
+    if (found.labels is None) != (trained.labels is None):
+        return "it has no labels, the run's data had" if found.labels is None else \
+            "it has labels, the run's data had none"
+    if found.labels is not None and trained.labels is not None and found.labels != trained.labels:
+        return (f"its labels ({found.labels.kind}: {_few(found.labels.names)}) are not the run's "
+                f"({trained.labels.kind}: {_few(trained.labels.names)})")
+    return None
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"a dataset stores {name}; datasets hold one of {', '.join(DTYPES)}")
+    return name

@@ -12,7 +12,7 @@ import torch
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.interfaces import Evaluator, TrainedModel, evaluating
-from advinf.rundir import EVAL_OPTIONS, EVAL_STEP
+from advinf.rundir import EVAL_STAMPS
 
 
 def evaluate(model: TrainedModel, evaluators: Mapping[str, Evaluator], data: Dataset, out_dir: Path
@@ -24,9 +24,9 @@ def evaluate(model: TrainedModel, evaluators: Mapping[str, Evaluator], data: Dat
     with torch.random.fork_rng(devices=devices), evaluating(model.nets):
         for name, ev in evaluators.items():
             results[name] = ev.evaluate(model, data, out_dir)
-            taken = sorted({EVAL_STEP, EVAL_OPTIONS} & set(results[name])) if isinstance(results[name], dict) else []
+            taken = sorted(set(EVAL_STAMPS) & set(results[name])) if isinstance(results[name], dict) else []
             if taken:
                 raise UserError(f"evaluator '{name}' returned metric(s) named {', '.join(taken)}: advinf stamps each "
-                                f"eval.json entry with the step and options it was computed at, under those names; "
-                                f"rename the metric in the plugin")
+                                f"eval.json entry with the step, options and data changes it was computed with, "
+                                f"under those names; rename the metric in the plugin")
     return results

@@ -173,14 +173,21 @@ EVAL_STEP = "step"
 #: The key of an eval.json entry that holds its evaluator's options: ``advinf evaluate --set`` may have computed an
 #: entry with other options than the run's recipe.
 EVAL_OPTIONS = "options"
+#: The key of an eval.json entry that holds the dataset keys it was computed with where they differ from the run's
+#: recipe (``advinf evaluate --set dataset.root=...`` after the data moved): absent when they do not.
+EVAL_DATA = "dataset_changes"
+#: Every key advinf stamps eval.json entries with: an evaluator's own metrics may not use them.
+EVAL_STAMPS = (EVAL_STEP, EVAL_OPTIONS, EVAL_DATA)
 
 
 def merge_eval(path: Path, results: dict[str, Any], step: int,
-               options: Mapping[str, dict[str, Any]] | None = None) -> None:
-    """Write ``results`` (of the model at ``step``, each entry stamped with it, and with its evaluator's options
-    where ``options`` has them) into the eval.json at ``path`` over its earlier entries, keeping the others."""
+               options: Mapping[str, dict[str, Any]] | None = None, data: Mapping[str, Any] | None = None) -> None:
+    """Write ``results`` (of the model at ``step``, each entry stamped with it, with its evaluator's options
+    where ``options`` has them, and with ``data``, the dataset keys changed from the run's recipe, where there are
+    some) into the eval.json at ``path`` over its earlier entries, keeping the others."""
     options = options or {}
-    stamped = {k: {**v, EVAL_STEP: step, **({EVAL_OPTIONS: options[k]} if k in options else {})}
+    changed = {EVAL_DATA: dict(data)} if data else {}
+    stamped = {k: {**v, EVAL_STEP: step, **({EVAL_OPTIONS: options[k]} if k in options else {}), **changed}
                if isinstance(v, dict) else v for k, v in results.items()}
     write_json(path, {**read_eval(path), **stamped})
 
@@ -191,7 +198,7 @@ def eval_entries(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     for name, entry in data.items():
         if isinstance(entry, dict) and isinstance(entry.get(EVAL_STEP), int):
             steps[name] = entry[EVAL_STEP]
-            entry = {k: v for k, v in entry.items() if k not in (EVAL_STEP, EVAL_OPTIONS)}
+            entry = {k: v for k, v in entry.items() if k not in EVAL_STAMPS}
         results[name] = entry
     return results, steps
 

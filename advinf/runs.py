@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from advinf import checkpoint as ckpt
-from advinf.build import Built, build, build_evaluators
+from advinf.build import Built, build, build_dataset, build_evaluators
 from advinf.conditions import Condition
-from advinf.data import Dataset
+from advinf.data import DataDescription, Dataset, describe, described_dataset, unlike_description
 from advinf.errors import RecipeError, UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
@@ -38,18 +38,35 @@ from advinf.values import parse_json
 class LoadedRun(TrainedModel):
     """A trained run: the model (eval mode) plus the recipe, dataset and step it comes from. Loaded into modules
     the caller gives (``load_run(RUN, nets=..., game=...)``), it has no recipe, dataset or ``built``. ``built``
-    holds no evaluators or loggers: :func:`run_evaluators` builds the recipe's evaluators when they are wanted."""
+    holds no evaluators or loggers: :func:`run_evaluators` builds the recipe's evaluators when they are wanted.
+
+    A run whose data is not where its recipe says is still loaded, from what its checkpoint records of the data
+    (:func:`advinf.data.describe`): it samples and encodes, and ``dataset`` raises a UserError saying why the data
+    cannot be used and how to say where it is now (``load_run(RUN, data=["dataset.root=PATH"])``)."""
 
     recipe: Recipe | None
-    dataset: Dataset | None
     step: int
     run_dir: Path
     built: Built | None
+    #: The run's dataset (None where the run was loaded into the caller's modules, or where ``data_problem`` says
+    #: why it cannot be used); read it as ``dataset``.
+    _dataset: Dataset | None = field(default=None, repr=False)
+    #: Why the run's data cannot be used here (not found, or not what the run trained on), or None.
+    data_problem: str | None = None
+    #: The dataset keys given to ``load_run(data=...)`` that differ from the run's recipe, with their values.
+    data_changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The run's dataset; a UserError when it cannot be used here (``data_problem``)."""
+        if self.data_problem is not None:
+            raise UserError(self.data_problem)
+        return self._dataset
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, checkpoint: str | Path | None = None,
              host: PluginHost | None = None, plugins: Sequence[str | Path] = (), *, nets: Networks | None = None,
-             game: Game | None = None, condition: Condition | None = None) -> LoadedRun:
+             game: Game | None = None, condition: Condition | None = None, data: Sequence[str] = ()) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
 
     With ``nets`` and ``game`` (and ``condition`` for a conditional game) the weights are loaded into these
@@ -63,6 +80,10 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     Nothing is unpickled and nothing is imported: weights come from safetensors, the recipe from JSON, and the
     run's local plugins (code) are loaded only when named in ``plugins`` (the CLI's ``--plugin``). ``device``
     defaults to the recipe's ``train.device`` (``auto``).
+
+    ``data`` holds ``dataset.KEY=VALUE`` settings (TOML values) for where the run's data is now, e.g.
+    ``["dataset.root=/data/svhn"]`` after it moved; the data found is checked against what the run trained on.
+    Without them, a run whose data is missing loads all the same (see :class:`LoadedRun`).
     """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
@@ -75,6 +96,9 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     if nets is not None or game is not None:
         if nets is None or game is None:
             raise UserError("load_run(RUN, nets=..., game=...) needs both the networks and the game")
+        if data:
+            raise UserError("load_run(RUN, nets=..., game=...) loads no dataset; `data` is for runs rebuilt from "
+                            "their recipe")
         return _load_into(run_dir, path, nets, game, condition, device)
     if not (run_dir / RECIPE_FILE).is_file():
         raise UserError(_no_recipe_message(run_dir))
@@ -85,7 +109,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     recipe = recipe_of(loaded, run_dir, host)
     dev = _run_device(run_dir, device, recipe.spec.train.device)
     set_fp32_precision(dev, recipe.spec.train.tf32)  # evaluate in the precision the run trained in
-    built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False)
+    dataset, problem, changes = _run_data(recipe, loaded, run_dir, data, host, dev)
+    built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False, dataset=dataset)
     tensors = loaded.tensors["model"]
     for name, module in built.nets.items():
         prefix = ckpt.network_prefix(tensors, name)
@@ -93,7 +118,51 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     check_networks(built.game, built.nets)
     built.nets.to(dev).train(False)
     return LoadedRun(nets=built.nets, game=built.game, device=dev, condition=built.condition, recipe=recipe,
-                     dataset=built.dataset, step=loaded.step, run_dir=run_dir, built=built)
+                     _dataset=None if problem else dataset, data_problem=problem, data_changes=changes,
+                     step=loaded.step, run_dir=run_dir, built=built)
+
+
+def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequence[str], host: PluginHost,
+              device: torch.device) -> tuple[Dataset, str | None, dict[str, Any]]:
+    """The run's dataset (with the ``data`` settings), the dataset keys they change, and None; or, where the data
+    cannot be used and the checkpoint describes it, a stand-in built from that description and why. Data asked
+    for by ``data`` settings that cannot be used is an error at once."""
+    bad = [o for o in data if not o.strip().startswith("dataset.")]
+    if bad:
+        raise UserError(f"the run's data is set with dataset.KEY=VALUE (where it is now), not: {', '.join(bad)}")
+    advice = ("Say where it is now with --set dataset.KEY=VALUE, e.g. --set dataset.root=PATH (in Python: "
+              "load_run(RUN, data=[\"dataset.root=PATH\"]))")
+    data_recipe = recipe
+    if data:
+        data_recipe = validate_recipe(recipe.resolved(run_dir), data, source=f"{run_dir}'s data (with --set)",
+                                      base_dir=run_dir, host=host, load_plugins=False, environment=False)
+    before, after = recipe.resolved(run_dir)["dataset"], data_recipe.resolved(run_dir)["dataset"]
+    changes = {k: v for k, v in after.items() if before.get(k) != v}
+    stored = loaded.state.get("data")
+    trained = DataDescription.model_validate(stored) if stored is not None else None
+    try:
+        dataset = build_dataset(data_recipe, host, device)
+    except RecipeError as exc:
+        if not all(p.key.startswith("dataset.") for p in exc.problems):
+            raise
+        why = "; ".join(p.render() for p in exc.problems)
+        if trained is None or data:
+            raise UserError(f"the data of run '{run_dir}' cannot be loaded: {why}\n{advice}") from None
+    else:
+        if trained is None:
+            return dataset, None, changes
+        try:
+            unlike = unlike_description(describe(dataset), trained)
+        except ValueError as exc:
+            unlike = str(exc)
+        if unlike is None:
+            return dataset, None, changes
+        why = f"the data found is not what the run trained on: {unlike}"
+        if data:
+            raise UserError(f"the data of run '{run_dir}' cannot be used: {why}\n{advice}")
+    return (described_dataset(trained), f"this needs the data of run '{run_dir}', which cannot be used here: {why}\n"
+                                        f"{advice}",
+            changes)
 
 
 def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition: Condition | None,
@@ -112,8 +181,8 @@ def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition:
     check_networks(game, nets)
     dev = resolve_device(device if device is not None else "auto", "device")
     nets.to(dev).train(False)
-    return LoadedRun(nets=nets, game=game, device=dev, condition=condition, recipe=None, dataset=None,
-                     step=loaded.step, run_dir=run_dir, built=None)
+    return LoadedRun(nets=nets, game=game, device=dev, condition=condition, recipe=None, step=loaded.step,
+                     run_dir=run_dir, built=None)
 
 
 def _no_recipe_message(run_dir: Path) -> str:
@@ -135,26 +204,31 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     """Run evaluators on a trained run and merge their results into its eval.json (earlier entries are kept).
 
     ``names`` picks registered evaluators (the run's recipe's options where it configures them, else their
-    defaults; None: the recipe's own); ``overrides`` are ``evaluators.NAME.key=value`` settings.
+    defaults; None: the recipe's own); ``overrides`` are ``evaluators.NAME.key=value`` settings, and
+    ``dataset.KEY=VALUE`` settings for where the run's data is now (as :func:`load_run`'s ``data``; the entries
+    computed with them record the dataset keys that differ from the run's recipe).
     """
     run_dir = Path(run_dir)
     read_eval(run_dir / EVAL_FILE)  # refused before the evaluators run, not after
-    run = load_run(run_dir, device=device, plugins=plugins, host=host)
+    bad = [o for o in overrides if not o.strip().startswith(("evaluators.", "dataset."))]
+    if bad:
+        raise UserError(f"--set with advinf evaluate changes evaluators (evaluators.NAME.key=value) and where the "
+                        f"run's data is (dataset.KEY=VALUE), not: {', '.join(bad)}")
+    data = [o for o in overrides if o.strip().startswith("dataset.")]
+    overrides = [o for o in overrides if o not in data]
+    run = load_run(run_dir, device=device, plugins=plugins, host=host, data=data)
     data = run.recipe.resolved(run_dir)
     configured = data.get("evaluators", {})
     data["evaluators"] = dict(configured) if names is None else {n: configured.get(n, {}) for n in names}
     if not data["evaluators"]:
         raise UserError(f"{run_dir}'s recipe names no evaluators: choose some with --with NAME[,NAME...] "
                         "(evaluate_run(RUN, names=[...]) in Python; advinf list-plugins lists them)")
-    bad = [o for o in overrides if not o.strip().startswith("evaluators.")]
-    if bad:
-        raise UserError(f"--set with advinf evaluate changes evaluators only (evaluators.NAME.key=value), not: "
-                        f"{', '.join(bad)}")
     recipe = validate_recipe(data, overrides, source=f"{run_dir / RECIPE_FILE} (with --with/--set)",
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
     results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
-    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir), evaluators))
+    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir), evaluators),
+               data=run.data_changes)
     return results
 
 

@@ -39,7 +39,7 @@ from advinf import distributed
 from advinf.batches import BatchSource
 from advinf.capture import CapturedStep
 from advinf.conditions import Condition, example_conditions
-from advinf.data import Dataset
+from advinf.data import DataDescription, Dataset, describe, unlike_description
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
@@ -121,6 +121,7 @@ class Trainer:
         images = len(data.sample_shape) == 3
         nets.to(self.device, channels_last=self.spec.channels_last and images)
         self.data = data.to(self.device)
+        self._data_description: DataDescription | None = None  # what checkpoints say of the data (describe)
         self.world_size = world_size
         self._averager: distributed.GradientAverager | None = None
         if world_size > 1:
@@ -570,8 +571,38 @@ class Trainer:
             "components": {name: c.state_dict() for name, c in self._components().items()},
             "versions": {"advinf": __version__, "torch": torch.__version__},
         }
+        described = self._described_data()
+        if described is not None:
+            state["data"] = described.model_dump(mode="json")  # rebuilds the run where its data is not (load_run)
         return ckpt.save_checkpoint(self.run.checkpoints, self.step, {"model": model, "optim": optim, "rng": t_rng},
                                     state, keep=self.spec.keep_checkpoints)
+
+    def _described_data(self) -> DataDescription | None:
+        """What checkpoints say of the training data (:func:`advinf.data.describe`), once; None for a dtype no
+        description names (such a run needs its data to be loaded)."""
+        if self._data_description is None:
+            with contextlib.suppress(ValueError):
+                self._data_description = describe(self.data)
+        return self._data_description
+
+    def _check_data(self, checkpoint: ckpt.Checkpoint, allow_changes: bool) -> None:
+        """Refuse to continue a run on data unlike what it trained on: examples of another shape or dtype always
+        (its weights cannot fit them), other labels unless ``allow_changes``."""
+        stored, found = checkpoint.state.get("data"), self._described_data()
+        if stored is None or found is None:
+            return  # a checkpoint of an older version, which did not describe its data
+        trained = DataDescription.model_validate(stored)
+        unlike = unlike_description(found, trained)
+        if unlike is None:
+            return
+        unlabelled = {"labels": None}
+        examples = unlike_description(found.model_copy(update=unlabelled), trained.model_copy(update=unlabelled))
+        if examples is None and allow_changes:
+            return
+        also = "" if examples else (" (or allow changes: --allow-changes, restore(checkpoint, allow_changes=True), "
+                                    "to go on with these labels)")
+        raise UserError(f"{checkpoint.path} was trained on other data: {unlike}. Train on the data the run trained "
+                        f"on to continue it{also}")
 
     def _settings(self) -> dict[str, Any]:
         """This trainer's settings as a checkpoint records them: what ``restore`` compares where no recipe is."""
@@ -600,6 +631,7 @@ class Trainer:
             raise UserError(f"{where} was written by a run of {saved_world} process(es) (its world size); resume it "
                             f"with {saved_world} (torchrun --nproc-per-node; see docs/distributed.md), not "
                             f"{self.world_size}: each rank's data shard and noise depend on the world size")
+        self._check_data(checkpoint, allow_changes)
         for name, module in self._stateful().items():
             if name.startswith("ema_") and ckpt.network_prefix(checkpoint.tensors["model"], name) is None:
                 # a moving average the run did not keep yet (train.ema changed): it starts from the restored

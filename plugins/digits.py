@@ -370,7 +370,7 @@ def digits_decoder(options: DecoderOptions, ctx) -> Decoder:
     decoder = DigitsDecoder(*_shapes(options, ctx, "decoder 'digits_decoder'"), options,
                             getattr(ctx, "condition", None))
     data: Dataset | None = getattr(ctx, "dataset", None)
-    if data is not None and options.log_odds_examples > 0:
+    if data is not None and options.log_odds_examples > 0 and len(data.train):  # none: described only
         n = min(options.log_odds_examples, len(data.train))
         decoder.init_output_bias(Dataset.decode(data.train.take(torch.arange(n))[0]).cpu())
     return decoder

@@ -405,7 +405,7 @@ def _decoder_factory(arch: Arch):
         channels, z_dim = _shapes(arch, options, ctx, f"decoder 'ali_{arch.name}_decoder'")
         decoder = PaperDecoder(arch, channels, z_dim, options, getattr(ctx, "condition", None))
         data: Dataset | None = getattr(ctx, "dataset", None)
-        if data is not None and options.log_odds_examples > 0:
+        if data is not None and options.log_odds_examples > 0 and len(data.train):  # none: described only
             n = min(options.log_odds_examples, len(data.train))
             decoder.init_output_bias(Dataset.decode(data.train.take(torch.arange(n))[0]))
         return decoder

@@ -38,7 +38,8 @@ def test_evaluators_on_demand_merge_into_eval_json(trained):
     assert results["mode_coverage"]["modes_total"] == 25
     with pytest.raises(advinf.UserError, match="unknown evaluator"):
         evaluate_run(trained, ["mode_coverag"], device="cpu")
-    with pytest.raises(advinf.UserError, match="changes evaluators only"):
+    with pytest.raises(advinf.UserError, match=r"changes evaluators \(evaluators.NAME.key=value\) and where "
+                                               r"the run.s data is \(dataset.KEY=VALUE\), not: train.steps=5"):
         evaluate_run(trained, ["mode_coverage"], ["train.steps=5"], device="cpu")
     with pytest.raises(advinf.RecipeError, match="evaluators.mode_coverage.samples"):
         evaluate_run(trained, ["mode_coverage"], ["evaluators.mode_coverage.samples=true"], device="cpu")

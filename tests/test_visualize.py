@@ -80,7 +80,7 @@ def test_picture_commands_on_a_trained_toy_run(tmp_path):
         assert res.exit_code == 0, res.output
         assert out.stat().st_size > 1000
     res = CliRunner().invoke(cli, ["reconstruct", str(run), "--count", "5000"])
-    assert res.exit_code == 2 and "split holds 500" in res.output
+    assert res.exit_code == 2 and "--count 5000 asks for more examples than the heldout split holds (500)" in res.output
     res = CliRunner().invoke(cli, ["interpolate", str(run), "--pairs", "251"])
     assert res.exit_code == 2 and "--pairs 251 needs 502 examples, but the heldout split holds 500; ask for at " \
         "most 250 pairs" in res.output

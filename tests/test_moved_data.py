@@ -1,0 +1,165 @@
+"""A trained run away from its data: checkpoints describe the data, so a run samples without it, and
+``--set dataset.KEY=VALUE`` (``load_run(data=...)``) says where moved data is now, checked against that record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES
+from image_formats import write_mnist
+from pydantic import ValidationError
+
+import advinf
+from advinf import UserError
+from advinf import checkpoint as ckpt
+from advinf.cli import cli
+from advinf.data import (
+    DataDescription,
+    Dataset,
+    Split,
+    StreamingSplit,
+    describe,
+    described_dataset,
+    unlike_description,
+)
+
+torch.set_num_threads(1)
+
+
+def test_a_description_rebuilds_what_networks_are_sized_and_conditioned_by():
+    classes = Dataset(Split(torch.zeros(5, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 3, 1, 2, 3])))
+    attributes = Dataset(Split(torch.rand(4, 3, 8, 8), torch.zeros(4, 2, dtype=torch.uint8)),
+                         meta={"attributes": ["smiling", "male"]})
+    unlabelled = Dataset(Split(torch.rand(6, 2)))
+    streamed = Dataset(StreamingSplit([(torch.zeros(3, 4, 4, dtype=torch.uint8), 1)] * 3, labelled=True),
+                       meta={"classes": ["cat", "dog"]})
+    for data in (classes, attributes, unlabelled, streamed):
+        record = describe(data)
+        stand_in = described_dataset(json.loads(json.dumps(record.model_dump(mode="json"))))  # as state.json holds it
+        assert len(stand_in.train) == 0 and stand_in.meta["described_only"] and stand_in.heldout is None
+        assert stand_in.sample_shape == data.sample_shape and stand_in.label_info() == data.label_info()
+        assert describe(stand_in) == record
+    assert describe(classes).labels.names == ["0", "1", "2", "3"] and describe(classes).labels.shape == []
+    assert describe(attributes).labels.model_dump() == {"kind": "attributes", "names": ["smiling", "male"],
+                                                        "shape": [2], "dtype": "uint8"}
+    assert describe(unlabelled).labels is None and describe(streamed).dtype == "uint8"
+
+
+def test_unlike_data_is_told_apart_and_a_damaged_record_refused():
+    trained = describe(Dataset(Split(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1]))))
+    assert unlike_description(trained, trained) is None
+    bigger = describe(Dataset(Split(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.tensor([0, 1]))))
+    assert unlike_description(bigger, trained) == "its examples have shape (1, 32, 32), the run's (1, 28, 28)"
+    floats = describe(Dataset(Split(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]))))
+    assert unlike_description(floats, trained) == "its examples are float32, the run's were uint8"
+    more = describe(Dataset(Split(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 2]))))
+    assert "its labels (classes: 0, 1, 2) are not the run's (classes: 0, 1)" in unlike_description(more, trained)
+    none = describe(Dataset(Split(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))))
+    assert unlike_description(none, trained) == "it has no labels, the run's data had"
+    good = trained.model_dump(mode="json")
+    for bad in ({**good, "sample_shape": [1, 0, 28]}, {**good, "sample_shape": [True, 28, 28]},
+                {**good, "dtype": "complex64"}, {**good, "sample_shape": []}, {**good, "extra": 1},
+                {**good, "labels": {**good["labels"], "kind": "regression"}}):
+        with pytest.raises(ValidationError):
+            DataDescription.model_validate(bad)
+    with pytest.raises(ValueError, match="datasets hold one of"):
+        describe(Dataset(Split(torch.zeros(2, 3, dtype=torch.complex64))))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step BiGAN MNIST run on real-format files, its data then moved from data/ to moved/."""
+    root = tmp_path_factory.mktemp("moved")
+    write_mnist(root / "data", train=40, test=12)
+    run = root / "run"
+    args = ["run", str(RECIPES / "bigan_mnist.toml"), "--out", str(run)]
+    for s in (f"dataset.root={root / 'data'}", "dataset.verify=false", "train.steps=2", "train.batch_size=8",
+              "train.progress=none", "evaluators.knn_probe.labels=10", "evaluators.knn_probe.validation=4"):
+        args += ["--set", s]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    shutil.move(root / "data", root / "moved")
+    return run
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_a_run_samples_without_its_data_and_says_what_needs_it(trained, tmp_path):
+    state = json.loads((ckpt.latest_checkpoint(trained / "checkpoints") / "state.json").read_text())
+    assert state["data"] == {"sample_shape": [1, 28, 28], "dtype": "uint8",
+                             "labels": {"kind": "classes", "names": [str(i) for i in range(10)], "shape": [],
+                                        "dtype": "int64"}}
+    res = _cli("sample", str(trained), "--out", str(tmp_path / "s.png"), "--count", "4")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s.png").is_file()
+    res = _cli("reconstruct", str(trained), "--out", str(tmp_path / "r.png"))
+    assert res.exit_code == 2 and not (tmp_path / "r.png").exists()
+    assert f"this needs the data of run '{trained}', which cannot be used here: dataset.root: dataset 'mnist': " \
+           "files not found under" in res.output
+    assert "--set dataset.root=PATH" in res.output and "Traceback" not in res.output
+
+    run = advinf.load_run(trained, device="cpu")
+    assert run.sample(3).shape == (3, 1, 28, 28) and "files not found" in run.data_problem
+    assert run.built.dataset.meta["described_only"]
+    with pytest.raises(UserError, match="this needs the data of run"):
+        _ = run.dataset
+
+
+def test_moved_data_is_found_again_and_checked(trained, tmp_path):
+    moved = trained.parent / "moved"
+    res = _cli("reconstruct", str(trained), "--out", str(tmp_path / "r.png"), "--set", f"dataset.root={moved}")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r.png").is_file()  # the default --count (50), on a held-out split of 12: all of them
+    res = _cli("reconstruct", str(trained), "--count", "13", "--set", f"dataset.root={moved}")
+    assert res.exit_code == 2 and "--count 13 asks for more examples than the heldout split holds (12)" in res.output
+    run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}"])
+    assert len(run.dataset.heldout) == 12 and run.data_problem is None and run.data_changes == {"root": str(moved)}
+
+    res = _cli("reconstruct", str(trained), "--set", f"dataset.root={moved}", "--set", "dataset.size=32")
+    assert res.exit_code == 2
+    assert "cannot be used: the data found is not what the run trained on: its examples have shape (1, 32, 32), " \
+           "the run's (1, 28, 28)" in res.output
+    res = _cli("reconstruct", str(trained), "--set", f"dataset.root={tmp_path / 'nowhere'}")
+    assert res.exit_code == 2 and f"the data of run '{trained}' cannot be loaded" in res.output
+    res = _cli("sample", str(trained), "--set", "train.steps=3")
+    assert res.exit_code == 2 and "set with dataset.KEY=VALUE (where it is now), not: train.steps=3" in res.output
+
+    res = _cli("evaluate", str(trained), "--with", "knn_probe", "--set", f"dataset.root={moved}", "--json")
+    assert res.exit_code == 0, res.output
+    entry = json.loads((trained / "eval.json").read_text())["knn_probe"]
+    assert entry["dataset_changes"] == {"root": str(moved)} and entry["test_examples"] == 12
+    assert "dataset_changes" not in json.loads(res.output)["knn_probe"]
+
+
+def test_a_resume_on_unlike_data_is_refused(trained, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    moved = trained.parent / "moved"
+    res = _cli("run", "--resume", "--out", str(copy), "--set", f"dataset.root={moved}", "--set", "dataset.size=32",
+               "--set", "train.steps=3", "--allow-changes")
+    assert res.exit_code == 2
+    assert "was trained on other data: its examples have shape (1, 32, 32), the run's (1, 28, 28)" in res.output
+    res = _cli("run", "--resume", "--out", str(copy), "--set", f"dataset.root={moved}", "--set", "train.steps=3",
+               "--allow-changes")
+    assert res.exit_code == 0, res.output
+
+
+def test_a_checkpoint_without_a_record_needs_its_data(trained, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    folder = ckpt.latest_checkpoint(copy / "checkpoints")
+    state = json.loads((folder / "state.json").read_text())
+    del state["data"]  # as an older advinf wrote it
+    state["state_checksum"] = ckpt._state_checksum(state)
+    (folder / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"the data of run .* cannot be loaded: dataset.root: .*\n.*--set "
+                                        r"dataset.root=PATH"):
+        advinf.load_run(copy, device="cpu")
+    run = advinf.load_run(copy, device="cpu", data=[f"dataset.root={trained.parent / 'moved'}"])
+    assert run.sample(2).shape == (2, 1, 28, 28)
