@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ _NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON records of a .jsonl file (a torn or foreign line is skipped; no file: none). Something
-    else in its place, or a file that cannot be read, is a UserError naming it."""
+    """The complete JSON records of a .jsonl file (no file: none). A torn last line (a crash mid-write) is
+    skipped; other lines that are no record (damaged, or edited by hand) are skipped with a warning naming them.
+    Something else in its place, or a file that cannot be read, is a UserError naming it."""
     if not path.exists() and not path.is_symlink():
         return []
     if not path.is_file():
@@ -27,14 +29,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    out = []
-    for line in text.splitlines():
+    out, skipped = [], []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             record = parse_json(line)
         except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
             out.append(record)
+        elif line.strip() and not (number == len(lines) and not text.endswith("\n")):  # not a torn last line
+            skipped.append(number)
+    if skipped:
+        where = ", ".join(map(str, skipped[:5])) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"{path}: line{'s' if len(skipped) > 1 else ''} {where} "
+                      f"{'are' if len(skipped) > 1 else 'is'} not a JSON record with a step; left out", stacklevel=2)
     return out
 
 

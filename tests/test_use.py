@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -54,6 +56,21 @@ def test_curves_over_steps(trained, tmp_path):
         assert img.size[0] > 800 and img.size[1] > 400
     with pytest.raises(advinf.UserError, match="not an advinf run directory"):
         plot_run(tmp_path)
+
+
+def test_damaged_metric_lines_are_left_out_with_a_warning_and_a_torn_last_line_quietly(trained, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    (copy / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", lines[1], '{"step": true}', "", lines[2],
+                                                    '{"step": 40, "loss_cr']))  # torn: no newline after it
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: lines 2, 4 are not a JSON record with a step; left out"):
+        series = curves(copy)
+    assert series["loss_critic"][0] == [10, 20, 30]
+    (copy / "metrics.jsonl").write_text("\n".join([*lines, '{"step": 40, "loss_cr']))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert curves(copy)["loss_critic"][0] == [10, 20, 30]
 
 
 def test_evaluate_and_plot_commands(trained, tmp_path):
