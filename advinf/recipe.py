@@ -29,6 +29,7 @@ from advinf.settings import (
     RECIPE_CONTEXT,
     OptimizerSpec,
     TrainSpec,
+    cuda_graph_refusal,
     optimizer_option_problems,
     resolve_device,
 )
@@ -274,7 +275,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         problems.extend(p for p in _check_optimizer(f"optimizers.{player}", players[player])  # inherited: said once
                         if p.key.removeprefix(f"optimizers.{player}.").split(".")[0] not in shared_keys - set(table))
     if not problems:
-        problems.extend(check_fit(spec, options, host, environment))
+        problems.extend(check_fit(spec, options, host, environment, players))
     if problems:
         unknown = [p for p in problems if p.message.startswith("unknown ")]
         if unknown and spec.plugins and not load_plugins:
@@ -347,21 +348,28 @@ def build_game(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost
     return game
 
 
-def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
-              environment: bool = True) -> list[Problem]:
+def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost, environment: bool = True,
+              players: dict[str, OptimizerSpec] | None = None) -> list[Problem]:
     """Phase 3: the problems of a recipe whose parts are each valid but do not fit its game (and, with
-    ``environment``, this machine: a device it lacks)."""
+    ``environment``, this machine: a device it lacks). ``players``: the per-player optimiser specs."""
     try:
         game = build_game(spec, options, host)
     except UserError as exc:
         return [Problem(f"game.{exc.option}" if exc.option else "game", str(exc))]
     name = spec.game.name
     problems: list[Problem] = []
+    device = None
     try:
         if environment:  # a run trained on a GPU is still a valid run on a machine without one
-            resolve_device(spec.train.device)
+            device = resolve_device(spec.train.device)
     except UserError as exc:
         problems.append(Problem("train.device", str(exc)))
+    if spec.train.cuda_graph:
+        effective = [(players or {}).get(p.name, spec.optimizer) for p in game.players]
+        why = cuda_graph_refusal(spec.train, effective, game.host_decisions(), device)
+        if why is not None:
+            problems.append(Problem("train.cuda_graph", f"cannot be true here: {why}",
+                                    hint="set it to false (or remove it)"))
     given = spec.network_specs()
     for net, kind in game.networks.items():
         section = net if net in WELL_KNOWN else f"networks.{net}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -259,6 +259,23 @@ class TrainSpec(BaseModel):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of `steps` and `epochs`")
         return self
+
+
+def cuda_graph_refusal(train: TrainSpec, optimizers: Iterable[OptimizerSpec], host_decisions: str | None,
+                       device: torch.device | None, world_size: int = 1) -> str | None:
+    """Why a run's step cannot be recorded as a CUDA graph (``train.cuda_graph``): the first reason, or None. The
+    recipe's own conflicts come first (``optimizers``: each player's effective spec; ``host_decisions``: the
+    game's ``host_decisions()``), then what this machine (``device``; None: not asked) or launch lacks."""
+    scheduled = any(spec.schedule is not None and spec.schedule.name != "constant" for spec in optimizers)
+    reasons = [
+        'train.nonfinite = "skip" decides on the host whether to apply each update'
+        if train.nonfinite == "skip" else None,
+        "a learning-rate schedule changes the rate on the host each step" if scheduled else None,
+        host_decisions,
+        "it needs a CUDA device (train.device)" if device is not None and device.type != "cuda" else None,
+        "a data-parallel run's gradient all-reduce is not captured (yet)" if world_size > 1 else None,
+    ]
+    return next((r for r in reasons if r is not None), None)
 
 
 def resolve_device(spec: str | torch.device, what: str = "train.device") -> torch.device:

@@ -49,7 +49,7 @@ from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
 from advinf.provenance import changed_keys, library_recipe, run_name, summarised
 from advinf.rundir import RunDir, evaluator_options
-from advinf.settings import OptimizerSpec, TrainSpec, resolve_device, set_fp32_precision
+from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
 
 
@@ -317,17 +317,8 @@ class Trainer:
 
     def cuda_graph_refusal(self) -> str | None:
         """Why this run's step cannot be recorded as a CUDA graph (the first reason), or None."""
-        scheduled = any(spec.schedule is not None and spec.schedule.name != "constant"
-                        for spec in self._optimizer_specs.values())
-        reasons = [  # the recipe's own conflicts first, then what this machine or launch lacks
-            'train.nonfinite = "skip" decides on the host whether to apply each update'
-            if self.spec.nonfinite == "skip" else None,
-            "a learning-rate schedule changes the rate on the host each step" if scheduled else None,
-            self.game.host_decisions(),
-            "it needs a CUDA device (train.device)" if self.device.type != "cuda" else None,
-            "a data-parallel run's gradient all-reduce is not captured (yet)" if self.world_size > 1 else None,
-        ]
-        return next((r for r in reasons if r is not None), None)
+        return cuda_graph_refusal(self.spec, self._optimizer_specs.values(), self.game.host_decisions(), self.device,
+                                  self.world_size)
 
     def _step_schedules(self) -> None:
         for scheduler in self.schedulers.values():

@@ -219,3 +219,27 @@ def test_a_cuda_run_that_could_record_its_step_is_told_so():
     trainer.spec = trainer.spec.model_copy(update={"nonfinite": "stop", "cuda_graph": True})
     assert trainer.speed_hint() is None
 
+
+
+def test_a_recipe_whose_step_cannot_be_recorded_is_refused_at_its_cuda_graph_key():
+    """``train.cuda_graph = true`` that cannot work is a recipe problem at that key (``advinf validate`` finds
+    it, a run stops before it writes anything): the recipe's own conflicts anywhere, the device only where the
+    machine is asked about (not when a trained run's recipe is read back)."""
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+    from advinf.recipe import read_toml, validate_recipe
+
+    toy = RECIPES / "ali_mixture25.toml"
+    for sets, why in ((["train.device=cpu"], "it needs a CUDA device (train.device)"),
+                      (["train.nonfinite=skip"], 'train.nonfinite = "skip" decides on the host'),
+                      (['optimizers.critic.schedule={name = "exponential", decay = 10, final = 0.1}'],
+                       "a learning-rate schedule changes the rate on the host each step")):
+        res = CliRunner().invoke(cli, ["validate", str(toy), "--set", "train.cuda_graph=true",
+                                       *(a for s in sets for a in ("--set", s))])
+        assert res.exit_code == 2, res.output
+        assert f"train.cuda_graph: cannot be true here: {why}" in res.output
+    data = {**read_toml(toy)}
+    data["train"] = {**data["train"], "cuda_graph": True, "device": "cuda"}
+    assert validate_recipe(data, environment=False).spec.train.cuda_graph  # a GPU run, read on this machine
