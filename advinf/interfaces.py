@@ -453,6 +453,12 @@ class Evaluator(abc.ABC):
         """The metrics of a trained model on ``data`` (JSON-able; pictures may go to ``out_dir``)."""
         ...
 
+    def skip_reason(self, data: Dataset) -> str | None:
+        """Why evaluating on ``data`` will report ``{"skipped": reason}`` instead of numbers, where that is known
+        before training (too few labelled examples for the configured sizes, say); None if it is not. ``advinf
+        run`` warns of it when training starts, and ``advinf validate --build`` prints it. Keep it cheap."""
+        return None
+
 
 class Logger(abc.ABC):
     """A metric sink. The trainer calls ``open`` when training starts (rank 0 only), then ``log_metrics`` every

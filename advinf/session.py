@@ -17,7 +17,9 @@ from typing import Any
 from advinf import checkpoint as ckpt
 from advinf import distributed
 from advinf.build import Built, build
+from advinf.data import Dataset
 from advinf.errors import UserError
+from advinf.interfaces import Evaluator
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import changed_keys, summarised
 from advinf.recipe import Recipe, load_recipe, plugin_paths, validate_recipe
@@ -215,7 +217,15 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     hint = trainer.speed_hint()
     if hint is not None:
         log(hint)
+    for line in skip_warnings(trainer.evaluators, trainer.data):
+        log(line)
     return trainer
+
+
+def skip_warnings(evaluators: dict[str, Evaluator], data: Dataset) -> list[str]:
+    """A warning line for each evaluator that will report no numbers on ``data`` (``Evaluator.skip_reason``)."""
+    return [f"warning: evaluator '{name}' will report 'skipped' on this data: {why}"
+            for name, ev in evaluators.items() if (why := ev.skip_reason(data)) is not None]
 
 
 def _trainer(rec: Recipe, built: Built, **where: Any) -> Trainer:
@@ -243,7 +253,7 @@ def check_build(rec: Recipe, host: PluginHost | None = None) -> list[str]:
         lines.append(f"evaluators: {', '.join(built.evaluators)}")
     lines.append(f"one trial step on {trainer.device} passed ({trainer.total_steps:,} steps of "
                  f"{spec.train.batch_size} to train)")
-    return lines
+    return lines + skip_warnings(trainer.evaluators, trainer.data)
 
 
 def _refuse_incomplete_checkpoints(root: Path, step: int | None) -> None:

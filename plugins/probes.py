@@ -597,6 +597,18 @@ class _Probe(Evaluator):
     def protocol(self, f: FeatureSets, pd: ProbeData) -> dict[str, Any]:
         raise NotImplementedError
 
+    def skip_reason(self, data: Dataset) -> str | None:
+        """The draws of labelled sets the configured sizes cannot make, found before training (a pool read
+        batch by batch is not read through here: that would be a slow start; its evaluation says it)."""
+        pool = self.pool if self.pool is not None else data.train
+        if isinstance(pool, StreamingSplit) or isinstance(data.heldout, StreamingSplit):
+            return None
+        try:
+            probe_data(data, self.o, self.name, self.pool)
+        except TooLittleData as exc:
+            return f"{exc} (evaluators.{self.name})"
+        return None
+
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
         if model.encoder is None:
             raise UserError(f"evaluator '{self.name}' reads encoder features, but this model has no encoder "

@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from advinf import Dataset, Evaluator, TrainedModel, UserError, evaluating, hookimpl, save_grid
+from advinf import Dataset, Evaluator, Split, TrainedModel, UserError, evaluating, hookimpl, save_grid
 from advinf_plugins.probes import (
     DEFAULT_C_GRID,
     LinearModel,
@@ -106,6 +106,9 @@ def train_pixel_classifier(data: Dataset, o: ReconstructionOptions, classes: int
                      "validation": o.classifier_validation, "features": "raw pixels", "unconverged_fits": unconverged}
 
 
+_CLASSIFIER_KEYS = "evaluators.reconstruction.classifier_labels, classifier_validation"
+
+
 class Reconstruction(Evaluator):
     pictures_only = frozenset({"pictures"})  # the figure's options, not the numbers'
 
@@ -120,6 +123,20 @@ class Reconstruction(Evaluator):
             self._cache = {k: v for k, v in self._cache.items() if k[0] == id(data)}
             self._cache[key] = make()
         return self._cache[key]
+
+    def skip_reason(self, data: Dataset) -> str | None:
+        """The classifier's labelled draws that the configured sizes cannot make (the MSEs are reported anyway)."""
+        o, info, train = self.o, data.label_info(), data.train
+        if not (o.classifier and info is not None and info[0] == "classes" and isinstance(train, Split)
+                and train.y is not None and len(train)):
+            return None
+        y_train = train.y.detach().cpu().long().reshape(-1)
+        try:
+            draw_labelled(y_train, o.classifier_labels, o.classifier_validation, 1, o.seed,
+                          max(info[2], int(y_train.max()) + 1))
+        except TooLittleData as exc:
+            return f"for its classifier: {exc} ({_CLASSIFIER_KEYS})"
+        return None
 
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
         o = self.o
@@ -164,8 +181,7 @@ class Reconstruction(Evaluator):
             try:
                 classifier, about = self._once(data, "classifier", lambda: train_pixel_classifier(data, o, classes))
             except TooLittleData as exc:  # the MSEs stand; the label measure needs more labelled data
-                result["classifier"] = {"skipped": f"{exc} (evaluators.reconstruction.classifier_labels, "
-                                                   "classifier_validation)"}
+                result["classifier"] = {"skipped": f"{exc} ({_CLASSIFIER_KEYS})"}
             else:
                 result.update(label_kept(classifier, x, r_mean, r_sample, y.cpu().long().reshape(-1)))
                 result["classifier"] = dict(about)

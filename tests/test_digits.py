@@ -207,3 +207,23 @@ def test_a_conditional_digits_model_probes_with_its_labels(tmp_path):
     report = json.loads((out / "eval.json").read_text())
     assert report["svm_probe"]["encoder_sees_labels"] is True and "raw_pixels" not in report["svm_probe"]
     assert report["reconstruction"]["decoder_sees_labels"] is True
+
+
+def test_a_probe_budget_the_data_cannot_meet_is_told_before_training(tmp_path):
+    """The probes report 'skipped' rather than stop a run; that they will is known from the data's size, so
+    advinf validate --build and the start of advinf run say it (and nothing when the budget fits)."""
+    big = [*TINY, "evaluators.knn_probe.labels=5000", "evaluators.reconstruction.classifier_labels=5000"]
+    res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_digits.toml"),
+                                   *[a for s in big for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    assert "warning: evaluator 'knn_probe' will report 'skipped' on this data: the training split holds 1438 " \
+           "examples, fewer than validation (50) plus labels (5000); lower them (evaluators.knn_probe)" in res.output
+    assert "warning: evaluator 'reconstruction' will report 'skipped' on this data: for its classifier: the " \
+           "training split holds 1438 examples" in res.output
+    assert "svm_probe' will" not in res.output
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_digits.toml"), "--out", str(tmp_path / "run"),
+                                   "--stop-after", "1", *[a for s in big for a in ("--set", s)]])
+    assert res.exit_code == 0 and "warning: evaluator 'knn_probe' will report 'skipped'" in res.output
+    res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_digits.toml"),
+                                   *[a for s in TINY for a in ("--set", s)]])
+    assert res.exit_code == 0 and "will report 'skipped'" not in res.output

@@ -187,6 +187,8 @@ def test_too_little_data_for_the_budget_is_reported_not_raised(tmp_path):
         out = probe.evaluate(model_with(Identity()), cluster_data(), tmp_path)
         assert out == {"skipped": "the training split holds 240 examples, fewer than validation (1000) plus labels "
                                   f"(1000); lower them (evaluators.{name})"}
+        assert probe.skip_reason(cluster_data()) == out["skipped"]  # told before training
+        assert advinf.create("evaluator", name, None, labels=8, validation=4).skip_reason(cluster_data()) is None
     x, y = clusters(60, 0)
     keep = (y != 3) | (torch.arange(len(y)) == int((y == 3).nonzero()[0]))  # one example of class 3
     few = Dataset(Split(x[keep], y[keep]), Split(*clusters(5, 1)), meta={"classes": ["a", "b", "c", "d"]})
@@ -195,6 +197,7 @@ def test_too_little_data_for_the_budget_is_reported_not_raised(tmp_path):
     rec = advinf.create("evaluator", "reconstruction", None, classifier_labels=1000, pictures=0)
     out = rec.evaluate(model_with(Identity()), cluster_data(), tmp_path)
     assert out["mse_mean"] == 0 and "fewer than validation (1000)" in out["classifier"]["skipped"]
+    assert rec.skip_reason(cluster_data()) == f"for its classifier: {out['classifier']['skipped']}"
 
 
 def test_untrained_encoder_without_a_recipe_is_a_seeded_reinitialised_copy(tmp_path):
