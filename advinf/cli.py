@@ -138,11 +138,15 @@ def _plugin_option(f):
                    "--set seed=K, and summarise every metric over them (OUT/summary.json).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --seeds: how many seeds train at once, in worker processes.")
+@click.option("--draw", "draws", multiple=True, metavar="KEY[,KEY...]=VALUE",
+              help="With --seeds: a random search. Each seed sets KEY to VALUE with its distributions "
+                   "(uniform(a, b), loguniform(a, b), randint(a, b), choice(v1, ...)) drawn from its seed, e.g. "
+                   "--draw 'optimizer.lr=loguniform(1e-5, 1e-3)'; several keys share one draw.")
 @_plugin_option
 @click.pass_context
 def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out: Path | None, resume: bool,
         allow_changes: bool, stop_after: int | None, progress: str | None, loggers: tuple[str, ...],
-        seeds: str | None, jobs: int, plugins: tuple[Path, ...]) -> None:
+        seeds: str | None, jobs: int, draws: tuple[str, ...], plugins: tuple[Path, ...]) -> None:
     """Train the model a RECIPE describes and evaluate it (or continue a run: --resume RUN_DIR)."""
     from advinf.session import run_recipe
 
@@ -158,10 +162,13 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
     if allow_changes and not resume:
         raise UserError("--allow-changes goes with --resume (it accepts changes to the run being continued)")
     if seeds is not None:
-        _run_seeds(recipe, seeds, jobs, overrides, out, resume, stop_after, plugins)
+        _run_seeds(recipe, seeds, jobs, overrides, out, resume, stop_after, plugins, draws)
         return
     if jobs != 1:
         raise UserError("--jobs goes with --seeds (several seeds at once)")
+    if draws:
+        raise UserError("--draw goes with --seeds (each seed draws its own values), e.g. --seeds 0-9 --draw "
+                        "'optimizer.lr=loguniform(1e-5, 1e-3)'")
     if resume and out is None and recipe is not None:
         if recipe.is_dir():
             recipe, out = None, recipe  # advinf run --resume RUN_DIR
@@ -198,18 +205,21 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
 
 
 def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str, ...], out: Path | None,
-               resume: bool, stop_after: int | None, plugins: tuple[Path, ...]) -> None:
+               resume: bool, stop_after: int | None, plugins: tuple[Path, ...], draws: tuple[str, ...]) -> None:
     from advinf.seeds import SUMMARY_FILE, lost_message, parse_seeds, run_seeds
 
     if resume or recipe is None:
         raise UserError("--seeds starts new runs from a RECIPE; resume a seed on its own: advinf run --resume "
                         "OUT/seed_K")
     outcome = run_seeds(recipe, parse_seeds(seeds), out=out, jobs=jobs, overrides=overrides, stop_after=stop_after,
-                        host=_host() if jobs == 1 else None, plugins=plugins, log=_echo)
+                        host=_host() if jobs == 1 else None, plugins=plugins, log=_echo, draws=draws)
     summary = outcome.summary
     table = Table(title=f"{len(outcome.results)} seeds: mean ± std (sample)")
     for col in ("metric", "mean ± std", *(f"seed {s}" for s in summary["seeds"])):
         table.add_column(col)
+    drawn = summary.get("drawn", {})
+    for key in drawn.get(str(summary["seeds"][0]), {}) if summary["seeds"] else ():  # what each seed trained with
+        table.add_row(f"drawn: {key}", "", *(_short_value(drawn[str(s)][key]) for s in summary["seeds"]))
     for name, m in summary["metrics"].items():
         some = f" ({m['n']} of {len(summary['seeds'])})" if m.get("missing") else ""
         table.add_row(name, "–" + some if m["n"] == 0 else f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
@@ -239,6 +249,13 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
             _echo(f"  seed {seed}: never started: advinf run {recipe} --set seed={seed} "
                   f"--out {outcome.out / f'seed_{seed}'} (with the same --set overrides)")
         sys.exit(130 if outcome.stopped == "SIGINT" else 143)
+
+
+def _short_value(value: Any) -> str:
+    """A drawn value in a table cell: floats to 4 significant digits, lists item by item."""
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_short_value, value)) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _echo(message: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import statistics
 import sys
@@ -45,6 +46,7 @@ from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import load_recipe, parse_override
 from advinf.rundir import CHECKPOINTS_DIR, check_target, default_run_dir, is_run_dir
+from advinf.search import Draw, check_draws, drawn_overrides, drawn_values, parse_draw, toml_value
 from advinf.session import run_recipe
 
 #: The group's summary, beside the seeds' run directories.
@@ -107,11 +109,14 @@ class SeedsOutcome:
 
 def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | None = None, jobs: int = 1,
               overrides: Sequence[str] = (), stop_after: int | None = None, host: PluginHost | None = None,
-              plugins: Sequence[str | Path] = (), log: Callable[[str], None] | None = None) -> SeedsOutcome:
+              plugins: Sequence[str | Path] = (), log: Callable[[str], None] | None = None,
+              draws: Sequence[str | Draw] = ()) -> SeedsOutcome:
     """Train ``recipe`` once per seed into ``out/seed_K`` (``jobs`` at a time, in worker processes when more
     than one) and summarise every evaluator metric over the seeds into ``out/summary.json``. Seeds whose worker
     was killed outright come back in ``lost`` (``failed`` says whether the group failed; ``lost_message`` says
-    what to do), and in the summary."""
+    what to do), and in the summary. ``draws`` (``--draw KEY=VALUE`` with distributions, :mod:`advinf.search`)
+    give each seed its own values of those keys, drawn from its seed: a random search, as the paper's toy
+    experiment (the summary lists what each seed drew)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if not seeds:
         raise UserError("--seeds names no seed")
@@ -124,10 +129,14 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
             if parse_override(item)[0] == ["seed"]:
                 raise UserError(f"--set {item.strip()} with --seeds: each seed's run sets `seed` itself; give the "
                                 "seeds as --seeds (e.g. --seeds 3, or 3-5)")
+    chosen = [d if isinstance(d, Draw) else parse_draw(d) for d in draws]
+    check_draws(chosen, overrides)
     host = host or default_host()
     for plugin in plugins:
         host.load_local(str(plugin))
     rec = load_recipe(recipe, overrides, host=host)  # refuses a bad recipe once, before any seed starts
+    for s in seeds if chosen else ():  # every seed's drawn values, before any seed starts
+        _check_drawn(recipe, overrides, chosen, s, host)
     out_dir = Path(out) if out is not None else default_run_dir(f"{rec.spec.name}-seeds")
     if is_run_dir(out_dir):
         raise UserError(f"--out {out_dir} is a run directory; give a new folder for the group (it will hold one "
@@ -143,8 +152,8 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
                         f"or move that file away first (advinf compare {out_dir}/seed_* summarises all the seeds "
                         f"there)")
     start = time.perf_counter()
-    tasks = [(str(recipe), s, str(out_dir / f"seed_{s}"), list(overrides), stop_after, [str(p) for p in plugins],
-              jobs > 1) for s in seeds]
+    tasks = [(str(recipe), s, str(out_dir / f"seed_{s}"), [*overrides, *drawn_overrides(chosen, s)], stop_after,
+              [str(p) for p in plugins], jobs > 1) for s in seeds]
     results: list[SeedResult] = []
     stopped: str | None = None
     killed: list[int] = []
@@ -161,6 +170,9 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
         stopped, killed = _in_workers(tasks, min(jobs, len(tasks)), results, started, log)
     results.sort(key=lambda r: seeds.index(r.seed))
     summary = summarise(results, time.perf_counter() - start, jobs)
+    if chosen:
+        summary["draws"] = [d.text for d in chosen]
+        summary["drawn"] = {str(s): drawn_values(chosen, s) for s in seeds}
     finished = {r.seed for r in results}
     lost = [s for s in seeds if s in started and s not in finished]
     not_started = [s for s in seeds if s not in started]
@@ -171,6 +183,17 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / SUMMARY_FILE, summary)
     return SeedsOutcome(out_dir, results, summary, stopped, lost, not_started, killed)
+
+
+def _check_drawn(recipe: str | Path, overrides: Sequence[str], draws: Sequence[Draw], seed: int,
+                 host: PluginHost) -> None:
+    """Seed ``seed``'s recipe with its drawn values validates, or a UserError names the seed and the draw."""
+    drawn = drawn_overrides(draws, seed)
+    try:
+        load_recipe(recipe, [*overrides, *drawn, f"seed={seed}"], host=host)
+    except UserError as exc:
+        raise UserError(f"seed {seed} draws {', '.join(drawn)}, which the recipe refuses (narrow the --draw "
+                        f"range):\n{exc}") from None
 
 
 def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
@@ -190,6 +213,11 @@ def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
     if "SIGKILL" in ends:
         what += ": SIGKILL is often the system taking memory back"
     missing = outcome.lost + (outcome.not_started if outcome.stopped is None else [])
+    drawn = outcome.summary.get("drawn", {})
+
+    def sets(seed: int) -> str:  # the values a seed drew: part of its command
+        return "".join(f" --set {k}={_toml(v)}" for k, v in drawn.get(str(seed), {}).items())
+
     total = len(outcome.results) + len(outcome.lost) + len(outcome.not_started)
     lines = [f"{len(missing)} of {total} seeds have no result, as {what}. The others are summarised in "
              f"{outcome.out / SUMMARY_FILE}"]
@@ -199,12 +227,19 @@ def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
             lines.append(f"  seed {s}: continue it: advinf run --resume {run}")
         else:
             again = f"delete {run} and run it again" if run.exists() else "run it again"
-            lines.append(f"  seed {s}: no checkpoint yet: {again}: advinf run {recipe} --set seed={s} --out {run}")
+            lines.append(f"  seed {s}: no checkpoint yet: {again}: advinf run {recipe} --set seed={s}{sets(s)} "
+                         f"--out {run}")
     if outcome.stopped is None:
-        lines += [f"  seed {s}: never started: advinf run {recipe} --set seed={s} --out {outcome.out / f'seed_{s}'}"
-                  for s in outcome.not_started]
+        lines += [f"  seed {s}: never started: advinf run {recipe} --set seed={s}{sets(s)} "
+                  f"--out {outcome.out / f'seed_{s}'}" for s in outcome.not_started]
     lines.append("(pass the same --set overrides as this command; with fewer --jobs if memory ran out)")
     return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    """A drawn value as a --set gives it (quoted for the shell where TOML needs brackets or quotes)."""
+    text = toml_value(value)
+    return shlex.quote(text)
 
 
 _SIGNALS = ("SIGINT", "SIGTERM")
