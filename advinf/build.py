@@ -71,8 +71,7 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     ctx.dataset = dataset if dataset is not None else make("dataset", "dataset", ctx)
     ctx.prior = make("prior", "prior", ctx)
     game = build_game(spec, recipe.options, host, ctx)
-    needs_labels = game.labels or bool(game.conditioned) or any(s.labelled for s in game.streams)
-    if needs_labels and not ctx.dataset.labelled:
+    if game.reads_labels and not ctx.dataset.labelled:
         raise RecipeError(recipe.source, [Problem("dataset.name", f"game '{spec.game.name}' needs labelled data, "
                                                   f"but dataset '{spec.dataset.name}' has no labels")])
     condition = _condition(game, ctx.dataset, spec.seed) if game.conditioned else None

@@ -419,7 +419,7 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
         assert run.condition is not None
         if given is None:
             rows = run.condition.dim if run.condition.kind == "classes" else 8
-            given = example_conditions(run.condition, run.dataset, rows, seed)
+            given = example_conditions(run.condition, _examples_of(run), rows, seed)
             if run.condition.kind == "classes":
                 given = given.unique_consecutive()
         visualize.condition_grid(run, given, path, columns=columns, seed=seed)
@@ -429,10 +429,21 @@ def sample(run_dir: Path, out_path: Path | None, seed: int, device: str | None, 
     y = None
     if run.condition is not None:
         y = (given.repeat_interleave(-(-count // len(given)), dim=0)[:count] if given is not None
-             else example_conditions(run.condition, run.dataset, count, seed))
+             else example_conditions(run.condition, _examples_of(run), count, seed))
     several = given is not None and len(given) > 1 and count % len(given) == 0
     visualize.samples(run, path, count, seed, y=y, rows=len(given) if several else None)  # type: ignore[arg-type]
     _done(path)
+
+
+def _examples_of(run: Any) -> Any:
+    """The dataset to take example conditions from: none for classes (they need no data), else the run's, or
+    why it cannot be used and how to give the conditions instead."""
+    if run.condition.kind == "classes":
+        return None
+    if run.data_problem is not None:
+        raise UserError(f"{run.data_problem}\nOr give the conditions yourself: --condition NAME[,NAME...] (the "
+                        f"attributes set to 1), once per block or row")
+    return run.dataset
 
 
 @cli.command()

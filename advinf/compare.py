@@ -31,7 +31,7 @@ from advinf.conditions import example_conditions
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.rundir import EVAL_FILE, eval_entries, eval_options, evaluator_options
+from advinf.rundir import EVAL_FILE, eval_dataset_changes, eval_entries, eval_options, evaluator_options
 from advinf.runs import LoadedRun, load_run, run_evaluators
 from advinf.values import parse_json
 
@@ -59,6 +59,8 @@ class RunResult:
     metrics_from: str  # "eval.json", "recomputed" or "none" (no evaluators)
     setting: str = field(default="", repr=False)  # the resolved recipe but for seed, init_from and host settings
     eval_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # each evaluator's options
+    #: Per evaluator, the dataset keys its numbers were computed with where they differ from the run's recipe.
+    dataset_changes: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -93,7 +95,9 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     """Compare ``run_dirs``: write ``OUT_DIR/compare.png`` (unless ``figure`` is false) and
     ``OUT_DIR/compare.json``, and return the comparison. ``points`` held-out examples and prior draws (``seed``)
     per panel, the same for every run. Only the plugins named in ``plugins`` are imported, never a run's own.
-    ``data``: ``dataset.KEY=VALUE`` settings for where the runs' data is now (as :func:`advinf.load_run`)."""
+    ``data``: ``dataset.KEY=VALUE`` settings for where the runs' data is now (as :func:`advinf.load_run`), for
+    the runs whose data is not where their recipe says (the others, of other datasets say, are loaded as they
+    are)."""
     if not run_dirs:
         raise UserError("give at least one run directory to compare")
     if points < 1:
@@ -108,12 +112,15 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     results: list[RunResult] = []
     panels: list[_Panels] = []
     for run_dir in map(Path, run_dirs):
-        run = load_run(run_dir, device=device, host=host, plugins=plugins, data=data)
+        run = load_run(run_dir, device=device, host=host, plugins=plugins)
+        if data and run.data_problem is not None:
+            run = load_run(run_dir, device=device, host=host, plugins=plugins, data=data)
         results.append(_result(run, run_dir, host))
         if figure:
             panels.append(_panels(run, points, seed))
         del run
     _warn_unlike_options(results)
+    _warn_unlike_data(results)
     comparison = Comparison(results, summarise(results))
     if figure:
         comparison.figure = out / FIGURE_FILE
@@ -134,6 +141,7 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         if not isinstance(metrics, dict):
             raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
         options = {**evaluator_options(resolved), **eval_options(metrics)}
+        changes = eval_dataset_changes(metrics)
         metrics, steps = eval_entries(metrics)
         stale = sorted(n for n, s in steps.items() if s != run.step)
         for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
@@ -146,11 +154,13 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         with tempfile.TemporaryDirectory(prefix="advinf-compare-") as tmp:
             metrics = evaluate(run, evaluators, run.dataset.to(run.device), Path(tmp))
         source, options = "recomputed", evaluator_options(resolved, evaluators)
+        changes = {n: dict(run.data_changes) for n in metrics} if run.data_changes else {}
     else:
-        metrics, source, options = {}, "none", {}
+        metrics, source, options, changes = {}, "none", {}, {}
     return RunResult(str(run_dir), run_dir.name, spec.name, spec.game.name, spec.seed, run.step,
                      run.encoder is not None, metrics, source, _setting(resolved),
-                     {n: o for n, o in options.items() if n in metrics})
+                     {n: o for n, o in options.items() if n in metrics},
+                     {n: c for n, c in changes.items() if n in metrics})
 
 
 def _warn_unlike_options(results: list[RunResult]) -> None:
@@ -167,6 +177,22 @@ def _warn_unlike_options(results: list[RunResult]) -> None:
             warnings.warn(f"'{name}' was computed with different options in these runs ({detail}): its numbers "
                           f"are not comparable (advinf evaluate RUN --with {name} --set evaluators.{name}.KEY=VALUE "
                           f"evaluates a run again with the others' options)", stacklevel=3)
+
+
+def _warn_unlike_data(results: list[RunResult]) -> None:
+    """Warn where runs' numbers of one evaluator were computed on data changed otherwise from their recipes
+    (``advinf evaluate --set dataset.KEY=VALUE`` on some of them): they may not be comparable."""
+    for name in sorted({n for r in results for n in r.metrics}):
+        having = [r for r in results if name in r.metrics]
+        seen = {json.dumps(r.dataset_changes.get(name, {}), sort_keys=True) for r in having}
+        if len(seen) > 1:
+            detail = "; ".join(f"{r.label}: " + (", ".join(f"dataset.{k} = {json.dumps(v)}" for k, v in
+                                                          r.dataset_changes[name].items())
+                                                if r.dataset_changes.get(name) else "its recipe's")
+                               for r in having)
+            warnings.warn(f"'{name}' was computed on data set otherwise in these runs ({detail}): its numbers may "
+                          f"not be comparable (advinf evaluate RUN --with {name} evaluates a run again on its "
+                          f"recipe's data)", stacklevel=3)
 
 
 def _setting(resolved: dict[str, Any]) -> str:

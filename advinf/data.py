@@ -201,8 +201,11 @@ def described_dataset(description: DataDescription | Mapping[str, Any]) -> Datas
     return Dataset(Split(x, y), None, meta)
 
 
-def unlike_description(found: DataDescription, trained: DataDescription) -> str | None:
-    """How data found now differs from what a run trained on (None when it matches)."""
+def unlike_description(found: DataDescription, trained: DataDescription, labels: bool = True) -> str | None:
+    """How data found now differs from what a run trained on (None when it matches); ``labels = False`` leaves
+    the labels out (a game whose networks never see them)."""
+    if not labels:
+        found, trained = found.model_copy(update={"labels": None}), trained.model_copy(update={"labels": None})
     if found.sample_shape != trained.sample_shape:
         return f"its examples have shape {tuple(found.sample_shape)}, the run's {tuple(trained.sample_shape)}"
     if found.dtype != trained.dtype:
@@ -214,6 +217,13 @@ def unlike_description(found: DataDescription, trained: DataDescription) -> str 
         return (f"its labels ({found.labels.kind}: {_few(found.labels.names)}) are not the run's "
                 f"({trained.labels.kind}: {_few(trained.labels.names)})")
     return None
+
+
+def relabels(found: DataDescription, trained: DataDescription) -> bool:
+    """Whether ``found``'s labels are of another kind, number or shape than ``trained``'s: networks built for
+    one set cannot take the other (other names alone, they can)."""
+    f, t = found.labels, trained.labels
+    return f is None or t is None or (f.kind, len(f.names), f.shape) != (t.kind, len(t.names), t.shape)
 
 
 def _few(names: list[str], limit: int = 5) -> str:

@@ -292,6 +292,12 @@ class Game(abc.ABC):
     #: Extra data streams read each step, beside the main one.
     streams: tuple[Stream, ...] = ()
 
+    @property
+    def reads_labels(self) -> bool:
+        """Whether training reads labels y: the game's own (``labels``), a conditioned network's, or an extra
+        stream's."""
+        return self.labels or bool(self.conditioned) or any(s.labelled for s in self.streams)
+
     def check(self, nets: Networks) -> None:
         """Raise a UserError if the networks cannot play this game (called once before training)."""
 

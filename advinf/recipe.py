@@ -388,9 +388,8 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
         if player not in player_names:
             problems.append(Problem(f"optimizers.{player}", f"game '{name}' has no player '{player}'",
                                     hint=suggest(player, player_names) or f"players: {', '.join(player_names)}"))
-    needs_labels = game.labels or bool(game.conditioned) or any(s.labelled for s in game.streams)
     labels = host.get("dataset", spec.dataset.name).static_labels(options["dataset"])
-    if needs_labels and labels is None:
+    if game.reads_labels and labels is None:
         problems.append(Problem("dataset.name", f"game '{name}' needs labelled data, but dataset "
                                 f"'{spec.dataset.name}' has no labels with these options"))
     for net in game.conditioned:

@@ -210,6 +210,13 @@ def eval_options(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             and isinstance(entry.get(EVAL_OPTIONS), dict)}
 
 
+def eval_dataset_changes(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The dataset keys each stamped entry of an eval.json was computed with where they differ from the run's
+    recipe (``advinf evaluate --set dataset.KEY=VALUE``); entries without such changes are left out."""
+    return {name: entry[EVAL_DATA] for name, entry in data.items()
+            if isinstance(entry, dict) and isinstance(entry.get(EVAL_DATA), dict)}
+
+
 def evaluator_options(recipe: Mapping[str, Any], evaluators: Mapping[str, Any] | None = None
                       ) -> dict[str, dict[str, Any]]:
     """Each evaluator's options in a resolved recipe, as JSON gives them back, to stamp eval.json entries with

@@ -19,7 +19,7 @@ from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import changed_keys
-from advinf.recipe import Recipe, read_toml, validate_recipe
+from advinf.recipe import Recipe, build_game, read_toml, validate_recipe
 from advinf.rundir import (
     CHECKPOINTS_DIR,
     EVAL_FILE,
@@ -66,7 +66,8 @@ class LoadedRun(TrainedModel):
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None, checkpoint: str | Path | None = None,
              host: PluginHost | None = None, plugins: Sequence[str | Path] = (), *, nets: Networks | None = None,
-             game: Game | None = None, condition: Condition | None = None, data: Sequence[str] = ()) -> LoadedRun:
+             game: Game | None = None, condition: Condition | None = None, data: Sequence[str] | str = ()
+             ) -> LoadedRun:
     """Load the newest checkpoint of ``run_dir`` (or ``checkpoint``), rebuilt from the recipe it was trained with.
 
     With ``nets`` and ``game`` (and ``condition`` for a conditional game) the weights are loaded into these
@@ -122,11 +123,12 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
                      step=loaded.step, run_dir=run_dir, built=built)
 
 
-def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequence[str], host: PluginHost,
+def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequence[str] | str, host: PluginHost,
               device: torch.device) -> tuple[Dataset, str | None, dict[str, Any]]:
     """The run's dataset (with the ``data`` settings), the dataset keys they change, and None; or, where the data
     cannot be used and the checkpoint describes it, a stand-in built from that description and why. Data asked
     for by ``data`` settings that cannot be used is an error at once."""
+    data = [data] if isinstance(data, str) else list(data)  # one setting given bare
     bad = [o for o in data if not o.strip().startswith("dataset.")]
     if bad:
         raise UserError(f"the run's data is set with dataset.KEY=VALUE (where it is now), not: {', '.join(bad)}")
@@ -151,8 +153,9 @@ def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequ
     else:
         if trained is None:
             return dataset, None, changes
+        reads_labels = build_game(recipe.spec, recipe.options, host).reads_labels  # else labels may differ
         try:
-            unlike = unlike_description(describe(dataset), trained)
+            unlike = unlike_description(describe(dataset), trained, labels=reads_labels)
         except ValueError as exc:
             unlike = str(exc)
         if unlike is None:

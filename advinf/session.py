@@ -201,7 +201,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     if checkpoint is not None:
         # before anything is written: a checkpoint that does not fit changes nothing. Its recipe was compared
         # above (normalised, with --allow-changes), so the trainer does not compare it again
-        trainer.restore(checkpoint, allow_changes=True)
+        trainer.restore(checkpoint, allow_changes=True, allow_data_changes=allow_changes)
     if trainer.run is None:
         return trainer
     recipe_file = out_dir / RECIPE_FILE

@@ -39,7 +39,7 @@ from advinf import distributed
 from advinf.batches import BatchSource
 from advinf.capture import CapturedStep
 from advinf.conditions import Condition, example_conditions
-from advinf.data import DataDescription, Dataset, describe, unlike_description
+from advinf.data import DataDescription, Dataset, describe, relabels, unlike_description
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
@@ -577,21 +577,21 @@ class Trainer:
         return self._data_description
 
     def _check_data(self, checkpoint: ckpt.Checkpoint, allow_changes: bool) -> None:
-        """Refuse to continue a run on data unlike what it trained on: examples of another shape or dtype always
-        (its weights cannot fit them), other labels unless ``allow_changes``."""
+        """Refuse to continue a run on data unlike what it trained on: examples of another shape or dtype, or,
+        where the game reads labels, labels of another kind or number (its weights cannot fit them); labels
+        named otherwise unless ``allow_changes``. Labels a game never reads may change."""
         stored, found = checkpoint.state.get("data"), self._described_data()
         if stored is None or found is None:
             return  # a checkpoint of an older version, which did not describe its data
         trained = DataDescription.model_validate(stored)
-        unlike = unlike_description(found, trained)
+        unlike = unlike_description(found, trained, labels=self.game.reads_labels)
         if unlike is None:
             return
-        unlabelled = {"labels": None}
-        examples = unlike_description(found.model_copy(update=unlabelled), trained.model_copy(update=unlabelled))
-        if examples is None and allow_changes:
+        fatal = unlike_description(found, trained, labels=False) is not None or relabels(found, trained)
+        if not fatal and allow_changes:
             return
-        also = "" if examples else (" (or allow changes: --allow-changes, restore(checkpoint, allow_changes=True), "
-                                    "to go on with these labels)")
+        also = "" if fatal else (" (or go on with these labels: --allow-changes; restore(checkpoint, "
+                                 "allow_data_changes=True))")
         raise UserError(f"{checkpoint.path} was trained on other data: {unlike}. Train on the data the run trained "
                         f"on to continue it{also}")
 
@@ -601,14 +601,19 @@ class Trainer:
             "train": self.spec.model_dump(mode="json", exclude_none=True),
             "optimizers": {p.name: self._optimizer_specs[p.name].as_table() for p in self.players}}, default=str))
 
-    def restore(self, checkpoint: ckpt.Checkpoint, *, allow_changes: bool = False) -> None:
+    def restore(self, checkpoint: ckpt.Checkpoint, *, allow_changes: bool = False,
+                allow_data_changes: bool | None = None) -> None:
         """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly.
 
         A trainer built otherwise than the run (its recipe, or without one its train and optimiser settings,
         differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
         recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
         for changed optimiser settings, as ``--allow-changes`` does), and a library run's recipe.toml is rewritten
-        with them, as ``--allow-changes`` rewrites a recipe run's. The run's ``name`` (its folder's) may differ."""
+        with them, as ``--allow-changes`` rewrites a recipe run's. The run's ``name`` (its folder's) may differ.
+
+        Data unlike what the checkpoint records of the run's (:func:`advinf.data.describe`) is refused: examples
+        of another shape or dtype, and labels of another kind or number where the game reads labels, always;
+        labels named otherwise unless ``allow_data_changes`` (default: ``allow_changes``)."""
         where = checkpoint.path
         changes = self._changes(checkpoint)
         if changes and not allow_changes:
@@ -622,7 +627,7 @@ class Trainer:
             raise UserError(f"{where} was written by a run of {saved_world} process(es) (its world size); resume it "
                             f"with {saved_world} (torchrun --nproc-per-node; see docs/distributed.md), not "
                             f"{self.world_size}: each rank's data shard and noise depend on the world size")
-        self._check_data(checkpoint, allow_changes)
+        self._check_data(checkpoint, allow_changes if allow_data_changes is None else allow_data_changes)
         for name, module in self._stateful().items():
             if name.startswith("ema_") and ckpt.network_prefix(checkpoint.tensors["model"], name) is None:
                 # a moving average the run did not keep yet (train.ema changed): it starts from the restored

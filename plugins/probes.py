@@ -260,9 +260,11 @@ def encoder_fn(model: TrainedModel, nets: Networks | None, kind: FeatureKind
     return fn
 
 
-def untrained_encoder(model: TrainedModel, out_dir: Path | None, seed: int) -> tuple[nn.Module, str]:
+def untrained_encoder(model: TrainedModel, out_dir: Path | None, seed: int, data: Dataset | None = None
+                      ) -> tuple[nn.Module, str]:
     """The encoder as training started: same architecture, same seed (see the module docstring), and how it
-    was made."""
+    was made. ``data``: the data being evaluated, which the rebuild uses instead of loading the recipe's again
+    (which may have moved: ``advinf evaluate --set dataset.root=...``)."""
     trained = model.encoder
     assert trained is not None
     recipe = getattr(model, "recipe", None)
@@ -279,7 +281,8 @@ def untrained_encoder(model: TrainedModel, out_dir: Path | None, seed: int) -> t
 
         try:
             with torch.random.fork_rng(devices=_cuda(model)):
-                built = build(recipe, device=model.device, init=False)
+                built = build(recipe, device=model.device, init=False, dataset=data, evaluators=False,
+                              loggers=False)
             encoder = built.nets["encoder"]
             if _same_shapes(encoder, trained):
                 return (encoder.to(model.device).eval(),
@@ -641,7 +644,7 @@ class _Probe(Evaluator):
         key = (id(data), id(pd.pool), len(data.train), str(out_dir), type(model.encoder).__name__)
         if key not in self._baselines:
             raw = self.protocol(pd.features(raw_inputs, self.o.batch_size), pd)
-            encoder, how = untrained_encoder(model, out_dir, self.recipe_seed)
+            encoder, how = untrained_encoder(model, out_dir, self.recipe_seed, data)
             nets = Networks(model.prior, encoder=encoder)
             with torch.no_grad():
                 untrained = pd.features(encoder_fn(model, nets, self.o.features), self.o.batch_size)

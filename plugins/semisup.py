@@ -355,7 +355,7 @@ def labelled_only(model: TrainedModel, data: Dataset, out_dir: Path | None, o: C
     seed, spec = recipe.spec.seed, recipe.spec
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        built = build(recipe, device=model.device, init=False)
+        built = build(recipe, device=model.device, init=False, dataset=data, evaluators=False, loggers=False)
         critic, encoder = built.nets["critic"].to(model.device), built.nets["encoder"].to(model.device).eval()
         subset = game.select_labelled(data.train, seed)  # type: ignore[arg-type]
         source = StreamSource(data.train, game.o.labelled_batch_size, model.device, stream_seed(seed, LABELLED),

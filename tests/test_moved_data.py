@@ -10,13 +10,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES
-from image_formats import write_mnist
+from image_formats import write_image_folder, write_mnist
 from pydantic import ValidationError
 
 import advinf
 from advinf import UserError
 from advinf import checkpoint as ckpt
 from advinf.cli import cli
+from advinf.compare import compare_runs
 from advinf.data import (
     DataDescription,
     Dataset,
@@ -134,6 +135,9 @@ def test_moved_data_is_found_again_and_checked(trained, tmp_path):
     assert res.exit_code == 0, res.output
     entry = json.loads((trained / "eval.json").read_text())["knn_probe"]
     assert entry["dataset_changes"] == {"root": str(moved)} and entry["test_examples"] == 12
+    # the untrained baseline is rebuilt on the data found, not from the recipe's old root
+    assert entry["untrained"]["init"].startswith("rebuilt by advinf.build from the loaded run's recipe")
+    assert advinf.load_run(trained, device="cpu", data=f"dataset.root={moved}").data_problem is None  # one, bare
     assert "dataset_changes" not in json.loads(res.output)["knn_probe"]
 
 
@@ -163,3 +167,105 @@ def test_a_checkpoint_without_a_record_needs_its_data(trained, tmp_path):
         advinf.load_run(copy, device="cpu")
     run = advinf.load_run(copy, device="cpu", data=[f"dataset.root={trained.parent / 'moved'}"])
     assert run.sample(2).shape == (2, 1, 28, 28)
+
+
+CONDITIONAL = """
+name = "c"
+[dataset]
+name = "image_folder"
+root = "{root}"
+size = 8
+grayscale = true
+labels = "folders"
+[prior]
+name = "gaussian"
+dim = 8
+[encoder]
+name = "digits_encoder"
+width = 4
+hidden = 16
+[decoder]
+name = "digits_decoder"
+width = 4
+[critic]
+name = "digits_critic"
+width = 4
+hidden = 16
+[game]
+{game}
+[train]
+steps = 4
+batch_size = 4
+checkpoint_every = 2
+progress = "none"
+threads = 1
+"""
+
+
+def test_labels_a_game_reads_are_checked_on_resume_and_classes_need_no_data(tmp_path):
+    pics = tmp_path / "pics"
+    write_image_folder(pics, {"a": 3, "b": 3, "c": 3}, size=(12, 12))
+    recipe = tmp_path / "c.toml"
+    recipe.write_text(CONDITIONAL.format(root=pics, game='name = "conditional_ali"\nembedding_dim = 8'))
+    run = tmp_path / "run"
+    assert _cli("run", str(recipe), "--out", str(run), "--stop-after", "2").exit_code == 0
+    (pics / "c").rename(pics / "x")  # class 2 now means another thing
+    res = _cli("run", "--resume", str(run))
+    assert res.exit_code == 2 and "was trained on other data: its labels (classes: a, b, x) are not the run's " \
+        "(classes: a, b, c)" in res.output and "--allow-changes" in res.output
+    (pics / "x").rename(pics / "c")
+    shutil.copytree(pics / "a", pics / "d")  # a fourth class: the condition embedding cannot take it
+    res = _cli("run", "--resume", str(run), "--allow-changes")
+    assert res.exit_code == 2 and "its labels (classes: a, b, c, d) are not the run's" in res.output
+    assert "--allow-changes" not in res.output
+    shutil.rmtree(pics / "d")
+    pics.rename(tmp_path / "elsewhere")
+    for args in ([], ["--grid", "conditions"], ["--condition", "b"]):  # classes: no data needed
+        res = _cli("sample", str(run), "--out", str(tmp_path / "s.png"), *args)
+        assert res.exit_code == 0, res.output
+
+
+def test_labels_a_game_never_reads_may_change(tmp_path):
+    pics = tmp_path / "pics"
+    write_image_folder(pics, {"a": 3, "b": 3}, size=(12, 12))
+    recipe = tmp_path / "u.toml"
+    recipe.write_text(CONDITIONAL.format(root=pics, game='name = "ali"'))
+    run = tmp_path / "run"
+    assert _cli("run", str(recipe), "--out", str(run), "--stop-after", "2").exit_code == 0
+    shutil.copytree(pics / "a", pics / "c")
+    res = _cli("reconstruct", str(run), "--out", str(tmp_path / "r.png"), "--count", "4", "--split", "train")
+    assert res.exit_code == 0, res.output
+    res = _cli("run", "--resume", str(run))
+    assert res.exit_code == 0, res.output
+
+
+def test_attribute_conditions_without_the_data_name_the_option_that_gives_them():
+    from types import SimpleNamespace
+
+    from advinf.cli import _examples_of
+
+    run = SimpleNamespace(condition=SimpleNamespace(kind="attributes"), data_problem="this needs the data of run")
+    with pytest.raises(UserError, match=r"this needs the data of run\nOr give the conditions yourself: --condition"):
+        _examples_of(run)
+    assert _examples_of(SimpleNamespace(condition=SimpleNamespace(kind="classes"), data_problem="x")) is None
+
+
+def test_compare_relocates_only_the_runs_that_need_it_and_warns_of_changed_data(trained, tmp_path):
+    from conftest import TINY, TINY_ENCODER
+
+    toy = tmp_path / "toy"
+    res = _cli("run", str(RECIPES / "ali_mixture25.toml"), "--out", str(toy),
+               *[a for t in [*TINY, *TINY_ENCODER] for a in ("--set", t)])
+    assert res.exit_code == 0, res.output
+    moved = trained.parent / "moved"
+    res = _cli("compare", str(toy), str(trained), "--out", str(tmp_path / "cmp"), "--json",
+               "--set", f"dataset.root={moved}")  # the toy's data is where it was; only the MNIST run moved
+    assert res.exit_code == 0, res.output
+    copy = tmp_path / "toy2"
+    shutil.copytree(toy, copy)
+    res = _cli("evaluate", str(copy), "--set", "dataset.std=0.5")
+    assert res.exit_code == 0, res.output
+    with pytest.warns(UserWarning, match=r"'mode_coverage' was computed on data set otherwise in these runs \(toy: "
+                                         r"its recipe's; toy2: dataset.std = 0.5\)"):
+        result = compare_runs([toy, copy], tmp_path / "cmp2", device="cpu", figure=False)
+    assert result.runs[1].dataset_changes == {"mode_coverage": {"std": 0.5}}
