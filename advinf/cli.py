@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from advinf.errors import UserError, suggest
@@ -206,7 +207,7 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
 
 def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str, ...], out: Path | None,
                resume: bool, stop_after: int | None, plugins: tuple[Path, ...], draws: tuple[str, ...]) -> None:
-    from advinf.seeds import SUMMARY_FILE, lost_message, parse_seeds, run_seeds
+    from advinf.seeds import SUMMARY_FILE, lost_message, parse_seeds, run_seeds, seed_command
 
     if resume or recipe is None:
         raise UserError("--seeds starts new runs from a RECIPE; resume a seed on its own: advinf run --resume "
@@ -219,10 +220,11 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
         table.add_column(col)
     drawn = summary.get("drawn", {})
     for key in drawn.get(str(summary["seeds"][0]), {}) if summary["seeds"] else ():  # what each seed trained with
-        table.add_row(f"drawn: {key}", "", *(_short_value(drawn[str(s)][key]) for s in summary["seeds"]))
+        table.add_row(escape(f"drawn: {key}"), "", *(escape(_short_value(drawn[str(s)][key]))
+                                                     for s in summary["seeds"]))
     for name, m in summary["metrics"].items():
         some = f" ({m['n']} of {len(summary['seeds'])})" if m.get("missing") else ""
-        table.add_row(name, "–" + some if m["n"] == 0 else f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
+        table.add_row(escape(name), "–" + some if m["n"] == 0 else f"{m['mean']:.4g} ± {m['std']:.2g}{some}",
                       *(f"{m['values'][str(s)]:.4g}" if str(s) in m["values"] else "–" for s in summary["seeds"]))
     try:
         (Console() if sys.stdout.isatty() else Console(width=200)).print(table)
@@ -246,8 +248,8 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
         _echo(f"stopped ({outcome.stopped}): the seeds in training wrote a checkpoint (advinf run --resume "
               f"{outcome.out}/seed_K continues one); no further seed was started")
         for seed in outcome.not_started:  # --seeds again is refused (the group's folder is taken): one by one
-            _echo(f"  seed {seed}: never started: advinf run {recipe} --set seed={seed} "
-                  f"--out {outcome.out / f'seed_{seed}'} (with the same --set overrides)")
+            _echo(f"  seed {seed}: never started: {seed_command(outcome, recipe, seed)} (with the same --set "
+                  f"overrides)")
         sys.exit(130 if outcome.stopped == "SIGINT" else 143)
 
 

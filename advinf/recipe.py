@@ -227,7 +227,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         try:
             apply_override(data, item)
         except ValueError as exc:
-            problems.append(Problem(f"--set {_clip(item)}", str(exc)))
+            problems.append(Problem(f"--set {clip(item)}", str(exc)))
     _drop_replaced_alternatives(data, overrides)
     problems.extend(_migrate(data))
     problems.extend(non_finite(data))
@@ -484,16 +484,16 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         parsed = parse_toml(f"v = {raw}")
         if list(parsed) != ["v"]:  # "1\nname = 2": more than one value
-            raise ValueError(f"value {_clip(raw)!r} is more than one TOML value (a line break in it?)")
+            raise ValueError(f"value {clip(raw)!r} is more than one TOML value (a line break in it?)")
         value = parsed["v"]
     except tomllib.TOMLDecodeError:
         if raw == "" or any(c in raw for c in "[]{}\"'\n"):
-            raise ValueError(f"value {_clip(raw)!r} is not valid TOML") from None
+            raise ValueError(f"value {clip(raw)!r} is not valid TOML") from None
         value = raw
     return parts, value
 
 
-def _clip(text: str, limit: int = 120) -> str:
+def clip(text: str, limit: int = 120) -> str:
     """``text``, or its start and a count of what was left out (an override in a message)."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 

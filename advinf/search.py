@@ -21,10 +21,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from advinf.errors import UserError
-from advinf.recipe import parse_override
+from advinf.recipe import clip, parse_override
 from advinf.values import parse_toml
 
-_CALL = re.compile(r"\b(uniform|loguniform|randint|choice)\s*\(([^()]*)\)")
+_NAMES = ("uniform", "loguniform", "randint", "choice")
+_NAME = re.compile(r"\b(" + "|".join(_NAMES) + r")\s*\(")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One distribution in a draw's value: where it stands in the text, its name and its arguments."""
+
+    start: int
+    end: int
+    name: str
+    args: list[Any]
 
 
 @dataclass(frozen=True)
@@ -34,11 +45,16 @@ class Draw:
     keys: tuple[str, ...]
     template: str
     text: str
+    calls: tuple[_Call, ...]
 
     def value(self, seed: int) -> str:
         """The TOML value seed ``seed`` trains with (its distributions replaced by drawn values)."""
         rng = random.Random(f"{seed}|{self.text}")  # a str seed: the same stream in every process and Python
-        return _CALL.sub(lambda m: _sample(m.group(1), _arguments(m, self.text), rng), self.template)
+        out, at = [], 0
+        for call in self.calls:  # in order: each draw takes the generator's next values
+            out += [self.template[at:call.start], _sample(call.name, call.args, rng)]
+            at = call.end
+        return "".join(out) + self.template[at:]
 
     def overrides(self, seed: int) -> list[str]:
         """The ``--set`` overrides of seed ``seed``."""
@@ -49,26 +65,87 @@ class Draw:
 def parse_draw(text: str) -> Draw:
     """A ``--draw`` option's value, checked: its keys, its distributions and their arguments, and that a drawn
     value is TOML. A UserError names the option and what to write."""
+    shown = f"--draw {clip(text.strip())!r}"
     raw_keys, sep, template = text.partition("=")
     keys = tuple(k.strip() for k in raw_keys.split(","))
     if not sep or not all(keys):
-        raise UserError(f"--draw {text!r}: give KEY=VALUE with distributions in the value, e.g. --draw "
+        raise UserError(f"{shown}: give KEY=VALUE with distributions in the value, e.g. --draw "
                         "'optimizer.lr=loguniform(1e-5, 1e-3)' (several keys, comma-separated, share one draw)")
     if len(set(keys)) != len(keys):
-        raise UserError(f"--draw {text!r} names a key twice")
+        raise UserError(f"{shown} names a key twice")
     template = template.strip()
-    if not _CALL.search(template):
-        raise UserError(f"--draw {text!r} draws nothing: its value holds none of uniform(a, b), loguniform(a, b), "
-                        f"randint(a, b), choice(v1, ...); for a fixed value use --set")
-    draw = Draw(keys, template, text.strip())
+    calls = _calls(template, shown)
+    if not calls:
+        raise UserError(f"{shown} draws nothing: its value holds none of uniform(a, b), loguniform(a, b), "
+                        f"randint(a, b), choice(v1, ...) (outside quotes); for a fixed value use --set")
+    draw = Draw(keys, template, text.strip(), tuple(calls))
     for key in keys:
         try:
             path, _ = parse_override(f"{key}={draw.value(0)}")
         except ValueError as exc:
-            raise UserError(f"--draw {text!r}: {exc}") from None
+            raise UserError(f"{shown}: {exc}") from None
         if path == ["seed"]:
-            raise UserError(f"--draw {text!r}: each seed's run sets `seed` itself (--seeds)")
+            raise UserError(f"{shown}: each seed's run sets `seed` itself (--seeds)")
     return draw
+
+
+def _calls(template: str, shown: str) -> list[_Call]:
+    """The distributions in ``template``, outside string literals, with their arguments parsed and checked."""
+    calls: list[_Call] = []
+    i = 0
+    while i < len(template):
+        if template[i] in "\"'":
+            i = _string_end(template, i, shown)
+            continue
+        match = _NAME.match(template, i) if (i == 0 or not _word(template[i - 1])) else None
+        if match is None:
+            i += 1
+            continue
+        close = _closing(template, match.end(), shown)
+        inner = template[match.end():close]
+        if _calls(inner, shown):
+            raise UserError(f"{shown}: {match.group(1)}() holds another distribution; they do not nest")
+        calls.append(_Call(i, close + 1, match.group(1), _arguments(match.group(1), inner, shown)))
+        i = close + 1
+    return calls
+
+
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _string_end(text: str, i: int, shown: str) -> int:
+    """The index after the TOML string literal opening at ``text[i]``."""
+    quote, j = text[i], i + 1
+    while j < len(text):
+        if quote == '"' and text[j] == "\\":
+            j += 2
+            continue
+        if text[j] == quote:
+            return j + 1
+        j += 1
+    raise UserError(f"{shown}: a string ({quote}) is not closed")
+
+
+def _closing(text: str, i: int, shown: str) -> int:
+    """The index of the ``)`` that closes the call whose arguments start at ``text[i]`` (quotes and brackets in
+    the arguments respected)."""
+    depth = 0
+    while i < len(text):
+        c = text[i]
+        if c in "\"'":
+            i = _string_end(text, i, shown)
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                if c == ")":
+                    return i
+                break
+            depth -= 1
+        i += 1
+    raise UserError(f"{shown}: a distribution's ( is not closed by its )")
 
 
 def drawn_overrides(draws: Sequence[Draw], seed: int) -> list[str]:
@@ -83,44 +160,66 @@ def drawn_values(draws: Sequence[Draw], seed: int) -> dict[str, Any]:
 
 
 def check_draws(draws: Sequence[Draw], overrides: Sequence[str]) -> None:
-    """Refuse a key drawn twice, or both drawn and set: which value would a seed train with?"""
-    seen: dict[tuple[str, ...], str] = {}
+    """Refuse a key drawn twice, or both drawn and set, also where one is a table holding the other (a drawn
+    ``optimizer`` table and a drawn ``optimizer.lr``): which value would a seed train with?"""
+    seen: list[tuple[tuple[str, ...], str]] = []
     for d in draws:
         for key in d.keys:
             path = tuple(parse_override(f"{key}=0")[0])
-            if path in seen:
-                raise UserError(f"--draw {d.text!r}: {key} is drawn twice (also by --draw {seen[path]!r})")
-            seen[path] = d.text
+            for other, by in seen:
+                if _overlap(path, other):
+                    raise UserError(f"--draw {clip(d.text)!r} draws {key}, and --draw {clip(by)!r} draws "
+                                    f"{'.'.join(other)}: one holds the other; draw each key once")
+            seen.append((path, d.text))
     for item in overrides:
         try:
             path = tuple(parse_override(item)[0])
         except ValueError:
             continue  # a malformed --set is load_recipe's to report
-        if path in seen:
-            raise UserError(f"--set {item.strip()} and --draw {seen[path]!r} both give {'.'.join(path)}; keep one")
+        for other, by in seen:
+            if _overlap(path, other):
+                raise UserError(f"--set {clip(item.strip())} and --draw {clip(by)!r} both give "
+                                f"{'.'.join(min(path, other, key=len))}; keep one")
 
 
-def _arguments(match: re.Match[str], text: str) -> list[Any]:
-    name, inner = match.group(1), match.group(2)
+def _overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether one dotted key is the other or a table holding it."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _arguments(name: str, inner: str, shown: str) -> list[Any]:
     try:
         args = parse_toml(f"v = [{inner}]")["v"]
     except ValueError:
-        raise UserError(f"--draw {text!r}: the arguments of {name}({inner}) are not TOML values") from None
-    numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)]
+        raise UserError(f"{shown}: the arguments of {name}({clip(inner, 60)}) are not TOML values") from None
     if name == "choice":
         if not args:
-            raise UserError(f"--draw {text!r}: choice() needs at least one value")
+            raise UserError(f"{shown}: choice() needs at least one value")
+        if not all(_plain(a) for a in args):
+            raise UserError(f"{shown}: choice() takes numbers, booleans, strings, lists and tables (no dates or "
+                            "times)")
         return args
+    numbers = [a for a in args if isinstance(a, int | float) and not isinstance(a, bool) and math.isfinite(a)]
     if len(args) != 2 or len(numbers) != 2:
-        raise UserError(f"--draw {text!r}: {name}(a, b) takes two finite numbers, not {name}({inner})")
+        raise UserError(f"{shown}: {name}(a, b) takes two finite numbers, not {name}({clip(inner, 60)})")
     a, b = numbers
     if name == "randint" and not (isinstance(a, int) and isinstance(b, int) and a <= b):
-        raise UserError(f"--draw {text!r}: randint(a, b) needs integers a <= b, not randint({inner})")
-    if name == "uniform" and not a < b:
-        raise UserError(f"--draw {text!r}: uniform(a, b) needs a < b, not uniform({inner})")
+        raise UserError(f"{shown}: randint(a, b) needs integers a <= b, not randint({inner})")
+    if name == "uniform" and not (a < b and math.isfinite(b - a)):
+        raise UserError(f"{shown}: uniform(a, b) needs a < b (and b - a finite), not uniform({inner})")
     if name == "loguniform" and not 0 < a < b:
-        raise UserError(f"--draw {text!r}: loguniform(a, b) needs 0 < a < b, not loguniform({inner})")
+        raise UserError(f"{shown}: loguniform(a, b) needs 0 < a < b, not loguniform({inner})")
     return numbers
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is made of numbers, booleans, strings, lists and tables only (what toml_value writes)."""
+    if isinstance(value, list):
+        return all(map(_plain, value))
+    if isinstance(value, dict):
+        return all(map(_plain, value.values()))
+    return isinstance(value, bool | int | float | str)
 
 
 def _sample(name: str, args: list[Any], rng: random.Random) -> str:
@@ -140,9 +239,10 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
+        # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(map(toml_value, value)) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML value for {type(value).__name__}")

@@ -44,7 +44,7 @@ from advinf.atomic import write_json
 from advinf.errors import UserError
 from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
-from advinf.recipe import load_recipe, parse_override
+from advinf.recipe import clip, load_recipe, parse_override
 from advinf.rundir import CHECKPOINTS_DIR, check_target, default_run_dir, is_run_dir
 from advinf.search import Draw, check_draws, drawn_overrides, drawn_values, parse_draw, toml_value
 from advinf.session import run_recipe
@@ -192,8 +192,8 @@ def _check_drawn(recipe: str | Path, overrides: Sequence[str], draws: Sequence[D
     try:
         load_recipe(recipe, [*overrides, *drawn, f"seed={seed}"], host=host)
     except UserError as exc:
-        raise UserError(f"seed {seed} draws {', '.join(drawn)}, which the recipe refuses (narrow the --draw "
-                        f"range):\n{exc}") from None
+        raise UserError(f"seed {seed} draws {clip(', '.join(drawn), 300)}, which the recipe refuses (check the "
+                        f"--draw keys, types and ranges):\n{exc}") from None
 
 
 def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
@@ -213,10 +213,6 @@ def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
     if "SIGKILL" in ends:
         what += ": SIGKILL is often the system taking memory back"
     missing = outcome.lost + (outcome.not_started if outcome.stopped is None else [])
-    drawn = outcome.summary.get("drawn", {})
-
-    def sets(seed: int) -> str:  # the values a seed drew: part of its command
-        return "".join(f" --set {k}={_toml(v)}" for k, v in drawn.get(str(seed), {}).items())
 
     total = len(outcome.results) + len(outcome.lost) + len(outcome.not_started)
     lines = [f"{len(missing)} of {total} seeds have no result, as {what}. The others are summarised in "
@@ -224,22 +220,24 @@ def lost_message(outcome: SeedsOutcome, recipe: str | Path) -> str:
     for s in outcome.lost:
         run = outcome.out / f"seed_{s}"
         if ckpt.list_checkpoints(run / CHECKPOINTS_DIR):  # a complete one: what --resume needs
-            lines.append(f"  seed {s}: continue it: advinf run --resume {run}")
+            lines.append(f"  seed {s}: continue it: advinf run --resume {shlex.quote(str(run))}")
         else:
             again = f"delete {run} and run it again" if run.exists() else "run it again"
-            lines.append(f"  seed {s}: no checkpoint yet: {again}: advinf run {recipe} --set seed={s}{sets(s)} "
-                         f"--out {run}")
+            lines.append(f"  seed {s}: no checkpoint yet: {again}: {seed_command(outcome, recipe, s)}")
     if outcome.stopped is None:
-        lines += [f"  seed {s}: never started: advinf run {recipe} --set seed={s}{sets(s)} "
-                  f"--out {outcome.out / f'seed_{s}'}" for s in outcome.not_started]
+        lines += [f"  seed {s}: never started: {seed_command(outcome, recipe, s)}" for s in outcome.not_started]
     lines.append("(pass the same --set overrides as this command; with fewer --jobs if memory ran out)")
     return "\n".join(lines)
 
 
-def _toml(value: Any) -> str:
-    """A drawn value as a --set gives it (quoted for the shell where TOML needs brackets or quotes)."""
-    text = toml_value(value)
-    return shlex.quote(text)
+def seed_command(outcome: SeedsOutcome, recipe: str | Path, seed: int) -> str:
+    """The command that trains seed ``seed`` of the group on its own, as the group would have: its seed, the
+    values it drew (``--draw``) and its folder, quoted for the shell (the group's --set overrides are not
+    known here: the messages say to add them)."""
+    drawn = outcome.summary.get("drawn", {}).get(str(seed), {})
+    sets = "".join(f" --set {shlex.quote(f'{k}={toml_value(v)}')}" for k, v in drawn.items())
+    return (f"advinf run {shlex.quote(str(recipe))} --set seed={seed}{sets} "
+            f"--out {shlex.quote(str(outcome.out / f'seed_{seed}'))}")
 
 
 _SIGNALS = ("SIGINT", "SIGTERM")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import RECIPES, TINY, TINY_ENCODER
+from conftest import RECIPES, TINY, TINY_ENCODER, cli_env
 from safetensors.torch import load_file
 
 from advinf import UserError
 from advinf.cli import cli
 from advinf.recipe import parse_override, read_toml
 from advinf.search import check_draws, drawn_values, parse_draw, toml_value
-from advinf.seeds import SeedResult, SeedsOutcome, lost_message, run_seeds
+from advinf.seeds import SeedResult, SeedsOutcome, lost_message, run_seeds, seed_command
 from advinf.session import run_recipe
 
 TOY = RECIPES / "ali_mixture25.toml"
@@ -52,6 +54,12 @@ def test_each_seed_draws_its_own_values_in_range_the_same_every_time():
     ("seed=randint(0, 9)", "each seed's run sets `seed` itself"),
     ("optimizer.lr,optimizer.lr=uniform(0, 1)", "names a key twice"),
     ("optimizer..lr=uniform(0, 1)", "bad key"),
+    ("optimizer.lr=uniform(-1.7e308, 1.7e308)", "uniform(a, b) needs a < b (and b - a finite)"),
+    ("train.update=choice(07:32:00, 1)", "choice() takes numbers, booleans, strings, lists and tables"),
+    ("train.update=choice(choice(1, 2), 3)", "choice() holds another distribution; they do not nest"),
+    ('train.update="uniform(1, 2)"', "draws nothing"),
+    ('train.update=choice("a, "b")', "is not closed"),
+    ("optimizer.lr=uniform(1, 2", "is not closed by its )"),
 ])
 def test_a_draw_that_cannot_work_is_refused_naming_it(text, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
@@ -61,11 +69,16 @@ def test_a_draw_that_cannot_work_is_refused_naming_it(text, message):
 
 def test_a_key_drawn_twice_or_also_set_is_refused():
     lr = parse_draw("optimizer.lr=loguniform(1e-5, 1e-3)")
-    with pytest.raises(UserError, match="optimizer.lr is drawn twice"):
+    with pytest.raises(UserError, match="draws optimizer.lr, and --draw .* draws optimizer.lr: one holds the other"):
         check_draws([lr, parse_draw("optimizer.betas,optimizer.lr=uniform(0.1, 0.2)")], [])
     with pytest.raises(UserError, match=r"--set optimizer.lr=0.1 and --draw .* both give optimizer.lr; keep one"):
         check_draws([lr], ["train.steps=5", "optimizer.lr=0.1"])
-    check_draws([lr], ["optimizers.critic.lr=0.1"])  # another key
+    table = parse_draw('optimizer={name = "adam", lr = loguniform(1e-3, 1e-2)}')  # holds optimizer.lr
+    with pytest.raises(UserError, match="draws optimizer, and --draw .* draws optimizer.lr: one holds the other"):
+        check_draws([lr, table], [])
+    with pytest.raises(UserError, match=r"--set optimizer.betas=\[0.5, 0.999\] and --draw .* both give optimizer;"):
+        check_draws([table], ["optimizer.betas=[0.5, 0.999]"])
+    check_draws([lr], ["optimizers.critic.lr=0.1", "optimizer.betas=[0.5, 0.999]"])  # other keys
 
 
 def test_a_random_search_group_trains_each_seed_as_its_drawn_single_run(tmp_path):
@@ -91,18 +104,36 @@ def test_the_command_line_refuses_a_draw_without_seeds_and_a_range_the_recipe_re
     assert res.exit_code == 2 and "--draw goes with --seeds" in res.output
     res = CliRunner().invoke(cli, ["run", str(TOY), "--seeds", "0-9", "--out", str(tmp_path / "g"), *sets,
                                    "--draw", "optimizer.lr=uniform(-1e-3, 1e-3)"])
-    assert res.exit_code == 2 and "which the recipe refuses (narrow the --draw range)" in res.output
+    assert res.exit_code == 2 and "which the recipe refuses (check the --draw keys, types and ranges)" in res.output
     assert "optimizer.lr" in res.output and not (tmp_path / "g").exists()  # refused before any seed started
+    proc = subprocess.run([sys.executable, "-m", "advinf", "run", str(TOY), "--seeds", "0-1", "--out",
+                           str(tmp_path / "h"), *sets, "--stop-after", "1", "--draw",
+                           'train.loggers=choice(["csv"], ["jsonl", "csv"])'], capture_output=True, text=True,
+                          env=cli_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "drawn: train.loggers" in proc.stdout and "[csv]" in proc.stdout  # not read as rich markup
 
 
 def test_drawn_values_are_written_back_as_one_line_of_toml():
-    for value in (1e-05, 3, True, "adam", 'a "quoted" \\ word', [0.3, 0.999], {"name": "exponential", "x": [1]}):
+    for value in (1e-05, 3, True, "adam", 'a "quoted" \\ word', "😀 \x7f\n", [0.3, 0.999],
+                  {"name": "exponential", "x": [1], "é😀": "b"}):
         assert parse_override(f"k={toml_value(value)}")[1] == value
+
+
+def test_quotes_brackets_and_commas_inside_a_choice_are_its_values():
+    draw = parse_draw('train.update=choice("a,b", "c)", "(", [1, 2], {x = "choice(1)"})')
+    assert {str(parse_override(draw.overrides(s)[0])[1]) for s in range(100)} == \
+        {"a,b", "c)", "(", "[1, 2]", "{'x': 'choice(1)'}"}
 
 
 def test_the_lost_seeds_message_gives_a_seed_its_drawn_values(tmp_path):
     drawn = {"1": {"optimizer.lr": 0.00025, "optimizer.betas": [0.3, 0.999]}}
     outcome = SeedsOutcome(tmp_path, [SeedResult(0, tmp_path / "seed_0", 30, 1.0)], {"drawn": drawn}, None,
                            lost=[1], killed=[-9])
-    assert (f"advinf run r.toml --set seed=1 --set optimizer.lr=0.00025 --set optimizer.betas='[0.3, 0.999]' "
+    assert (f"advinf run r.toml --set seed=1 --set optimizer.lr=0.00025 --set 'optimizer.betas=[0.3, 0.999]' "
             f"--out {tmp_path / 'seed_1'}") in lost_message(outcome, "r.toml")
+    spaced = SeedsOutcome(tmp_path / "a b", [], {"drawn": {"2": {"train.update": "alternating"}}}, "SIGINT",
+                          not_started=[2])
+    assert seed_command(spaced, "my recipes/t.toml", 2) == (
+        f"advinf run 'my recipes/t.toml' --set seed=2 --set 'train.update=\"alternating\"' --out "
+        f"'{tmp_path / 'a b' / 'seed_2'}'")
