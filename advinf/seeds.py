@@ -349,9 +349,13 @@ def _worker(pipe: Any, threads: int) -> None:
 def _run_one(recipe: str, seed: int, out: str, overrides: list[str], stop_after: int | None, plugins: list[str],
              quiet: bool, host: PluginHost | None = None) -> SeedResult:
     """One seed: exactly ``advinf run RECIPE --set seed=K --out OUT/seed_K`` (its overrides last, so it wins)."""
+    def warnings_only(message: str) -> None:  # workers run side by side: their warnings, not their chatter
+        if message.startswith("warning:"):
+            _stderr(f"seed {seed}: {message}")
+
     outcome = run_recipe(recipe, out=out, overrides=[*overrides, f"seed={seed}"], stop_after=stop_after,
                          progress="none" if quiet else None, host=host, plugins=() if host else plugins,
-                         log=(lambda m: None) if quiet else _stderr)
+                         log=warnings_only if quiet else _stderr)
     r = outcome.result
     return SeedResult(seed, outcome.run_dir, r.steps, r.seconds, r.eval, r.stopped)
 

@@ -204,6 +204,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         trainer.restore(checkpoint, allow_changes=True, allow_data_changes=allow_changes)
     if trainer.run is None:
         return trainer
+    skipping = skip_warnings(trainer.evaluators, trainer.data)  # before anything is written: it may fail
     recipe_file = out_dir / RECIPE_FILE
     if (checkpoint is None or allow_changes) and not (keep_recipe_file and recipe_file.is_file()):
         trainer.run.write_recipe(rec.to_toml(out_dir))  # else RUN/recipe.toml is the recipe, kept as it is written
@@ -217,7 +218,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     hint = trainer.speed_hint()
     if hint is not None:
         log(hint)
-    for line in skip_warnings(trainer.evaluators, trainer.data):
+    for line in skipping:
         log(line)
     return trainer
 

@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from advinf.errors import Problem, UserError, suggest
 from advinf.values import bools_posing_as_numbers, non_finite
@@ -54,6 +63,12 @@ class ScheduleSpec(BaseModel):
                                 "exponential: required, > 0; linear and cosine: default 0")
     every: int | None = Field(None, ge=1, le=10**12, description="step: multiply by gamma every N steps (or epochs)")
     gamma: float | None = Field(None, gt=0, le=1, description="step: the factor applied every `every`")
+
+    def as_table(self) -> dict[str, Any]:
+        """The schedule as a recipe table, every key it takes filled in (``constant`` takes none but its name)."""
+        if self.name == "constant":
+            return {"name": "constant"}
+        return self.model_dump(exclude_none=True)
 
     @model_validator(mode="after")
     def _fits_name(self) -> ScheduleSpec:
@@ -141,6 +156,7 @@ class OptimizerSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     schedule: ScheduleSpec | None = None
+    _complete: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -158,16 +174,26 @@ class OptimizerSpec(BaseModel):
 
     def merged(self, override: dict[str, Any], context: dict[str, Any] | None = None) -> OptimizerSpec:
         """This spec with ``override``'s keys on top. Naming another optimiser, or ``inherit = false``, starts
-        from torch's defaults instead of this spec's options."""
+        from torch's defaults instead of this spec's options. The result is ``complete``: a Trainer takes it as
+        it is, not merged over its ``optimizer`` again."""
         override = dict(override)
         inherit = override.pop("inherit", True)
         if override.get("name", self.name) != self.name or inherit is False:
-            return OptimizerSpec.model_validate({"name": self.name, **override}, context=context)
-        return OptimizerSpec.model_validate({**self.as_table(), **override}, context=context)
+            spec = OptimizerSpec.model_validate({"name": self.name, **override}, context=context)
+        else:
+            spec = OptimizerSpec.model_validate({**self.as_table(), **override}, context=context)
+        spec._complete = True
+        return spec
+
+    @property
+    def complete(self) -> bool:
+        """Whether this spec is a player's whole optimiser (made by ``merged``, as a recipe's per-player specs
+        are), not keys to merge over a Trainer's ``optimizer``."""
+        return self._complete
 
     def as_table(self) -> dict[str, Any]:
         """The spec as a recipe table: name, the optimiser's options and the schedule (if any)."""
-        schedule = {"schedule": self.schedule.model_dump(exclude_none=True)} if self.schedule is not None else {}
+        schedule = {"schedule": self.schedule.as_table()} if self.schedule is not None else {}
         return {"name": self.name, **self.options, **schedule}
 
     def explicit(self) -> dict[str, Any]:

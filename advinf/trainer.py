@@ -79,8 +79,9 @@ class Trainer:
         trainer.fit()
 
     ``optimizer`` is every player's optimiser; ``optimizers`` overrides it per player (by player name, merged
-    over ``optimizer``), each with its learning-rate schedule (``OptimizerSpec.schedule``). ``eval_every`` runs
-    evaluators every N steps as well as at the end (by name).
+    over ``optimizer``, unless a spec is ``complete``: made by ``OptimizerSpec.merged``, as a recipe's per-player
+    specs are, ``inherit = false`` included), each with its learning-rate schedule (``OptimizerSpec.schedule``).
+    ``eval_every`` runs evaluators every N steps as well as at the end (by name).
     ``loggers`` receive the metrics, evaluations and sample pictures of a run with a ``run_dir`` (default: a
     ``JsonlLogger``, the run directory's metrics.jsonl and evals.jsonl); only rank 0 logs.
 
@@ -136,7 +137,8 @@ class Trainer:
         self._params = {p.name: nets.named_parameters(p.networks) for p in self.players}
         self._param_list = {name: [p for _, p in named] for name, named in self._params.items()}
         default = optimizer or OptimizerSpec()
-        overrides = {name: default.merged(spec.explicit()) for name, spec in (optimizers or {}).items()}
+        overrides = {name: spec if spec.complete else default.merged(spec.explicit())
+                     for name, spec in (optimizers or {}).items()}
         unknown = sorted(set(overrides) - {p.name for p in self.players})
         if unknown:
             raise UserError(f"optimizers given for {', '.join(unknown)}, but the game's players are "

@@ -85,9 +85,10 @@ def label_kept(classifier: LinearModel, x: Tensor, recon_mean: Tensor, recon_sam
             else float("nan")}
 
 
-def train_pixel_classifier(data: Dataset, o: ReconstructionOptions, classes: int) -> tuple[LinearModel, dict]:
-    """An L2-SVM on the raw pixels of a class-balanced labelled subset of the training split, C by validation."""
-    y_train = data.train.y.detach().cpu().long().reshape(-1)  # type: ignore[union-attr]
+def train_pixel_classifier(data: Dataset, o: ReconstructionOptions, classes: int, y_train: Tensor
+                           ) -> tuple[LinearModel, dict]:
+    """An L2-SVM on the raw pixels of a class-balanced labelled subset of the training split (its labels
+    ``y_train``), C by validation."""
     draws = draw_labelled(y_train, o.classifier_labels, o.classifier_validation, 1, o.seed, classes)
     flat = lambda x, y: x.flatten(1)  # noqa: E731
     x_lab = collect(data.train, draws.labelled[0], flat, o.batch_size)
@@ -176,10 +177,13 @@ class Reconstruction(Evaluator):
             "decoder_sees_labels": model.conditional,
         }
         info = data.label_info()
-        if o.classifier and info is not None and info[0] == "classes" and y is not None and data.train.y is not None:
-            classes = max(info[2], int(data.train.y.max()) + 1)
+        y_train = self._once(data, "labels", data.train.labels) if o.classifier and data.labelled else None
+        if o.classifier and info is not None and info[0] == "classes" and y is not None and y_train is not None \
+                and len(y_train):
+            classes = max(info[2], int(y_train.max()) + 1)
             try:
-                classifier, about = self._once(data, "classifier", lambda: train_pixel_classifier(data, o, classes))
+                classifier, about = self._once(data, "classifier",
+                                               lambda: train_pixel_classifier(data, o, classes, y_train))
             except TooLittleData as exc:  # the MSEs stand; the label measure needs more labelled data
                 result["classifier"] = {"skipped": f"{exc} ({_CLASSIFIER_KEYS})"}
             else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES
+from conftest import RECIPES, cli_env
 
 import advinf
 from advinf import BuildContext, Dataset, UserError
@@ -227,3 +229,9 @@ def test_a_probe_budget_the_data_cannot_meet_is_told_before_training(tmp_path):
     res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_digits.toml"),
                                    *[a for s in TINY for a in ("--set", s)]])
     assert res.exit_code == 0 and "will report 'skipped'" not in res.output
+    proc = subprocess.run([sys.executable, "-m", "advinf", "run", str(RECIPES / "ali_digits.toml"), "--seeds", "0-1",
+                           "--jobs", "2", "--stop-after", "1", "--out", str(tmp_path / "group"),
+                           *[a for s in big for a in ("--set", s)]], capture_output=True, text=True, env=cli_env(),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr  # workers run quietly, but for their warnings
+    assert "seed 1: warning: evaluator 'knn_probe' will report 'skipped'" in proc.stderr

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import advinf
-from advinf import Dataset, DeterministicPosterior, Networks, Split, TrainedModel, UserError
+from advinf import Dataset, DeterministicPosterior, Networks, Split, StreamingSplit, TrainedModel, UserError
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior
 from advinf_plugins.probes import (
@@ -198,6 +198,19 @@ def test_too_little_data_for_the_budget_is_reported_not_raised(tmp_path):
     out = rec.evaluate(model_with(Identity()), cluster_data(), tmp_path)
     assert out["mse_mean"] == 0 and "fewer than validation (1000)" in out["classifier"]["skipped"]
     assert rec.skip_reason(cluster_data()) == f"for its classifier: {out['classifier']['skipped']}"
+
+
+def test_the_reconstruction_classifier_reads_a_streamed_training_split_as_an_in_memory_one(tmp_path):
+    data = cluster_data()
+    streamed = Dataset(StreamingSplit([(x, int(y)) for x, y in zip(data.train.x, data.train.y, strict=True)],
+                                      labelled=True), data.heldout, dict(data.meta))
+    rec = advinf.create("evaluator", "reconstruction", None, classifier_labels=20, classifier_validation=8,
+                        pictures=0)
+    held = rec.evaluate(model_with(Identity()), data, tmp_path)
+    flowing = advinf.create("evaluator", "reconstruction", None, classifier_labels=20, classifier_validation=8,
+                            pictures=0).evaluate(model_with(Identity()), streamed, tmp_path)
+    assert "classifier_accuracy" in held
+    assert {k: v for k, v in flowing.items() if k != "seconds"} == {k: v for k, v in held.items() if k != "seconds"}
 
 
 def test_untrained_encoder_without_a_recipe_is_a_seeded_reinitialised_copy(tmp_path):

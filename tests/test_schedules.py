@@ -156,3 +156,34 @@ def test_a_schedule_changed_on_resume_applies_from_the_current_step(tmp_path):
     res = run_cli("--out", str(out), "--resume", "--allow-changes", "--stop-after", "22", extra=["train.steps=40"])
     assert res.exit_code == 0, res.output
     assert _lr(out) == {"generator": 1e-4, "critic": 4e-4}
+
+
+def test_an_explicit_constant_schedule_runs_and_reads_back(tmp_path):
+    """`schedule = {name = "constant"}` (the default, spelled out) for one player or all: the run trains, and
+    its recipe.toml, which writes every spec out in full, validates again (it held `hold = 0`, which constant
+    refuses)."""
+    for key in ("optimizers.critic.schedule", "optimizer.schedule"):
+        out = tmp_path / key
+        res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(out),
+                                       *[a for s in [*TINY, *TINY_ENCODER, f'{key}={{name = "constant"}}']
+                                         for a in ("--set", s)]])
+        assert res.exit_code == 0, res.output
+        assert advinf.load_recipe(out / "recipe.toml").spec is not None
+        assert CliRunner().invoke(cli, ["sample", str(out), "--out", str(tmp_path / "s.png")]).exit_code == 0
+    assert ScheduleSpec(name="constant").as_table() == {"name": "constant"}
+
+
+def test_a_player_that_does_not_inherit_trains_with_torch_defaults_as_its_recipe_says(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(out),
+                                   *[a for s in [*TINY, *TINY_ENCODER, "optimizers.critic.inherit=false"]
+                                     for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    groups = {p: m["param_groups"][0] for p, m in
+              json.loads((out / "checkpoints" / "step_0000030" / "state.json").read_text())["optimizers"].items()}
+    assert groups["critic"]["betas"] == [0.9, 0.999] and groups["critic"]["lr"] == 4e-4  # torch's betas
+    assert groups["generator"]["betas"] == [0.2, 0.999]  # the recipe's [optimizer]
+    saved = advinf.load_recipe(out / "recipe.toml")
+    assert saved.optimizers["critic"].options.get("betas") is None and saved.optimizers["critic"].complete
+    # a partial spec given to a Trainer in Python is still merged over its optimizer
+    assert not OptimizerSpec(lr=1e-3).complete

@@ -169,3 +169,18 @@ def test_a_recipe_and_a_run_directory_both_given_say_which_form_to_use(tmp_path)
     res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), str(tmp_path / "r")])
     assert res.exit_code == 2 and "give the run directory as --out DIR" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_start_an_evaluator_refuses_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An evaluator's skip_reason that raises (data it can never read) fails the run before it writes a file."""
+    from advinf.session import run_recipe
+    from advinf_plugins.mode_coverage import ModeCoverage
+
+    def refuse(self, data):
+        raise advinf.UserError("evaluator 'mode_coverage' cannot read this data")
+
+    monkeypatch.setattr(ModeCoverage, "skip_reason", refuse)
+    with pytest.raises(advinf.UserError, match="cannot read this data"):
+        run_recipe(RECIPES / "ali_mixture25.toml", out=tmp_path / "run", overrides=[*TINY, *TINY_ENCODER],
+                   log=lambda m: None)
+    assert not (tmp_path / "run").exists()
