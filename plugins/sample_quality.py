@@ -389,7 +389,9 @@ class Fid(_SampleQuality):
     def make_metric(self, net: nn.Module, subset_size: int) -> Any:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        return FrechetInceptionDistance(feature=net, reset_real_features=False)  # sums and covariances in float64
+        # sums and covariances in float64; computed by one process (rank 0 of a data-parallel run) over all the
+        # samples, so nothing to gather from other ranks (torchmetrics would wait on them)
+        return FrechetInceptionDistance(feature=net, reset_real_features=False, sync_on_compute=False)
 
     def compute(self, metric: Any) -> dict[str, float]:
         return {"fid": float(metric.compute())}
@@ -406,7 +408,8 @@ class Kid(_SampleQuality):
         with warnings.catch_warnings():  # "will save all extracted features": yes, `samples` + `real_examples`
             warnings.simplefilter("ignore", UserWarning)
             return KernelInceptionDistance(feature=net, subsets=o.subsets, subset_size=subset_size, degree=o.degree,
-                                           gamma=o.gamma, coef=o.coef, reset_real_features=False)
+                                           gamma=o.gamma, coef=o.coef, reset_real_features=False,
+                                           sync_on_compute=False)  # as FID's
 
     def compute(self, metric: Any) -> dict[str, float]:
         mean, std = metric.compute()

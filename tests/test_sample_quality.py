@@ -290,3 +290,48 @@ def test_evaluators_every_n_steps_leave_training_and_resume_bit_exact(tmp_path):
             assert torch.equal(v, tensors["sliced"][part][k]) and torch.equal(v, tensors["quiet"][part][k]), k
     evals = [json.loads(ln) for ln in (tmp_path / "straight" / "evals.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [2, 4, 6] and all("fid" in e and "kid" in e for e in evals)
+
+
+def _rank_evaluates_alone(rank: int, port: int, out: str, name: str) -> None:
+    """Rank 0 of a 2-process group evaluates (as the trainer does under torchrun); rank 1 waits for it."""
+    import datetime
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+    done = Path(out) / "done.json"
+    try:
+        if rank == 0:
+            data = digits()
+            held = Dataset.decode(data.heldout.x)
+            options = {"network_options": {"epochs": 1, "width": 4, "hidden": 8}, "samples": 100}
+            if name == "kid":
+                options.update(subsets=5, subset_size=50)
+            ev = advinf.create("evaluator", name, BuildContext(dataset=data), **options)
+            done.write_text(json.dumps(ev.evaluate(replaying(held), data, Path(out))))
+        else:
+            deadline = time.monotonic() + 120
+            while not done.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["fid", "kid"])
+def test_one_rank_of_a_data_parallel_run_computes_the_metric_alone(tmp_path, name):
+    """torchmetrics gathers a metric's state from every rank when it computes; advinf evaluates on rank 0 only,
+    over all the samples, so FID and KID must not wait for the other ranks (they timed out, or failed when a
+    rank closed its connection)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_evaluates_alone, args=(port, str(tmp_path), name), nprocs=2)
+    result = json.loads((tmp_path / "done.json").read_text())
+    assert result["samples"] == 100 and ("fid" in result if name == "fid" else "kid_mean" in result)
