@@ -242,7 +242,8 @@ def saved_recipe(run_dir: str | Path, host: PluginHost | None = None) -> Recipe 
     path = Path(run_dir) / RECIPE_FILE
     if not path.is_file():
         return None
-    return validate_recipe(read_toml(path), source=str(path), base_dir=Path(run_dir), host=host, load_plugins=False)
+    return validate_recipe(read_toml(path), source=str(path), base_dir=Path(run_dir), host=host, load_plugins=False,
+                           environment=False)  # a run trained on a GPU reads back on a machine without one
 
 
 def run_evaluators(run: LoadedRun, recipe: Recipe | None = None, host: PluginHost | None = None

@@ -184,3 +184,11 @@ def test_a_start_an_evaluator_refuses_leaves_nothing_behind(tmp_path, monkeypatc
         run_recipe(RECIPES / "ali_mixture25.toml", out=tmp_path / "run", overrides=[*TINY, *TINY_ENCODER],
                    log=lambda m: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_gpu_run_s_saved_recipe_reads_back_on_a_machine_without_one(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    text = (RECIPES / "ali_mixture25.toml").read_text().replace("[train]", '[train]\ndevice = "cuda:7"')
+    (run / "recipe.toml").write_text(text)
+    assert advinf.saved_recipe(run).spec.train.device == "cuda:7"
