@@ -224,7 +224,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
 
 
 def skip_warnings(evaluators: dict[str, Evaluator], data: Dataset) -> list[str]:
-    """A warning line for each evaluator that will report no numbers on ``data`` (``Evaluator.skip_reason``)."""
+    """A warning line for each evaluator that will report ``skipped`` on ``data`` (``Evaluator.skip_reason``)."""
     return [f"warning: evaluator '{name}' will report 'skipped' on this data: {why}"
             for name, ev in evaluators.items() if (why := ev.skip_reason(data)) is not None]
 
