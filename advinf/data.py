@@ -223,7 +223,9 @@ def relabels(found: DataDescription, trained: DataDescription) -> bool:
     """Whether ``found``'s labels are of another kind, number or shape than ``trained``'s: networks built for
     one set cannot take the other (other names alone, they can)."""
     f, t = found.labels, trained.labels
-    return f is None or t is None or (f.kind, len(f.names), f.shape) != (t.kind, len(t.names), t.shape)
+    if f is None or t is None:
+        return f is not t  # labels on one side only
+    return (f.kind, len(f.names), f.shape) != (t.kind, len(t.names), t.shape)
 
 
 def _few(names: list[str], limit: int = 5) -> str:

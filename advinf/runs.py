@@ -134,12 +134,13 @@ def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequ
         raise UserError(f"the run's data is set with dataset.KEY=VALUE (where it is now), not: {', '.join(bad)}")
     advice = ("Say where it is now with --set dataset.KEY=VALUE, e.g. --set dataset.root=PATH (in Python: "
               "load_run(RUN, data=[\"dataset.root=PATH\"]))")
-    data_recipe = recipe
+    data_recipe, changes = recipe, {}
     if data:
-        data_recipe = validate_recipe(recipe.resolved(run_dir), data, source=f"{run_dir}'s data (with --set)",
-                                      base_dir=run_dir, host=host, load_plugins=False, environment=False)
-    before, after = recipe.resolved(run_dir)["dataset"], data_recipe.resolved(run_dir)["dataset"]
-    changes = {k: v for k, v in after.items() if before.get(k) != v}
+        resolved = recipe.resolved(run_dir)
+        data_recipe = validate_recipe(resolved, data, source=f"{run_dir}'s data (with --set)", base_dir=run_dir,
+                                      host=host, load_plugins=False, environment=False)
+        before = resolved["dataset"]
+        changes = {k: v for k, v in data_recipe.resolved(run_dir)["dataset"].items() if before.get(k) != v}
     stored = loaded.state.get("data")
     trained = DataDescription.model_validate(stored) if stored is not None else None
     try:
