@@ -254,10 +254,15 @@ def _run_seeds(recipe: Path | None, seeds: str, jobs: int, overrides: tuple[str,
 
 
 def _short_value(value: Any) -> str:
-    """A drawn value in a table cell: floats to 4 significant digits, lists item by item."""
+    """A drawn value in a table cell, in TOML as it was drawn (``true``, ``"adam"``), floats to 4 significant
+    digits."""
     if isinstance(value, list):
         return "[" + ", ".join(map(_short_value, value)) + "]"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_short_value(v)}" for k, v in value.items()) + " }"
+    from advinf.search import toml_value
+
+    return f"{value:.4g}" if isinstance(value, float) else toml_value(value)
 
 
 def _echo(message: str) -> None:

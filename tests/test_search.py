@@ -13,7 +13,7 @@ from conftest import RECIPES, TINY, TINY_ENCODER, cli_env
 from safetensors.torch import load_file
 
 from advinf import UserError
-from advinf.cli import cli
+from advinf.cli import _short_value, cli
 from advinf.recipe import parse_override, read_toml
 from advinf.search import check_draws, drawn_values, parse_draw, toml_value
 from advinf.seeds import SeedResult, SeedsOutcome, lost_message, run_seeds, seed_command
@@ -111,7 +111,12 @@ def test_the_command_line_refuses_a_draw_without_seeds_and_a_range_the_recipe_re
                            'train.loggers=choice(["csv"], ["jsonl", "csv"])'], capture_output=True, text=True,
                           env=cli_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "drawn: train.loggers" in proc.stdout and "[csv]" in proc.stdout  # not read as rich markup
+    assert "drawn: train.loggers" in proc.stdout and '["csv"]' in proc.stdout  # not read as rich markup
+
+
+def test_the_table_shows_drawn_values_as_toml_with_short_floats():
+    assert _short_value([0.123456789, True, "adam", 3]) == '[0.1235, true, "adam", 3]'
+    assert _short_value({"name": "step", "gamma": 1e-05}) == '{ name = "step", gamma = 1e-05 }'
 
 
 def test_drawn_values_are_written_back_as_one_line_of_toml():
