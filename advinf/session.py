@@ -138,8 +138,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             log = _silent
         created = prepare_target(out_dir, resume=resume) if main else False  # before the (possibly slow) build
         try:
-            trainer = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world,
-                             keep_recipe_file=recipe is None and not overrides)
+            trainer, notes = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world,
+                                    keep_recipe_file=recipe is None and not overrides)
         except BaseException:
             if created:
                 remove_if_empty(out_dir)  # a failed start leaves nothing behind
@@ -152,7 +152,10 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
                 log(f"applied the changed optimiser settings: {', '.join(applied)}")
         options = evaluator_options(rec.resolved(out_dir), trainer.evaluators)
         finished = _already_evaluated(trainer, out_dir, options) if checkpoint is not None and not changes else None
-        if finished is not None:
+        if finished is None:
+            for line in notes:
+                log(line)
+        else:
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
                 f"to do (advinf evaluate {out_dir} runs the evaluators again; --set train.steps=N --allow-changes "
                 f"trains on)")
@@ -187,8 +190,9 @@ def _silent(message: str) -> None:
 
 def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoint: ckpt.Checkpoint | None,
            allow_changes: bool, log: Callable[[str], None], world: distributed.World | None = None,
-           keep_recipe_file: bool = False) -> Trainer:
-    """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given. In a
+           keep_recipe_file: bool = False) -> tuple[Trainer, list[str]]:
+    """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given, and the
+    lines to log if it trains (a speed hint, evaluators that will skip; a finished run does not train). In a
     data-parallel ``world``, ranks other than 0 train without a run directory or evaluators. ``keep_recipe_file``:
     the recipe is RUN/recipe.toml as it stands (no recipe given, no ``--set``), so the file is not rewritten and
     keeps the user's comments."""
@@ -203,7 +207,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         # above (normalised, with --allow-changes), so the trainer does not compare it again
         trainer.restore(checkpoint, allow_changes=True, allow_data_changes=allow_changes)
     if trainer.run is None:
-        return trainer
+        return trainer, []
     skipping = skip_warnings(trainer.evaluators, trainer.data)  # before anything is written: it may fail
     recipe_file = out_dir / RECIPE_FILE
     if (checkpoint is None or allow_changes) and not (keep_recipe_file and recipe_file.is_file()):
@@ -216,11 +220,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
     else:
         log(f"run directory: {out_dir}")
     hint = trainer.speed_hint()
-    if hint is not None:
-        log(hint)
-    for line in skipping:
-        log(line)
-    return trainer
+    return trainer, ([] if hint is None else [hint]) + skipping
 
 
 def skip_warnings(evaluators: dict[str, Evaluator], data: Dataset) -> list[str]:

@@ -226,6 +226,11 @@ def test_a_probe_budget_the_data_cannot_meet_is_told_before_training(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_digits.toml"), "--out", str(tmp_path / "run"),
                                    "--stop-after", "1", *[a for s in big for a in ("--set", s)]])
     assert res.exit_code == 0 and "warning: evaluator 'knn_probe' will report 'skipped'" in res.output
+    res = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "run")])  # trains to the end
+    assert res.exit_code == 0 and "warning: evaluator 'knn_probe' will report 'skipped'" in res.output
+    res = CliRunner().invoke(cli, ["run", "--resume", str(tmp_path / "run")])
+    assert res.exit_code == 0 and "nothing to do" in res.output  # a finished run trains nothing: no warning
+    assert "will report 'skipped'" not in res.output
     res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_digits.toml"),
                                    *[a for s in TINY for a in ("--set", s)]])
     assert res.exit_code == 0 and "will report 'skipped'" not in res.output
