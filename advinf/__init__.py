@@ -8,7 +8,7 @@ from advinf.atomic import atomic_path
 from advinf.batches import MAIN, BatchSource, StreamSource, stream_seed
 from advinf.build import Built, build
 from advinf.conditions import Condition, ConditionEmbedding, embedding_for, example_conditions, with_condition
-from advinf.data import Dataset, Split, StreamingSplit
+from advinf.data import DataAccess, Dataset, Split, StreamingSplit, data_access_keys
 from advinf.divergences import Divergence, critic_pairs
 from advinf.errors import PluginError, RecipeError, UserError
 from advinf.hookspecs import hookimpl
@@ -103,6 +103,7 @@ __all__ = [
     "check_networks", "checks_machine", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl",
     "load_recipe", "load_run", "run_recipe",
     # helpers for plugins (docs/plugins.md, "Helpers for plugins"): what the built-in plugins use, no more
-    "MAIN", "StreamSource", "atomic_path", "embedding_for", "evaluating", "example_conditions", "flat_latent_dim",
-    "origin_of", "save_grid", "saved_recipe", "spectral_normalise", "stream_seed", "with_condition",
+    "DataAccess", "MAIN", "StreamSource", "atomic_path", "data_access_keys", "embedding_for", "evaluating",
+    "example_conditions", "flat_latent_dim", "origin_of", "save_grid", "saved_recipe", "spectral_normalise",
+    "stream_seed", "with_condition",
 ]

@@ -260,7 +260,7 @@ def _short_value(value: Any) -> str:
         return "[" + ", ".join(map(_short_value, value)) + "]"
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_short_value(v)}" for k, v in value.items()) + " }"
-    from advinf.search import toml_value
+    from advinf.values import toml_value
 
     return f"{value:.4g}" if isinstance(value, float) else toml_value(value)
 

@@ -18,7 +18,7 @@ import math
 import statistics
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from advinf.atomic import atomic_path, write_json
 from advinf.conditions import example_conditions
-from advinf.data import Dataset
+from advinf.data import Dataset, data_access_keys
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.rundir import EVAL_FILE, eval_dataset_changes, eval_entries, eval_options, evaluator_options
@@ -158,7 +158,8 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
     else:
         metrics, source, options, changes = {}, "none", {}, {}
     return RunResult(str(run_dir), run_dir.name, spec.name, spec.game.name, spec.seed, run.step,
-                     run.encoder is not None, metrics, source, _setting(resolved),
+                     run.encoder is not None, metrics, source,
+                     _setting(resolved, data_access_keys(run.recipe.options["dataset"])),
                      {n: o for n, o in options.items() if n in metrics},
                      {n: c for n, c in changes.items() if n in metrics})
 
@@ -195,10 +196,13 @@ def _warn_unlike_data(results: list[RunResult]) -> None:
                           f"recipe's data)", stacklevel=3)
 
 
-def _setting(resolved: dict[str, Any]) -> str:
+def _setting(resolved: dict[str, Any], data_access: Collection[str] = ()) -> str:
     """What makes runs the same experiment at different seeds: the resolved recipe without its seed, the runs
-    networks start from (``init_from``: e.g. each seed's own GAN run) and the settings of the machine."""
+    networks start from (``init_from``: e.g. each seed's own GAN run), the settings of the machine and the dataset
+    options ``data_access`` that say where or how the data is read (``root``)."""
     recipe = json.loads(json.dumps(resolved))
+    for key in data_access:
+        recipe.get("dataset", {}).pop(key, None)
     for key in ("seed", "plugins"):
         recipe.pop(key, None)
     for key in ("threads", "progress", "device"):

@@ -147,6 +147,26 @@ DTYPES = ("uint8", "int8", "int16", "int32", "int64", "bool", "float16", "bfloat
 _DType = Literal[DTYPES]  # type: ignore[valid-type]
 
 
+class DataAccess:
+    """Marks a dataset option that says where or how the data is read, not which data it is (``root``,
+    ``download``, ``workers``): ``root: Annotated[str, DataAccess()] = Field(...)``.
+
+    Changing one is not a change to a run: ``advinf run --resume RUN --set dataset.root=NEW`` continues without
+    ``--allow-changes`` (the data found is checked against what the run trained on all the same), an evaluation
+    with it records no dataset change, and ``advinf compare`` takes runs that differ only there for the same
+    experiment. Mark nothing that can change the examples, their order or their labels."""
+
+    def __repr__(self) -> str:
+        return "DataAccess()"
+
+
+def data_access_keys(options: type[BaseModel] | BaseModel) -> frozenset[str]:
+    """The options of a dataset's options model marked :class:`DataAccess`."""
+    model = options if isinstance(options, type) else type(options)
+    return frozenset(name for name, info in model.model_fields.items()
+                     if any(isinstance(m, DataAccess) for m in info.metadata))
+
+
 class _Described(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

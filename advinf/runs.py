@@ -13,7 +13,14 @@ import torch
 from advinf import checkpoint as ckpt
 from advinf.build import Built, build, build_dataset, build_evaluators
 from advinf.conditions import Condition
-from advinf.data import DataDescription, Dataset, describe, described_dataset, unlike_description
+from advinf.data import (
+    DataDescription,
+    Dataset,
+    data_access_keys,
+    describe,
+    described_dataset,
+    unlike_description,
+)
 from advinf.errors import RecipeError, UserError
 from advinf.evaluation import evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
@@ -139,8 +146,10 @@ def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequ
         resolved = recipe.resolved(run_dir)
         data_recipe = validate_recipe(resolved, data, source=f"{run_dir}'s data (with --set)", base_dir=run_dir,
                                       host=host, load_plugins=False, environment=False)
-        before = resolved["dataset"]
-        changes = {k: v for k, v in data_recipe.resolved(run_dir)["dataset"].items() if before.get(k) != v}
+        before, after = resolved["dataset"], data_recipe.resolved(run_dir)["dataset"]
+        # where or how the data is read is no change to it (the data found is checked below all the same)
+        access = data_access_keys(data_recipe.options["dataset"]) if after["name"] == before["name"] else ()
+        changes = {k: v for k, v in after.items() if before.get(k) != v and k not in access}
     stored = loaded.state.get("data")
     trained = DataDescription.model_validate(stored) if stored is not None else None
     try:

@@ -12,7 +12,6 @@ trained with (``advinf run --resume OUT/seed_K`` continues it as it is).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -22,7 +21,7 @@ from typing import Any
 
 from advinf.errors import UserError
 from advinf.recipe import clip, parse_override
-from advinf.values import parse_toml
+from advinf.values import parse_toml, toml_value
 
 _NAMES = ("uniform", "loguniform", "randint", "choice")
 _NAME = re.compile(r"\b(" + "|".join(_NAMES) + r")\s*\(")
@@ -230,19 +229,3 @@ def _sample(name: str, args: list[Any], rng: random.Random) -> str:
     if name == "randint":
         return str(rng.randint(args[0], args[1]))
     return toml_value(rng.choice(args))
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as one line of TOML (what ``--set KEY=...`` takes): numbers, booleans, strings, lists, tables."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(map(toml_value, value)) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML value for {type(value).__name__}")

@@ -46,8 +46,9 @@ from advinf.plots import flatten
 from advinf.plugins import PluginHost, default_host
 from advinf.recipe import clip, load_recipe, parse_override
 from advinf.rundir import CHECKPOINTS_DIR, check_target, default_run_dir, is_run_dir
-from advinf.search import Draw, check_draws, drawn_overrides, drawn_values, parse_draw, toml_value
+from advinf.search import Draw, check_draws, drawn_overrides, drawn_values, parse_draw
 from advinf.session import run_recipe
+from advinf.values import toml_value
 
 #: The group's summary, beside the seeds' run directories.
 SUMMARY_FILE = "summary.json"

@@ -17,7 +17,7 @@ from typing import Any
 from advinf import checkpoint as ckpt
 from advinf import distributed
 from advinf.build import Built, build
-from advinf.data import Dataset
+from advinf.data import Dataset, data_access_keys
 from advinf.errors import UserError
 from advinf.interfaces import Evaluator
 from advinf.plugins import PluginHost, default_host
@@ -39,7 +39,7 @@ from advinf.rundir import (
     unlike_options,
 )
 from advinf.trainer import Trainer, TrainResult
-from advinf.values import parse_toml
+from advinf.values import parse_toml, toml_value
 
 
 @dataclass
@@ -76,6 +76,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     saved: dict[str, Any] | None = None
     checkpoint = None
     changes: list[str] = []
+    moved: list[str] = []
     old: dict[str, Any] = {}
     new: dict[str, Any] = {}
     if resume:
@@ -114,6 +115,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         old, new = _normalised(saved, out_dir, host), rec.resolved()  # type: ignore[arg-type]
         changes = changed_keys(old, new)
         changes = [k for k in changes if k != "plugins"] if _same_plugins(saved, rec, out_dir) else changes  # type: ignore[arg-type]
+        moved = _data_access_changes(changes, rec)  # where or how the data is read: not a change to the run
+        changes = [k for k in changes if k not in moved]
         if changes and not allow_changes:
             why = (f" ({out_dir / RECIPE_FILE} differs from the recipe of the checkpoint of step {checkpoint.step}: "
                    "it was edited, or changed by an --allow-changes resume that stopped before its next checkpoint; "
@@ -139,12 +142,15 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         created = prepare_target(out_dir, resume=resume) if main else False  # before the (possibly slow) build
         try:
             trainer, notes = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world,
-                                    keep_recipe_file=recipe is None and not overrides)
+                                    keep_recipe_file=recipe is None and not overrides, rewrite_recipe=bool(moved))
         except BaseException:
             if created:
                 remove_if_empty(out_dir)  # a failed start leaves nothing behind
             raise
         resumed_from = trainer.step if checkpoint is not None else None
+        if moved:
+            log("the data is read with " + ", ".join(f"{k} = {_value(new, k)} (was {_value(old, k)})" for k in moved)
+                + ", which says where or how, not which data; what was found matches what the run trained on")
         if checkpoint is not None and allow_changes:
             applied = summarised([k for k in changes if k.startswith("optimizer")], old, new)
             trainer.apply_optimizer_settings()
@@ -190,12 +196,12 @@ def _silent(message: str) -> None:
 
 def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoint: ckpt.Checkpoint | None,
            allow_changes: bool, log: Callable[[str], None], world: distributed.World | None = None,
-           keep_recipe_file: bool = False) -> tuple[Trainer, list[str]]:
+           keep_recipe_file: bool = False, rewrite_recipe: bool = False) -> tuple[Trainer, list[str]]:
     """Build the recipe and a trainer writing into ``out_dir``, restored from ``checkpoint`` if given, and the
     lines to log if it trains (a speed hint, evaluators that will skip; a finished run does not train). In a
     data-parallel ``world``, ranks other than 0 train without a run directory or evaluators. ``keep_recipe_file``:
     the recipe is RUN/recipe.toml as it stands (no recipe given, no ``--set``), so the file is not rewritten and
-    keeps the user's comments."""
+    keeps the user's comments; else ``rewrite_recipe`` writes a resumed run's (its data is read otherwise)."""
     built = build(rec, host=host, init=checkpoint is None)
     main = world is None or world.main
     device = built.device if world is None else distributed.rank_device(built.device, world.local_rank)
@@ -210,7 +216,7 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         return trainer, []
     skipping = skip_warnings(trainer.evaluators, trainer.data)  # before anything is written: it may fail
     recipe_file = out_dir / RECIPE_FILE
-    if (checkpoint is None or allow_changes) and not (keep_recipe_file and recipe_file.is_file()):
+    if (checkpoint is None or allow_changes or rewrite_recipe) and not (keep_recipe_file and recipe_file.is_file()):
         trainer.run.write_recipe(rec.to_toml(out_dir))  # else RUN/recipe.toml is the recipe, kept as it is written
     if checkpoint is not None:
         log(f"resuming {out_dir} from step {trainer.step}")
@@ -221,6 +227,26 @@ def _start(rec: Recipe, out_dir: Path, host: PluginHost, resume: bool, checkpoin
         log(f"run directory: {out_dir}")
     hint = trainer.speed_hint()
     return trainer, ([] if hint is None else [hint]) + skipping
+
+
+def _data_access_changes(changes: list[str], rec: Recipe) -> list[str]:
+    """The ``changes`` to a resumed run that only say where or how its data is read (options its dataset marks
+    :class:`~advinf.data.DataAccess`, e.g. ``dataset.root`` after the data moved)."""
+    if "dataset.name" in changes:
+        return []
+    keys = data_access_keys(rec.options["dataset"])
+    return [k for k in changes if k.startswith("dataset.") and k.split(".")[1] in keys]
+
+
+def _value(recipe: dict[str, Any], key: str) -> str:
+    """The value at dotted ``key`` of a resolved recipe, as TOML (``-`` where it has none)."""
+    value: Any = recipe
+    for part in key.split("."):
+        value = value.get(part, _NONE) if isinstance(value, dict) else _NONE
+    return "-" if value is _NONE else toml_value(value)
+
+
+_NONE = object()
 
 
 def skip_warnings(evaluators: dict[str, Evaluator], data: Dataset) -> list[str]:

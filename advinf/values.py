@@ -123,3 +123,19 @@ def parse_toml(text: str) -> dict[str, Any]:
     if too_deep(value):
         raise tomllib.TOMLDecodeError(f"tables and lists nested more than {MAX_NESTING} levels deep")
     return value
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as one line of TOML (what ``--set KEY=...`` takes): numbers, booleans, strings, lists, tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML value for {type(value).__name__}")

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -34,13 +34,24 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from advinf import Dataset, Split, StreamingSplit, UserError, atomic_path, hookimpl
+from advinf import (
+    DataAccess,
+    Dataset,
+    Split,
+    StreamingSplit,
+    UserError,
+    atomic_path,
+    data_access_keys,
+    hookimpl,
+)
 
 #: Bump when the decoded tensors of the same options would change (invalidates every cache file).
 CACHE_FORMAT = 1
 CACHE_DIR = ".advinf_cache"
-#: Options that do not change the decoded tensors, hence not part of the cache key.
-_NOT_IN_KEY = {"root", "download", "verify", "cache", "workers"}
+#: Options that say where or how the files are read, not which data (DataAccess): not part of the cache key.
+_Root = Annotated[str, DataAccess()]
+_Flag = Annotated[bool, DataAccess()]
+_Workers = Annotated[int | None, DataAccess()]
 
 
 # -- options -----------------------------------------------------------------------------------------------
@@ -48,60 +59,60 @@ _NOT_IN_KEY = {"root", "download", "verify", "cache", "workers"}
 
 class _DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    root: str = Field(..., min_length=1, description="folder of the dataset's files (relative to the working "
+    root: _Root = Field(..., min_length=1, description="folder of the dataset's files (relative to the working "
                       "directory)")
     limit: int | None = Field(None, gt=0, description="at most this many examples per split (quick runs, tests)")
-    cache: bool = Field(True, description="cache the decoded tensors under root/.advinf_cache (safetensors)")
+    cache: _Flag = Field(True, description="cache the decoded tensors under root/.advinf_cache (safetensors)")
 
 
 class _OfficialOptions(_DatasetOptions):
-    download: bool = Field(False, description="fetch missing files with torchvision's downloader")
-    verify: bool = Field(True, description="check the official files' checksums (false: existence only)")
+    download: _Flag = Field(False, description="fetch missing files with torchvision's downloader")
+    verify: _Flag = Field(True, description="check the official files' checksums (false: existence only)")
 
 
 class SvhnOptions(_OfficialOptions):
-    root: str = Field("data/svhn", min_length=1, description="folder holding {train,test,extra}_32x32.mat")
+    root: _Root = Field("data/svhn", min_length=1, description="folder holding {train,test,extra}_32x32.mat")
     split: Literal["train", "extra", "test"] = Field("train", description="training split (the original: extra)")
     heldout: Literal["test", "train", "none"] = Field("test", description="held-out split")
 
 
 class Cifar10Options(_OfficialOptions):
-    root: str = Field("data/cifar10", min_length=1, description="folder holding cifar-10-batches-bin/ (the "
+    root: _Root = Field("data/cifar10", min_length=1, description="folder holding cifar-10-batches-bin/ (the "
                       "official binary version, preferred) or cifar-10-batches-py/ (the python version)")
     heldout: Literal["validation", "test", "none"] = Field(
         "validation", description="validation: hold out the last `validation` training examples (the original: "
                                   "train on 0-44,999, validate on 45,000-49,999); test: train on all 50,000, "
                                   "hold out the test batch; none: train on all 50,000")
     validation: int = Field(5000, gt=0, description="size of the validation split (heldout = 'validation')")
-    verify: bool = Field(True, description="checksum of the downloaded archive; python batches (pickles) are read "
+    verify: _Flag = Field(True, description="checksum of the downloaded archive; python batches (pickles) are read "
                                            "only if they are the official files, whatever this says")
 
 
 class CelebaOptions(_OfficialOptions):
-    root: str = Field("data", min_length=1, description="folder holding celeba/ (torchvision's layout)")
+    root: _Root = Field("data", min_length=1, description="folder holding celeba/ (torchvision's layout)")
     split: Literal["train", "valid", "test", "all"] = Field("train", description="official partition to train on")
     heldout: Literal["valid", "test", "none"] = Field("test", description="official partition held out")
-    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+    workers: _Workers = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 
 class MnistOptions(_OfficialOptions):
-    root: str = Field("data/mnist", min_length=1, description="folder holding MNIST/raw/ (torchvision's layout)")
+    root: _Root = Field("data/mnist", min_length=1, description="folder holding MNIST/raw/ (torchvision's layout)")
     size: Literal[28, 32] = Field(28, description="32: pad the 28x28 digits with 2 black pixels on every side "
                                                  "(for the 32x32 networks, e.g. the paper's SVHN ones)")
     heldout: Literal["test", "none"] = Field("test", description="held-out split")
-    verify: bool = Field(True, description="checksums of downloaded archives (torchvision never checks the "
+    verify: _Flag = Field(True, description="checksums of downloaded archives (torchvision never checks the "
                                            "extracted idx files)")
 
 
 class TinyImagenetOptions(_OfficialOptions):
-    root: str = Field("data/tiny_imagenet", min_length=1, description="folder holding tiny-imagenet-200/")
+    root: _Root = Field("data/tiny_imagenet", min_length=1, description="folder holding tiny-imagenet-200/")
     heldout: Literal["val", "none"] = Field("val", description="held-out split (the labelled val set)")
-    verify: bool = Field(True, description="checksum of the downloaded zip (the extracted images have none)")
-    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+    verify: _Flag = Field(True, description="checksum of the downloaded zip (the extracted images have none)")
+    workers: _Workers = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 
 class ImageFolderOptions(_DatasetOptions):
-    root: str = Field(..., min_length=1, description="folder of images (optionally one subfolder per class)")
+    root: _Root = Field(..., min_length=1, description="folder of images (optionally one subfolder per class)")
     size: int = Field(64, gt=0, description="images are resized (shorter side) and centre-cropped to size x size")
     grayscale: bool = Field(False, description="one channel instead of RGB")
     labels: Literal["auto", "folders", "none"] = Field(
@@ -111,7 +122,7 @@ class ImageFolderOptions(_DatasetOptions):
     stream: bool = Field(False, description="decode the training images batch by batch in DataLoader workers "
                                             "instead of holding them in memory (for folders too large for it)")
     split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the shuffle that picks the held-out images")
-    workers: int | None = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+    workers: _Workers = Field(None, gt=0, description="image decoding threads (default: up to 8)")
 
 
 # -- torchvision classes with the checksums switched off (verify = false) ----------------------------------
@@ -203,7 +214,7 @@ def _remove_new_empty_folders(root: Path, before: set[Path], existed: bool) -> N
 
 def _cache_path(name: str, options: BaseModel, extra: Any = None) -> Path:
     key = {"dataset": name, "format": CACHE_FORMAT, "extra": extra,
-           **{k: v for k, v in options.model_dump().items() if k not in _NOT_IN_KEY}}
+           **{k: v for k, v in options.model_dump().items() if k not in data_access_keys(options)}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(options.root).expanduser() / CACHE_DIR / f"{name}-{digest}.safetensors"
 

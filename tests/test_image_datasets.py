@@ -403,3 +403,24 @@ def test_a_failed_download_says_so_and_leaves_no_empty_folders(tmp_path):
     assert "checksum" not in str(err.value)
     with pytest.raises(PermissionError):  # not the dataset's problem: not dressed up as one
         _torchvision("svhn", root, lambda: (_ for _ in ()).throw(PermissionError(13, "denied")))
+
+
+def test_the_options_that_say_where_and_how_the_data_is_read_are_marked_and_left_out_of_the_cache_key():
+    """``root``, ``download``, ``verify``, ``cache`` and ``workers`` are marked DataAccess (a resume may change
+    them); the cache key is what it was before they were (caches written then stay valid)."""
+    import hashlib
+
+    from advinf_plugins import image_datasets as m
+
+    assert advinf.data_access_keys(m.SvhnOptions) == {"root", "download", "verify", "cache"}
+    assert advinf.data_access_keys(m.CelebaOptions()) == {"root", "download", "verify", "cache", "workers"}
+    assert advinf.data_access_keys(m.ImageFolderOptions(root="x")) == {"root", "cache", "workers"}
+    options = m.CelebaOptions(root="/somewhere", workers=3, split="valid")
+    key = {"dataset": "celeba", "format": m.CACHE_FORMAT, "extra": None,
+           **{k: v for k, v in options.model_dump().items()
+              if k not in {"root", "download", "verify", "cache", "workers"}}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    assert m._cache_path("celeba", options).name == f"celeba-{digest}.safetensors"
+    elsewhere = m.CelebaOptions(root="/else", workers=1, split="valid", download=True)
+    assert m._cache_path("celeba", elsewhere).name == m._cache_path("celeba", options).name
+    assert m._cache_path("celeba", m.CelebaOptions(split="test")).name != m._cache_path("celeba", options).name

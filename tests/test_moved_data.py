@@ -120,7 +120,10 @@ def test_moved_data_is_found_again_and_checked(trained, tmp_path):
     res = _cli("reconstruct", str(trained), "--count", "13", "--set", f"dataset.root={moved}")
     assert res.exit_code == 2 and "--count 13 asks for more examples than the heldout split holds (12)" in res.output
     run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}"])
-    assert len(run.dataset.heldout) == 12 and run.data_problem is None and run.data_changes == {"root": str(moved)}
+    # where the data is read from is no change to it (dataset.root is marked DataAccess): nothing to record
+    assert len(run.dataset.heldout) == 12 and run.data_problem is None and run.data_changes == {}
+    run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}", "dataset.limit=30"])
+    assert run.data_changes == {"limit": 30} and len(run.dataset.train) == 30
 
     res = _cli("reconstruct", str(trained), "--set", f"dataset.root={moved}", "--set", "dataset.size=32")
     assert res.exit_code == 2
@@ -134,7 +137,7 @@ def test_moved_data_is_found_again_and_checked(trained, tmp_path):
     res = _cli("evaluate", str(trained), "--with", "knn_probe", "--set", f"dataset.root={moved}", "--json")
     assert res.exit_code == 0, res.output
     entry = json.loads((trained / "eval.json").read_text())["knn_probe"]
-    assert entry["dataset_changes"] == {"root": str(moved)} and entry["test_examples"] == 12
+    assert "dataset_changes" not in entry and entry["test_examples"] == 12
     # the untrained baseline is rebuilt on the data found, not from the recipe's old root
     assert entry["untrained"]["init"].startswith("rebuilt by advinf.build from the loaded run's recipe")
     assert advinf.load_run(trained, device="cpu", data=f"dataset.root={moved}").data_problem is None  # one, bare
@@ -149,9 +152,29 @@ def test_a_resume_on_unlike_data_is_refused(trained, tmp_path):
                "--set", "train.steps=3", "--allow-changes")
     assert res.exit_code == 2
     assert "was trained on other data: its examples have shape (1, 32, 32), the run's (1, 28, 28)" in res.output
+    res = _cli("run", "--resume", "--out", str(copy), "--set", f"dataset.root={moved}", "--set", "train.steps=3")
+    assert res.exit_code == 2 and "differs from the one" in res.output
+    assert "in: train.steps;" in res.output  # the root is no change to the run: not listed
     res = _cli("run", "--resume", "--out", str(copy), "--set", f"dataset.root={moved}", "--set", "train.steps=3",
                "--allow-changes")
     assert res.exit_code == 0, res.output
+
+
+def test_a_run_whose_data_moved_resumes_with_the_new_root_alone(trained, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    moved = trained.parent / "moved"
+    res = _cli("run", "--resume", "--out", str(copy), "--stop-after", "2")
+    assert res.exit_code == 2 and "dataset.root: dataset 'mnist': files not found" in res.output
+    res = _cli("run", "--resume", "--out", str(copy), "--set", f"dataset.root={moved}")  # no --allow-changes
+    assert res.exit_code == 0, res.output
+    assert f'the data is read with dataset.root = "{moved}" (was "{trained.parent / "data"}")' in res.output
+    assert "nothing to do" in res.output  # the run had finished: no change to it, nothing to train again
+    assert advinf.saved_recipe(copy).spec.dataset.name == "mnist"
+    assert advinf.saved_recipe(copy).options["dataset"].root == str(moved)  # the next resume finds it there
+    res = _cli("run", "--resume", "--out", str(copy), "--set", "train.steps=3", "--allow-changes")
+    assert res.exit_code == 0 and "resuming" in res.output, res.output
+    assert ckpt.latest_checkpoint(copy / "checkpoints").name == "step_0000003"
 
 
 def test_a_checkpoint_without_a_record_needs_its_data(trained, tmp_path):
@@ -269,3 +292,18 @@ def test_compare_relocates_only_the_runs_that_need_it_and_warns_of_changed_data(
                                          r"its recipe's; toy2: dataset.std = 0.5\)"):
         result = compare_runs([toy, copy], tmp_path / "cmp2", device="cpu", figure=False)
     assert result.runs[1].dataset_changes == {"mode_coverage": {"std": 0.5}}
+
+
+def test_compare_takes_runs_that_read_their_data_elsewhere_for_one_experiment():
+    from advinf.compare import _setting
+
+    def recipe(seed: int, root: str, limit: int | None = None) -> dict:
+        dataset = {"name": "mnist", "root": root, "verify": False, **({"limit": limit} if limit else {})}
+        return {"name": "b", "seed": seed, "dataset": dataset, "train": {"steps": 2, "threads": 1}}
+
+    from advinf_plugins.image_datasets import MnistOptions
+
+    access = advinf.data_access_keys(MnistOptions)
+    assert _setting(recipe(0, "/a"), access) == _setting(recipe(1, "/b"), access)  # one experiment, two seeds
+    assert _setting(recipe(0, "/a"), access) != _setting(recipe(1, "/a", limit=5), access)  # other data
+    assert _setting(recipe(0, "/a")) != _setting(recipe(1, "/b"))  # without the marks, as before

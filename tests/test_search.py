@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from advinf import UserError
 from advinf.cli import _short_value, cli
 from advinf.recipe import parse_override, read_toml
-from advinf.search import check_draws, drawn_values, parse_draw, toml_value
+from advinf.search import check_draws, drawn_values, parse_draw
 from advinf.seeds import SeedResult, SeedsOutcome, lost_message, run_seeds, seed_command
 from advinf.session import run_recipe
+from advinf.values import toml_value
 
 TOY = RECIPES / "ali_mixture25.toml"
 SETS = [*TINY, *TINY_ENCODER, "train.device=cpu"]
