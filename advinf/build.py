@@ -20,7 +20,7 @@ from torch import nn
 from advinf import checkpoint as ckpt
 from advinf.conditions import Condition
 from advinf.data import Dataset
-from advinf.errors import PluginError, Problem, RecipeError, UserError
+from advinf.errors import Problem, RecipeError, UserError
 from advinf.interfaces import (
     BuildContext,
     Evaluator,
@@ -28,7 +28,7 @@ from advinf.interfaces import (
     Logger,
     Networks,
 )
-from advinf.plugins import COMPONENT_TYPES, PluginHost, default_host
+from advinf.plugins import COMPONENT_TYPES, PluginHost, a_or_an, default_host
 from advinf.provenance import Origin, mark
 from advinf.recipe import NetworkSpec, Recipe, build_game
 from advinf.rundir import CHECKPOINTS_DIR, is_run_dir
@@ -122,8 +122,10 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
         raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
                                                         f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
     if not isinstance(obj, COMPONENT_TYPES[kind]):
-        raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
-                          f"{type(obj).__name__}, not a {COMPONENT_TYPES[kind].__name__}")
+        raise RecipeError(recipe.source, [Problem(key, f"the factory of {kind} '{name}' (plugin '{comp.plugin}') "
+                                                       f"returned {type(obj).__name__}, not "
+                                                       f"{a_or_an(COMPONENT_TYPES[kind].__name__)}: a bug in that "
+                                                       "plugin")])
     mark(obj, Origin(kind, name, options.model_dump(mode="json", exclude_none=True)))  # as advinf.create does
     return obj
 

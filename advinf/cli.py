@@ -196,8 +196,12 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
 
         rec = outcome.recipe
         named = "".join(f" --plugin {shlex.quote(p)}" for p in plugin_paths(rec.spec.plugins, rec.base_dir))
+        world = trainer.world_size
+        launch = "advinf" if world == 1 else (  # a checkpoint resumes with the world size that wrote it
+            f"torchrun --nproc-per-node {world} -m advinf" if os.environ.get("LOCAL_WORLD_SIZE") == str(world)
+            else f"torchrun (the same {world} processes, as this run was launched) -m advinf")
         _echo(f"stopped ({result.stopped}); checkpoint written: {result.checkpoint}\n"
-              f"resume with: advinf run --resume {shlex.quote(str(outcome.run_dir))}{named}")
+              f"resume with: {launch} run --resume {shlex.quote(str(outcome.run_dir))}{named}")
         if result.stopped in ("SIGINT", "SIGTERM"):
             sys.exit(130 if result.stopped == "SIGINT" else 143)
         return

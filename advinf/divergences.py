@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advinf.errors import UserError
+
 #: ``divergence(d_data, d_model[, smoothing=0.0]) -> (critic_loss, generator_loss)``.
 Divergence = Callable[..., tuple[Tensor, Tensor]]
 
@@ -86,6 +88,11 @@ def losses(divergence: str | Divergence, d_data: Tensor, d_model: Tensor, *, smo
     """(critic loss, generator loss) of ``divergence`` (a function, or a built-in's name) for logits of shape
     (B,) or (B, 1); ``smoothing`` > 0 needs a divergence that takes it (see :func:`takes_smoothing`)."""
     fn = BUILTIN[divergence] if isinstance(divergence, str) else divergence
+    for logits in (d_data, d_model):
+        if logits.dim() > 2 or (logits.dim() == 2 and logits.shape[1] != 1):
+            raise UserError(f"the critic returned logits of shape {tuple(logits.shape)}, but this game's divergence "
+                            "takes one logit per pair, shape (B,) or (B, 1): check the critic's output layer (a "
+                            "critic of several outputs needs a game that reads them, as ali_semisup does)")
     d_data, d_model = d_data.reshape(-1), d_model.reshape(-1)
     if smoothing:
         return fn(d_data, d_model, smoothing=smoothing)

@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,17 @@ class NoOptions(BaseModel):
 COMPONENT_TYPES: dict[str, type] = {"game": Game, "dataset": Dataset, "prior": Prior, "encoder": Encoder,
                                     "decoder": Decoder, "critic": JointCritic, "evaluator": Evaluator,
                                     "logger": Logger}
+
+
+#: Keys of a network section that are not the component's options.
+NETWORK_KEYS = ("name", "kind", "trainable", "init_from", "init_network")
+#: Keys of an evaluator section that are not the evaluator's options.
+EVALUATOR_KEYS = ("every",)
+#: The keys a recipe section of each kind keeps for advinf beside the component's options: an option of that name
+#: would never receive the recipe's value, so ``register`` refuses it.
+SECTION_KEYS: dict[str, tuple[str, ...]] = {"encoder": NETWORK_KEYS, "decoder": NETWORK_KEYS,
+                                            "critic": NETWORK_KEYS, "evaluator": EVALUATOR_KEYS,
+                                            "dataset": ("name",), "prior": ("name",), "game": ("name",)}
 
 
 @dataclass(frozen=True)
@@ -196,10 +208,15 @@ class PluginHost:
                 if impl.plugin is not plugin:
                     continue
                 try:
-                    impl.function(register=self._register_callback(kind, name, version, staged))
+                    returned = impl.function(register=self._register_callback(kind, name, version, staged))
                 except BaseException as exc:  # noqa: BLE001
                     self._unregister(plugin)
                     return self._fail(name, version, f"{hook_name} raised {_describe(exc)}")
+                if returned is not None:  # e.g. a list of components, as other plugin hosts take: none registered
+                    self._unregister(plugin)
+                    return self._fail(name, version, f"{hook_name} returned {type(returned).__name__}: a hook "
+                                                     "registers each component by calling register(name, factory, "
+                                                     "...) and returns nothing")
         for comp in staged:
             self._add_component(comp, info)
         return info
@@ -207,8 +224,9 @@ class PluginHost:
     def _register_callback(self, kind: str, plugin: str, version: str, staged: list[Component]):
         def register(name: str, factory: Callable[..., Any], options: type[BaseModel] | None = None,
                      summary: str | None = None, *, conditional: bool = False, labels: Any = "unknown") -> None:
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"a {kind} name must be a non-empty string, got {name!r}")
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_+-]{0,99}", name):
+                raise TypeError(f"a {kind} name must be a word of at most 100 letters, digits, '_', '+' or '-' "
+                                f"(recipes use it as a key: `evaluators.NAME.KEY`), got {name!r}")
             if not callable(factory):
                 raise TypeError(f"the factory of {kind} '{name}' is not callable")
             if kind == "divergence" and options is not None:
@@ -216,6 +234,12 @@ class PluginHost:
                                 "(register(name, function, summary=None))")
             if options is not None and not (isinstance(options, type) and issubclass(options, BaseModel)):
                 raise TypeError(f"the options of {kind} '{name}' must be a pydantic model class")
+            fields = options.model_fields if options is not None else {}
+            taken = [f for f in fields if f in SECTION_KEYS.get(kind, ())]
+            if taken:
+                raise TypeError(f"the options of {kind} '{name}' name {', '.join(taken)}, which a recipe's {kind} "
+                                f"section keeps for advinf ({', '.join(SECTION_KEYS[kind])}): such an option would "
+                                "never receive the recipe's value; rename it")
             if not isinstance(conditional, bool):
                 raise TypeError(f"`conditional` of {kind} '{name}' must be a bool")
             if not (callable(labels) or labels in (None, "classes", "attributes", "unknown")):
@@ -315,6 +339,8 @@ class PluginHost:
             hint = suggest(kind, self.registry)
             raise UserError(f"unknown kind '{kind}' in create(kind, name, ...){' (' + hint + ')' if hint else ''}; "
                             f"the kinds are {', '.join(self.registry)}")
+        if name not in self.registry[kind] and (kind, name) not in self._conflicts:  # as a recipe's misspelt name
+            raise RecipeError(f"create({kind!r}, {name!r})", [self.unknown_name(kind, "name", name)])
         comp = self.get(kind, name)
         validated, problems = check_options(comp, options)
         for option, ref, value in self.named_components(comp, validated):  # as a recipe's are checked
@@ -337,7 +363,7 @@ class PluginHost:
         expected = COMPONENT_TYPES.get(kind)
         if expected is not None and not isinstance(component, expected):
             raise PluginError(f"the factory of {kind} '{name}' (plugin '{comp.plugin}') returned "
-                              f"{type(component).__name__}, not a {expected.__name__}")
+                              f"{type(component).__name__}, not {a_or_an(expected.__name__)}")
         mark(component, Origin(kind, name, validated.model_dump(mode="json", exclude_none=True)))
         return component
 
@@ -356,6 +382,11 @@ class PluginHost:
         hint = suggest(name, available)
         hint = (hint + " " if hint else "") + f"available: {', '.join(available) or '(none registered)'}"
         return Problem(key, f"unknown {kind}", name, True, hint + self.broken_note())
+
+
+def a_or_an(word: str) -> str:
+    """``word`` with its indefinite article: 'an Encoder', 'a Decoder'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, Any] | list[str]) -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
 from advinf.options import check_options, problems_from
-from advinf.plugins import PluginHost, default_host
+from advinf.plugins import EVALUATOR_KEYS, NETWORK_KEYS, PluginHost, default_host
 from advinf.provenance import Origin, mark
 from advinf.settings import (
     RECIPE_CONTEXT,
@@ -39,10 +39,6 @@ __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", 
 
 #: Sections that are not networks, in build order, and the component kind each names.
 COMPONENT_SECTIONS: dict[str, str] = {"dataset": "dataset", "prior": "prior", "game": "game"}
-#: Keys of a network section that are not the component's options.
-NETWORK_KEYS = ("name", "kind", "trainable", "init_from", "init_network")
-#: Keys of an evaluator section that are not the evaluator's options.
-EVALUATOR_KEYS = ("every",)
 
 
 class _Strict(BaseModel):

@@ -22,7 +22,7 @@ from advinf.data import (
     unlike_description,
 )
 from advinf.errors import RecipeError, UserError
-from advinf.evaluation import evaluate
+from advinf.evaluation import EvaluationFailed, evaluate
 from advinf.interfaces import BuildContext, Evaluator, Game, Networks, TrainedModel, check_networks
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import changed_keys
@@ -239,9 +239,17 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     recipe = validate_recipe(data, overrides, source=f"{run_dir / RECIPE_FILE} (with --with/--set)",
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
-    results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
-    merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir), evaluators),
-               data=run.data_changes)
+    failed = None
+    try:
+        results = evaluate(run, evaluators, run.dataset.to(run.device), run_dir)
+    except EvaluationFailed as exc:  # the others' results are kept, then the error goes on
+        results, failed = exc.results, exc
+    if results:
+        merge_eval(run_dir / EVAL_FILE, results, run.step, evaluator_options(recipe.resolved(run_dir), evaluators),
+                   data=run.data_changes)
+    if failed is not None:
+        kept = f" The others' results are merged into {run_dir / EVAL_FILE}." if results else ""
+        raise EvaluationFailed(f"{failed}.{kept}", results, failed.failed) from failed.__cause__
     return results
 
 

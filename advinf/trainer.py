@@ -24,7 +24,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,26 @@ from advinf.conditions import Condition, example_conditions
 from advinf.data import DataDescription, Dataset, describe, relabels, unlike_description
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
-from advinf.evaluation import evaluate
-from advinf.interfaces import Batch, Evaluator, Game, GameLosses, Logger, Networks, Player, TrainedModel, check_networks
+from advinf.evaluation import EvaluationFailed, evaluate
+from advinf.interfaces import (
+    Batch,
+    Decoder,
+    Encoder,
+    Evaluator,
+    Game,
+    GameLosses,
+    JointCritic,
+    Logger,
+    Networks,
+    Player,
+    Posterior,
+    TrainedModel,
+    check_networks,
+)
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.provenance import changed_keys, library_recipe, run_name, summarised
+from advinf.provenance import changed_keys, library_recipe, origin_of, run_name, summarised
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
@@ -175,6 +189,7 @@ class Trainer:
         self.ema = {name: MovingAverage(nets[name], self.spec.ema) for name in averaged} if self.spec.ema else {}
         self._ema_pairs = [(avg, nets[name]) for name, avg in self.ema.items()]
         self._rng_restored = False
+        self._rng_after: tuple[dict[str, Tensor], dict[str, Any]] | None = None  # where the last fit() stopped
         self._stop_signal: str | None = None
         self._agreed_stop: str | None = None
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
@@ -215,7 +230,7 @@ class Trainer:
         nets.train(True)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), _checking_outputs(nets, self.data.sample_shape):
                 with self._autocast:
                     out = self._checked(self.game.losses(nets, self.batches.first()))
                 total = sum(out.losses[p.name].float().sum() for p in self.players)
@@ -237,7 +252,13 @@ class Trainer:
         every step (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
         missing = [p.name for p in self.players if p.name not in out.losses]
         if missing:
-            raise UserError(f"the game's losses() returned no loss for player(s) {', '.join(missing)}")
+            raise UserError(f"game {type(self.game).__name__}: losses() returned no loss for player(s) "
+                            f"{', '.join(missing)}")
+        unknown = [n for n in out.losses if n not in self._param_list]
+        if unknown:
+            raise UserError(f"game {type(self.game).__name__}: losses() returned a loss for {', '.join(unknown)}, "
+                            f"which is no player of the game (its players: {', '.join(self._param_list)}); "
+                            "declare the player, or leave the loss out")
         for kind, values in (("loss", out.losses), ("scalar", out.scalars)):
             for name, v in values.items():
                 if not isinstance(v, Tensor) or v.dim() != 0:
@@ -408,7 +429,9 @@ class Trainer:
                 raise UserError(f"{self.run.path} holds checkpoints up to {done[-1].name}, but none was restored: "
                                 "call trainer.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint."
                                 f"latest_checkpoint(RUN / \"checkpoints\"))) before fit() to continue it")
-        if not self._rng_restored:
+        if self._rng_after is not None:  # a later fit() of this trainer: the noise goes on where the last stopped
+            ckpt.load_rng_state(*self._rng_after)
+        elif not self._rng_restored:
             torch.manual_seed(self.seed if self.rank == 0 else self.seed + 1_000_003 * self.rank)  # own noise
         self.nets.train(True)
         progress = ProgressReporter(self.total_steps, self.spec.progress if self.rank == 0 else "none",
@@ -419,6 +442,30 @@ class Trainer:
         last: dict[str, Any] = {}
         result = TrainResult(0, 0.0, run_dir=self.run.path if self.run else None)
         t_log = t_start = time.perf_counter()
+
+        def log_interval() -> None:
+            """One metrics line: the means of the steps since the last one (one host sync)."""
+            nonlocal count, t_log, last
+            assert acc is not None
+            now = time.perf_counter()
+            if self.world_size > 1:  # the mean over the ranks; any rank's divergence stops all
+                distributed.mean_(acc)
+                distributed.max_(self._bad_step)
+                self._agree_on_stop()
+            values = (acc / count).tolist()  # the one host sync per log interval
+            last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
+                    **dict(zip(keys, values, strict=True)),
+                    "samples_per_s": count * self.spec.batch_size * self.world_size / max(now - t_log, 1e-9),
+                    "time": round(now - t_start, 3)}
+            if self.spec.nonfinite == "skip":
+                last["skipped_steps"] = self.skipped
+            self._check_diverged()
+            for logger in self._active_loggers():
+                logger.log_metrics(self.step, last)
+            progress.update(self.step, last)
+            acc.zero_()
+            count, t_log = 0, time.perf_counter()
+
         with self._open_loggers():
             with self._signals():
                 if self.run is not None and self.spec.sample_every and self.step == 0:
@@ -435,28 +482,13 @@ class Trainer:
                                           if out.scalars else acc.new_zeros(0)])
                         count += 1
                         if self.step % self.spec.log_every == 0 or self.step == end:
-                            now = time.perf_counter()
-                            if self.world_size > 1:  # the mean over the ranks; any rank's divergence stops all
-                                distributed.mean_(acc)
-                                distributed.max_(self._bad_step)
-                                self._agree_on_stop()
-                            values = (acc / count).tolist()  # the one host sync per log interval
-                            last = {"step": self.step, "epoch": self.batches.epoch, "steps_averaged": count,
-                                    **dict(zip(keys, values, strict=True)),
-                                    "samples_per_s": count * self.spec.batch_size * self.world_size
-                                    / max(now - t_log, 1e-9),
-                                    "time": round(now - t_start, 3)}
-                            if self.spec.nonfinite == "skip":
-                                last["skipped_steps"] = self.skipped
-                            self._check_diverged()
-                            for logger in self._active_loggers():
-                                logger.log_metrics(self.step, last)
-                            progress.update(self.step, last)
-                            acc.zero_()
-                            count, t_log = 0, time.perf_counter()
+                            log_interval()
                         self._periodic(end)
+                    if count and self.world_size == 1:  # stopped by a signal: the steps since the last line
+                        log_interval()  # (ranks of a data-parallel run agree to stop at a log step)
                 finally:
                     progress.close()
+                self._rng_after = ckpt.rng_state()  # what the checkpoint keeps, whatever runs between fit() calls
                 result.stopped = self._stopping() or ("stop_after" if self.step < self.total_steps else None)
                 if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every \
                         and self.step != start_step:
@@ -495,7 +527,12 @@ class Trainer:
         due = {n: ev for n, ev in self.evaluators.items() if n in self.eval_every
                and self.step % self.eval_every[n] == 0 and self.step != self.total_steps}
         if due:
-            self.evaluate(due, final=False)
+            try:
+                self.evaluate(due, final=False)
+            except EvaluationFailed:
+                if self.world_size == 1 and self.run is not None:
+                    self._checkpoint()  # the training since the last checkpoint is not lost with the evaluator
+                raise
         if self.run is None and self.world_size == 1:
             return
         if self.run is not None and self.spec.sample_every and self.step % self.spec.sample_every == 0:
@@ -669,7 +706,7 @@ class Trainer:
         self._step_count.fill_(self.step)
         if fresh:  # schedules the checkpoint has no state of: as if they had run from step 0
             self._start_schedules(at_step=self.step)
-        self._rng_restored = True
+        self._rng_restored, self._rng_after = True, None
         if self.run is not None:
             self.run.truncate_after(self.step)
             if changes and self._from_library and self.recipe is not None and self.rank == 0:
@@ -764,13 +801,92 @@ class Trainer:
         if not evaluators:
             return {}
         out_dir = self.run.path if self.run is not None else Path.cwd()
-        results = evaluate(self.model(), evaluators, self.data, out_dir)
-        if self.run is not None and final:  # the recipe's evaluators: stamped with their options
+        failed = None
+        try:
+            results = evaluate(self.model(), evaluators, self.data, out_dir)
+        except EvaluationFailed as exc:  # the others' results are kept, then the error goes on
+            results, failed = exc.results, exc
+        if self.run is not None and final and results:  # the recipe's evaluators: stamped with their options
             options = evaluator_options(self.recipe or {}, evaluators) if evaluators is self.evaluators else None
             self.run.write_eval(results, self.step, options)
         for logger in self._active_loggers():
             logger.log_evaluation(self.step, results, final)
+        if failed is not None:
+            raise EvaluationFailed(f"{failed}. {self._after_failed_evaluation(failed, final)}", failed.results,
+                                   failed.failed) from failed.__cause__
         return results
+
+    def _after_failed_evaluation(self, failed: EvaluationFailed, final: bool) -> str:
+        """What became of the run when evaluators failed, and what to do."""
+        if self.run is None:
+            return "The training is kept (the trainer's networks); fix the evaluator and evaluate again"
+        kept = (" The other evaluators' results are in eval.json." if final else
+                " The other evaluators' results are in evals.jsonl.") if failed.results else ""
+        if final:
+            return (f"The training is kept (the checkpoint of step {self.step}).{kept} Once the evaluator is fixed: "
+                    f"advinf evaluate {self.run.path} --with {','.join(failed.failed)}")
+        return (f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: "
+                f"advinf run --resume {self.run.path}")
+
+
+@contextlib.contextmanager
+def _checking_outputs(nets: Networks, sample_shape: Sequence[int]) -> Iterator[None]:
+    """Within the block, every call of a network checks its output against its interface (forward hooks): an
+    encoder returns a ``Posterior``, a decoder a tensor of examples of the data's ``sample_shape``, a critic a
+    tensor of logits, one row per pair; each with one row per input example. A UserError names the network and
+    the rule. The trial step runs in it, so that a network breaking its contract is told before training, not
+    found later as a shape error inside a game (or, worse, not at all)."""
+    handles = []
+    for name, module in nets.items():
+        rule = _output_rule(name, module, tuple(sample_shape))
+        if rule is not None:
+            handles.append(module.register_forward_hook(rule, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output_rule(name: str, module: torch.nn.Module, sample_shape: tuple[int, ...]) -> Callable[..., None] | None:
+    """The forward hook that checks ``module``'s output, or None for a network of no well-known kind."""
+    origin = origin_of(module)
+    who = f"the {name} ({origin.kind} '{origin.name}')" if origin is not None else \
+        f"the {name} ({type(module).__module__}.{type(module).__qualname__})"
+
+    def rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        return first.shape[0] if isinstance(first, Tensor) and first.dim() else None
+
+    def check(rule: str, ok: bool, value: Any) -> None:
+        if not ok:
+            got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise UserError(f"{who} returned {got}: {rule}")
+
+    if isinstance(module, Encoder):
+        def encoder(_: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            check("Encoder.forward returns a Posterior (advinf.GaussianPosterior, DeterministicPosterior, ...)",
+                  isinstance(out, Posterior), out)
+            n = rows(args, kwargs)
+            check(f"its posterior's mean must have one row per example ({n})",
+                  n is None or (out.mean.dim() > 0 and out.mean.shape[0] == n), out.mean)
+        return encoder
+    if isinstance(module, Decoder):
+        def decoder(_: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            n = rows(args, kwargs)
+            expected = ("B", *sample_shape) if n is None else (n, *sample_shape)
+            check(f"Decoder.forward returns examples of the data's shape, {expected}",
+                  isinstance(out, Tensor) and tuple(out.shape[1:]) == sample_shape
+                  and (n is None or out.shape[0] == n), out)
+        return decoder
+    if isinstance(module, JointCritic):
+        def critic(_: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            n = rows(args, kwargs)
+            check(f"JointCritic.forward returns one logit per pair, shape ({'B' if n is None else n},) (or one row "
+                  "of K outputs, for a game that reads several)",
+                  isinstance(out, Tensor) and out.dim() in (1, 2) and (n is None or out.shape[0] == n), out)
+        return critic
+    return None
 
 
 class _Pictures(Evaluator):

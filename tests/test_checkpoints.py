@@ -261,6 +261,9 @@ def test_sigterm_and_sigint_write_a_checkpoint_and_say_how_to_resume(tmp_path, s
     latest = ckpt.latest_checkpoint(out / "checkpoints")
     step = int(re.search(r"at step (\d+)", err).group(1))
     assert ckpt.load_checkpoint(latest).step == step
+    if step:  # the steps since the last log line (every 50) are logged, not lost with the stop
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["step"] == step, lines[-2:]
 
 
 UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}

@@ -108,19 +108,27 @@ def test_two_ranks_stay_bit_identical_and_only_rank_0_writes(tmp_path):
 def test_torchrun_launch_writes_one_run_directory(tmp_path):
     run = tmp_path / "run"
     sets = [a for s in SETS for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "-m", "advinf", "run", str(TOY), "--out", str(run), *sets]
     env = {k: v for k, v in cli_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_free_port()), "-m", "advinf", "run", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+
+    proc = torchrun(str(TOY), "--out", str(run), *sets, "--stop-after", "20")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("trained 30 steps") == 1  # rank 0 reports, once
+    # the resume command it prints is one that works: a checkpoint resumes with the world size that wrote it
+    assert f"resume with: torchrun --nproc-per-node 2 -m advinf run --resume {run}" in proc.stderr
+    proc = torchrun("--resume", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("trained 10 steps") == 1  # rank 0 reports, once
     assert proc.stdout.count("modes_covered_strict") == 1
-    assert proc.stderr.count("run directory:") == 1
+    assert proc.stderr.count(f"resuming {run} from step 20") == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["samples_per_s"] > 0
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
-        "step_0000000.png", "step_0000015.png", "step_0000030.png"]
+        "step_0000000.png", "step_0000015.png", "step_0000020.png", "step_0000030.png"]
 
 
 def _average_rank(rank: int, port: int, results: str) -> None:

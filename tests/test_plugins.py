@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import advinf
 from advinf import hookspecs
 from advinf.cli import cli
-from advinf.errors import PluginError, UserError
+from advinf.errors import PluginError, RecipeError, UserError
 from advinf.plugins import PluginHost
 
 BUILTIN = {"games", "baselines", "priors", "toy_networks", "mixture", "mode_coverage", "bigan_networks"}
@@ -303,11 +303,65 @@ def test_every_registration_hook_feeds_its_kind(advinf_host):
     assert info.components == {kind: [f"my_{kind}"] for kind in hookspecs.KINDS}
 
 
+def test_a_factory_returning_the_wrong_type_is_a_recipe_error_naming_the_key():
+    host = PluginHost()
+    host.load_entry_points()
+    wrong = types.SimpleNamespace(register_encoders=advinf.hookimpl(
+        lambda register: register("dict_encoder", lambda options, ctx: {"not": "a module"})))
+    wrong.register_encoders.__name__ = "register_encoders"
+    assert host.add_plugin(wrong, name="wrong_type").error is None
+    recipe = advinf.load_recipe(RECIPES / "ali_mixture25.toml", ["encoder.name=dict_encoder"], host=host)
+    with pytest.raises(RecipeError, match=r"encoder.name: the factory of encoder 'dict_encoder' \(plugin "
+                                          r"'wrong_type'\) returned dict, not an Encoder: a bug in that plugin"):
+        advinf.build(recipe, host=host)
+    with pytest.raises(PluginError, match=r"returned dict, not an Encoder$"):
+        host.create("encoder", "dict_encoder")
+
+
+def test_an_option_named_like_a_key_advinf_keeps_in_its_section_is_refused(advinf_host):
+    """``[evaluators.x] every = 5`` is the schedule, ``[critic] trainable``/``init_from`` are advinf's: an option of
+    such a name would silently keep its default while the recipe seemed to set it."""
+    from pydantic import BaseModel
+
+    class EveryOptions(BaseModel):
+        every: int = 7
+
+    class CriticOptions(BaseModel):
+        width: int = 3
+        trainable: bool = True
+
+    for hook, kind, options, taken in (("register_evaluators", "evaluator", EveryOptions, "every"),
+                                       ("register_critics", "critic", CriticOptions, "trainable")):
+        def impl(register, options=options):
+            register("clash", lambda o, ctx: None, options)
+
+        impl.__name__ = hook
+        plugin = types.SimpleNamespace(**{hook: advinf.hookimpl(impl)})
+        info = advinf_host.add_plugin(plugin, name=f"clash_{kind}")
+        assert f"the options of {kind} 'clash' name {taken}, which a recipe's {kind} section keeps for advinf" \
+            in info.error and "rename it" in info.error
+
+
 def test_register_checks_its_arguments(advinf_host):
     bad = types.SimpleNamespace(register_priors=advinf.hookimpl(lambda register: register("x", 42)))
     bad.register_priors.__name__ = "register_priors"
     info = advinf_host.add_plugin(bad, name="bad")
     assert "factory of prior 'x' is not callable" in info.error
+    for name in ("x y", "a.b", "", "é"):
+        spaced = types.SimpleNamespace(register_priors=advinf.hookimpl(lambda register, n=name: register(n, dict)))
+        spaced.register_priors.__name__ = "register_priors"
+        info = advinf_host.add_plugin(spaced, name=f"named {name!r}")
+        assert f"a prior name must be a word of at most 100 letters, digits, '_', '+' or '-' (recipes use it as a " \
+               f"key: `evaluators.NAME.KEY`), got {name!r}" in info.error
+
+
+def test_a_hook_that_returns_its_components_instead_of_registering_them_fails_to_load(advinf_host):
+    listing = types.SimpleNamespace(register_priors=advinf.hookimpl(lambda register: [("x", dict)]))
+    listing.register_priors.__name__ = "register_priors"
+    info = advinf_host.add_plugin(listing, name="listing")
+    assert info.error == "register_priors returned list: a hook registers each component by calling " \
+                         "register(name, factory, ...) and returns nothing"
+    assert info.components == {}
 
 
 def test_unknown_name_lists_available(advinf_host):
@@ -319,6 +373,9 @@ def test_unknown_name_lists_available(advinf_host):
         advinf_host.get("game", "alli")
     game = advinf_host.create("game", "ali", None, divergence="minimax")
     assert game.divergence == "minimax"
+    with pytest.raises(RecipeError, match=r"create\('game', 'alli'\): 1 problem\n  name: unknown game \(got 'alli'\); "
+                                          r"did you mean 'ali'\?"):  # as misspelt options are (library.md)
+        advinf_host.create("game", "alli")
     with pytest.raises(UserError, match=r"^unknown critic 'toy_critic'; available: \(none registered\)$"):
         advinf_host.get("critic", "toy_critic")  # no near miss: still a separator before the list
 

@@ -287,6 +287,67 @@ def test_an_evaluator_metric_named_like_advinfs_stamps_is_refused(tmp_path):
     assert (tmp_path / "run" / "checkpoints").is_dir()  # the training is kept: `advinf evaluate` once it is fixed
 
 
+class _Fixed(advinf.Evaluator):
+    """Returns what it is given (or raises it)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def evaluate(self, model, data, out_dir):
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+def test_a_failing_evaluator_costs_neither_the_training_nor_the_others_results(tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=2, batch_size=32, progress="none"), device="cpu", run_dir=run,
+                      evaluators={"good": _Fixed({"a": 1.5}), "broken": _Fixed(ValueError("a bug")),
+                                  "keyed": _Fixed(advinf.UserError("needs labels", option="mode"))})
+    with pytest.raises(advinf.UserError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "evaluator 'broken' (test_train._Fixed) failed: ValueError: a bug" in message
+    assert "evaluator 'keyed': evaluators.keyed.mode: needs labels" in message
+    assert f"The training is kept (the checkpoint of step 2). The other evaluators' results are in eval.json. " \
+           f"Once the evaluator is fixed: advinf evaluate {run} --with broken,keyed" in message
+    assert isinstance(info.value.__cause__, ValueError)  # what --debug shows
+    assert json.loads((run / "eval.json").read_text())["good"]["a"] == 1.5
+
+
+def test_a_periodic_evaluation_that_fails_stops_training_with_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=6, batch_size=32, progress="none", checkpoint_every=0), device="cpu",
+                      run_dir=run, evaluators={"broken": _Fixed(RuntimeError("boom"))}, eval_every={"broken": 3})
+    with pytest.raises(advinf.UserError, match=r"failed: RuntimeError: boom. Training stopped at step 3 with a "
+                                               r"checkpoint. Once the evaluator is fixed: advinf run --resume"):
+        trainer.fit()
+    assert (run / "checkpoints" / "step_0000003").is_dir()
+
+
+def test_evaluator_results_are_kept_as_json_or_refused_naming_the_evaluator():
+    import numpy as np
+
+    from advinf.evaluation import checked_metrics
+
+    assert checked_metrics("e", {"t": torch.tensor(1.5), "n": np.float32(2.0), "i": np.int64(3),
+                                 "nested": {"l": (1, torch.tensor(True))}}) == \
+        {"t": 1.5, "n": 2.0, "i": 3, "nested": {"l": [1, True]}}
+    with pytest.warns(UserWarning, match=r"kept as null") as caught:
+        assert checked_metrics("e", {"x": float("nan"), "y": [float("inf")]}) == {"x": None, "y": [None]}
+    assert [str(w.message) for w in caught] == ["evaluator 'e' returned nan for 'x': kept as null (JSON has no nan)",
+                                                "evaluator 'e' returned inf for 'y[0]': kept as null (JSON has no inf)"]
+    for bad, message in (([1, 2], r"returned list, not a dict of metrics"),
+                         ({"v": torch.zeros(3)}, r"returned a tensor of shape \(3,\) for 'v': metrics are numbers"),
+                         ({"v": {"w": object()}}, r"returned object for 'v.w'"),
+                         ({1: 2.0}, r"returned a metric named 1: metric names are strings"),
+                         ({"step": 1}, r"returned metric\(s\) named step: advinf stamps")):
+        with pytest.raises(advinf.UserError, match=rf"evaluator 'e' {message}"):
+            checked_metrics("e", bad)
+
+
 def test_a_sparse_gradient_is_stored_as_it_comes():
     """An ``nn.Embedding(sparse=True)`` gives a sparse gradient, which has no strides to match to its parameter's:
     it is stored as ``autograd.grad`` gave it, and SGD (which takes sparse gradients) trains the embedding."""
@@ -329,6 +390,10 @@ class _BrokenContract(JointGame):
             out.scalars["extra"] = out.losses["critic"].detach()[None]
         elif self.how == "scalar_on_odd_calls" and self.calls % 2:
             out.scalars["extra"] = out.losses["critic"].detach()
+        elif self.how == "no_generator_loss":
+            del out.losses["generator"]
+        elif self.how == "loss_of_no_player":
+            out.losses["bogus"] = out.losses["critic"] * 2
         return out
 
 
@@ -337,6 +402,9 @@ class _BrokenContract(JointGame):
                     r"scalar must be a 0-dim tensor"),
     ("shaped_scalar", r"returned scalar 'extra' as shape \(1,\)"),
     ("scalar_on_odd_calls", r"returned the scalars \[.*\] after \[.*'extra'\]; return the same scalars"),
+    ("no_generator_loss", r"game _BrokenContract: losses\(\) returned no loss for player\(s\) generator"),
+    ("loss_of_no_player", r"game _BrokenContract: losses\(\) returned a loss for bogus, which is no player of "
+                          r"the game \(its players: .*critic"),
 ])
 def test_a_game_that_breaks_the_losses_contract_is_named_before_anything_is_written(tmp_path, how, message):
     """Not torch's 'grad can be implicitly created only for scalar outputs' or a size mismatch in the trainer's
@@ -347,6 +415,72 @@ def test_a_game_that_breaks_the_losses_contract_is_named_before_anything_is_writ
                 progress="none"), device="cpu", run_dir=run).fit()
     if how != "scalar_on_odd_calls":  # seen in the trial; a scalar that comes and goes shows on a later step
         assert not run.exists()
+
+
+class _WideCritic(advinf.JointCritic):
+    """Three logits per pair: ALI's divergence would take them for 3B pairs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(4, 3)
+
+    def forward(self, x, z, y=None):
+        return self.net(torch.cat([x, z], 1))
+
+
+class _TensorEncoder(advinf.Encoder):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 2)
+
+    def forward(self, x, y=None):
+        return self.net(x)  # a tensor, not a Posterior
+
+
+class _WrongDecoder(advinf.Decoder):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 3)
+
+    def forward(self, z, y=None):
+        return self.net(z)  # 3 numbers per example of 2
+
+
+@pytest.mark.parametrize(("name", "network", "message"), [
+    ("critic", _WideCritic, r"the critic returned logits of shape \(32, 3\), but this game's divergence takes one "
+                            r"logit per pair, shape \(B,\) or \(B, 1\)"),
+    ("encoder", _TensorEncoder, r"the encoder \(.*_TensorEncoder\) returned a tensor of shape "
+                                r"\(32, 2\): Encoder.forward returns a Posterior"),
+    ("decoder", _WrongDecoder, r"the decoder \(.*_WrongDecoder\) returned a tensor of shape \(32, 3\): "
+                               r"Decoder.forward returns examples of the data's shape, \(32, 2\)"),
+])
+def test_a_network_that_breaks_its_interface_is_named_before_anything_is_written(tmp_path, name, network, message):
+    """Not a size mismatch deep inside a game, nor (the wide critic) a run that trains on 3B 'pairs'."""
+    nets = tiny_nets()
+    nets[name] = network()
+    run = tmp_path / "run"
+    with pytest.raises(advinf.UserError, match=message):
+        Trainer(nets, JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                train=TrainSpec(steps=2, batch_size=32, progress="none"), device="cpu", run_dir=run).fit()
+    assert not run.exists()
+
+
+def test_fit_in_slices_trains_as_one_fit_whatever_the_process_draws_between():
+    """A second fit() of one trainer goes on with the noise where the first stopped (it re-seeded torch, so
+    steps 4-6 drew the noise of steps 1-3 again), as a run resumed from its checkpoint does."""
+    def trainer():
+        return Trainer(tiny_nets(), JointGame(JointGameOptions(), stochastic=True), tiny_data(),
+                       train=TrainSpec(steps=6, batch_size=32, progress="none"), optimizer=SGD, device="cpu")
+
+    whole, sliced = trainer(), trainer()
+    whole.fit()
+    sliced.fit(stop_after=3)
+    torch.rand(7)  # other code in the process draws from torch's generator
+    sliced.fit()
+    assert sliced.step == 6
+    for name in whole.nets:
+        for a, b in zip(whole.nets[name].parameters(), sliced.nets[name].parameters(), strict=True):
+            assert torch.equal(a, b), name
 
 
 def test_train_step_counts_so_that_fit_trains_up_to_train_steps_in_all(tmp_path):
