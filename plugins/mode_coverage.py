@@ -28,7 +28,7 @@ class ModeCoverageOptions(BaseModel):
                          description="decoder samples drawn from the prior (the paper: 10,000)")
     radius_std: float = Field(3.0, gt=0, description="strict radius in standard deviations")
     min_samples: int = Field(20, ge=1, description="samples a mode needs within the radius (strict count)")
-    seed: int = Field(0, ge=0, lt=2**32, description="seed of the prior draw")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the prior draw and of the encoder's noise")
     plot: bool = Field(True, description="write mode_coverage.png like the paper's mixture figure")
     plot_points: int = Field(2500, ge=1, le=1_000_000, description="points per panel of the figure")
 
@@ -74,7 +74,10 @@ class ModeCoverage(Evaluator):
         result = coverage_metrics(x_model, centres, std, self.o.radius_std, self.o.min_samples)
         codes = recon = None
         if model.encoder is not None:
-            codes = model.encode(held.x, y_held).sample()
+            devices = [model.device.index or 0] if model.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # the encoder's noise: the same at every evaluation
+                torch.manual_seed(self.o.seed)
+                codes = model.encode(held.x, y_held).sample()
             recon = model.sample(z=codes, y=y_held)
             result["reconstruction_accuracy"] = reconstruction_accuracy(held.x, recon, centres)
         if self.o.plot:

@@ -103,3 +103,30 @@ def test_the_figure_draws_latents_of_one_or_more_than_two_dimensions(tmp_path, l
     data = Dataset(Split(around(0, 100)), Split(around(1, 50)), meta={"centres": CENTRES, "std": STD})
     m = ModeCoverage(ModeCoverageOptions(samples=100)).evaluate(model, data, tmp_path)
     assert m["modes_total"] == 25 and (tmp_path / "mode_coverage.png").stat().st_size > 1000
+
+
+def test_reconstruction_accuracy_is_the_same_at_every_evaluation_of_a_stochastic_encoder(tmp_path):
+    """The toy encoder draws noise: it comes from the evaluator's seed, not from whatever state torch's generator
+    is in (the end of training and a later ``advinf evaluate`` gave different numbers for one checkpoint)."""
+    from advinf import Networks
+    from advinf_plugins.games import JointGame, JointGameOptions
+    from advinf_plugins.priors import GaussianPrior
+    from advinf_plugins.toy_networks import DecoderOptions, EncoderOptions, ToyDecoder, ToyEncoder
+
+    torch.manual_seed(0)
+    nets = Networks(GaussianPrior((2,)), encoder=ToyEncoder(2, 2, EncoderOptions(hidden=16, init_std=1.0)),
+                    decoder=ToyDecoder(2, 2, DecoderOptions(hidden=16, init_std=1.0)))
+    nets.train(False)
+    model = TrainedModel(nets, JointGame(JointGameOptions(), stochastic=True), torch.device("cpu"))
+    data = Dataset(Split(around(0, 100)), Split(torch.cat([around(i, 8) for i in range(25)])),
+                   meta={"centres": CENTRES, "std": STD})
+    evaluator = ModeCoverage(ModeCoverageOptions(samples=200, plot=False))
+    results = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        before = torch.get_rng_state()
+        results.append(evaluator.evaluate(model, data, tmp_path)["reconstruction_accuracy"])
+        assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left as it was
+    assert results[0] == results[1]
+    other = ModeCoverage(ModeCoverageOptions(samples=200, plot=False, seed=5)).evaluate(model, data, tmp_path)
+    assert other["reconstruction_accuracy"] != results[0]  # the noise does matter to this encoder
