@@ -600,11 +600,14 @@ def _cell(value: Any) -> str:
               help="Also build it as run does before training (data, networks, init_from, evaluators) and take one "
                    "trial step on copies of the networks: what only building can find. Writes no run (a dataset "
                    "with download = true fetches what is missing, as run would).")
-def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool) -> None:
+@_plugin_option
+def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool, plugins: tuple[Path, ...]) -> None:
     """Check RECIPE and print it resolved (every default filled in)."""
     from advinf.recipe import load_recipe
 
     host = _host()
+    for plugin in plugins:
+        host.load_local(str(plugin))
     rec = load_recipe(recipe, overrides, host=host)
     for path in rec.imported:  # recipe plugins are code: say what validating ran
         click.echo(f"imported local plugin: {path}", err=True)
@@ -625,8 +628,9 @@ def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool) -> None:
 @click.option("--data", type=click.Choice(["auto", "recipe", "random"]), default="auto", show_default=True,
               help="The recipe's data, random data of its shape, or the recipe's when it is on this machine.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_plugin_option
 def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, repeats: int, data: str,
-          as_json: bool) -> None:
+          as_json: bool, plugins: tuple[Path, ...]) -> None:
     """Time advinf's training step against the plain PyTorch loop (advinf_benchmarks) on RECIPE's networks,
     and measure the step's FLOP/s against the device's peak."""
     from advinf.recipe import load_recipe
@@ -637,7 +641,10 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
     except ImportError as exc:
         raise UserError(f"advinf bench needs the advinf_benchmarks package, installed with advinf ({exc}); "
                         "reinstall advinf") from None
-    rec = load_recipe(recipe, overrides, host=_host())
+    host = _host()
+    for plugin in plugins:
+        host.load_local(str(plugin))
+    rec = load_recipe(recipe, overrides, host=host)
     built, why_random = build_for_bench(rec, _host(), data)
     if why_random is not None:
         click.echo(f"advinf bench: timing on random data shaped like the recipe's ({why_random})", err=True)

@@ -778,3 +778,23 @@ def test_a_recipe_nested_too_deeply_is_malformed_not_a_recursion_error(tmp_path)
         recipe = write(tmp_path / "deep.toml", body + "\n" + ALI.read_text())
         res = invoke("validate", recipe)
         assert res.exit_code == 2 and "(TOML syntax): " in res.output and "nested" in res.output, res.output
+
+
+def test_validate_and_bench_take_plugins_as_run_does(tmp_path):
+    """A recipe naming a component of a local plugin it does not list: --plugin PATH (was 'No such option')."""
+    from advinf.plugins import reset_default_host
+
+    write(tmp_path / "mark.py", MARKING_PLUGIN)
+    recipe = write(tmp_path / "r.toml", ALI.read_text().replace('name = "gaussian"', 'name = "marked_prior"'))
+    try:
+        res = invoke("validate", recipe)
+        assert res.exit_code == 2 and "prior.name: unknown prior (got 'marked_prior')" in res.output
+        res = invoke("validate", recipe, "--plugin", tmp_path / "mark.py")
+        assert res.exit_code == 0, res.output
+        assert 'name = "marked_prior"' in res.output
+        reset_default_host()
+        res = invoke("bench", recipe, "--plugin", tmp_path / "mark.py", "--steps", "1", "--warmup", "0",
+                     "--repeats", "1", "--set", "train.batch_size=8", "--json")
+        assert res.exit_code == 0, res.output
+    finally:
+        reset_default_host()
