@@ -735,7 +735,7 @@ def _add_plugin_commands() -> None:
     for impl in host.pm.hook.register_commands.get_hookimpls():
         name = host.pm.get_name(impl.plugin) or "?"
         info = host.plugins.get(name)
-        before = set(cli.commands)
+        before = dict(cli.commands)
         try:
             impl.function(cli=cli)
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not break the command line
@@ -743,8 +743,17 @@ def _add_plugin_commands() -> None:
                 info.error = f"register_commands raised {type(exc).__name__}: {exc}"
             if host.strict:
                 raise UserError(f"plugin '{name}': register_commands raised {exc}") from exc
+        taken = sorted(n for n, command in before.items() if cli.commands.get(n) is not command)
+        if taken:  # a command of that name is there already (advinf's own, or an earlier plugin's): it stays
+            cli.commands.update({n: before[n] for n in taken})
+            why = f"register_commands added command(s) named {', '.join(taken)}, which advinf or an earlier " \
+                  "plugin has already; name them otherwise (the existing ones were kept)"
+            if info is not None:
+                info.error = why if info.error is None else f"{info.error}; {why}"
+            if host.strict:
+                raise UserError(f"plugin '{name}': {why}")
         if info is not None:
-            info.components.setdefault("command", []).extend(sorted(set(cli.commands) - before))
+            info.components.setdefault("command", []).extend(sorted(set(cli.commands) - set(before)))
             if not info.components["command"]:
                 del info.components["command"]
 

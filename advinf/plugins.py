@@ -201,7 +201,9 @@ class PluginHost:
             self.pm.check_pending()
         except Exception as exc:
             self._unregister(plugin)
-            return self._fail(name, version, f"invalid hook implementation: {exc}")
+            lines = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # pluggy's: several
+            return self._fail(name, version, f"invalid hook implementation: {lines} (advinf.hookspecs gives each "
+                                             "hook's arguments)")
         staged: list[Component] = []
         for hook_name, kind in hookspecs.COMPONENT_HOOKS.items():
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():

@@ -288,6 +288,24 @@ def register_commands(cli):
     assert listing.returncode == 2  # a failing register_commands is a broken plugin, listed as one
     assert {p["name"]: p for p in json.loads(listing.stdout)}["badcmd"]["error"] == \
         "register_commands raised RuntimeError: no click here"
+    clash = make_dist(tmp_path / "site3", "advinf-clash", {"clash": "clash_plugin"}, {"clash_plugin": """
+import click
+from advinf import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command()
+    def validate():
+        click.echo("not advinf's")
+"""})
+    listing = subprocess.run([sys.executable, "-m", "advinf", "list-plugins", "--json"], capture_output=True,
+                             text=True, env=cli_env(PYTHONPATH=str(clash)))
+    assert listing.returncode == 2  # the plugin is broken: its command would hide advinf's own
+    assert {p["name"]: p for p in json.loads(listing.stdout)}["clash"]["error"] == \
+        "register_commands added command(s) named validate, which advinf or an earlier plugin has already; " \
+        "name them otherwise (the existing ones were kept)"
+    res = CliRunner().invoke(cli, ["validate", "--help"])
+    assert res.exit_code == 0 and "not advinf's" not in res.output and "--build" in res.output
 
 
 def test_every_registration_hook_feeds_its_kind(advinf_host):
@@ -353,6 +371,19 @@ def test_register_checks_its_arguments(advinf_host):
         info = advinf_host.add_plugin(spaced, name=f"named {name!r}")
         assert f"a prior name must be a word of at most 100 letters, digits, '_', '+' or '-' (recipes use it as a " \
                f"key: `evaluators.NAME.KEY`), got {name!r}" in info.error
+
+
+def test_a_hook_of_the_wrong_signature_is_one_line_in_messages(advinf_host):
+    def register_priors(register, extra):
+        register("x", dict)
+
+    info = advinf_host.add_plugin(types.SimpleNamespace(register_priors=advinf.hookimpl(register_priors)),
+                                  name="wrong_signature")
+    assert "\n" not in info.error and "Argument(s) {'extra'} are declared in the hookimpl" in info.error
+    assert info.error.startswith("invalid hook implementation: Plugin 'wrong_signature' for hook 'register_priors'; ")
+    with pytest.raises(UserError) as err:
+        advinf_host.get("prior", "x")
+    assert "\n" not in str(err.value)
 
 
 def test_a_hook_that_returns_its_components_instead_of_registering_them_fails_to_load(advinf_host):
