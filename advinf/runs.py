@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from advinf import checkpoint as ckpt
-from advinf.build import Built, build, build_dataset, build_evaluators
+from advinf.builder import Built, build, build_dataset, build_evaluators
 from advinf.conditions import Condition
 from advinf.data import (
     DataDescription,

@@ -16,7 +16,7 @@ from typing import Any
 
 from advinf import checkpoint as ckpt
 from advinf import distributed
-from advinf.build import Built, build
+from advinf.builder import Built, build
 from advinf.data import Dataset, data_access_keys
 from advinf.errors import UserError
 from advinf.interfaces import Evaluator

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from advinf.build import Built, build
+from advinf.builder import Built, build
 from advinf.capture import WARMUP as CAPTURE_WARMUP
 from advinf.data import Dataset, Split
 from advinf.errors import RecipeError, UserError

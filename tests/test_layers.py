@@ -49,7 +49,7 @@ def test_no_import_cycles():
 def test_the_core_never_imports_plugins_and_the_engine_not_the_config_layer():
     graph = imports()
     assert not any(d.startswith("advinf_plugins") for deps in graph.values() for d in deps)
-    config = {"advinf.recipe", "advinf.plugins", "advinf.build", "advinf.hookspecs", "advinf.session"}
+    config = {"advinf.recipe", "advinf.plugins", "advinf.builder", "advinf.hookspecs", "advinf.session"}
 
     def reach(m: str, seen: set[str]) -> set[str]:
         for d in graph.get(m, ()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -622,3 +623,23 @@ def test_a_factory_s_user_error_is_keyed_by_the_option_it_names(tmp_path):
         res = CliRunner().invoke(cli, ["validate", "--build", str(recipe), "--set", override, "--set",
                                        "dataset.samples=200"], env=cli_env())
         assert res.exit_code == 2 and f"  {key}: " in res.output and "the knob is wrong" in res.output, res.output
+
+
+def test_the_package_imports_its_names_on_first_use_and_the_command_line_starts_without_torch():
+    """``advinf --help`` took 2-4 s importing torch through advinf/__init__ (docs/architecture.md promised a fast
+    start); every public name and module is still there on first use."""
+    code = ("import sys, advinf.cli\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "import advinf\n"
+            "missing = [n for n in advinf.__all__ if getattr(advinf, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert set(advinf.__all__) <= set(dir(advinf))\n"
+            "assert advinf.runs.evaluate_run and advinf.checkpoint.load_checkpoint  # modules, as before\n"
+            "from advinf import Trainer, hookimpl\n"
+            "try:\n    advinf.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    helped = subprocess.run([sys.executable, "-X", "importtime", "-m", "advinf", "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert helped.returncode == 0 and "list-plugins" in helped.stdout
+    assert not re.search(r"\|\s+torch$", helped.stderr, re.M)  # python -X importtime: one line per module
