@@ -149,8 +149,11 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             raise
         resumed_from = trainer.step if checkpoint is not None else None
         if moved:
+            checked = ("what was found matches what the run trained on" if checkpoint is None
+                       or checkpoint.state.get("data") is not None else "this checkpoint does not describe its "
+                       "data (an older advinf wrote it): make sure it is the data the run trained on")
             log("the data is read with " + ", ".join(f"{k} = {_value(new, k)} (was {_value(old, k)})" for k in moved)
-                + ", which says where or how, not which data; what was found matches what the run trained on")
+                + f", which says where or how, not which data; {checked}")
         if checkpoint is not None and allow_changes:
             applied = summarised([k for k in changes if k.startswith("optimizer")], old, new)
             trainer.apply_optimizer_settings()
