@@ -739,6 +739,8 @@ def _add_plugin_commands() -> None:
         try:
             impl.function(cli=cli)
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not break the command line
+            if not isinstance(exc, Exception | SystemExit):
+                raise  # Ctrl-C or SIGTERM: the user's
             if info is not None:
                 info.error = f"register_commands raised {type(exc).__name__}: {exc}"
             if host.strict:

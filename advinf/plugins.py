@@ -152,6 +152,7 @@ class PluginHost:
                 module = ep.load()
             except BaseException as exc:  # noqa: BLE001 -- a broken plugin (even one calling sys.exit) must not
                 # break the others or the command line
+                _reraise_interrupt(exc)
                 self._fail(name, version, f"failed to import {ep.value}: {_describe(exc)}")
             else:
                 self.add_plugin(module, name=name, version=version)
@@ -181,6 +182,7 @@ class PluginHost:
         except UserError:
             raise
         except BaseException as exc:  # noqa: BLE001 -- sys.exit or KeyboardInterrupt from a plugin's import
+            _reraise_interrupt(exc)
             raise PluginError(f"plugin '{spec}' (a recipe's `plugins` or --plugin) failed to import: "
                               f"{_describe(exc)}") from exc
         self.add_plugin(module, name=name, version=getattr(module, "__version__", "local"))
@@ -212,6 +214,7 @@ class PluginHost:
                 try:
                     returned = impl.function(register=self._register_callback(kind, name, version, staged))
                 except BaseException as exc:  # noqa: BLE001
+                    _reraise_interrupt(exc)
                     self._unregister(plugin)
                     return self._fail(name, version, f"{hook_name} raised {_describe(exc)}")
                 if returned is not None:  # e.g. a list of components, as other plugin hosts take: none registered
@@ -443,6 +446,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return _plain(value.model_dump(mode="json"))
     return repr(value)
+
+
+def _reraise_interrupt(exc: BaseException) -> None:
+    """Ctrl-C or SIGTERM while a plugin loads is the user's, not the plugin's failure: it goes on (a plugin's
+    own sys.exit or exception is recorded as its failure)."""
+    if not isinstance(exc, Exception | SystemExit):
+        raise exc
 
 
 def _describe(exc: BaseException) -> str:
