@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,30 @@ def prepare_target(path: Path, *, resume: bool) -> bool:
         raise UserError(f"cannot write the run directory {path}: {exc.strerror or exc}; choose another --out")\
             from None
     return created
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the run directory ``path`` for this process (an advisory lock on the directory itself, released when
+    the block or the process ends, ``kill -9`` included): two processes training into one run directory (a resume
+    started twice) would interleave their checkpoints and metrics. Where the system has no ``flock``, nothing."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path} is in use: another advinf process is training into it (a run, or a resume of "
+                            "it started twice); wait for that one to end, or stop it, then resume") from None
+        except OSError:  # a file system without locks: go on as before
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_if_empty(path: Path) -> None:

@@ -7,6 +7,7 @@ allowed), restores the latest checkpoint, and continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from advinf.rundir import (
     eval_entries,
     eval_options,
     evaluator_options,
+    locked,
     prepare_target,
     read_eval,
     remove_if_empty,
@@ -135,11 +137,19 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         out_dir = default_run_dir(rec.spec.name)
     # under torchrun (WORLD_SIZE > 1): join the process group; rank 0 alone writes and logs
     world = distributed.init_from_environment(rec.spec.train.device, rec.spec.train.dist_backend)
+    held = contextlib.ExitStack()
     try:
         main = world is None or world.main
         if not main:
             log = _silent
         created = prepare_target(out_dir, resume=resume) if main else False  # before the (possibly slow) build
+        if main:
+            try:
+                held.enter_context(locked(out_dir))  # one process trains into a run directory at a time
+            except UserError:
+                if created:
+                    remove_if_empty(out_dir)
+                raise
         try:
             trainer, notes = _start(rec, out_dir, host, resume, checkpoint, allow_changes, log, world,
                                     keep_recipe_file=recipe is None and not overrides, rewrite_recipe=bool(moved))
@@ -170,6 +180,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
                 f"trains on)")
         result = finished or trainer.fit(stop_after=stop_after)
     finally:
+        held.close()
         distributed.shutdown(world)
     return RunOutcome(out_dir, rec, trainer, result, resumed_from)
 

@@ -386,3 +386,27 @@ def test_a_checkpoint_the_disk_refuses_is_a_user_error_and_the_previous_one_stay
         ckpt.save_checkpoint(tmp_path, 2, tensors, {}, keep=3)
     assert ckpt.latest_checkpoint(tmp_path) == first and [p.name for p in tmp_path.iterdir()
                                                           if p.name.startswith(".tmp")] == []
+
+
+def test_a_run_directory_in_use_is_refused_to_a_second_process(tmp_path):
+    """Two resumes of one run at once interleaved their checkpoints and metrics (one deleted the other's
+    temporary checkpoint); the second is refused, writing nothing."""
+    out = tmp_path / "run"
+    first = _start(out, resume=False)
+    first.stderr.readline()  # "run directory ...": it holds the directory now
+    try:
+        before = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+        second = subprocess.run([sys.executable, "-m", "advinf", "run", "--resume", str(out)], capture_output=True,
+                                text=True, env=cli_env(), timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"{out} is in use: another advinf process is training into it" in second.stderr
+        assert "Traceback" not in second.stderr
+        after = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+        assert after.startswith(before)  # only the first process wrote
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    res = subprocess.run([sys.executable, "-m", "advinf", "run", "--resume", str(out), "--stop-after",
+                          str(ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints")).step + 1)],
+                         capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert res.returncode == 0, res.stderr  # released when the first process ended
