@@ -233,6 +233,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         sums = state["checksums"]
     except FileNotFoundError:
         raise UserError(f"{path} is not a complete checkpoint (no {STATE_FILE})") from None
+    except (PermissionError, IsADirectoryError) as exc:  # the file may be fine: nothing to delete
+        raise UserError(f"{state_path} cannot be read ({exc.strerror or exc}): fix its permissions (or what is in "
+                        "its place) and try again") from None
     except ValidationError as exc:
         where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()[:3])
         raise UserError(f"{state_path} is damaged ({where}); {advice}") from None
@@ -249,7 +252,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         file = path / f"{name}.safetensors"
         if not file.is_file():
             raise UserError(f"checkpoint file {file} is missing; delete {path} to use an older checkpoint")
-        if _sha256(file) != sums.get(name):
+        try:
+            digest = _sha256(file)
+        except PermissionError as exc:
+            raise UserError(f"checkpoint file {file} cannot be read ({exc.strerror or exc}): fix its permissions "
+                            "and try again") from None
+        if digest != sums.get(name):
             raise UserError(f"checkpoint file {file} is corrupted or truncated (checksum mismatch); "
                             f"delete {path} to resume from an older checkpoint")
         try:

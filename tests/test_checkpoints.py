@@ -410,3 +410,22 @@ def test_a_run_directory_in_use_is_refused_to_a_second_process(tmp_path):
                           str(ckpt.load_checkpoint(ckpt.latest_checkpoint(out / "checkpoints")).step + 1)],
                          capture_output=True, text=True, env=cli_env(), timeout=120)
     assert res.returncode == 0, res.stderr  # released when the first process ended
+
+
+def test_a_checkpoint_that_cannot_be_read_is_not_called_corrupted(tmp_path, monkeypatch):
+    """Permissions are no damage: the advice to delete the checkpoint would destroy a good one."""
+    folder = tmp_path / "step_0000003"
+    folder.mkdir()
+    (folder / "state.json").mkdir()  # a folder where the file belongs
+    with pytest.raises(advinf.UserError, match=r"state.json cannot be read \(.*\): fix its permissions") as err:
+        ckpt.load_checkpoint(folder)
+    assert "delete" not in str(err.value)
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    (folder / "state.json").rmdir()
+    (folder / "state.json").write_text("{}")
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with pytest.raises(advinf.UserError, match=r"state.json cannot be read \(Permission denied\): fix its "):
+        ckpt.load_checkpoint(folder)
