@@ -290,6 +290,12 @@ def optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: str
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
+#: The per-parameter state of torch's optimisers that has its parameter's shape (Adam, AdamW, SGD, RMSprop,
+#: Adagrad, Adadelta, ...), checked when a checkpoint is loaded.
+PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg",
+                              "grad_avg", "acc_delta", "sum", "ax", "prev", "step_size", "exp_inf"})
+
+
 def load_optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: str, tensors: dict[str, Tensor],
                          meta: dict[str, Any], where: Path) -> None:
     """Restore what optimizer_state saved; parameters are matched by name, so a changed model fails loudly."""
@@ -301,12 +307,19 @@ def load_optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: s
                  "the parameters are in a different order"
         raise UserError(f"{where}: the {prefix} optimiser state does not fit this model ({detail})")
     index = {n: i for i, n in enumerate(names)}
+    params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         head, _, rest = key.partition("/")
         if head != prefix:
             continue
         pname, _, skey = rest.rpartition("/")
+        if pname not in index:
+            raise UserError(f"{where}: the {prefix} optimiser state holds '{key}', for no parameter of this model")
+        shape = tuple(params[index[pname]].shape)
+        if skey in PARAMETER_SHAPED and tuple(value.shape) != shape:  # torch would read past it, or train on it
+            raise UserError(f"{where}: the {prefix} optimiser state '{key}' has shape {tuple(value.shape)}, its "
+                            f"parameter {shape}: the checkpoint is damaged; resume from an older one")
         state.setdefault(index[pname], {})[skey] = value
     for pname, values in meta.get("scalars", {}).items():
         state.setdefault(index[pname], {}).update(values)

@@ -429,3 +429,18 @@ def test_a_checkpoint_that_cannot_be_read_is_not_called_corrupted(tmp_path, monk
     monkeypatch.setattr(Path, "read_text", refuse)
     with pytest.raises(advinf.UserError, match=r"state.json cannot be read \(Permission denied\): fix its "):
         ckpt.load_checkpoint(folder)
+
+
+def test_an_optimiser_state_of_another_shape_than_its_parameter_is_refused(tmp_path):
+    """Fused Adam read past a (1,) state (and called it divergence); a (7, 7) state for a (1,) bias trained on."""
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    opt = torch.optim.Adam([p], lr=0.1)
+    p.grad = torch.randn(3, 2)
+    opt.step()
+    tensors, meta = ckpt.optimizer_state(opt, ["w"], "critic")
+    fresh = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3, 2))], lr=0.1)
+    ckpt.load_optimizer_state(fresh, ["w"], "critic", tensors, meta, tmp_path)  # as saved: fine
+    tensors["critic/w/exp_avg_sq"] = torch.zeros(1)
+    with pytest.raises(advinf.UserError, match=r"the critic optimiser state 'critic/w/exp_avg_sq' has shape \(1,\), "
+                                               r"its parameter \(3, 2\): the checkpoint is damaged"):
+        ckpt.load_optimizer_state(fresh, ["w"], "critic", tensors, meta, tmp_path)
