@@ -144,7 +144,11 @@ class RunDir:
         self.path = Path(path)
         check_target(self.path, resume=resume)
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / SAMPLES_DIR).mkdir(exist_ok=True)
+        samples = self.path / SAMPLES_DIR
+        if samples.is_symlink():  # pictures would overwrite files wherever it points
+            raise UserError(f"{samples} is a symbolic link; a run writes its pictures into its own folder: remove "
+                            "the link (advinf never follows links in a run directory)")
+        samples.mkdir(exist_ok=True)
 
     @property
     def samples(self) -> Path:

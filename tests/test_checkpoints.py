@@ -444,3 +444,18 @@ def test_an_optimiser_state_of_another_shape_than_its_parameter_is_refused(tmp_p
     with pytest.raises(advinf.UserError, match=r"the critic optimiser state 'critic/w/exp_avg_sq' has shape \(1,\), "
                                                r"its parameter \(3, 2\): the checkpoint is damaged"):
         ckpt.load_optimizer_state(fresh, ["w"], "critic", tensors, meta, tmp_path)
+
+
+def test_a_samples_folder_that_is_a_link_is_refused_and_what_it_points_to_untouched(tmp_path):
+    from advinf.rundir import RunDir
+
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    (elsewhere / "step_0000041.png").write_bytes(b"the user's")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text('name = "r"\n')
+    (run / "samples").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(advinf.UserError, match=r"samples is a symbolic link; a run writes its pictures into its own"):
+        RunDir(run, resume=True)
+    assert (elsewhere / "step_0000041.png").read_bytes() == b"the user's"
