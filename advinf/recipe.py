@@ -433,7 +433,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        return parse_toml(path.read_text(encoding="utf-8"))
+        return parse_toml(path.read_text(encoding="utf-8-sig"))  # a BOM (some editors write one) is no TOML
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [Problem("(TOML syntax)", str(exc))]) from None
     except UnicodeDecodeError as exc:

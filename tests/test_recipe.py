@@ -222,3 +222,11 @@ def test_later_overrides_win_and_siblings_survive(path, a, b):
     for part in path[:-1]:
         node = node[part]
     assert node[path[-1]] == b and (data["keep"] == 1 or path == ["keep"])
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Some editors start UTF-8 files with a BOM, which tomllib calls an invalid statement at line 1."""
+    plain = (RECIPES / "ali_mixture25.toml").read_text(encoding="utf-8")
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + plain.encode("utf-8"))
+    assert load_recipe(path).resolved() == load_recipe(RECIPES / "ali_mixture25.toml").resolved()
