@@ -163,6 +163,8 @@ class PluginHost:
 
         Returns the plugin's name (the resolved file path, or the module name); loading it again does nothing.
         """
+        if not spec.strip() or spec.strip(".") == "":
+            raise UserError(f"plugin {spec!r}: give a .py file or a module name (a recipe's `plugins` or --plugin)")
         is_file = spec.endswith(".py") or "/" in spec or os.sep in spec
         path = ((base_dir or Path.cwd()) / spec).resolve()  # an absolute spec stays absolute
         name = str(path) if is_file else spec
@@ -171,9 +173,12 @@ class PluginHost:
         try:
             if is_file:
                 if not path.is_file():
-                    raise UserError(f"plugin file {path} does not exist (named by a recipe's `plugins` or --plugin)")
+                    what = "is a folder, not a file" if path.is_dir() else "does not exist"
+                    raise UserError(f"plugin file {path} {what} (named by a recipe's `plugins` or --plugin)")
                 mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}", path)
-                assert mod_spec is not None and mod_spec.loader is not None
+                if mod_spec is None or mod_spec.loader is None:
+                    raise UserError(f"plugin file {path} is not Python source (a .py file) (named by a recipe's "
+                                    "`plugins` or --plugin)")
                 module = importlib.util.module_from_spec(mod_spec)
                 sys.modules[mod_spec.name] = module
                 mod_spec.loader.exec_module(module)

@@ -659,3 +659,14 @@ def test_ctrl_c_while_a_plugin_imports_is_the_user_s_not_the_plugin_s(tmp_path, 
     hooked.register_priors.__name__ = "register_priors"
     with pytest.raises(KeyboardInterrupt):
         advinf_host.add_plugin(hooked, name="hooked")
+
+
+def test_a_plugin_path_that_is_no_python_file_says_what_it_is(tmp_path, advinf_host):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "folder.py").mkdir()
+    for spec, message in ((str(tmp_path / "notes.txt"), "is not Python source (a .py file)"),
+                          (str(tmp_path / "folder.py"), "is a folder, not a file"),
+                          ("", "give a .py file or a module name"), (".", "give a .py file or a module name")):
+        with pytest.raises(UserError, match=re.escape(message)) as err:
+            advinf_host.load_local(spec)
+        assert not isinstance(err.value, PluginError) or "AssertionError" not in str(err.value)
