@@ -218,8 +218,9 @@ class TrainSpec(BaseModel):
     """How long and how to train; see docs/recipes.md for every key."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: PositiveInt | None = None
-    epochs: PositiveInt | None = None
+    # at most 2**53: a step is counted in int64 tensors and written to JSON, where larger integers lose digits
+    steps: PositiveInt | None = Field(None, le=2**53)
+    epochs: PositiveInt | None = Field(None, le=2**53)
     batch_size: PositiveInt = 100
     update: Literal["simultaneous", "alternating"] = "simultaneous"
     critic_steps: PositiveInt = Field(1, description="critic-side steps per generator step (alternating only)")

@@ -230,3 +230,8 @@ def test_a_recipe_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + plain.encode("utf-8"))
     assert load_recipe(path).resolved() == load_recipe(RECIPES / "ali_mixture25.toml").resolved()
+
+
+def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
+    with pytest.raises(RecipeError, match=r"train.steps: Input should be less than or equal to 9007199254740992"):
+        load_recipe(RECIPES / "ali_mixture25.toml", ["train.steps=99999999999999999999"])
