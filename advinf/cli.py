@@ -14,14 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from advinf.errors import UserError, suggest
+from advinf.errors import Interrupted, Terminated, UserError, suggest
 
 if TYPE_CHECKING:
     from advinf.compare import Comparison
-
-
-class Terminated(BaseException):
-    """SIGTERM outside training (training handles it itself: a checkpoint, then exit status 143)."""
 
 
 class AdvinfGroup(click.Group):
@@ -739,7 +735,7 @@ def _add_plugin_commands() -> None:
         try:
             impl.function(cli=cli)
         except BaseException as exc:  # noqa: BLE001 -- a broken plugin must not break the command line
-            if not isinstance(exc, Exception | SystemExit):
+            if isinstance(exc, Interrupted | Terminated):
                 raise  # Ctrl-C or SIGTERM: the user's
             if info is not None:
                 info.error = f"register_commands raised {type(exc).__name__}: {exc}"
@@ -764,6 +760,10 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """Warnings as one clean line (not Python's format, which echoes the source line)."""
     click.echo(f"warning: {' '.join(str(message).split())}", err=True)
@@ -775,6 +775,8 @@ def main(argv: list[str] | None = None) -> None:
     import warnings
 
     signal.signal(signal.SIGTERM, _terminate)  # start-up and commands; training installs its own handler
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell has it ignored
+        signal.signal(signal.SIGINT, _interrupt)  # the user's Ctrl-C, told apart from a plugin's own exception
     warnings.showwarning = _warning_line
     try:
         cli.main(args=argv, prog_name="advinf")

@@ -27,6 +27,15 @@ class PluginError(UserError):
     """A plugin failed to import or register, or two plugins claim the same name."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) as the ``advinf`` command line receives it: told apart from a KeyboardInterrupt a plugin
+    raises itself, which is that plugin's failure."""
+
+
+class Terminated(BaseException):
+    """SIGTERM outside training (training handles it itself: a checkpoint, then exit status 143)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a recipe, located by its dotted key."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from advinf import hookspecs
 from advinf.data import Dataset
-from advinf.errors import PluginError, Problem, RecipeError, UserError, suggest
+from advinf.errors import Interrupted, PluginError, Problem, RecipeError, Terminated, UserError, suggest
 from advinf.interfaces import (
     BuildContext,
     Decoder,
@@ -454,9 +454,9 @@ def _plain(value: Any) -> Any:
 
 
 def _reraise_interrupt(exc: BaseException) -> None:
-    """Ctrl-C or SIGTERM while a plugin loads is the user's, not the plugin's failure: it goes on (a plugin's
-    own sys.exit or exception is recorded as its failure)."""
-    if not isinstance(exc, Exception | SystemExit):
+    """Ctrl-C or SIGTERM the command line received while a plugin loads is the user's, not the plugin's failure:
+    it goes on (a plugin's own sys.exit, KeyboardInterrupt or other exception is recorded as its failure)."""
+    if isinstance(exc, Interrupted | Terminated):
         raise exc
 
 
