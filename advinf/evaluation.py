@@ -15,6 +15,7 @@ import torch
 from advinf.data import Dataset
 from advinf.errors import UserError
 from advinf.interfaces import Evaluator, TrainedModel, evaluating
+from advinf.provenance import qualname
 from advinf.rundir import EVAL_STAMPS
 
 
@@ -39,17 +40,22 @@ def evaluate(model: TrainedModel, evaluators: Mapping[str, Evaluator], data: Dat
     with torch.random.fork_rng(devices=devices), evaluating(model.nets):
         for name, ev in evaluators.items():
             try:
-                results[name] = checked_metrics(name, ev.evaluate(model, data, out_dir))
+                metrics = ev.evaluate(model, data, out_dir)
             except UserError as exc:  # meant for the user: where it names an option, that is the recipe's key
                 key = f"evaluators.{name}.{exc.option}: " if exc.option else ""
-                failures.append((name, f"{key}{exc}" if str(exc).startswith("evaluator '")
-                                 else f"evaluator '{name}': {key}{exc}", exc))
+                failures.append((name, f"evaluator '{name}': {key}{exc}", exc))
+                continue
             except OSError:
                 raise  # the file system's refusal (a full disk), told as such; eval.json could not be written
             except Exception as exc:  # noqa: BLE001 -- a bug in the evaluator's plugin; the others still run
                 text = " ".join(str(exc).split())[:400]
-                failures.append((name, f"evaluator '{name}' ({_qualname(ev)}) failed: {type(exc).__name__}: "
+                failures.append((name, f"evaluator '{name}' ({qualname(ev)}) failed: {type(exc).__name__}: "
                                        f"{text}", exc))
+                continue
+            try:
+                results[name] = checked_metrics(name, metrics)
+            except UserError as exc:  # results that are not metrics: its message names the evaluator
+                failures.append((name, str(exc), exc))
     if failures:
         error = EvaluationFailed("; ".join(f for _, f, _ in failures), results, [n for n, _, _ in failures])
         raise error from failures[0][2]
@@ -97,7 +103,3 @@ def _json_value(name: str, key: Any, value: Any) -> Any:
         else type(value).__name__
     raise UserError(f"evaluator '{name}' returned {what} for '{key}': metrics are numbers, strings, booleans, "
                     "null, and lists and tables of them (a tensor: .item() or .tolist())")
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"

@@ -163,7 +163,7 @@ class PluginHost:
 
         Returns the plugin's name (the resolved file path, or the module name); loading it again does nothing.
         """
-        if not spec.strip() or spec.strip(".") == "":
+        if not spec.strip(". "):
             raise UserError(f"plugin {spec!r}: give a .py file or a module name (a recipe's `plugins` or --plugin)")
         is_file = spec.endswith(".py") or "/" in spec or os.sep in spec
         path = ((base_dir or Path.cwd()) / spec).resolve()  # an absolute spec stays absolute

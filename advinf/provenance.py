@@ -53,10 +53,14 @@ def origin_of(component: object) -> Origin | None:
     return getattr(component, _ATTRIBUTE, None)
 
 
+def qualname(component: object) -> str:
+    """The qualified name of ``component``'s class, as messages and library.json name it: ``mymodule.MyCritic``."""
+    return f"{type(component).__module__}.{type(component).__qualname__}"
+
+
 def describe(component: object, label: str, why: str = "not made by advinf.create") -> str:
     """How a component appears in messages: ``critic (mymodule.MyCritic, not made by advinf.create)``."""
-    cls = type(component)
-    return f"{label} ({cls.__module__}.{cls.__qualname__}, {why})"
+    return f"{label} ({qualname(component)}, {why})"
 
 
 def run_name(directory: str) -> str:

@@ -61,7 +61,7 @@ from advinf.interfaces import (
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.provenance import changed_keys, library_recipe, origin_of, run_name, summarised
+from advinf.provenance import changed_keys, library_recipe, origin_of, qualname, run_name, summarised
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
@@ -217,8 +217,8 @@ class Trainer:
                 self.run.write_recipe(tomli_w.dumps(recipe))
             else:
                 self.run.write_library({"trained_by": "advinf.Trainer, without a recipe", "not_by_name": missing,
-                                        "networks": {n: _qualname(m) for n, m in self.nets.items()},
-                                        "game": _qualname(self.game), "prior": _qualname(self.nets.prior)})
+                                        "networks": {n: qualname(m) for n, m in self.nets.items()},
+                                        "game": qualname(self.game), "prior": qualname(self.nets.prior)})
         return recipe
 
     # -- one step ------------------------------------------------------------------------------------------
@@ -852,7 +852,7 @@ def _output_rule(name: str, module: torch.nn.Module, sample_shape: tuple[int, ..
     """The forward hook that checks ``module``'s output, or None for a network of no well-known kind."""
     origin = origin_of(module)
     who = f"the {name} ({origin.kind} '{origin.name}')" if origin is not None else \
-        f"the {name} ({type(module).__module__}.{type(module).__qualname__})"
+        f"the {name} ({qualname(module)})"
 
     def rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
         first = args[0] if args else next(iter(kwargs.values()), None)
@@ -908,10 +908,6 @@ def _all_finite(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.ones((), dtype=torch.bool)
     return torch.isfinite(torch.nn.utils.get_total_norm(tensors, norm_type=float("inf")))
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
 def _laid_out_like(grad: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
