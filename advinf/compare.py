@@ -31,9 +31,8 @@ from advinf.conditions import example_conditions
 from advinf.data import Dataset, data_access_keys
 from advinf.errors import UserError
 from advinf.evaluation import evaluate
-from advinf.rundir import EVAL_FILE, eval_dataset_changes, eval_entries, eval_options, evaluator_options
+from advinf.rundir import EVAL_FILE, eval_dataset_changes, eval_entries, eval_options, evaluator_options, read_eval
 from advinf.runs import LoadedRun, load_run, run_evaluators
-from advinf.values import parse_json
 
 if TYPE_CHECKING:
     from advinf.plugins import PluginHost
@@ -133,13 +132,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
 def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> RunResult:
     spec, resolved = run.recipe.spec, run.recipe.resolved()
     path = run_dir / EVAL_FILE
-    if path.is_file():
-        try:
-            metrics, source = parse_json(path.read_text()), "eval.json"
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path} is not valid JSON ({exc}); delete it to recompute the metrics") from None
-        if not isinstance(metrics, dict):
-            raise UserError(f"{path} does not hold a JSON object; delete it to recompute the metrics")
+    if path.exists() or path.is_symlink():
+        metrics, source = read_eval(path, "repair it, or move it away to recompute the metrics"), "eval.json"
         options = {**evaluator_options(resolved), **eval_options(metrics)}
         changes = eval_dataset_changes(metrics)
         metrics, steps = eval_entries(metrics)

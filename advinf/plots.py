@@ -9,7 +9,7 @@ from typing import Any
 
 from advinf.atomic import atomic_path
 from advinf.errors import UserError
-from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir
+from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir, read_eval
 from advinf.values import parse_json
 
 #: Record keys that are bookkeeping, not curves.
@@ -79,16 +79,16 @@ def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
         for key, value in flatten({k: v for k, v in record.items() if k != "step"}).items():
             add(f"eval/{key}", record["step"], value)
     final = run_dir / EVAL_FILE
-    if final.is_file() and metrics:
+    if metrics:
         try:
-            data = parse_json(final.read_text(encoding="utf-8"))
-        except ValueError:
+            data = read_eval(final, "its metrics are left out of the plot")
+        except UserError as exc:  # the training curves are still worth drawing
+            warnings.warn(str(exc), stacklevel=2)
             data = {}
-        if isinstance(data, dict):
-            results, steps = eval_entries(data)
-            for name, entry in results.items():  # each entry at the step of the model that gave it
-                for key, value in flatten({name: entry}).items():
-                    add(f"eval/{key}", steps.get(name, metrics[-1]["step"]), value)
+        results, steps = eval_entries(data)
+        for name, entry in results.items():  # each entry at the step of the model that gave it
+            for key, value in flatten({name: entry}).items():
+                add(f"eval/{key}", steps.get(name, metrics[-1]["step"]), value)
     for name, (xs, ys) in series.items():  # an entry of an earlier step must not draw the line backwards
         order = sorted(range(len(xs)), key=xs.__getitem__)
         series[name] = ([xs[i] for i in order], [ys[i] for i in order])

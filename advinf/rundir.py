@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -181,19 +182,35 @@ class RunDir:
         merge_eval(self.path / EVAL_FILE, results, step, options)
 
 
-def read_eval(path: Path) -> dict[str, Any]:
-    """An eval.json's entries ({} when there is none); a file that is not a JSON object is refused, never
-    replaced: it may hold results nothing else has."""
-    if not path.exists():
+def read_eval(path: Path, advice: str = "repair it, or move it away to start it afresh") -> dict[str, Any]:
+    """An eval.json's entries ({} when there is none): a JSON object of tables, one per evaluator. Anything else
+    is refused, naming the file (and the entry), never replaced: it may hold results nothing else has. A
+    non-finite number (an older file's bare ``NaN``) is read as null, as evaluation writes it now."""
+    if not path.exists() and not path.is_symlink():
         return {}
     try:
         data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path} cannot be read as JSON ({exc}); repair it, or move it away to start it "
-                        f"afresh") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UserError(f"{path} cannot be read as JSON ({reason}); {advice}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object; repair it, or move it away to start it afresh")
-    return data
+        raise UserError(f"{path} does not hold a JSON object; {advice}")
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: the entry '{name}' is {json.dumps(entry)[:40]}, not a table of an "
+                            f"evaluator's metrics; {advice}")
+    return _finite(data)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number (JSON's ``NaN``, ``Infinity``, which Python reads) as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 #: The key of an eval.json entry that says which step's model gave it: entries written at different times (the

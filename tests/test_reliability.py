@@ -759,7 +759,7 @@ DEEP = "[" * 100_000 + "]" * 100_000  # parseable by nothing recursive
 
 
 @pytest.mark.parametrize("place,command,expected", [
-    ("eval.json", ("compare",), "eval.json is not valid JSON (nested too deeply"),
+    ("eval.json", ("compare",), "eval.json cannot be read as JSON (nested too deeply"),
     ("eval.json", ("evaluate",), "eval.json cannot be read as JSON (nested too deeply"),
     ("checkpoints/step_0000030/state.json", ("sample",), "state.json"),
     ("metrics.jsonl", ("plot",), "has no metrics to plot yet"),  # the line is skipped as a torn one

@@ -192,3 +192,33 @@ def test_a_gpu_run_s_saved_recipe_reads_back_on_a_machine_without_one(tmp_path):
     text = (RECIPES / "ali_mixture25.toml").read_text().replace("[train]", '[train]\ndevice = "cuda:7"')
     (run / "recipe.toml").write_text(text)
     assert advinf.saved_recipe(run).spec.train.device == "cuda:7"
+
+
+def test_a_damaged_eval_json_is_named_by_compare_and_left_out_of_plots_with_a_warning(trained, tmp_path):
+    """compare refuses an eval.json that is not a table of entries (it would tabulate wrong numbers); plot draws
+    the training curves and warns; a bare NaN of an older file is read as null, as evaluation writes it now."""
+    from advinf.compare import compare_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    good = json.loads((run / "eval.json").read_text())
+    path = run / "eval.json"
+    for damaged, why in (('{"mode_coverage": 5}', "the entry 'mode_coverage' is 5, not a table"),
+                         ("[1]", "does not hold a JSON object"), ("{,", "cannot be read as JSON")):
+        path.write_text(damaged)
+        res = CliRunner().invoke(cli, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+        assert res.exit_code == 2 and why in res.output and str(path) in " ".join(res.output.split()), res.output
+        assert "move it away to recompute" in res.output and path.read_text() == damaged
+        with pytest.warns(UserWarning, match=f"{why}.*left out of the plot"):
+            series = curves(run)
+        assert series["loss_critic"][0] == [10, 20, 30] and series["eval/mode_coverage.modes_covered"][0] == [10, 20]
+    path.unlink()
+    path.mkdir()  # a folder in its place is not a missing file: compare does not recompute behind it
+    res = CliRunner().invoke(cli, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 2 and "cannot be read as JSON (Is a directory)" in res.output, res.output
+    path.rmdir()
+    good["mode_coverage"]["reconstruction_accuracy"] = float("nan")
+    path.write_text(json.dumps(good))  # Python writes NaN, which JSON has not
+    table = compare_runs([run], tmp_path / "cmp2", figure=False)
+    assert table.runs[0].metrics["mode_coverage"]["reconstruction_accuracy"] is None
+    assert curves(run)["eval/mode_coverage.modes_covered"][0] == [10, 20, 30]
