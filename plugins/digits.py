@@ -42,7 +42,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from advinf import (
@@ -76,9 +76,15 @@ class DigitsOptions(BaseModel):
     size: int = Field(8, ge=8, description="image side S: 8 as shipped, larger sizes upscale the 8x8 digits")
     resize: Literal["bilinear", "nearest"] = Field(
         "bilinear", description="upscaling: bilinear (smooth strokes) or nearest (blocks of the original pixels)")
-    heldout: float = Field(0.2, ge=0, description="held-out images: a count (>= 1) or a fraction of all 1,797 "
-                                                  "(< 1), stratified by class; 0: none")
+    heldout: int | float = Field(0.2, ge=0, description="held-out images: a count (>= 1) or a fraction of all "
+                                                        "1,797 (< 1), stratified by class; 0: none")
     split_seed: int = Field(0, ge=0, lt=2**32, description="seed of the permutation that picks the held-out images")
+
+    @field_validator("heldout")
+    @classmethod
+    def _leaves_training_images(cls, heldout: int | float) -> int | float:
+        heldout_count(heldout, DIGITS_COUNT)  # the data are fixed: a count that cannot be is known now
+        return heldout
 
 
 def load_digit_arrays() -> tuple[Tensor, Tensor]:
@@ -98,17 +104,16 @@ def to_pixels(values: Tensor, size: int, resize: str) -> Tensor:
     return (x * (255.0 / 16.0)).round().clamp(0, 255).to(torch.uint8)
 
 
-def heldout_count(heldout: float, n: int) -> int:
+def heldout_count(heldout: int | float, n: int) -> int:
+    """How many of ``n`` images ``heldout`` holds out; a ValueError where it is no whole count or leaves none."""
     if heldout >= 1:
         if heldout != int(heldout):
-            raise UserError(f"dataset 'digits': heldout = {heldout}: give a whole count (>= 1) or a fraction (< 1)",
-                            option="heldout")
+            raise ValueError("give a whole count (>= 1) or a fraction (< 1)")
         count = int(heldout)
     else:
         count = int(round(heldout * n))
     if count >= n:
-        raise UserError(f"dataset 'digits': heldout = {heldout} leaves no training images (there are {n})",
-                        option="heldout")
+        raise ValueError(f"that leaves no training images (there are {n})")
     return count
 
 

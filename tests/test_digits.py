@@ -76,6 +76,21 @@ def test_the_split_is_fixed_by_its_seed_and_sized_by_count_or_fraction():
         load(heldout=1797)
 
 
+def test_a_held_out_count_is_kept_whole_and_one_that_cannot_be_is_refused_by_validate():
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set", "dataset.heldout=300"])
+    assert res.exit_code == 0 and "\nheldout = 300\n" in res.output, res.output  # a count, not 300.0
+    for value, why in (("2000", "that leaves no training images (there are 1797) (got 2000)"),
+                       ("0.9999", "that leaves no training images"), ("10.5", "give a whole count (>= 1)")):
+        res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set",
+                                       f"dataset.heldout={value}"])
+        assert res.exit_code == 2 and f"dataset.heldout: {why}" in res.output, res.output
+
+
 def test_upscaling_nearest_repeats_pixels_and_bilinear_is_smooth():
     small, nearest, smooth = load(size=8), load(size=16, resize="nearest"), load(size=16)
     assert nearest.train.x.shape == (1438, 1, 16, 16)

@@ -370,8 +370,8 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
 
 @pytest.mark.parametrize("override,expected", [
     ("evaluators.svm_probe.labelled_from_options.heldout=5000",
-     "evaluators.svm_probe.labelled_from_options.heldout: evaluator 'svm_probe', labelled_from = 'digits': dataset "
-     "'digits': heldout = 5000.0 leaves no training images"),
+     "evaluators.svm_probe.labelled_from_options.heldout: that leaves no training images (there are 1797) (got "
+     "5000)"),
     ("evaluators.svm_probe.labelled_from_options.size=16",
      "evaluators.svm_probe.labelled_from: evaluator 'svm_probe': labelled_from = 'digits' has examples of shape "
      "(1, 16, 16), but the run's are (1, 8, 8)"),
