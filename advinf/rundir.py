@@ -8,7 +8,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,28 +109,60 @@ def prepare_target(path: Path, *, resume: bool) -> bool:
     return created
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold the run directory ``path`` for this process (an advisory lock on the directory itself, released when
-    the block or the process ends, ``kill -9`` included): two processes training into one run directory (a resume
-    started twice) would interleave their checkpoints and metrics. Where the system has no ``flock``, nothing."""
+#: The run directories this process holds: real path -> [the descriptor holding the lock, how many hold it].
+_HELD: dict[str, list[int]] = {}
+
+
+def hold(path: Path) -> Callable[[], None]:
+    """Hold the run directory ``path`` for this process and return what lets it go: an advisory lock on the
+    directory itself, released when every holder has let it go or the process ends (``kill -9`` included). Two
+    processes training into one run directory (a resume started twice, a Trainer from Python beside ``advinf
+    run``) would interleave their checkpoints and metrics; the second is refused. Holding is counted within the
+    process (``advinf run`` holds the directory, and so does the Trainer it builds). Where the system has no
+    ``flock``, nothing."""
     try:
         import fcntl
     except ImportError:  # not on POSIX
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
+        return lambda: None
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise UserError(f"{path} is in use: another advinf process is training into it (a run, or a resume of "
-                            "it started twice); wait for that one to end, or stop it, then resume") from None
+                            "it started twice, or a Trainer from Python that still exists); wait for that one to "
+                            "end, or stop it, then resume") from None
         except OSError:  # a file system without locks: go on as before
             pass
+        _HELD[key] = [fd, 1]
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        entry = _HELD[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _HELD[key]
+            os.close(entry[0])
+
+    return release
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the run directory ``path`` (see :func:`hold`) for the block."""
+    release = hold(path)
+    try:
         yield
     finally:
-        os.close(fd)
+        release()
 
 
 def remove_if_empty(path: Path) -> None:
@@ -145,6 +178,8 @@ class RunDir:
         self.path = Path(path)
         check_target(self.path, resume=resume)
         self.path.mkdir(parents=True, exist_ok=True)
+        # held while this object exists: a Trainer from Python, too, is alone in writing here
+        self._finalizer = weakref.finalize(self, hold(self.path))
         samples = self.path / SAMPLES_DIR
         if samples.is_symlink():  # pictures would overwrite files wherever it points
             raise UserError(f"{samples} is a symbolic link; a run writes its pictures into its own folder: remove "

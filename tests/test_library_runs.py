@@ -269,3 +269,37 @@ def test_a_trainer_built_otherwise_than_its_run_is_refused_by_restore(tmp_path):
     plain.fit()
     res = CliRunner().invoke(cli, ["run", "--resume", str(out), "--progress", "none"])  # the file agrees
     assert res.exit_code == 0 and "already finished" in res.output, res.output
+
+
+def test_a_trainer_from_python_holds_its_run_directory_while_it_exists(tmp_path):
+    """A Trainer is alone in writing its run directory, as `advinf run` is: a resume started in another process
+    meanwhile is refused, writing nothing; once the Trainer is gone, it goes ahead. In this process, holding is
+    counted: a second Trainer resuming the run (a notebook cell run again) is not refused."""
+    import gc
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    data, _, ctx = parts()
+    out = tmp_path / "lib"
+    trainer = Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC, run_dir=out)
+    trainer.fit(stop_after=5)
+    again = Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC, run_dir=out, resume=True)
+    before = (out / "metrics.jsonl").read_text()
+    script = ("import sys, advinf\ntry:\n    advinf.run_recipe(None, out=sys.argv[1], resume=True)\n"
+              "except advinf.UserError as e:\n    print(e); sys.exit(2)\n")
+    res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=cli_env(),
+                         timeout=120)
+    assert res.returncode == 2 and f"{out} is in use" in res.stdout, res.stdout + res.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+    del trainer
+    gc.collect()
+    res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=cli_env(),
+                         timeout=120)
+    assert res.returncode == 2 and "is in use" in res.stdout, "the second Trainer still holds it"
+    del again
+    gc.collect()
+    res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=cli_env(),
+                         timeout=120)
+    assert res.returncode == 0 and "is in use" not in res.stdout + res.stderr, res.stdout + res.stderr
