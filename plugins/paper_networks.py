@@ -10,8 +10,10 @@ One component name per network and dataset: ``ali_<arch>_encoder``, ``ali_<arch>
 ``ali_<arch>_critic`` for arch in svhn, cifar10, celeba, tiny_imagenet. Each has its own options model,
 so the resolved recipe shows the dataset's own defaults (e.g. the LeakyReLU slope).
 
-Where the paper's tables and the code disagree (ali-reference §9) the code is the default and the
-table's reading is ``variant = "paper"`` (CIFAR-10 and CelebA critics, the only networks concerned).
+Where the paper's tables and the code disagree (ali-reference §9) the code is the default; ``variant = "paper"``
+gives the table's layers of the CIFAR-10 and CelebA critics (CelebA's first D(x) layer, CIFAR-10's dropout
+placement), not its input widths that no network fits (docs/recipes.md). Batch norm keeps torch's running
+variance where the original kept a running standard deviation: eval mode differs slightly, training does not.
 
 Every network is conditional when a conditional game builds it (``ctx.condition``), as the original conditional
 CelebA model (ali-reference §6): the embedding of y (B, E, 1, 1) is concatenated to the encoder's last hidden
