@@ -178,7 +178,8 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
         raise UserError("give a RECIPE to run (e.g. advinf run recipes/ali_mixture25.toml), "
                         "or --resume RUN_DIR to continue a run")
     outcome = run_recipe(recipe, out=out, resume=resume, allow_changes=allow_changes, stop_after=stop_after,
-                         overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo)
+                         overrides=overrides, progress=progress, host=_host(), plugins=plugins, log=_echo,
+                         on_signal="return")  # said below, then exit status 130/143
     result, trainer = outcome.result, outcome.trainer
     if trainer.rank != 0:
         return  # under torchrun, rank 0 reports (and writes) for every rank

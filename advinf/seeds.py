@@ -356,7 +356,7 @@ def _run_one(recipe: str, seed: int, out: str, overrides: list[str], stop_after:
 
     outcome = run_recipe(recipe, out=out, overrides=[*overrides, f"seed={seed}"], stop_after=stop_after,
                          progress="none" if quiet else None, host=host, plugins=() if host else plugins,
-                         log=warnings_only if quiet else _stderr)
+                         log=warnings_only if quiet else _stderr, on_signal="return")
     r = outcome.result
     return SeedResult(seed, outcome.run_dir, r.steps, r.seconds, r.eval, r.stopped)
 

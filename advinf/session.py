@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from advinf import checkpoint as ckpt
 from advinf import distributed
@@ -63,13 +63,16 @@ def _stderr(message: str) -> None:
 def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | None = None, resume: bool = False,
                allow_changes: bool = False, stop_after: int | None = None, overrides: Sequence[str] = (),
                progress: str | None = None, host: PluginHost | None = None, plugins: Sequence[str | Path] = (),
-               log: Callable[[str], None] = _stderr) -> RunOutcome:
+               log: Callable[[str], None] = _stderr, on_signal: Literal["pass_on", "return"] = "pass_on"
+               ) -> RunOutcome:
     """Train the model ``recipe`` describes into ``out`` (default ``runs/NAME-TIMESTAMP``) and evaluate it.
 
     With ``resume`` the run in ``out`` continues from its latest checkpoint; ``recipe`` may then be None (the
     run's saved recipe is used, with ``overrides`` on top). ``stop_after`` ends at that step with a checkpoint.
     A run directory is data: the local plugins its recipe lists are not imported from there; ``plugins`` names
-    the files to load (``--plugin``). A recipe file the user names loads its own ``plugins``.
+    the files to load (``--plugin``). A recipe file the user names loads its own ``plugins``. ``on_signal``: what
+    follows the checkpoint a signal leads to, as for :meth:`Trainer.fit` (Ctrl-C raises KeyboardInterrupt by
+    default; ``"return"``: the outcome's ``result.stopped`` names it).
     """
     host = host or default_host()
     for plugin in plugins:
@@ -178,7 +181,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
                 f"to do (advinf evaluate {out_dir} runs the evaluators again; --set train.steps=N --allow-changes "
                 f"trains on)")
-        result = finished or trainer.fit(stop_after=stop_after)
+        result = finished or trainer.fit(stop_after=stop_after, on_signal=on_signal)
     finally:
         held.close()
         distributed.shutdown(world)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomli_w
 import torch
@@ -420,8 +420,14 @@ class Trainer:
         raise TrainingDiverged(f"training diverged: non-finite loss or weights at step {bad} ({losses}); {what}")
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def fit(self, stop_after: int | None = None) -> TrainResult:
-        """Train until ``train.steps`` (or step ``stop_after``), checkpointing on the way; then evaluate."""
+    def fit(self, stop_after: int | None = None, *, on_signal: Literal["pass_on", "return"] = "pass_on"
+            ) -> TrainResult:
+        """Train until ``train.steps`` (or step ``stop_after``), checkpointing on the way; then evaluate.
+
+        SIGINT (Ctrl-C) or SIGTERM finishes the step and writes a checkpoint first. Then, with ``on_signal =
+        "pass_on"``, the signal goes on to the handler that was in place before ``fit``: Python's raises
+        KeyboardInterrupt for Ctrl-C, and SIGTERM's ends the process, so a script or a job scheduler stops as
+        it asked; with ``"return"`` (what ``advinf run`` uses), ``fit`` returns and ``result.stopped`` names it."""
         end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
         if self._resume and not self._rng_restored and self.run is not None and self.step == 0:
             done = ckpt.list_checkpoints(self.run.checkpoints)
@@ -499,6 +505,8 @@ class Trainer:
             result.last_metrics = last
             if result.stopped is None:
                 result.eval = self.evaluate()
+        if result.stopped in ("SIGINT", "SIGTERM") and on_signal == "pass_on":
+            signal.raise_signal(signal.Signals[result.stopped])  # to the handler fit found (restored above)
         return result
 
     @contextlib.contextmanager

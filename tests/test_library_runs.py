@@ -303,3 +303,56 @@ def test_a_trainer_from_python_holds_its_run_directory_while_it_exists(tmp_path)
     res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=cli_env(),
                          timeout=120)
     assert res.returncode == 0 and "is in use" not in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+_STOPPED_BY = """
+import os, signal, sys
+import advinf
+from advinf import Networks, Trainer, TrainSpec
+
+sig, on_signal, out = signal.Signals[sys.argv[1]], sys.argv[2], sys.argv[3]
+
+
+class StoppedAtStep3(Trainer):
+    def train_step(self):
+        result = super().train_step()
+        if self.step == 3:
+            os.kill(os.getpid(), sig)  # as Ctrl-C or a job scheduler would, between two steps
+        return result
+
+
+data = advinf.create("dataset", "mixture25", None, samples=512, heldout=128)
+prior = advinf.create("prior", "gaussian", None, dim=2)
+ctx = advinf.BuildContext(dataset=data, prior=prior)
+nets = Networks(prior, encoder=advinf.create("encoder", "toy_encoder", ctx, hidden=16),
+                decoder=advinf.create("decoder", "toy_decoder", ctx, hidden=16),
+                critic=advinf.create("critic", "toy_critic", ctx, hidden=8))
+trainer = StoppedAtStep3(nets, advinf.create("game", "ali"), data, run_dir=out,
+                         train=TrainSpec(steps=500, batch_size=32, progress="none", threads=1))
+try:
+    result = trainer.fit(**({} if on_signal == "default" else {"on_signal": on_signal}))
+except KeyboardInterrupt:
+    print("KeyboardInterrupt at step", trainer.step)
+    sys.exit(7)
+print("returned", result.stopped, trainer.step)
+"""
+
+
+@pytest.mark.parametrize("sig,on_signal,code,said", [
+    ("SIGINT", "default", 7, "KeyboardInterrupt at step 3"),  # a script's Ctrl-C stops the script
+    ("SIGTERM", "default", -15, ""),  # a scheduler's SIGTERM ends the process, as without advinf
+    ("SIGTERM", "return", 0, "returned SIGTERM 3"),  # what `advinf run` asks for, to say it and exit 143
+])
+def test_a_signal_in_fit_writes_a_checkpoint_then_goes_on_to_the_callers_handler(tmp_path, sig, on_signal, code,
+                                                                                said):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", _STOPPED_BY, sig, on_signal, str(out)], capture_output=True,
+                         text=True, env=cli_env(), timeout=300)
+    assert res.returncode == code and said in res.stdout, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and [p.name for p in (out / "checkpoints").glob("step_*")] == \
+        ["step_0000003"]
