@@ -74,7 +74,7 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     if game.reads_labels and not ctx.dataset.labelled:
         raise RecipeError(recipe.source, [Problem("dataset.name", f"game '{spec.game.name}' needs labelled data, "
                                                   f"but dataset '{spec.dataset.name}' has no labels")])
-    condition = _condition(game, ctx.dataset, spec.seed) if game.conditioned else None
+    condition = Condition.for_game(game, ctx.dataset, spec.seed) if game.conditioned else None
     modules: dict[str, nn.Module] = {}
     for name, (section, kind, _nspec) in spec.network_specs().items():
         takes_y = condition if name in game.conditioned else None
@@ -133,16 +133,6 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _condition(game: Game, data: Dataset, seed: int) -> Condition:
-    info = data.label_info()
-    assert info is not None
-    kind, names, dim = info
-    if dim < 1:
-        raise UserError("the dataset's labels are empty; a conditional game needs at least one class or attribute")
-    return Condition(kind, dim, names, embedding_dim=game.embedding_dim, train_embedding=game.train_embedding,
-                     seed=seed)
 
 
 def init_network(module: nn.Module, name: str, nspec: NetworkSpec, section: str, source: str) -> None:

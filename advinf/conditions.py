@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,13 @@ from advinf.errors import UserError, suggest
 
 if TYPE_CHECKING:
     from advinf.data import Dataset
+
+
+class _Embeds(Protocol):
+    """What a conditional game says about the embedding of y (``advinf.Game`` has both)."""
+
+    embedding_dim: int
+    train_embedding: bool
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,31 @@ class Condition:
     train_embedding: bool = True
     init_std: float = 0.01
     seed: int = 0
+
+    @classmethod
+    def for_game(cls, game: _Embeds, data: Dataset, seed: int = 0) -> Condition:
+        """The Condition a conditional ``game`` builds its networks with on ``data``: the data's labels (kind,
+        names, count) and the game's embedding (``embedding_dim``, ``train_embedding``), seeded by ``seed`` (the
+        run's: what a recipe builds). Give it to the networks (``BuildContext(condition=...)``) and the
+        Trainer."""
+        info = data.label_info()
+        if info is None:
+            raise UserError("a conditional game needs labelled data, and this dataset has no labels")
+        kind, names, dim = info
+        if dim < 1:
+            raise UserError("the dataset's labels are empty; a conditional game needs at least one class or "
+                            "attribute")
+        return cls(kind, dim, names, embedding_dim=game.embedding_dim, train_embedding=game.train_embedding,  # type: ignore[arg-type]
+                   seed=seed)
+
+    def disagreement(self, game: _Embeds, data: Dataset) -> str | None:
+        """How this Condition differs from the one ``game`` builds on ``data`` (:meth:`for_game`), or None;
+        the seed aside (it only says where the embedding starts)."""
+        want = Condition.for_game(game, data, self.seed)
+        keys = ("kind", "dim", "embedding_dim", "train_embedding")
+        diff = [f"{k} = {getattr(self, k)!r} (the game and data give {getattr(want, k)!r})" for k in keys
+                if getattr(self, k) != getattr(want, k)]
+        return "; ".join(diff) or None
 
     def as_input(self, y: Tensor) -> Tensor:
         """y as a float matrix (B, dim): one-hot class indices, or the attributes as floats."""

@@ -185,9 +185,18 @@ class Networks(MutableMapping[str, nn.Module]):
         return [p for _, p in self.named_parameters(names)]
 
     def named_parameters(self, names: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
-        """``("network.param", parameter)`` for the trainable parameters of the named networks."""
-        return [(f"{n}.{k}", p) for n in names if n in self._modules
-                for k, p in self._modules[n].named_parameters() if p.requires_grad]
+        """``("network.param", parameter)`` for the trainable parameters of the named networks, each once (a
+        parameter two of them share under its first name: an optimiser must step it once)."""
+        seen: set[int] = set()
+        out = []
+        for n in names:
+            if n not in self._modules:
+                continue
+            for k, p in self._modules[n].named_parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((f"{n}.{k}", p))
+        return out
 
     def train(self, mode: bool = True) -> None:
         """Train or eval mode for every network; frozen networks always stay in eval mode."""
@@ -359,11 +368,30 @@ def check_networks(game: Game, nets: Networks) -> None:
     trained: dict[str, str] = {}
     for player in game.players:
         for name in player.networks:
+            if name not in game.networks:
+                raise UserError(f"game {type(game).__name__}: player '{player.name}' trains '{name}', which is not "
+                                f"one of the game's networks ({', '.join(game.networks)}); correct the name in its "
+                                "Player, or add the network to the game's `networks`")
             if name in trained and name in nets:
                 raise UserError(f"network '{name}' is trained by two players, '{trained[name]}' and "
                                 f"'{player.name}'")
             trained[name] = player.name
-    game.check(nets)
+    game.check(nets)  # first: a game's own words for what it needs (e.g. a frozen decoder) say it best
+    untrained = [n for n in nets if n not in trained and n not in nets.frozen and nets.parameters([n])]
+    if untrained:
+        raise UserError(f"game {type(game).__name__}: no player trains the {', '.join(untrained)}, and "
+                        f"{'it is' if len(untrained) == 1 else 'they are'} not frozen: its weights would stay as "
+                        "they start. Freeze it if that is meant (a recipe: `trainable = false` in its section; "
+                        "Python: nets.freeze(NAME)), or add it to a player's networks")
+    owner: dict[int, tuple[str, str]] = {}  # a parameter shared by two players' networks: who steps it?
+    for player in game.players:
+        for key, p in nets.named_parameters(player.networks):
+            if id(p) in owner and owner[id(p)][0] != player.name:
+                other_player, other_key = owner[id(p)]
+                raise UserError(f"the parameter {key} is also {other_key}: players '{other_player}' and "
+                                f"'{player.name}' would both step it. Share parameters only within one player's "
+                                "networks (or freeze one side)")
+            owner[id(p)] = (player.name, key)
 
 
 # -- using a trained model -------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from advinf import checkpoint as ckpt
 from advinf import distributed
 from advinf.batches import BatchSource
 from advinf.capture import CapturedStep
-from advinf.conditions import Condition, example_conditions
+from advinf.conditions import Condition, ConditionEmbedding, example_conditions
 from advinf.data import DataDescription, Dataset, describe, relabels, unlike_description
 from advinf.ema import MovingAverage
 from advinf.errors import UserError
@@ -125,7 +125,10 @@ class Trainer:
         set_fp32_precision(self.device, self.spec.tf32)  # process-wide, as the threads are
         self.nets, self.game, self.seed, self.recipe, self.condition = nets, game, seed, recipe, condition
         if game.conditioned and condition is None:
-            raise UserError("a conditional game needs the Condition its networks were built with (condition=...)")
+            raise UserError("a conditional game needs the Condition its networks were built with (condition="
+                            "advinf.Condition.for_game(game, data, seed))")
+        if game.conditioned and condition is not None:
+            _check_condition(condition, game, data, nets)
         check_networks(game, nets)
         if self.spec.sync_batch_norm and world_size > 1:
             if self.device.type == "cpu":
@@ -233,9 +236,8 @@ class Trainer:
             with torch.random.fork_rng(devices=devices), _checking_outputs(nets, self.data.sample_shape):
                 with self._autocast:
                     out = self._checked(self.game.losses(nets, self.batches.first()))
-                total = sum(out.losses[p.name].float().sum() for p in self.players)
-                params = [q for p in self.players for q in nets.parameters(p.networks)]
-                torch.autograd.grad(total, params, allow_unused=True)  # type: ignore[arg-type]
+                for i, player in enumerate(self.players):  # each player's gradient, as the step takes it
+                    self._reaches(player, out.losses[player.name], nets, retain=i < len(self.players) - 1)
         except UserError:
             raise
         except Exception as exc:
@@ -246,6 +248,29 @@ class Trainer:
                     "and train.batch_size")
             raise UserError(f"the networks fail on a first batch, before training: {type(exc).__name__}: {text}; "
                             f"{hint}") from exc
+
+    def _reaches(self, player: Player, loss: Tensor, nets: Networks, retain: bool) -> None:
+        """The trial's backward pass of one player: a UserError where its loss does not reach one of its
+        networks (an output detached, a network its loss never uses), which would train nothing, silently."""
+        named = {n: nets.parameters([n]) for n in player.networks if n in nets}
+        named = {n: ps for n, ps in named.items() if ps}
+        params = [q for ps in named.values() for q in ps]
+        if not params:
+            return
+        game = type(self.game).__name__
+        if not loss.requires_grad:
+            raise UserError(f"game {game}: the loss of player '{player.name}' does not depend on its networks "
+                            f"({', '.join(named)}): it has no gradient (computed under torch.no_grad, or from a "
+                            "detached output?)")
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain)
+        i = 0
+        for name, ps in named.items():
+            if all(g is None for g in grads[i:i + len(ps)]):
+                raise UserError(f"game {game}: the loss of player '{player.name}' does not reach the {name} "
+                                f"({type(nets[name]).__name__}): none of its parameters gets a gradient, so it "
+                                "would never train. Does its forward detach its output, or does the game not use "
+                                "it? (Freeze it if it is not to be trained.)")
+            i += len(ps)
 
     def _checked(self, out: GameLosses) -> GameLosses:
         """``out`` if it keeps the losses contract: one 0-dim tensor per player, 0-dim scalars, the same scalars
@@ -835,6 +860,21 @@ class Trainer:
                     f"advinf evaluate {self.run.path} --with {','.join(failed.failed)}")
         return (f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: "
                 f"advinf run --resume {self.run.path}")
+
+
+def _check_condition(condition: Condition, game: Game, data: Dataset, nets: Networks) -> None:
+    """A UserError where the Condition given to the Trainer, or the one a network embeds y with, is not what the
+    game builds on this data: the run would train, but its recipe would rebuild other networks."""
+    why = condition.disagreement(game, data)
+    if why is not None:
+        raise UserError(f"condition=: {why}; build it with advinf.Condition.for_game(game, data, seed), and the "
+                        "networks with it")
+    for name in nets:
+        for module in nets[name].modules():
+            why = module.condition.disagreement(game, data) if isinstance(module, ConditionEmbedding) else None
+            if why is not None:
+                raise UserError(f"the {name} embeds y with another Condition than the game's: {why}; build it with "
+                                "BuildContext(condition=advinf.Condition.for_game(game, data, seed))")
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ average."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import advinf
 from advinf import Networks, Trainer, TrainSpec
 from advinf.cli import cli
 from advinf.errors import UserError
+from advinf.interfaces import ImplicitPosterior
 
 
 class OwnCritic(advinf.JointCritic):
@@ -356,3 +358,110 @@ def test_a_signal_in_fit_writes_a_checkpoint_then_goes_on_to_the_callers_handler
     assert res.returncode == code and said in res.stdout, (res.returncode, res.stdout, res.stderr)
     assert "Traceback" not in res.stderr and [p.name for p in (out / "checkpoints").glob("step_*")] == \
         ["step_0000003"]
+
+
+def _one_sgd_step(nets, data, **kwargs):
+    trainer = Trainer(nets, advinf.create("game", "ali"), data, train=SPEC,
+                      optimizer=advinf.OptimizerSpec(name="sgd", lr=0.1), **kwargs)
+    return trainer
+
+
+def test_a_parameter_two_networks_of_one_player_share_is_stepped_once_and_the_run_resumes(tmp_path):
+    """Shared weights (the encoder's first batch-norm bias is the decoder's) are one parameter: SGD moves it by
+    lr * its gradient (the sum over both uses), not twice that; the checkpoint restores."""
+    data, _, ctx = parts()
+    nets = networks(ctx)
+    nets.decoder.net[1].bias = nets.encoder.net[1].bias
+    shared = nets.encoder.net[1].bias
+    out = tmp_path / "tied"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns of a parameter group with duplicate parameters
+        trainer = _one_sgd_step(nets, data, run_dir=out)
+    group = trainer.optimizers["generator"].param_groups[0]["params"]
+    assert len(group) == len({id(p) for p in group}) and sum(p is shared for p in group) == 1
+    before = shared.detach().clone()
+    batch = trainer.batches.first()
+    torch.manual_seed(11)
+    out_losses = trainer.game.losses(trainer.nets, batch)
+    grad, = torch.autograd.grad(out_losses.losses["generator"], [shared])
+    torch.manual_seed(11)
+    trainer._update(trainer.game.losses(trainer.nets, batch), tuple(trainer.players))
+    assert torch.allclose(shared.detach(), before - 0.1 * grad, atol=1e-6)
+    trainer.fit(stop_after=5)
+    again = networks(ctx)
+    again.decoder.net[1].bias = again.encoder.net[1].bias
+    resumed = Trainer(again, advinf.create("game", "ali"), data, train=SPEC, run_dir=out, resume=True,
+                      optimizer=advinf.OptimizerSpec(name="sgd", lr=0.1))
+    resumed.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint.latest_checkpoint(out / "checkpoints")))
+    assert resumed.fit().steps == 7
+
+
+def test_networks_that_would_silently_not_train_are_refused_before_training():
+    """A misspelt network in a player, a network no player trains, a parameter two players would step, and an
+    encoder whose output is detached each trained nothing (or twice) without a word: refused by name."""
+    data, _, ctx = parts()
+
+    def ali(*players):
+        game = advinf.create("game", "ali")
+        if players:
+            game.players = players
+        return game
+
+    with pytest.raises(UserError, match=r"player 'generator' trains 'decodr', which is not one of the game's "
+                                        r"networks \(encoder, decoder, critic\)"):
+        Trainer(networks(ctx), ali(advinf.CRITIC, advinf.Player("generator", ("encoder", "decodr"))), data,
+                train=SPEC)
+    with pytest.raises(UserError, match=r"no player trains the decoder, and it is not frozen"):
+        Trainer(networks(ctx), ali(advinf.CRITIC, advinf.Player("generator", ("encoder",))), data, train=SPEC)
+    frozen = networks(ctx)
+    frozen.freeze("decoder")  # meant: accepted
+    Trainer(frozen, ali(advinf.CRITIC, advinf.Player("generator", ("encoder",))), data, train=SPEC)
+
+    crossing = networks(ctx)
+    crossing.critic.register_parameter("extra", crossing.decoder.net[1].bias)
+    with pytest.raises(UserError, match=r"the parameter decoder.net.1.bias is also critic.extra: players 'critic' "
+                                        r"and 'generator' would both step it"):
+        Trainer(crossing, ali(), data, train=SPEC)
+
+    class DetachedEncoder(advinf.Encoder):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, y=None):
+            return ImplicitPosterior(self.inner(x, y).mean.detach())
+
+    detached = networks(ctx)
+    detached.encoder = DetachedEncoder(detached.encoder)
+    with pytest.raises(UserError, match=r"the loss of player 'generator' does not reach the encoder "
+                                        r"\(DetachedEncoder\): none of its parameters gets a gradient"):
+        Trainer(detached, ali(), data, train=SPEC)
+
+
+def test_a_conditional_library_run_takes_the_condition_its_game_builds_and_reloads(tmp_path):
+    """Condition.for_game gives the Condition a recipe would build; one that disagrees with the game (another
+    embedding width) was accepted, trained, and wrote a run load_run could not rebuild: refused by key."""
+    import dataclasses
+
+    data, prior, _ = parts()
+    game = advinf.create("game", "conditional_ali", None, embedding_dim=16)
+
+    def conditional_networks(condition):
+        ctx = advinf.BuildContext(dataset=data, prior=prior, condition=condition)
+        return Networks(prior, encoder=advinf.create("encoder", "toy_encoder", ctx, hidden=16),
+                        decoder=advinf.create("decoder", "toy_decoder", ctx, hidden=16),
+                        critic=advinf.create("critic", "toy_critic", ctx, hidden=8))
+
+    condition = advinf.Condition.for_game(game, data, seed=0)
+    assert (condition.kind, condition.dim, condition.embedding_dim) == ("classes", 25, 16)
+    wide = dataclasses.replace(condition, embedding_dim=256)
+    with pytest.raises(UserError, match=r"condition=: embedding_dim = 256 \(the game and data give 16\)"):
+        Trainer(conditional_networks(condition), game, data, train=SPEC, condition=wide)
+    with pytest.raises(UserError, match=r"the encoder embeds y with another Condition than the game's: "
+                                        r"embedding_dim = 256"):
+        Trainer(conditional_networks(wide), game, data, train=SPEC, condition=condition)
+    out = tmp_path / "cond"
+    Trainer(conditional_networks(condition), game, data, train=SPEC, condition=condition, run_dir=out).fit()
+    run = advinf.load_run(out, device="cpu")
+    assert run.condition.embedding_dim == 16 and run.sample(z=run.prior_sample(4, seed=1),
+                                                            y=torch.tensor([0, 1, 2, 3])).shape == (4, 2)
