@@ -33,7 +33,7 @@ from advinf.settings import (
     optimizer_option_problems,
     resolve_device,
 )
-from advinf.values import MAX_NESTING, non_finite, parse_toml
+from advinf.values import MAX_NESTING, listed, non_finite, parse_toml
 
 __all__ = ["OptimizerSpec", "Recipe", "RecipeSpec", "TrainSpec", "load_recipe", "validate_recipe"]
 
@@ -219,6 +219,7 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     """
     data = copy.deepcopy(data)
     problems: list[Problem] = []
+    overrides = listed(overrides)
     for item in overrides:
         try:
             apply_override(data, item)

@@ -38,7 +38,7 @@ from advinf.rundir import (
     read_eval,
 )
 from advinf.settings import resolve_device, set_fp32_precision
-from advinf.values import parse_json
+from advinf.values import listed, parse_json
 
 
 @dataclass(kw_only=True)
@@ -112,7 +112,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
         raise UserError(_no_recipe_message(run_dir))
     loaded = ckpt.load_checkpoint(path)
     host = host or default_host()
-    for plugin in plugins:
+    for plugin in listed(plugins):
         host.load_local(str(plugin))
     recipe = recipe_of(loaded, run_dir, host)
     dev = _run_device(run_dir, device, recipe.spec.train.device)
@@ -222,6 +222,8 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     computed with them record the dataset keys that differ from the run's recipe).
     """
     run_dir = Path(run_dir)
+    overrides, plugins = listed(overrides), listed(plugins)
+    names = None if names is None else listed(names)
     read_eval(run_dir / EVAL_FILE)  # refused before the evaluators run, not after
     bad = [o for o in overrides if not o.strip().startswith(("evaluators.", "dataset."))]
     if bad:

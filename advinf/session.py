@@ -41,7 +41,7 @@ from advinf.rundir import (
     unlike_options,
 )
 from advinf.trainer import Trainer, TrainResult
-from advinf.values import parse_toml, toml_value
+from advinf.values import listed, parse_toml, toml_value
 
 
 @dataclass
@@ -75,6 +75,7 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
     default; ``"return"``: the outcome's ``result.stopped`` names it).
     """
     host = host or default_host()
+    overrides, plugins = listed(overrides), listed(plugins)
     for plugin in plugins:
         host.load_local(str(plugin))
     out_dir = Path(out) if out is not None else None

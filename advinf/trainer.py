@@ -22,6 +22,7 @@ import contextlib
 import copy
 import json
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -150,6 +151,11 @@ class Trainer:
             distributed.broadcast_(t for m in nets.values() for t in [*m.parameters(), *m.buffers()])
         self.evaluators = dict(evaluators or {})
         self.eval_every = {name: n for name, n in (eval_every or {}).items() if n}
+        unknown = sorted(set(self.eval_every) - set(self.evaluators))
+        if unknown:
+            raise UserError(f"eval_every names {', '.join(map(repr, unknown))}, which "
+                            f"{'is no evaluator' if len(unknown) == 1 else 'are no evaluators'} of this Trainer "
+                            f"(evaluators: {', '.join(self.evaluators) or 'none'})")
         self.players = tuple(game.players)
         self._params = {p.name: nets.named_parameters(p.networks) for p in self.players}
         self._param_list = {name: [p for _, p in named] for name, named in self._params.items()}
@@ -833,12 +839,14 @@ class Trainer:
         evaluators = self.evaluators if evaluators is None else evaluators
         if not evaluators:
             return {}
-        out_dir = self.run.path if self.run is not None else Path.cwd()
         failed = None
-        try:
-            results = evaluate(self.model(), evaluators, self.data, out_dir)
-        except EvaluationFailed as exc:  # the others' results are kept, then the error goes on
-            results, failed = exc.results, exc
+        with contextlib.ExitStack() as stack:  # no run directory: the pictures are not kept (not the cwd's)
+            out_dir = self.run.path if self.run is not None else \
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="advinf-eval-")))
+            try:
+                results = evaluate(self.model(), evaluators, self.data, out_dir)
+            except EvaluationFailed as exc:  # the others' results are kept, then the error goes on
+                results, failed = exc.results, exc
         if self.run is not None and final and results:  # the recipe's evaluators: stamped with their options
             options = evaluator_options(self.recipe or {}, evaluators) if evaluators is self.evaluators else None
             self.run.write_eval(results, self.step, options)

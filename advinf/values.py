@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from pathlib import PurePath
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
@@ -100,6 +101,14 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
     return False
+
+
+def listed(items: Any) -> list[Any]:
+    """A list of what a "several of these" argument holds: one text or path given alone is one item, not a
+    sequence of characters (``overrides="train.steps=5"`` is one override)."""
+    if isinstance(items, str | bytes | PurePath):
+        return [items]
+    return list(items)
 
 
 def parse_json(text: str) -> Any:

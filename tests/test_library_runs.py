@@ -465,3 +465,20 @@ def test_a_conditional_library_run_takes_the_condition_its_game_builds_and_reloa
     run = advinf.load_run(out, device="cpu")
     assert run.condition.embedding_dim == 16 and run.sample(z=run.prior_sample(4, seed=1),
                                                             y=torch.tensor([0, 1, 2, 3])).shape == (4, 2)
+
+
+def test_one_override_given_as_text_is_one_override_and_eval_every_names_evaluators(tmp_path, monkeypatch):
+    """run_recipe(overrides="train.steps=5") gave 13 errors, one per character; eval_every={"mm": 5} was ignored;
+    a Trainer without a run directory wrote mode_coverage.png into the current directory."""
+    recipe = advinf.load_recipe(RECIPES / "ali_mixture25.toml", "train.steps=5")
+    assert recipe.spec.train.steps == 5
+    data, _, ctx = parts()
+    coverage = advinf.create("evaluator", "mode_coverage", ctx, samples=200)
+    with pytest.raises(UserError, match=r"eval_every names 'mm', which is no evaluator of this Trainer "
+                                        r"\(evaluators: mode_coverage\)"):
+        Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC, evaluators={"mode_coverage": coverage},
+                eval_every={"mm": 5})
+    monkeypatch.chdir(tmp_path)
+    result = Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC,
+                     evaluators={"mode_coverage": coverage}).fit()
+    assert result.eval["mode_coverage"]["modes_total"] == 25 and list(tmp_path.iterdir()) == []
