@@ -59,11 +59,11 @@ class ComponentSpec(BaseModel):
 class NetworkSpec(ComponentSpec):
     """A network section: the component, plus whether it trains and where its first weights come from."""
 
-    kind: str | None = Field(None, description="component kind (encoder, decoder, critic); [networks.*] only")
-    trainable: StrictBool = Field(True, description="false: frozen (no gradients, eval mode) for the whole run")
-    init_from: str | None = Field(None, min_length=1, description="a run directory to take the initial "
+    kind: str | None = Field(default=None, description="component kind (encoder, decoder, critic); [networks.*] only")
+    trainable: StrictBool = Field(default=True, description="false: frozen (no gradients, eval mode) for the whole run")
+    init_from: str | None = Field(default=None, min_length=1, description="a run directory to take the initial "
                                   "weights from (its latest checkpoint; the moving average when it kept one)")
-    init_network: str | None = Field(None, min_length=1, description="which network of that run (default: "
+    init_network: str | None = Field(default=None, min_length=1, description="which network of that run (default: "
                                      "the same name)")
 
 
@@ -71,7 +71,7 @@ class EvaluatorSpec(BaseModel):
     """An evaluator section: ``every`` N training steps (0: at the end only); the rest are its options."""
 
     model_config = ConfigDict(extra="allow")
-    every: StrictInt = Field(0, ge=0)
+    every: StrictInt = Field(default=0, ge=0)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class RecipeSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
                       description="names the run (runs/NAME-TIMESTAMP): letters, digits, '.', '_', '+', '-'")
-    seed: int = Field(0, ge=0, lt=2**32, description="seeds initialisation, noise and the data order")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seeds initialisation, noise and the data order")
     plugins: list[str] = Field(default_factory=list)
     dataset: ComponentSpec
     prior: ComponentSpec

@@ -57,12 +57,14 @@ class ScheduleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     name: Literal["constant", "exponential", "linear", "cosine", "step"] = "constant"
     unit: Literal["steps", "epochs"] = "steps"
-    hold: int = Field(0, ge=0, le=10**12, description="steps (or epochs) at the full rate before the decay")
-    decay: int | None = Field(None, ge=1, le=10**12, description="length of the decay (exponential, linear, cosine)")
-    final: float | None = Field(None, ge=0, le=1, description="factor reached at the end of the decay; "
+    hold: int = Field(default=0, ge=0, le=10**12, description="steps (or epochs) at the full rate before the decay")
+    decay: int | None = Field(default=None, ge=1, le=10**12,
+                              description="length of the decay (exponential, linear, cosine)")
+    final: float | None = Field(default=None, ge=0, le=1, description="factor reached at the end of the decay; "
                                 "exponential: required, > 0; linear and cosine: default 0")
-    every: int | None = Field(None, ge=1, le=10**12, description="step: multiply by gamma every N steps (or epochs)")
-    gamma: float | None = Field(None, gt=0, le=1, description="step: the factor applied every `every`")
+    every: int | None = Field(default=None, ge=1, le=10**12,
+                              description="step: multiply by gamma every N steps (or epochs)")
+    gamma: float | None = Field(default=None, gt=0, le=1, description="step: the factor applied every `every`")
 
     def as_table(self) -> dict[str, Any]:
         """The schedule as a recipe table, every key it takes filled in (``constant`` takes none but its name)."""
@@ -219,35 +221,42 @@ class TrainSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     # at most 2**53: a step is counted in int64 tensors and written to JSON, where larger integers lose digits
-    steps: PositiveInt | None = Field(None, le=2**53)
-    epochs: PositiveInt | None = Field(None, le=2**53)
+    steps: PositiveInt | None = Field(default=None, le=2**53)
+    epochs: PositiveInt | None = Field(default=None, le=2**53)
     batch_size: PositiveInt = 100
     update: Literal["simultaneous", "alternating"] = "simultaneous"
-    critic_steps: PositiveInt = Field(1, description="critic-side steps per generator step (alternating only)")
+    critic_steps: PositiveInt = Field(default=1, description="critic-side steps per generator step (alternating only)")
     device: str = "auto"
-    threads: PositiveInt | None = Field(None, le=4096, description="CPU threads for torch (default: torch's choice)")
+    threads: PositiveInt | None = Field(default=None, le=4096,
+                                        description="CPU threads for torch (default: torch's choice)")
     log_every: PositiveInt = 100
-    sample_every: int = Field(1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
-    num_samples: PositiveInt = Field(100, le=10_000, description="samples per picture")
-    ema: float | None = Field(None, ge=0, lt=1, description="decay of an exponential moving average of the "
+    sample_every: int = Field(default=1000, ge=0, description="fixed-noise sample pictures every N steps; 0: never")
+    num_samples: PositiveInt = Field(default=100, le=10_000, description="samples per picture")
+    ema: float | None = Field(default=None, ge=0, lt=1, description="decay of an exponential moving average of the "
                               "generator-side networks, used for samples, evaluation and load_run; 0: off")
-    checkpoint_every: int = Field(1000, ge=0, description="checkpoint every N steps (and at the end); 0: end only")
-    keep_checkpoints: PositiveInt = Field(3, description="how many of the newest checkpoints to keep")
+    checkpoint_every: int = Field(default=1000, ge=0,
+                                  description="checkpoint every N steps (and at the end); 0: end only")
+    keep_checkpoints: PositiveInt = Field(default=3, description="how many of the newest checkpoints to keep")
     nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="on a non-finite loss or gradient: stop the run, or skip the update (one sync a step)")
+        default="stop",
+        description="on a non-finite loss or gradient: stop the run, or skip the update (one sync a step)")
     compile: bool = False
-    cuda_graph: bool = Field(False, description="CUDA only: record the whole training step (forwards, backwards, "
-                             "optimiser steps, moving average) as a CUDA graph once and replay it every step")
+    cuda_graph: bool = Field(default=False,
+                             description="CUDA only: record the whole training step (forwards, backwards, "
+                                         "optimiser steps, moving average) as a CUDA graph once and replay it every "
+                                         "step")
     autocast: Literal["none", "bf16"] = "none"
-    tf32: bool = Field(False, description="CUDA: fp32 convolutions and matrix products in TF32 (faster on Ampere "
-                       "and newer, 10-bit mantissa); false: IEEE fp32 for both (torch's default has TF32 convolutions)")
+    tf32: bool = Field(default=False,
+                       description="CUDA: fp32 convolutions and matrix products in TF32 (faster on Ampere and newer, "
+                                   "10-bit mantissa); false: IEEE fp32 for both (torch's default has TF32 "
+                                   "convolutions)")
     channels_last: bool = False
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
     loggers: list[str] = Field(default_factory=lambda: ["jsonl"], description="where metrics go: registered "
                                "loggers by name (jsonl: metrics.jsonl and evals.jsonl; csv; tensorboard; ...)")
     dist_backend: Literal["auto", "nccl", "gloo"] = Field(
-        "auto", description="torch.distributed backend under torchrun: nccl on CUDA, gloo on CPU when 'auto'")
-    sync_batch_norm: bool = Field(False, description="under torchrun: batch norm statistics over the global "
+        default="auto", description="torch.distributed backend under torchrun: nccl on CUDA, gloo on CPU when 'auto'")
+    sync_batch_norm: bool = Field(default=False, description="under torchrun: batch norm statistics over the global "
                                   "batch (SyncBatchNorm, CUDA only) instead of each rank's shard")
 
     @model_validator(mode="before")

@@ -482,3 +482,16 @@ def test_one_override_given_as_text_is_one_override_and_eval_every_names_evaluat
     result = Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC,
                      evaluators={"mode_coverage": coverage}).fit()
     assert result.eval["mode_coverage"]["modes_total"] == 25 and list(tmp_path.iterdir()) == []
+
+
+def test_field_defaults_of_the_public_specs_are_keywords_type_checkers_see():
+    """pyright and mypy (without pydantic's plugin) see a pydantic field's default only as Field(default=...):
+    with Field(100, ...) every documented TrainSpec(...) call was an error ("missing argument") to them."""
+    import ast
+    import inspect
+
+    for module in (advinf.settings, advinf.recipe):
+        tree = ast.parse(inspect.getsource(module))
+        positional = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                      and isinstance(node.func, ast.Name) and node.func.id == "Field" and node.args]
+        assert positional == [], f"{module.__name__}: Field(...) with a positional default on lines {positional}"
