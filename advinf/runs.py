@@ -38,7 +38,7 @@ from advinf.rundir import (
     read_eval,
 )
 from advinf.settings import resolve_device, set_fp32_precision
-from advinf.values import listed, parse_json
+from advinf.values import listed, parse_json, toml_value
 
 
 @dataclass(kw_only=True)
@@ -118,6 +118,12 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     dev = _run_device(run_dir, device, recipe.spec.train.device)
     set_fp32_precision(dev, recipe.spec.train.tf32)  # evaluate in the precision the run trained in
     dataset, problem, changes = _run_data(recipe, loaded, run_dir, data, host, dev)
+    if changes:  # allowed (a model evaluated on other data), but never silently
+        was = recipe.resolved(run_dir)["dataset"]
+        told = ", ".join(f"dataset.{k} = {toml_value(v)}, was {toml_value(was[k]) if k in was else 'unset'}"
+                         for k, v in changes.items())
+        warnings.warn(f"{run_dir}: loaded with other data than it trained on ({told}): what uses its dataset "
+                      "(evaluators, reconstructions) sees that data", stacklevel=2)
     built = build(recipe, host=host, device=dev, init=False, evaluators=False, loggers=False, dataset=dataset)
     tensors = loaded.tensors["model"]
     for name, module in built.nets.items():

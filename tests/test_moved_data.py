@@ -122,7 +122,8 @@ def test_moved_data_is_found_again_and_checked(trained, tmp_path):
     run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}"])
     # where the data is read from is no change to it (dataset.root is marked DataAccess): nothing to record
     assert len(run.dataset.heldout) == 12 and run.data_problem is None and run.data_changes == {}
-    run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}", "dataset.limit=30"])
+    with pytest.warns(UserWarning, match=r"loaded with other data than it trained on \(dataset.limit = 30, was "):
+        run = advinf.load_run(trained, device="cpu", data=[f"dataset.root={moved}", "dataset.limit=30"])
     assert run.data_changes == {"limit": 30} and len(run.dataset.train) == 30
 
     res = _cli("reconstruct", str(trained), "--set", f"dataset.root={moved}", "--set", "dataset.size=32")
@@ -286,7 +287,9 @@ def test_compare_relocates_only_the_runs_that_need_it_and_warns_of_changed_data(
     assert res.exit_code == 0, res.output
     copy = tmp_path / "toy2"
     shutil.copytree(toy, copy)
-    res = _cli("evaluate", str(copy), "--set", "dataset.std=0.5")
+    with pytest.warns(UserWarning, match=r"toy2: loaded with other data than it trained on \(dataset.std = 0.5, "
+                                         r"was 0.05\)"):
+        res = _cli("evaluate", str(copy), "--set", "dataset.std=0.5")
     assert res.exit_code == 0, res.output
     with pytest.warns(UserWarning, match=r"'mode_coverage' was computed on data set otherwise in these runs \(toy: "
                                          r"its recipe's; toy2: dataset.std = 0.5\)"):
