@@ -675,7 +675,10 @@ class Trainer:
 
     def _settings(self) -> dict[str, Any]:
         """This trainer's settings as a checkpoint records them: what ``restore`` compares where no recipe is."""
+        origin = origin_of(self.game)
+        game = {"class": qualname(self.game), **({"name": origin.name, "options": origin.options} if origin else {})}
         return json.loads(json.dumps({
+            "seed": self.seed, "game": game,
             "train": self.spec.model_dump(mode="json", exclude_none=True),
             "optimizers": {p.name: self._optimizer_specs[p.name].as_table() for p in self.players}}, default=str))
 
@@ -683,8 +686,8 @@ class Trainer:
                 allow_data_changes: bool | None = None) -> None:
         """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly.
 
-        A trainer built otherwise than the run (its recipe, or without one its train and optimiser settings,
-        differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
+        A trainer built otherwise than the run (its recipe, or without one its seed, game, train and optimiser
+        settings, differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
         recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
         for changed optimiser settings, as ``--allow-changes`` does), and a library run's recipe.toml is rewritten
         with them, as ``--allow-changes`` rewrites a recipe run's. The run's ``name`` (its folder's) may differ.
@@ -757,7 +760,8 @@ class Trainer:
         if isinstance(saved_recipe, dict) and self.recipe is not None:
             old, new = saved_recipe, self.recipe
         elif isinstance(saved_settings, dict):  # a run of modules not made by name: no recipe, its settings
-            old, new = saved_settings, self._settings()
+            old = saved_settings  # (what it recorded: a checkpoint of an older advinf has no seed or game)
+            new = {k: v for k, v in self._settings().items() if k in old}
         else:
             return []  # a checkpoint of an older version, which recorded neither
         ignore = ("train.progress", "train.loggers", "loggers", "name")  # name: the run folder's, moved or copied

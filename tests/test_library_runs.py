@@ -116,6 +116,13 @@ def test_a_run_with_a_module_of_ones_own_loads_into_modules_given_again(tmp_path
     last = advinf.checkpoint.load_checkpoint(checkpoint.latest_checkpoint(out / "checkpoints"))
     with pytest.raises(UserError, match=r"trained with other settings: train.steps differs from this Trainer's"):
         again.restore(last)  # no recipe (library.json): the checkpoint's train and optimiser settings are compared
+    for other, seed, key in ((advinf.create("game", "ali", None, divergence="hinge"), 0, "game.options.divergence"),
+                             (advinf.create("game", "bigan"), 0, "game.name"), (None, 5, "seed")):
+        unlike = Trainer(networks(ctx, OwnCritic()), other or advinf.create("game", "ali"), data, train=SPEC,
+                         run_dir=out, resume=True, seed=seed)  # a game or seed of its own is no continuation
+        with pytest.raises(UserError, match=rf"trained with other settings: {key} differ"):
+            unlike.restore(last)
+        del unlike
     again.restore(last, allow_changes=True)  # 16 steps instead of 12, as --resume --allow-changes would
     assert again.fit().steps == 4 and again.step == 16
 
