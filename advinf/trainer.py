@@ -238,18 +238,29 @@ class Trainer:
         nets = copy.deepcopy(self.nets)
         nets.train(True)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        first: Batch | None = None
         try:
             with torch.random.fork_rng(devices=devices), _checking_outputs(nets, self.data.sample_shape):
+                first = self.batches.first()
+                if first.x.is_floating_point() and not bool(torch.isfinite(first.x).all()):
+                    raise UserError("the first training batch holds NaN or infinite values: the data (or its "
+                                    "decoding) is damaged, and every loss would be NaN from the first step")
                 with self._autocast:
-                    out = self._checked(self.game.losses(nets, self.batches.first()))
+                    out = self._checked(self.game.losses(nets, first))
                 for i, player in enumerate(self.players):  # each player's gradient, as the step takes it
                     self._reaches(player, out.losses[player.name], nets, retain=i < len(self.players) - 1)
         except UserError:
             raise
         except Exception as exc:
             text = " ".join(str(exc).split())[:400]
+            dtypes = sorted({str(t.dtype).removeprefix("torch.") for m in nets.values()
+                             for t in m.parameters() if t.is_floating_point()})
             hint = ("train.batch_size: batch norm needs at least 2 examples per batch"
                     if "Expected more than 1 value per channel" in text else
+                    f"the networks' parameters are {', '.join(dtypes)} and the examples "
+                    f"{str(first.x.dtype).removeprefix('torch.')}: give them one dtype (float32; train.autocast = "
+                    "\"bf16\" computes in lower precision)"
+                    if first is not None and ("dtype" in text.lower() or "scalar type" in text.lower()) else
                     "check the networks' options (sizes, x_dim/z_dim, channels) against the dataset and prior, "
                     "and train.batch_size")
             raise UserError(f"the networks fail on a first batch, before training: {type(exc).__name__}: {text}; "
@@ -687,8 +698,8 @@ class Trainer:
         """Load a checkpoint's networks, optimisers, RNG and data position: training continues exactly.
 
         A trainer built otherwise than the run (its recipe, or without one its seed, game, train and optimiser
-        settings, differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a changed
-        recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
+        settings, differ from the checkpoint's) is refused, naming the keys, as ``advinf run --resume`` refuses a
+        changed recipe; ``allow_changes`` continues with this trainer's settings (then ``apply_optimizer_settings()``
         for changed optimiser settings, as ``--allow-changes`` does), and a library run's recipe.toml is rewritten
         with them, as ``--allow-changes`` rewrites a recipe run's. The run's ``name`` (its folder's) may differ.
 

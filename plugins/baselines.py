@@ -229,7 +229,7 @@ class Alice(JointGame):
 
     def check(self, nets: Networks) -> None:
         super().check(nets)
-        if self.cycle == "adversarial" and not nets["cycle_critic"].uses_z:
+        if self.cycle == "adversarial" and not getattr(nets["cycle_critic"], "uses_z", True):
             raise UserError("game 'alice' with cycle = \"adversarial\": the cycle critic must read both points of "
                             "a pair (x, x'); e.g. [networks.cycle_critic] name = \"toy_pair_critic\"")
 

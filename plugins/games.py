@@ -123,9 +123,10 @@ class JointGame(AdversarialGame):
         self.stochastic = stochastic
 
     def check(self, nets: Networks) -> None:
-        if not nets["critic"].uses_z:
-            raise UserError("ALI/BiGAN need a joint critic D(x, z), but the critic ignores z: set critic.joint = "
-                            "true (the default), or play game \"gan\" for a critic of x alone")
+        if not getattr(nets["critic"], "uses_z", True):
+            raise UserError("ALI/BiGAN need a joint critic D(x, z), but the critic ignores z (uses_z = False): "
+                            "set critic.joint = true (the default) for a built-in critic, or play game \"gan\" "
+                            "for a critic of x alone")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         x, y = batch.x, batch.y
@@ -160,9 +161,10 @@ class GanGame(AdversarialGame):
         self._setup(options, divergence)
 
     def check(self, nets: Networks) -> None:
-        if nets["critic"].uses_z:
-            raise UserError("game 'gan' needs a marginal critic that ignores z (for the toy critic: "
-                            "set critic.joint = false)")
+        if getattr(nets["critic"], "uses_z", True):
+            raise UserError("game 'gan' needs a marginal critic D(x) that ignores z: set critic.joint = false for "
+                            "a built-in critic; a critic of your own (an advinf.JointCritic) sets uses_z = False "
+                            "and is called with z None")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         z = nets.prior.sample(batch.x.shape[0], batch.x.device)

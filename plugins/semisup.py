@@ -174,7 +174,7 @@ class SemisupAli(Game):
 
     def check(self, nets: Networks) -> None:
         critic = nets["critic"]
-        if not critic.uses_z:
+        if not getattr(critic, "uses_z", True):
             raise UserError("game 'ali_semisup' needs a joint critic D(x, z), but the critic ignores z")
         if self.classes is None:
             raise UserError("game 'ali_semisup' does not know K: give `classes` in [game] (or a dataset with "

@@ -150,7 +150,8 @@ def test_the_recipe_must_fit_the_game(tmp_path):
 def test_a_critic_of_x_alone_in_a_joint_game_names_the_key_to_set(tmp_path):
     res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(tmp_path / "r"),
                                    "--set", "critic.joint=false", "--set", "train.steps=2"])
-    assert res.exit_code == 2 and "the critic ignores z: set critic.joint = true" in res.output, res.output
+    assert res.exit_code == 2, res.output
+    assert "the critic ignores z (uses_z = False): set critic.joint = true" in res.output, res.output
     assert not (tmp_path / "r").exists()
 
 

@@ -502,3 +502,34 @@ def test_field_defaults_of_the_public_specs_are_keywords_type_checkers_see():
         positional = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
                       and isinstance(node.func, ast.Name) and node.func.id == "Field" and node.args]
         assert positional == [], f"{module.__name__}: Field(...) with a positional default on lines {positional}"
+
+
+def test_what_a_library_user_gets_wrong_is_told_in_advinfs_words(tmp_path):
+    """A plain nn.Module critic in a GAN (an AttributeError 'uses_z'), networks in float64 (advice about sizes),
+    and data holding NaN (advice to lower the learning rate after the first step)."""
+    data, _, ctx = parts()
+
+    class PlainCritic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 1)
+
+        def forward(self, x, z=None, y=None):
+            return self.net(x).squeeze(1)
+
+    gan_nets = Networks(ctx.prior, decoder=advinf.create("decoder", "toy_decoder", ctx, hidden=16),
+                        critic=PlainCritic())
+    with pytest.raises(UserError, match=r"game 'gan' needs a marginal critic D\(x\) that ignores z: .* a critic of "
+                                        r"your own \(an advinf.JointCritic\) sets uses_z = False"):
+        Trainer(gan_nets, advinf.create("game", "gan"), data, train=SPEC)
+    wide = networks(ctx)
+    for name in wide:
+        wide[name].double()
+    with pytest.raises(UserError, match=r"the networks' parameters are float64 and the examples float32: give them "
+                                        r"one dtype"):
+        Trainer(wide, advinf.create("game", "ali"), data, train=SPEC)
+    x = data.train.x.clone()
+    x[5, 1] = float("nan")
+    damaged = advinf.Dataset(advinf.Split(x, data.train.y), data.heldout, meta=data.meta)
+    with pytest.raises(UserError, match=r"the first training batch holds NaN or infinite values"):
+        Trainer(networks(ctx), advinf.create("game", "ali"), damaged, train=SPEC.model_copy(update={"batch_size": 512}))

@@ -155,7 +155,7 @@ def test_what_fails_only_when_built_fails_before_training_and_writes_nothing(tmp
 @pytest.mark.parametrize("override,expected", [
     ("train.batch_size=1", "train.batch_size: batch norm needs at least 2 examples per batch"),
     ("encoder.x_dim=3", "encoder.x_dim: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
-    ("critic.joint=false", "the critic ignores z: set critic.joint = true"),
+    ("critic.joint=false", "the critic ignores z (uses_z = False): set critic.joint = true"),
 ])
 def test_validate_build_finds_what_only_building_can_and_writes_nothing(tmp_path, monkeypatch, override, expected):
     monkeypatch.chdir(tmp_path)  # a run would write runs/NAME-... here
