@@ -878,11 +878,16 @@ class Trainer:
             return "The training is kept (the trainer's networks); fix the evaluator and evaluate again"
         kept = (" The other evaluators' results are in eval.json." if final else
                 " The other evaluators' results are in evals.jsonl.") if failed.results else ""
+        by_name = self.recipe is not None  # else modules of one's own: the command line cannot rebuild the run
         if final:
+            again = (f"advinf evaluate {self.run.path} --with {','.join(failed.failed)}" if by_name else
+                     "trainer.evaluate() (or advinf.load_run(RUN, nets=..., game=...) in a new process, then "
+                     "advinf.evaluation.evaluate)")
             return (f"The training is kept (the checkpoint of step {self.step}).{kept} Once the evaluator is fixed: "
-                    f"advinf evaluate {self.run.path} --with {','.join(failed.failed)}")
-        return (f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: "
-                f"advinf run --resume {self.run.path}")
+                    f"{again}")
+        again = f"advinf run --resume {self.run.path}" if by_name else \
+            "trainer.restore(the latest checkpoint) and trainer.fit()"
+        return f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: {again}"
 
 
 def _check_condition(condition: Condition, game: Game, data: Dataset, nets: Networks) -> None:

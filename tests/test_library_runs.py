@@ -533,3 +533,20 @@ def test_what_a_library_user_gets_wrong_is_told_in_advinfs_words(tmp_path):
     damaged = advinf.Dataset(advinf.Split(x, data.train.y), data.heldout, meta=data.meta)
     with pytest.raises(UserError, match=r"the first training batch holds NaN or infinite values"):
         Trainer(networks(ctx), advinf.create("game", "ali"), damaged, train=SPEC.model_copy(update={"batch_size": 512}))
+
+
+def test_a_failed_evaluation_of_a_run_made_by_name_points_to_the_command_line(tmp_path):
+    """A run the command line can rebuild (every component made by name) is evaluated again with advinf evaluate;
+    one of modules of one's own is told the Python way (tests/test_train.py)."""
+    data, _, ctx = parts()
+    coverage = advinf.create("evaluator", "mode_coverage", ctx, samples=200, plot=False)
+
+    def broken(model, data, out_dir):
+        raise RuntimeError("a bug")
+
+    coverage.evaluate = broken
+    out = tmp_path / "by_name"
+    trainer = Trainer(networks(ctx), advinf.create("game", "ali"), data, train=SPEC, run_dir=out,
+                      evaluators={"mode_coverage": coverage})
+    with pytest.raises(UserError, match=rf"Once the evaluator is fixed: advinf evaluate {out} --with mode_coverage"):
+        trainer.fit()

@@ -310,8 +310,9 @@ def test_a_failing_evaluator_costs_neither_the_training_nor_the_others_results(t
     message = str(info.value)
     assert "evaluator 'broken' (test_train._Fixed) failed: ValueError: a bug" in message
     assert "evaluator 'keyed': evaluators.keyed.mode: needs labels" in message
-    assert f"The training is kept (the checkpoint of step 2). The other evaluators' results are in eval.json. " \
-           f"Once the evaluator is fixed: advinf evaluate {run} --with broken,keyed" in message
+    # modules of one's own: the command line cannot rebuild this run, so the advice is Python's
+    assert "The training is kept (the checkpoint of step 2). The other evaluators' results are in eval.json. " \
+           "Once the evaluator is fixed: trainer.evaluate() (or advinf.load_run(RUN, nets=..., game=...)" in message
     assert isinstance(info.value.__cause__, ValueError)  # what --debug shows
     assert json.loads((run / "eval.json").read_text())["good"]["a"] == 1.5
 
@@ -322,7 +323,8 @@ def test_a_periodic_evaluation_that_fails_stops_training_with_a_checkpoint(tmp_p
                       train=TrainSpec(steps=6, batch_size=32, progress="none", checkpoint_every=0), device="cpu",
                       run_dir=run, evaluators={"broken": _Fixed(RuntimeError("boom"))}, eval_every={"broken": 3})
     with pytest.raises(advinf.UserError, match=r"failed: RuntimeError: boom. Training stopped at step 3 with a "
-                                               r"checkpoint. Once the evaluator is fixed: advinf run --resume"):
+                                               r"checkpoint. Once the evaluator is fixed: trainer.restore\(the "
+                                               r"latest checkpoint\) and trainer.fit\(\)"):
         trainer.fit()
     assert (run / "checkpoints" / "step_0000003").is_dir()
 
