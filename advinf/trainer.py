@@ -235,7 +235,12 @@ class Trainer:
         """One forward and backward pass on copies of the networks with a first batch, before anything is
         trained or written: networks that do not fit the data, the batch size or the device fail here with a
         clear message, not after data loading and a first checkpoint. Changes no state (RNG forked, copies)."""
-        nets = copy.deepcopy(self.nets)
+        try:
+            nets = copy.deepcopy(self.nets)
+        except Exception as exc:
+            raise UserError(f"the networks cannot be copied ({type(exc).__name__}: {exc}): advinf copies them for "
+                            "this trial step and for moving averages; keep what copy.deepcopy cannot copy (a lock, "
+                            "an open file) out of the modules' attributes") from exc
         nets.train(True)
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         first: Batch | None = None
@@ -471,6 +476,11 @@ class Trainer:
         KeyboardInterrupt for Ctrl-C, and SIGTERM's ends the process, so a script or a job scheduler stops as
         it asked; with ``"return"`` (what ``advinf run`` uses), ``fit`` returns and ``result.stopped`` names it."""
         end = min(self.total_steps, stop_after) if stop_after is not None else self.total_steps
+        frozen_since = sorted({n.split(".")[0] for n, q in self._params_named() if not q.requires_grad})
+        if frozen_since:
+            raise UserError(f"the {', '.join(frozen_since)} {'was' if len(frozen_since) == 1 else 'were'} frozen "
+                            "(nets.freeze, requires_grad_(False)) after this Trainer was built, which gave its "
+                            "optimisers their parameters: freeze networks before building the Trainer")
         if self._resume and not self._rng_restored and self.run is not None and self.step == 0:
             done = ckpt.list_checkpoints(self.run.checkpoints)
             if done:  # training from step 0 would mix a new run into the old one's metrics and checkpoints
@@ -791,6 +801,10 @@ class Trainer:
                     if key not in ("params", "fused", "foreach", "capturable", "differentiable"):
                         group[key] = value
         self._start_schedules(at_step=self.step)
+
+    def _params_named(self) -> list[tuple[str, Tensor]]:
+        """Every parameter the optimisers step, by its ``network.param`` name."""
+        return [pair for p in self.players for pair in self._params[p.name]]
 
     def _names(self, player: Player) -> list[str]:
         return [name for name, _ in self._params[player.name]]

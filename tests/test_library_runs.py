@@ -550,3 +550,20 @@ def test_a_failed_evaluation_of_a_run_made_by_name_points_to_the_command_line(tm
                       evaluators={"mode_coverage": coverage})
     with pytest.raises(UserError, match=rf"Once the evaluator is fixed: advinf evaluate {out} --with mode_coverage"):
         trainer.fit()
+
+
+def test_networks_frozen_after_the_trainer_or_that_cannot_be_copied_are_told_so():
+    import threading
+
+    data, _, ctx = parts()
+    nets = networks(ctx)
+    trainer = Trainer(nets, advinf.create("game", "ali"), data, train=SPEC)
+    nets.freeze("decoder")  # torch's "One of the differentiated Tensors does not require grad" before
+    with pytest.raises(UserError, match=r"the decoder was frozen \(nets.freeze, requires_grad_\(False\)\) after this "
+                                        r"Trainer was built"):
+        trainer.fit()
+    locked = networks(ctx)
+    locked.critic.lock = threading.Lock()
+    with pytest.raises(UserError, match=r"the networks cannot be copied \(TypeError: cannot pickle '_thread.lock' "
+                                        r"object\)"):
+        Trainer(locked, advinf.create("game", "ali"), data, train=SPEC)
