@@ -238,6 +238,12 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     host = host or default_host()
     imported = [host.load_local(plugin, base_dir) for plugin in spec.plugins] if load_plugins else []
 
+    for name in WELL_KNOWN:  # network_specs() would keep one of the two, silently
+        if getattr(spec, name) is not None and name in spec.networks:
+            problems.append(Problem(f"networks.{name}", f"the {name} is given twice, as [{name}] and as "
+                                    f"[networks.{name}] (perhaps one through `extends`)",
+                                    hint=f"keep one of the two (to change an extended recipe's {name}, write its "
+                                         f"[{name}] section with the new options)"))
     options: dict[str, BaseModel] = {}
     for section, kind in COMPONENT_SECTIONS.items():
         comp = getattr(spec, section)

@@ -138,11 +138,30 @@ def optimizer_option_problems(key: str, name: str, options: dict[str, Any]) -> l
         elif isinstance(default, int | float) and not isinstance(default, bool) and not number:
             what = "a boolean where a number is expected" if isinstance(v, bool) else "must be a number"
             problems.append(Problem(f"{dot}{k}", what, v, True))
+        elif k in _FLAGS and not isinstance(v, bool) and v is not None:  # torch's default None: it would take anything
+            problems.append(Problem(f"{dot}{k}", "must be true or false", v, True))
     betas = options.get("betas")
     if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
             isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         problems.append(Problem(f"{dot}betas", "must be two numbers in [0, 1), e.g. [0.5, 0.999]", betas, True))
+    for k, (low, high, why) in _RANGES.items():
+        v = options.get(k)
+        if k in signature and isinstance(v, int | float) and not isinstance(v, bool) and not (
+                (v > low if low is not None else True) and (v < high if high is not None else True)):
+            problems.append(Problem(f"{dot}{k}", why, v, True))
     return problems
+
+
+#: Optimiser flags whose torch default is None (torch takes any value there): true or false.
+_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+#: Open bounds of optimiser options where torch accepts values that train nothing or blow up at once.
+_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "lr": (0, None, "must be > 0 (a learning rate of 0 trains nothing: set the network's trainable = false to "
+                    "keep it fixed)"),
+    "eps": (0, None, "must be > 0 (with 0, a parameter whose gradient is 0 divides 0 by 0)"),
+    "alpha": (-1e-300, 1, "must be in [0, 1): the decay of RMSprop's running average of squared gradients"),
+    "momentum": (-1e-300, 1, "must be in [0, 1)"),
+}
 
 
 def _refuse(problems: list[Problem]) -> None:
@@ -169,6 +188,15 @@ class OptimizerSpec(BaseModel):
             kwargs = {k: v for k, v in data.items() if k not in cls.model_fields}
             _refuse(optimizer_option_problems("", data.get("name", "adam"), kwargs) + non_finite(kwargs))
         return data
+
+    @model_validator(mode="after")
+    def _float_betas(self) -> OptimizerSpec:
+        """``betas = [0, 0.9]`` as torch takes it: two floats (it refuses an int beside a float)."""
+        betas = (self.model_extra or {}).get("betas")
+        if isinstance(betas, list | tuple) and all(isinstance(b, int | float) and not isinstance(b, bool)
+                                                   for b in betas):
+            self.model_extra["betas"] = [float(b) for b in betas]  # type: ignore[index]
+        return self
 
     @property
     def options(self) -> dict[str, Any]:

@@ -32,8 +32,11 @@ def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix
             out.append(Problem(f"{prefix}{key}", "a boolean where a number is expected", value, True))
         elif not isinstance(value, bool) and _admits_bool(ann) and not _admits_other(ann) and value is not None:
             out.append(Problem(f"{prefix}{key}", "must be true or false", value, True))
+        elif isinstance(value, str) and _admits_number(ann) and not _admits_text(ann):  # lax mode reads "50" as 50
+            out.append(Problem(f"{prefix}{key}", "a string where a number is expected (write it without quotes)",
+                               value, True))
         if isinstance(value, list) and _admits_number(ann) and not _admits_bool(ann):  # inside lists, too
-            text = any(t is str for t in _leaves(ann))
+            text = _admits_text(ann)
             for i, item in enumerate(value):
                 if isinstance(item, bool):
                     out.append(Problem(f"{prefix}{key}.{i}", "a boolean where a number is expected", item, True))
@@ -64,6 +67,11 @@ def _leaves(tp: Any) -> list[Any]:
 
 def _admits_bool(tp: Any) -> bool:
     return any(t is bool or t is Any for t in _leaves(tp))
+
+
+def _admits_text(tp: Any) -> bool:
+    return any(t is str or t is Any or get_origin(t) is Literal or (isinstance(t, type) and issubclass(t, PurePath))
+               for t in _leaves(tp))
 
 
 def _admits_number(tp: Any) -> bool:

@@ -235,3 +235,31 @@ def test_a_recipe_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
 def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
     with pytest.raises(RecipeError, match=r"train.steps: Input should be less than or equal to 9007199254740992"):
         load_recipe(RECIPES / "ali_mixture25.toml", ["train.steps=99999999999999999999"])
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (['encoder.hidden=" 50 "'], "encoder.hidden: a string where a number is expected"),  # lax mode read it as 50
+    (['evaluators.mode_coverage.radius_std="3"'], "evaluators.mode_coverage.radius_std: a string where a number"),
+    (["optimizer.lr=0"], "optimizer.lr: must be > 0 (a learning rate of 0 trains nothing"),
+    (["optimizer.lr=1e-400"], "optimizer.lr: must be > 0"),  # read as 0.0
+    (["optimizer.eps=0"], "optimizer.eps: must be > 0"),
+    (['optimizer.fused="yes"'], "optimizer.fused: must be true or false (got 'yes')"),  # torch took it
+    (["optimizers.critic.inherit=false", 'optimizer={name="rmsprop", alpha=1.5}'], "optimizer.alpha: must be in "
+                                                                                   "[0, 1)"),
+    (['optimizer={name="sgd", lr=0.1, momentum=1.5}'], "optimizer.momentum: must be in [0, 1)"),
+])
+def test_values_torch_or_pydantic_would_take_are_refused_naming_the_key(overrides, expected):
+    args = ["validate", str(RECIPES / "ali_mixture25.toml")] + [a for o in overrides for a in ("--set", o)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2 and expected in " ".join(res.output.split()), res.output
+
+
+def test_an_integer_beta_is_a_float_to_torch_and_a_network_is_given_once(tmp_path):
+    """betas = [0, 0.9] (beta1 written as 0) was refused by torch ("both floats or both Tensors"), twice; a
+    [networks.critic] beside [critic] (here the extended recipe's) replaced it silently, unchecked."""
+    recipe = load_recipe(RECIPES / "ali_mixture25.toml", ["optimizer.betas=[0, 0.9]"])
+    assert recipe.optimizers["critic"].options["betas"] == [0.0, 0.9] == recipe.spec.optimizer.options["betas"]
+    text = (f'extends = "{RECIPES / "ali_mixture25.toml"}"\n[networks.critic]\nkind = "critic"\nname = "toy_critic"\n'
+            "hidden = 7\n")
+    assert "networks.critic: the critic is given twice, as [critic] and as [networks.critic]" in \
+        problems_of(tmp_path, text)
