@@ -77,8 +77,8 @@ def test_missing_section_and_bad_optimizer_option(tmp_path):
 
 
 def test_optimizer_values_are_checked_by_building_it(tmp_path):
-    text = problems_of(tmp_path, ALI.replace("lr = 1e-4", "lr = -1.0"))
-    assert "optimizer: optimizer 'adam' rejects these options" in text
+    text = problems_of(tmp_path, ALI.replace("lr = 1e-4", "lr = 1e-4\nweight_decay = -1.0"))
+    assert "optimizer: optimizer 'adam' rejects these options: Invalid weight_decay value" in text
 
 
 def test_steps_xor_epochs(tmp_path):
