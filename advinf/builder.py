@@ -71,6 +71,7 @@ def build(recipe: Recipe, host: PluginHost | None = None, device: torch.device |
     ctx.dataset = dataset if dataset is not None else make("dataset", "dataset", ctx)
     ctx.prior = make("prior", "prior", ctx)
     game = build_game(spec, recipe.options, host, ctx)
+    ctx.game = game
     if game.reads_labels and not ctx.dataset.labelled:
         raise RecipeError(recipe.source, [Problem("dataset.name", f"game '{spec.game.name}' needs labelled data, "
                                                   f"but dataset '{spec.dataset.name}' has no labels")])

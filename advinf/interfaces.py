@@ -574,6 +574,9 @@ class BuildContext:
     seed: int = 0
     condition: Condition | None = None
     network: str | None = None
+    #: The recipe's game, once built (None before, and for the game's own factory): an evaluator's factory may
+    #: refuse a game it cannot evaluate, before training rather than after it.
+    game: Game | None = None
     #: The registered divergences by name (filled in by the plugin host for a game's factory).
     divergences: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     #: The plugin host building the recipe (an ``advinf.PluginHost``; None outside ``advinf.build``): lets a

@@ -252,6 +252,10 @@ class Trainer:
                                     "decoding) is damaged, and every loss would be NaN from the first step")
                 with self._autocast:
                     out = self._checked(self.game.losses(nets, first))
+                bad = {p.name: float(out.losses[p.name].detach()) for p in self.players
+                       if not bool(torch.isfinite(out.losses[p.name]))}
+                if bad:
+                    raise UserError(_not_finite("losses", ", ".join(f"{k} {v}" for k, v in bad.items())))
                 for i, player in enumerate(self.players):  # each player's gradient, as the step takes it
                     self._reaches(player, out.losses[player.name], nets, retain=i < len(self.players) - 1)
         except UserError:
@@ -287,6 +291,9 @@ class Trainer:
         grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain)
         i = 0
         for name, ps in named.items():
+            if not all(bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all())
+                       for g in grads[i:i + len(ps)] if g is not None):
+                raise UserError(_not_finite("gradients", f"player '{player.name}''s, in the {name}"))
             if all(g is None for g in grads[i:i + len(ps)]):
                 raise UserError(f"game {game}: the loss of player '{player.name}' does not reach the {name} "
                                 f"({type(nets[name]).__name__}): none of its parameters gets a gradient, so it "
@@ -902,6 +909,13 @@ class Trainer:
         again = f"advinf run --resume {self.run.path}" if by_name else \
             "trainer.restore(the latest checkpoint) and trainer.fit()"
         return f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: {again}"
+
+
+def _not_finite(what: str, which: str) -> str:
+    """Why a run whose first batch already gives non-finite losses or gradients is refused before training."""
+    return (f"the first batch gives non-finite {what} ({which}) before any update: the networks' initial weights "
+            "or options make them overflow (a large init_std or slope, say), or the game's options do; training "
+            "would stop at step 1. Check the [encoder], [decoder], [critic] and [game] options")
 
 
 def _check_condition(condition: Condition, game: Game, data: Dataset, nets: Networks) -> None:

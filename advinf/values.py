@@ -50,13 +50,16 @@ def bools_posing_as_numbers(model: type[BaseModel], data: dict[str, Any], prefix
 
 def non_finite(data: Any, prefix: str = "") -> list[Problem]:
     """Every inf or nan in ``data`` (nested tables and lists): no option value means an infinity (TOML allows
-    writing one, and Python ``float("inf")``)."""
+    writing one, and Python ``float("inf")``); and every integer beyond 64 bits, which TOML cannot hold and
+    torch, NumPy or scikit-learn overflow on (after training, where an evaluator reads it)."""
     if isinstance(data, dict):
         return [p for k, v in data.items() for p in non_finite(v, f"{prefix}{k}.")]
     if isinstance(data, list | tuple):
         return [p for i, v in enumerate(data) for p in non_finite(v, f"{prefix}{i}.")]
     if isinstance(data, float) and not math.isfinite(data):
         return [Problem(prefix.rstrip("."), "must be a finite number", data, True)]
+    if isinstance(data, int) and not isinstance(data, bool) and not -2**63 <= data < 2**63:
+        return [Problem(prefix.rstrip("."), "beyond a 64-bit integer (TOML's range)", data, True)]
     return []
 
 

@@ -84,7 +84,7 @@ class DigitsOptions(BaseModel):
     @classmethod
     def _leaves_training_images(cls, heldout: int | float) -> int | float:
         heldout_count(heldout, DIGITS_COUNT)  # the data are fixed: a count that cannot be is known now
-        return heldout
+        return int(heldout) if heldout >= 1 else heldout  # 1e3 is the count 1000, and is written so
 
 
 def load_digit_arrays() -> tuple[Tensor, Tensor]:

@@ -149,7 +149,7 @@ class SvmProbeOptions(ProbeOptions):
     select_c: Literal["first_draw", "each_draw"] = Field(
         "first_draw", description="choose C on the first draw and keep it (the original script), or on each draw")
     standardize: bool = Field(True, description="scale features to zero mean, unit variance on each labelled set")
-    max_iter: int = Field(10_000, ge=1, description="liblinear iterations per fit")
+    max_iter: int = Field(10_000, ge=1, le=10**9, description="liblinear iterations per fit")
 
     @field_validator("c_grid")
     @classmethod

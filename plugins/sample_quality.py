@@ -425,17 +425,28 @@ def _real_split(data: Dataset, o: SampleQualityOptions, kind: str):
     return split
 
 
+def _check_data(ctx: BuildContext, options: SampleQualityOptions, kind: str) -> None:
+    """What the evaluator will need of the data, refused when the recipe is built, not after its training."""
+    if ctx.dataset is None:
+        return
+    _real_split(ctx.dataset, options, kind)
+    if options.network == "label_classifier":  # the built-in feature network's needs (it trains when used)
+        try:
+            _images(ctx.dataset, "label_classifier")
+            _class_labels(ctx.dataset, "label_classifier")
+        except UserError as exc:
+            raise UserError(str(exc), option="network") from None
+
+
 def fid(options: SampleQualityOptions, ctx: BuildContext) -> Evaluator:
     """Fréchet distance (torchmetrics' FID) between decoder samples and data in a feature network's space."""
-    if ctx.dataset is not None:  # refused when the recipe is built, not after its training
-        _real_split(ctx.dataset, options, "fid")
+    _check_data(ctx, options, "fid")
     return Fid(options, ctx)
 
 
 def kid(options: KidOptions, ctx: BuildContext) -> Evaluator:
     """Kernel (MMD) distance (torchmetrics' KID) between decoder samples and data in a feature network's space."""
-    if ctx.dataset is not None:
-        _real_split(ctx.dataset, options, "kid")
+    _check_data(ctx, options, "kid")
     return Kid(options, ctx)
 
 

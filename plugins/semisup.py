@@ -401,6 +401,11 @@ def _train(critic: nn.Module, game: SemisupAli, source: StreamSource, optimizer:
 
 def critic_classifier(options: CriticClassifierOptions, ctx) -> Evaluator:
     """Test error of the semi-supervised critic's K-class prediction, next to a labelled-only critic."""
+    game, data = getattr(ctx, "game", None), getattr(ctx, "dataset", None)
+    if game is not None and not isinstance(game, SemisupAli):  # refused when built, not after training
+        raise UserError("evaluator 'critic_classifier' reads a K-class critic: it needs game 'ali_semisup'")
+    if data is not None and (data.heldout is None or len(data.heldout) == 0):
+        raise UserError("evaluator 'critic_classifier' tests on the held-out split, but the dataset has none")
     return CriticClassifier(options)
 
 

@@ -84,6 +84,8 @@ def test_a_held_out_count_is_kept_whole_and_one_that_cannot_be_is_refused_by_val
 
     res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set", "dataset.heldout=300"])
     assert res.exit_code == 0 and "\nheldout = 300\n" in res.output, res.output  # a count, not 300.0
+    res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set", "dataset.heldout=3e2"])
+    assert res.exit_code == 0 and "\nheldout = 300\n" in res.output, res.output
     for value, why in (("2000", "that leaves no training images (there are 1797) (got 2000)"),
                        ("0.9999", "that leaves no training images"), ("10.5", "give a whole count (>= 1)")):
         res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_digits.toml"), "--set",

@@ -519,3 +519,24 @@ def test_train_and_optimizer_specs_refuse_in_python_what_a_recipe_refuses():
             make()
     assert TrainSpec(steps=5, compile=True).compile
     assert OptimizerSpec(lr=1e-3, amsgrad=True, fused=True, foreach=None).options["amsgrad"] is True
+
+
+@pytest.mark.parametrize("recipe,overrides,expected", [
+    ("ali_mixture25", ["critic.init_std=1e30"], "the first batch gives non-finite losses (critic nan, generator nan) "
+                                                "before any update"),  # it stopped at step 1: "lower the lr"
+    ("ali_mixture25", ["evaluators={fid={samples=100}}"], "evaluators.fid.network: 'label_classifier' reads square "
+                                                          "images"),  # after training, before
+    ("ali_mixture25", ["evaluators={critic_classifier={}}"], "evaluators.critic_classifier: evaluator "
+                                                             "'critic_classifier' reads a K-class critic: it needs "
+                                                             "game 'ali_semisup'"),
+    ("ali_semisup_digits", ["dataset.heldout=0", "evaluators={critic_classifier={}}"],
+     "'critic_classifier' tests on the held-out split, but the dataset has none"),
+    ("ali_digits", ["evaluators.svm_probe.max_iter=9223372036854775808"],  # an OverflowError after training
+     "evaluators.svm_probe.max_iter: beyond a 64-bit integer"),
+])
+def test_what_would_fail_after_training_or_at_its_first_step_fails_before_it(tmp_path, recipe, overrides, expected):
+    out = tmp_path / "run"
+    args = ["run", str(RECIPES / f"{recipe}.toml"), "--out", str(out), "--set", "train.steps=2"]
+    res = CliRunner().invoke(cli, args + [a for o in overrides for a in ("--set", o)])
+    assert res.exit_code == 2 and expected in " ".join(res.output.split()), res.output
+    assert not out.exists()  # refused before the run directory was written
