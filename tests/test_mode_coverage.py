@@ -130,3 +130,11 @@ def test_reconstruction_accuracy_is_the_same_at_every_evaluation_of_a_stochastic
     assert results[0] == results[1]
     other = ModeCoverage(ModeCoverageOptions(samples=200, plot=False, seed=5)).evaluate(model, data, tmp_path)
     assert other["reconstruction_accuracy"] != results[0]  # the noise does matter to this encoder
+
+
+def test_a_sample_counts_for_its_nearest_mode_only_in_the_strict_count():
+    """With a radius wider than half the spacing (std 1 on a grid of spacing 2), samples at one centre lay within
+    the radius of its neighbours too: the strict count gave 9 modes for samples at 1."""
+    x = CENTRES[12].repeat(100, 1)  # the middle mode, with 4 neighbours 2 away
+    m = coverage_metrics(x, CENTRES, std=1.0, radius_std=3.0, min_samples=20)
+    assert (m["modes_covered"], m["modes_covered_strict"], m["high_quality_fraction"]) == (1, 1, 1.0)
