@@ -387,6 +387,10 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
             problems.append(Problem(section, f"game '{name}' does not use a network '{net}'",
                                     hint=f"remove the [{section}] section"))
     player_names = [p.name for p in game.players]
+    if spec.train.critic_steps != 1 and not any(p.role == "critic" for p in game.players):
+        problems.append(Problem("train.critic_steps", f"game '{name}' has no critic-side player (its players: "
+                                f"{', '.join(player_names)}), so the count would be ignored", spec.train.critic_steps,
+                                True, "remove it"))
     for player in spec.optimizers:
         if player not in player_names:
             problems.append(Problem(f"optimizers.{player}", f"game '{name}' has no player '{player}'",

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from advinf import Dataset, Evaluator, TrainedModel, UserError, atomic_path, example_conditions, hookimpl
@@ -31,6 +31,13 @@ class ModeCoverageOptions(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32, description="seed of the prior draw and of the encoder's noise")
     plot: bool = Field(True, description="write mode_coverage.png like the paper's mixture figure")
     plot_points: int = Field(2500, ge=1, le=1_000_000, description="points per panel of the figure")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ModeCoverageOptions:
+        if self.min_samples > self.samples:
+            raise ValueError(f"min_samples = {self.min_samples} is more than the {self.samples} samples drawn: no "
+                             "mode could count in modes_covered_strict")
+        return self
 
 
 def coverage_metrics(samples: Tensor, centres: Tensor, std: float, radius_std: float = 3.0,

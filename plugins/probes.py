@@ -164,6 +164,12 @@ class KnnProbeOptions(ProbeOptions):
     metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity of feature vectors "
                                                   "(BiGAN's code: euclidean)")
 
+    @model_validator(mode="after")
+    def _k_within_labels(self) -> KnnProbeOptions:
+        if self.k > self.labels:
+            raise ValueError(f"k = {self.k} neighbours among {self.labels} labelled examples: give k <= labels")
+        return self
+
 
 # -- labelled subsets --------------------------------------------------------------------------------------
 

@@ -249,9 +249,16 @@ def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
     (["optimizers.critic.inherit=false", 'optimizer={name="rmsprop", alpha=1.5}'], "optimizer.alpha: must be in "
                                                                                    "[0, 1)"),
     (['optimizer={name="sgd", lr=0.1, momentum=1.5}'], "optimizer.momentum: must be in [0, 1)"),
+    # options that could never act: the strict count always 0, a critic count in a game without a critic
+    (["evaluators.mode_coverage.min_samples=20000"], "min_samples = 20000 is more than the 10000 samples drawn"),
+    (["vae_mixture25", "train.update=alternating", "train.critic_steps=5"],
+     "train.critic_steps: game 'vae' has no critic-side player"),
+    (["ali_digits", "evaluators.knn_probe.k=1000", "evaluators.knn_probe.labels=200"],
+     "k = 1000 neighbours among 200 labelled examples"),  # it voted with 200 and reported k 1000
 ])
 def test_values_torch_or_pydantic_would_take_are_refused_naming_the_key(overrides, expected):
-    args = ["validate", str(RECIPES / "ali_mixture25.toml")] + [a for o in overrides for a in ("--set", o)]
+    recipe, *sets = overrides if "=" not in overrides[0] else ["ali_mixture25", *overrides]
+    args = ["validate", str(RECIPES / f"{recipe}.toml")] + [a for o in sets for a in ("--set", o)]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2 and expected in " ".join(res.output.split()), res.output
 
