@@ -25,6 +25,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,14 @@ class Trainer:
         self.total_steps = self.spec.steps or self.spec.epochs * self.batches.steps_per_epoch  # type: ignore
         self.schedulers: dict[str, LambdaLR] = {}
         self._start_schedules(at_step=0)
+        for p in self.players:  # a schedule that would never act in this run: said, not silently kept
+            schedule = self._optimizer_specs[p.name].schedule
+            if schedule is not None and schedule.name != "constant":
+                per = self.batches.steps_per_epoch if schedule.unit == "epochs" else 1
+                if schedule.hold * per >= self.total_steps:
+                    warnings.warn(f"the learning-rate schedule of player '{p.name}' holds the full rate for "
+                                  f"{schedule.hold} {schedule.unit}, the whole run of {self.total_steps} steps: it "
+                                  "never decays (lower its hold, or train longer)", stacklevel=2)
         self.step = 0
         self.skipped = 0
         self._autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16,

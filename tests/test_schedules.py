@@ -187,3 +187,24 @@ def test_a_player_that_does_not_inherit_trains_with_torch_defaults_as_its_recipe
     assert saved.optimizers["critic"].options.get("betas") is None and saved.optimizers["critic"].complete
     # a partial spec given to a Trainer in Python is still merged over its optimizer
     assert not OptimizerSpec(lr=1e-3).complete
+
+
+def test_a_schedule_that_would_never_act_in_the_run_is_warned_of():
+    import warnings
+
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    with pytest.warns(UserWarning, match=r"schedule of player 'critic' holds the full rate for 100000 steps, the "
+                                         r"whole run of 2 steps: it never decays"):
+        CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_mixture25.toml"), "--set",
+                                 'optimizer.schedule={name="exponential", hold=100000, decay=10, final=0.01}',
+                                 "--set", "train.steps=2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "ali_mixture25.toml"), "--set",
+                                       'optimizer.schedule={name="exponential", hold=1, decay=10, final=0.01}',
+                                       "--set", "train.steps=2"])
+    assert res.exit_code == 0, res.output
