@@ -49,6 +49,7 @@ from advinf import (
     UserError,
     evaluating,
     hookimpl,
+    origin_of,
     saved_recipe,
     stream_seed,
 )
@@ -182,6 +183,14 @@ class SemisupAli(Game):
         width = getattr(critic, "outputs", None)
         if width is not None and width != self.outputs:
             raise self._width_error(width)
+        origin = origin_of(critic)
+        if width is None and origin is not None and "outputs" not in origin.options:
+            # a registered critic without K+1 outputs (the toy critic): said now, not as "set outputs = K+1",
+            # an option it does not have (a critic of one's own is judged by the logits it returns)
+            raise UserError(f"game 'ali_semisup' needs a critic with {self.outputs} outputs per example, and "
+                            f"{type(critic).__name__} has no `outputs` option: use one of the paper's critics or "
+                            "digits_critic (with `outputs`), or a critic of your own returning (B, "
+                            f"{self.outputs}) logits")
         if self.o.generator == "feature_matching" and not isinstance(getattr(critic, "head", None), nn.Module):
             raise UserError("generator = \"feature_matching\" compares the input of the critic's last layer, but "
                             f"{type(critic).__name__} has no `head` (its last layer); use \"swapped_labels\"")

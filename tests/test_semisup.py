@@ -268,3 +268,17 @@ def test_the_critic_classifier_error_on_a_known_case(tmp_path):
         CriticClassifier(CriticClassifierOptions()).evaluate(ali, data, tmp_path)
     with pytest.raises(UserError, match="none was found"):
         CriticClassifier(CriticClassifierOptions()).evaluate(model, data, tmp_path)
+
+
+def test_a_registered_critic_without_outputs_is_told_to_use_one_that_has_them(tmp_path):
+    """The toy critic has no `outputs` option: the advice was "set outputs = 26 in [critic]", which validate then
+    refuses."""
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--set", "game.name=ali_semisup",
+                                   "--set", "train.steps=2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "needs a critic with 26 outputs per example, and ToyCritic has no `outputs` " \
+        "option" in " ".join(res.output.split()) and "set `outputs" not in res.output, res.output
