@@ -21,6 +21,7 @@ maxout critic on pairs of data points, ALICE's cycle critic).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -155,6 +156,10 @@ class VaeOptions(BaseModel):
     def _fits(self) -> VaeOptions:
         if self.likelihood == "bernoulli" and self.variance == "learned":
             raise ValueError("variance = 'learned' is for the Gaussian likelihood; a Bernoulli has no variance")
+        if self.sigma != 1.0 and (self.variance == "learned" or self.likelihood == "bernoulli"):
+            warnings.warn(f"game: sigma = {self.sigma} does nothing with "
+                          f"{'variance = learned' if self.variance == 'learned' else 'likelihood = bernoulli'} "
+                          "(it is the fixed variance's)", stacklevel=2)
         return self
 
 

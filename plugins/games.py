@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from advinf import (
@@ -48,6 +49,18 @@ class JointGameOptions(BaseModel):
                           "regularisation); decided from the host's step count")
     r1_inputs: Literal["joint", "x"] = Field("joint", description="differentiate D with respect to both x and "
                                              "z_hat (joint) or x alone")
+
+    @model_validator(mode="after")
+    def _idle_options(self) -> JointGameOptions:
+        """Options set away from their defaults that do nothing with the others as they are: said, not ignored
+        silently (a warning, so that a run written with them still resumes)."""
+        for off, switch, keys in ((self.r1 == 0, "r1 = 0", {"r1_every": 1, "r1_inputs": "joint"}),
+                                  (self.instance_noise == 0, "instance_noise = 0", {"instance_noise_steps": 0})):
+            idle = [f"{k} = {getattr(self, k)!r}" for k, default in keys.items() if getattr(self, k) != default]
+            if off and idle:
+                verb = "does" if len(idle) == 1 else "do"
+                warnings.warn(f"game: {', '.join(idle)} {verb} nothing with {switch}", stacklevel=2)
+        return self
 
 
 class GanOptions(JointGameOptions):

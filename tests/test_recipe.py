@@ -272,3 +272,24 @@ def test_an_integer_beta_is_a_float_to_torch_and_a_network_is_given_once(tmp_pat
             "hidden = 7\n")
     assert "networks.critic: the critic is given twice, as [critic] and as [networks.critic]" in \
         problems_of(tmp_path, text)
+
+
+@pytest.mark.parametrize("recipe,overrides,expected", [
+    ("ali_mixture25", ["game.r1_every=16", 'game.r1_inputs="x"'], "game: r1_every = 16, r1_inputs = 'x' do nothing "
+                                                                  "with r1 = 0"),
+    ("ali_mixture25", ["game.instance_noise_steps=100"], "game: instance_noise_steps = 100 does nothing with "
+                                                         "instance_noise = 0"),
+    ("vae_mixture25", ['game.variance="learned"', 'decoder.name="toy_gaussian_decoder"', "game.sigma=2"],
+     r"game: sigma = 2.0 does nothing with variance = learned"),
+])
+def test_options_that_do_nothing_with_the_others_are_warned_of(recipe, overrides, expected):
+    """A warning, not a refusal: a run written with them still resumes. The defaults (what a resolved recipe
+    writes) are never warned of."""
+    import re
+    import warnings
+
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        load_recipe(RECIPES / f"{recipe}.toml", overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_recipe(RECIPES / f"{recipe}.toml", [o for o in overrides if "name" in o or "variance" in o])
