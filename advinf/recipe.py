@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, model_validator
 
 from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
@@ -65,6 +66,13 @@ class NetworkSpec(ComponentSpec):
                                   "weights from (its latest checkpoint; the moving average when it kept one)")
     init_network: str | None = Field(default=None, min_length=1, description="which network of that run (default: "
                                      "the same name)")
+
+    @model_validator(mode="after")
+    def _idle_init_network(self) -> NetworkSpec:
+        if self.init_network is not None and self.init_from is None:  # a warning: such a run still resumes
+            warnings.warn(f"init_network = {self.init_network!r} does nothing without init_from (the run to take "
+                          "the weights from)", stacklevel=2)
+        return self
 
 
 class EvaluatorSpec(BaseModel):

@@ -682,17 +682,26 @@ class KnnProbe(_Probe):
         return {**knn_protocol(f, pd, self.o), "k": self.o.k, "metric": self.o.metric}
 
 
+def _one_label_per_class(options: ProbeOptions, info: tuple, what: str) -> None:
+    """A class-balanced draw of fewer labels than classes leaves classes without a label: the probe would never
+    predict them, and its error would not be the protocol's."""
+    classes = info[2]
+    if options.labelled_from is None and options.labels < classes:
+        raise UserError(f"evaluator '{what}': labels = {options.labels} is fewer than the dataset's {classes} "
+                        "classes; a class-balanced draw needs at least one label of each", option="labels")
+
+
 def svm_probe(options: SvmProbeOptions, ctx) -> Evaluator:
     """The paper's L2-SVM on encoder features: test error over class-balanced labelled draws, with baselines."""
     if getattr(ctx, "dataset", None) is not None:  # refused when the recipe is built, not after its training
-        require_probe_data(ctx.dataset, "svm_probe")
+        _one_label_per_class(options, require_probe_data(ctx.dataset, "svm_probe"), "svm_probe")
     return SvmProbe(options, getattr(ctx, "seed", 0), labelled_pool(options, ctx, "svm_probe"))
 
 
 def knn_probe(options: KnnProbeOptions, ctx) -> Evaluator:
     """BiGAN's 1-nearest-neighbour error on encoder features (cosine; BiGAN: euclidean), svm_probe's draws."""
     if getattr(ctx, "dataset", None) is not None:
-        require_probe_data(ctx.dataset, "knn_probe")
+        _one_label_per_class(options, require_probe_data(ctx.dataset, "knn_probe"), "knn_probe")
     return KnnProbe(options, getattr(ctx, "seed", 0), labelled_pool(options, ctx, "knn_probe"))
 
 

@@ -281,6 +281,7 @@ def test_an_integer_beta_is_a_float_to_torch_and_a_network_is_given_once(tmp_pat
                                                          "instance_noise = 0"),
     ("vae_mixture25", ['game.variance="learned"', 'decoder.name="toy_gaussian_decoder"', "game.sigma=2"],
      r"game: sigma = 2.0 does nothing with variance = learned"),
+    ("ali_mixture25", ['encoder.init_network="decoder"'], "init_network = 'decoder' does nothing without init_from"),
 ])
 def test_options_that_do_nothing_with_the_others_are_warned_of(recipe, overrides, expected):
     """A warning, not a refusal: a run written with them still resumes. The defaults (what a resolved recipe

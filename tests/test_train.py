@@ -533,6 +533,8 @@ def test_train_and_optimizer_specs_refuse_in_python_what_a_recipe_refuses():
      "'critic_classifier' tests on the held-out split, but the dataset has none"),
     ("ali_digits", ["evaluators.svm_probe.max_iter=9223372036854775808"],  # an OverflowError after training
      "evaluators.svm_probe.max_iter: beyond a 64-bit integer"),
+    ("ali_digits", ["evaluators.svm_probe.labels=5"],  # ran, never predicting the classes it had no label of
+     "evaluators.svm_probe.labels: evaluator 'svm_probe': labels = 5 is fewer than the dataset's 10 classes"),
 ])
 def test_what_would_fail_after_training_or_at_its_first_step_fails_before_it(tmp_path, recipe, overrides, expected):
     out = tmp_path / "run"
