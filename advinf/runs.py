@@ -141,7 +141,7 @@ def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequ
     """The run's dataset (with the ``data`` settings), the dataset keys they change, and None; or, where the data
     cannot be used and the checkpoint describes it, a stand-in built from that description and why. Data asked
     for by ``data`` settings that cannot be used is an error at once."""
-    data = [data] if isinstance(data, str) else list(data)  # one setting given bare
+    data = listed(data)  # one setting given bare
     bad = [o for o in data if not o.strip().startswith("dataset.")]
     if bad:
         raise UserError(f"the run's data is set with dataset.KEY=VALUE (where it is now), not: {', '.join(bad)}")

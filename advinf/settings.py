@@ -144,23 +144,23 @@ def optimizer_option_problems(key: str, name: str, options: dict[str, Any]) -> l
     if betas is not None and not (isinstance(betas, list | tuple) and len(betas) == 2 and all(
             isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         problems.append(Problem(f"{dot}betas", "must be two numbers in [0, 1), e.g. [0.5, 0.999]", betas, True))
-    for k, (low, high, why) in _RANGES.items():
+    for k, (within, why) in _RANGES.items():
         v = options.get(k)
-        if k in signature and isinstance(v, int | float) and not isinstance(v, bool) and not (
-                (v > low if low is not None else True) and (v < high if high is not None else True)):
+        if k in signature and isinstance(v, int | float) and not isinstance(v, bool) and not within(v):
             problems.append(Problem(f"{dot}{k}", why, v, True))
     return problems
 
 
 #: Optimiser flags whose torch default is None (torch takes any value there): true or false.
 _FLAGS = ("fused", "foreach", "capturable", "differentiable")
-#: Open bounds of optimiser options where torch accepts values that train nothing or blow up at once.
-_RANGES: dict[str, tuple[float | None, float | None, str]] = {
-    "lr": (0, None, "must be > 0 (a learning rate of 0 trains nothing: set the network's trainable = false to "
-                    "keep it fixed)"),
-    "eps": (0, None, "must be > 0 (with 0, a parameter whose gradient is 0 divides 0 by 0)"),
-    "alpha": (-1e-300, 1, "must be in [0, 1): the decay of RMSprop's running average of squared gradients"),
-    "momentum": (-1e-300, 1, "must be in [0, 1)"),
+#: Ranges of optimiser options where torch accepts values that train nothing or blow up at once.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "must be > 0 (a learning rate of 0 trains nothing: set the network's trainable = false "
+                            "to keep it fixed)"),
+    "eps": (lambda v: v > 0, "must be > 0 (with 0, a parameter whose gradient is 0 divides 0 by 0)"),
+    "alpha": (lambda v: 0 <= v < 1, "must be in [0, 1): the decay of RMSprop's running average of squared "
+                                    "gradients"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
 }
 
 
