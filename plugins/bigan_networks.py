@@ -135,7 +135,8 @@ def _shapes(o: BiganOptions, ctx, what: str) -> tuple[tuple[int, ...], int]:
     if any(d <= 0 for d in x_shape):
         raise UserError(f"{what}: x_shape = {list(x_shape)} must hold positive sizes")
     if sample is not None and tuple(sample) != x_shape:
-        raise UserError(f"{what}: x_shape = {list(x_shape)}, but the dataset's examples have shape {tuple(sample)}")
+        raise UserError(f"{what}: x_shape = {list(x_shape)}, but the dataset's examples have shape {tuple(sample)}: "
+                        "leave x_shape out (it is read from the data) or set it to match", option="x_shape")
     return x_shape, flat_latent_dim(ctx, o.z_dim, what)
 
 

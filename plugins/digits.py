@@ -360,8 +360,10 @@ def _shapes(o: _Options, ctx, what: str) -> tuple[int, int, int]:
     channels = o.channels or (sample[0] if sample is not None else 1)
     size = o.size or (sample[1] if sample is not None else 16)
     if sample is not None and (sample[0], sample[1]) != (channels, size):
+        wrong = {k: v for k, v, given in (("channels", sample[0], channels), ("size", sample[1], size)) if v != given}
         raise UserError(f"{what}: channels = {channels} and size = {size}, but the dataset's images are "
-                        f"{tuple(sample)}")
+                        f"{tuple(sample)}: leave {' and '.join(wrong)} out (read from the data) or set "
+                        f"{', '.join(f'{k} = {v}' for k, v in wrong.items())}", option=next(iter(wrong)))
     return channels, size, flat_latent_dim(ctx, o.z_dim, what)
 
 

@@ -383,7 +383,8 @@ def _shapes(arch: Arch, o: _Options, ctx, what: str) -> tuple[int, int]:
                         f"shape {tuple(sample)}")
     channels = o.channels or (sample[0] if sample is not None else 3)
     if sample is not None and sample[0] != channels:
-        raise UserError(f"{what}: channels = {channels}, but the dataset's images have {sample[0]}")
+        raise UserError(f"{what}: channels = {channels}, but the dataset's images have {sample[0]}: leave channels "
+                        "out (it is read from the data) or set it to match", option="channels")
     if latent is not None and (len(latent) != 3 or tuple(latent[1:]) != (1, 1)):
         raise UserError(f"{what} needs a latent of shape (dim, 1, 1), but the prior gives {tuple(latent)}; "
                         "set `spatial = true` in [prior]")

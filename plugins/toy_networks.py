@@ -138,8 +138,10 @@ class ToyCritic(JointCritic):
 
 
 def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
-    data = _flat(ctx.sample_shape if ctx is not None else None)
-    latent = _flat(ctx.latent_shape if ctx is not None else None)
+    data = _flat(ctx.sample_shape if ctx is not None else None, what, "the dataset's examples have",
+                 "a dataset of flat vectors, or networks made for images")
+    latent = _flat(ctx.latent_shape if ctx is not None else None, what, "the prior's z has",
+                   "a prior of flat vectors (without `spatial = true` in [prior])")
     for key, given, known, source in (("x_dim", o.x_dim, data, "the dataset's examples have"),
                                       ("z_dim", o.z_dim, latent, "the prior's z has")):
         if given is not None and known is not None and given != known:
@@ -151,11 +153,11 @@ def _dims(o: _Options, ctx, what: str) -> tuple[int, int]:
     return x_dim, z_dim
 
 
-def _flat(shape: tuple[int, ...] | None) -> int | None:
+def _flat(shape: tuple[int, ...] | None, what: str, source: str, remedy: str) -> int | None:
     if shape is None:
         return None
     if len(shape) != 1:
-        raise UserError(f"the toy networks work on flat vectors, but the shape is {shape}")
+        raise UserError(f"{what} works on flat vectors, but {source} shape {tuple(shape)}: use {remedy}")
     return shape[0]
 
 

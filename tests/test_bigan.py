@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 import advinf
-from advinf import BuildContext, DeterministicPosterior, UserError
+from advinf import BuildContext, Dataset, DeterministicPosterior, Split, UserError
 from advinf import checkpoint as ckpt
 from advinf.cli import cli
 from advinf_plugins.priors import UniformPrior
@@ -99,6 +99,10 @@ def test_shape_errors_name_the_network():
     ctx = BuildContext(prior=UniformPrior((50,)))
     with pytest.raises(UserError, match="encoder 'bigan_mnist_encoder': give x_shape"):
         advinf.create("encoder", "bigan_mnist_encoder", ctx)
+    data = BuildContext(dataset=Dataset(Split(torch.zeros(4, 1, 28, 28, dtype=torch.uint8))), prior=ctx.prior)
+    with pytest.raises(UserError, match=r"x_shape = \[784\], but the dataset's examples have shape") as err:
+        advinf.create("encoder", "bigan_mnist_encoder", data, x_shape=[784])
+    assert err.value.option == "x_shape"
     with pytest.raises(UserError, match="z_dim = 20, but the prior has dim = 50"):
         advinf.create("critic", "bigan_mnist_critic", ctx, x_shape=[784], z_dim=20)
 

@@ -138,8 +138,12 @@ def test_factories_read_the_data_and_prior_and_build_conditional_networks():
     assert not torch.equal(enc(x, y).mean, enc(x, torch.tensor([3, 4])).mean)  # y reaches the output
     with pytest.raises(ValueError, match="needs y"):
         enc(x)
-    with pytest.raises(UserError, match="dataset's images"):
+    with pytest.raises(UserError, match="dataset's images are .* set size = 16") as err:
         advinf.create("encoder", "digits_encoder", ctx, size=32)
+    assert err.value.option == "size"  # a recipe names encoder.size, the key to change
+    with pytest.raises(UserError, match="leave channels and size out .* set channels = 1, size = 16") as err:
+        advinf.create("decoder", "digits_decoder", ctx, size=32, channels=3)
+    assert err.value.option == "channels"
 
 
 def test_encoder_reset_parameters_restores_its_own_initialisation_scheme():

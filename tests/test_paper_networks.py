@@ -302,5 +302,8 @@ def test_factories_read_and_check_the_dataset_and_prior():
         advinf.create("encoder", "ali_svhn_encoder", BuildContext(prior=GaussianPrior((256,))))
     with pytest.raises(UserError, match="works on 64x64 images"):
         advinf.create("critic", "ali_celeba_critic", BuildContext(dataset=data))
+    with pytest.raises(UserError, match="channels = 3, but the dataset's images have 1") as err:
+        advinf.create("critic", "ali_svhn_critic", BuildContext(dataset=data), channels=3)
+    assert err.value.option == "channels"  # a recipe names critic.channels, the key to change
     with pytest.raises(UserError, match="z_dim = 16, but the prior has dim = 32"):
         advinf.create("decoder", "ali_svhn_decoder", BuildContext(prior=GaussianPrior((32, 1, 1))), z_dim=16)

@@ -157,6 +157,8 @@ def test_what_fails_only_when_built_fails_before_training_and_writes_nothing(tmp
     ("train.batch_size=1", "train.batch_size: batch norm needs at least 2 examples per batch"),
     ("encoder.x_dim=3", "encoder.x_dim: encoder 'toy_encoder': x_dim = 3, but the dataset's examples have 2"),
     ("critic.joint=false", "the critic ignores z (uses_z = False): set critic.joint = true"),
+    ("prior.spatial=true", "encoder.name: encoder 'toy_encoder' works on flat vectors, but the prior's z has shape "
+                           "(2, 1, 1): use a prior of flat vectors (without `spatial = true` in [prior])"),
 ])
 def test_validate_build_finds_what_only_building_can_and_writes_nothing(tmp_path, monkeypatch, override, expected):
     monkeypatch.chdir(tmp_path)  # a run would write runs/NAME-... here
