@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from advinf.conditions import Condition, ConditionEmbedding, embedding_for, example_conditions, with_condition
     from advinf.data import DataAccess, Dataset, Split, StreamingSplit, data_access_keys
     from advinf.divergences import Divergence, critic_pairs
-    from advinf.errors import PluginError, RecipeError, UserError
+    from advinf.errors import OptionError, PluginError, RecipeError, UserError
     from advinf.hookspecs import hookimpl
     from advinf.interfaces import (
         CRITIC,
@@ -83,6 +83,7 @@ _LAZY: dict[str, str] = {
     "data_access_keys": "advinf.data",
     "Divergence": "advinf.divergences",
     "critic_pairs": "advinf.divergences",
+    "OptionError": "advinf.errors",
     "PluginError": "advinf.errors",
     "RecipeError": "advinf.errors",
     "UserError": "advinf.errors",
@@ -159,9 +160,9 @@ __all__ = [
     "Batch", "BatchSource", "BuildContext", "Built", "CRITIC", "Condition", "ConditionEmbedding", "Dataset",
     "Decoder", "DeterministicPosterior", "Divergence", "Encoder", "Evaluator", "GENERATOR", "Game", "GameLosses",
     "GaussianPosterior", "ImplicitPosterior", "JointCritic", "JsonlLogger", "LoadedRun", "Logger", "Networks",
-    "OptimizerSpec", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe", "RecipeError",
-    "RegisteredName", "RunOutcome", "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult", "TrainSpec",
-    "TrainedModel", "Trainer", "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build",
+    "OptimizerSpec", "OptionError", "Player", "PluginError", "PluginHost", "Posterior", "Prior", "Recipe",
+    "RecipeError", "RegisteredName", "RunOutcome", "ScheduleSpec", "Split", "Stream", "StreamingSplit", "TrainResult",
+    "TrainSpec", "TrainedModel", "Trainer", "TrainingDiverged", "UserError", "WELL_KNOWN", "__version__", "build",
     "check_networks", "checks_machine", "create", "critic_pairs", "default_host", "flatten_results", "hookimpl",
     "load_recipe", "load_run", "run_recipe",
     # helpers for plugins (docs/plugins.md, "Helpers for plugins"): what the built-in plugins use, no more

@@ -23,6 +23,15 @@ class UserError(Exception):
         self.option = option
 
 
+class OptionError(UserError, ValueError):
+    """A component option whose value does not fit the others, raised from an options model's validator: pydantic
+    takes it as the ValueError a validator raises, and the recipe's error names ``section.option`` (with that
+    option's value), not the whole section. ``option`` is required: without one, raise a ValueError."""
+
+    def __init__(self, *args: object, option: str):
+        super().__init__(*args, option=option)
+
+
 class PluginError(UserError):
     """A plugin failed to import or register, or two plugins claim the same name."""
 

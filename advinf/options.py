@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from advinf.errors import Problem, UserError, suggest
+from advinf.errors import OptionError, Problem, UserError, suggest
 from advinf.interfaces import WELL_KNOWN
 from advinf.values import bools_posing_as_numbers, unwrap_model
 
@@ -31,10 +31,14 @@ def nested_unknown_keys(model: type[BaseModel], data: dict[str, Any], prefix: st
     return out
 
 
-def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefix: str = "") -> list[Problem]:
-    """pydantic errors -> Problems keyed by dotted recipe key, with 'did you mean' for unknown keys."""
+def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefix: str = "",
+                  fields_only: bool = False) -> list[Problem]:
+    """pydantic errors -> Problems keyed by dotted recipe key, with 'did you mean' for unknown keys.
+    ``fields_only``: leave out what the model's own validators found (checks of several options together)."""
     out = []
     for err in exc.errors():
+        if fields_only and not err["loc"]:
+            continue
         loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         key = ".".join(([prefix] if prefix else []) + loc)
         etype = err["type"]
@@ -54,6 +58,11 @@ def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefi
         elif etype == "string_pattern_mismatch" and key == "name":
             out.append(Problem(key, "must be a plain name of at most 100 letters, digits, '.', '_', '+' or '-' "
                                     "(it names the run directory)", err.get("input"), True))
+        elif isinstance(cause := err.get("ctx", {}).get("error"), OptionError):  # a validator naming its option
+            inputs = err.get("input")
+            key = ".".join(p for p in (key, cause.option) if p)
+            out.append(Problem(key, str(cause), inputs.get(cause.option) if isinstance(inputs, dict) else None,
+                               isinstance(inputs, dict) and cause.option in inputs))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             out.append(Problem(key, msg, err.get("input"), "input" in err and etype != "model_type"))
@@ -91,7 +100,7 @@ def default_problems(comp: Any, given: dict[str, Any], section: str, context: An
         return [Problem(p.key, f"the default of {comp.kind} '{comp.name}' (plugin '{comp.plugin}') is invalid: "
                                f"{p.message}", p.value, p.has_value,
                         hint="a bug in that plugin: set this key in the recipe, and tell its authors")
-                for p in problems_from(exc, comp.options, given, prefix=section)
+                for p in problems_from(exc, comp.options, given, prefix=section, fields_only=True)
                 if p.key.removeprefix(f"{section}.").split(".")[0] in defaults and p.message != "unknown key"]
     except Exception:  # noqa: BLE001 -- the plugin's validators accepted the options as given: that stands
         return []

@@ -42,6 +42,7 @@ from advinf import (
     GaussianPosterior,
     JointCritic,
     Networks,
+    OptionError,
     Player,
     Posterior,
     UserError,
@@ -155,7 +156,8 @@ class VaeOptions(BaseModel):
     @model_validator(mode="after")
     def _fits(self) -> VaeOptions:
         if self.likelihood == "bernoulli" and self.variance == "learned":
-            raise ValueError("variance = 'learned' is for the Gaussian likelihood; a Bernoulli has no variance")
+            raise OptionError("variance = 'learned' is for the Gaussian likelihood; a Bernoulli has no variance: "
+                              "leave variance out or set it to 'fixed'", option="variance")
         if self.sigma != 1.0 and (self.variance == "learned" or self.likelihood == "bernoulli"):
             warnings.warn(f"game: sigma = {self.sigma} does nothing with "
                           f"{'variance = learned' if self.variance == 'learned' else 'likelihood = bernoulli'} "

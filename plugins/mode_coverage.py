@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from advinf import Dataset, Evaluator, TrainedModel, UserError, atomic_path, example_conditions, hookimpl
+from advinf import Dataset, Evaluator, OptionError, TrainedModel, UserError, atomic_path, example_conditions, hookimpl
 
 
 class ModeCoverageOptions(BaseModel):
@@ -35,8 +35,8 @@ class ModeCoverageOptions(BaseModel):
     @model_validator(mode="after")
     def _reachable(self) -> ModeCoverageOptions:
         if self.min_samples > self.samples:
-            raise ValueError(f"min_samples = {self.min_samples} is more than the {self.samples} samples drawn: no "
-                             "mode could count in modes_covered_strict")
+            raise OptionError(f"min_samples = {self.min_samples} is more than the {self.samples} samples drawn: no "
+                             "mode could count in modes_covered_strict", option="min_samples")
         return self
 
 

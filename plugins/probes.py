@@ -88,6 +88,7 @@ from advinf import (
     Dataset,
     Evaluator,
     Networks,
+    OptionError,
     Posterior,
     RegisteredName,
     Split,
@@ -138,7 +139,8 @@ class ProbeOptions(BaseModel):
     @model_validator(mode="after")
     def _options_need_a_dataset(self) -> ProbeOptions:
         if self.labelled_from_options and self.labelled_from is None:
-            raise ValueError("labelled_from_options is given without labelled_from (the dataset they are for)")
+            raise OptionError("labelled_from_options is given without labelled_from (the dataset they are for)",
+                              option="labelled_from_options")
         return self
 
 
@@ -167,7 +169,8 @@ class KnnProbeOptions(ProbeOptions):
     @model_validator(mode="after")
     def _k_within_labels(self) -> KnnProbeOptions:
         if self.k > self.labels:
-            raise ValueError(f"k = {self.k} neighbours among {self.labels} labelled examples: give k <= labels")
+            raise OptionError(f"k = {self.k} neighbours among {self.labels} labelled examples: give k <= labels",
+                              option="k")
         return self
 
 

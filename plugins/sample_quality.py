@@ -58,7 +58,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 from torch import Tensor, nn
 
-from advinf import BuildContext, Dataset, Evaluator, RegisteredName, TrainedModel, UserError, checks_machine, hookimpl
+from advinf import (
+    BuildContext,
+    Dataset,
+    Evaluator,
+    OptionError,
+    RegisteredName,
+    TrainedModel,
+    UserError,
+    checks_machine,
+    hookimpl,
+)
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -191,7 +201,7 @@ class InceptionOptions(BaseModel):
         (``checks_machine`` false) is not refused for a file only evaluation reads."""
         if self.weights is None or not self.weights.endswith(".safetensors") or (
                 checks_machine(info.context) and not Path(self.weights).is_file()):
-            raise ValueError(missing_weights_message(self.weights))
+            raise OptionError(missing_weights_message(self.weights), option="weights")
         return self
 
 
@@ -300,9 +310,11 @@ def _network_options(host: Any, o: SampleQualityOptions, what: str) -> tuple[Any
         return comp, comp.options.model_validate(o.network_options)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = "".join(f".{p}" for p in first["loc"])
+        cause = first.get("ctx", {}).get("error")
+        loc = [*first["loc"], *([cause.option] if isinstance(cause, OptionError) else [])]
         msg = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"network_options{key}: {msg} (feature network '{o.network}')") from None
+        raise UserError(f"{msg} (feature network '{o.network}')",
+                        option=".".join(["network_options", *map(str, loc)])) from None
 
 
 class _SampleQuality(Evaluator):

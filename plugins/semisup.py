@@ -41,6 +41,7 @@ from advinf import (
     Game,
     GameLosses,
     Networks,
+    OptionError,
     Split,
     Stream,
     StreamingSplit,
@@ -96,8 +97,8 @@ class SemisupOptions(BaseModel):
     @model_validator(mode="after")
     def _batch(self) -> SemisupOptions:
         if self.labelled_batch_size > self.labels:
-            raise ValueError(f"labelled_batch_size ({self.labelled_batch_size}) is larger than labels "
-                             f"({self.labels})")
+            raise OptionError(f"labelled_batch_size ({self.labelled_batch_size}) is larger than labels "
+                              f"({self.labels})", option="labelled_batch_size")
         return self
 
 

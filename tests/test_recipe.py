@@ -250,11 +250,20 @@ def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
                                                                                    "[0, 1)"),
     (['optimizer={name="sgd", lr=0.1, momentum=1.5}'], "optimizer.momentum: must be in [0, 1)"),
     # options that could never act: the strict count always 0, a critic count in a game without a critic
-    (["evaluators.mode_coverage.min_samples=20000"], "min_samples = 20000 is more than the 10000 samples drawn"),
+    (["evaluators.mode_coverage.min_samples=20000"], "evaluators.mode_coverage.min_samples: min_samples = 20000 is "
+                                                     "more than the 10000 samples drawn"),
     (["vae_mixture25", "train.update=alternating", "train.critic_steps=5"],
      "train.critic_steps: game 'vae' has no critic-side player"),
     (["ali_digits", "evaluators.knn_probe.k=1000", "evaluators.knn_probe.labels=200"],
-     "k = 1000 neighbours among 200 labelled examples"),  # it voted with 200 and reported k 1000
+     "evaluators.knn_probe.k: k = 1000 neighbours among 200 labelled examples"),  # voted with 200, reported 1000
+    # a check of several options names the one to change (advinf.OptionError), with its value, not the section
+    (["vae_mixture25", 'game.likelihood="bernoulli"'], "game.variance: variance = 'learned' is for the Gaussian "
+                                                       "likelihood; a Bernoulli has no variance: leave variance out "
+                                                       "or set it to 'fixed' (got 'learned')"),
+    (["ali_semisup_digits", "game.labelled_batch_size=60"], "game.labelled_batch_size: labelled_batch_size (60) is "
+                                                            "larger than labels (50) (got 60)"),
+    (["ali_digits", 'evaluators.svm_probe.labelled_from_options={root="x"}'],
+     "evaluators.svm_probe.labelled_from_options: labelled_from_options is given without labelled_from"),
 ])
 def test_values_torch_or_pydantic_would_take_are_refused_naming_the_key(overrides, expected):
     recipe, *sets = overrides if "=" not in overrides[0] else ["ali_mixture25", *overrides]

@@ -136,8 +136,8 @@ def test_bad_network_names_and_options_are_user_errors():
      "evaluators.fid.network_options.epochs: a boolean where a number is expected"),
     ("evaluators.fid.network=inceptoin", "evaluators.fid.network: unknown feature_network (got 'inceptoin'); did you "
                                          "mean 'inception'?"),
-    ('evaluators.fid.network="inception"', "evaluators.fid.network_options: feature network 'inception' needs its "
-                                            "weights"),
+    ('evaluators.fid.network="inception"', "evaluators.fid.network_options.weights: feature network 'inception' "
+                                            "needs its weights"),
 ])
 def test_advinf_validate_checks_the_feature_network_and_its_options_naming_the_key(override, message):
     """Found before any training, by `advinf validate` too (not only when the evaluator is built)."""
@@ -261,6 +261,7 @@ def test_fid_and_kid_through_the_cli_on_a_tiny_digits_run(tmp_path):
                                        'evaluators.fid.network_options={weights = "nowhere.safetensors"}'])
     assert missing.exit_code == 2
     assert "no Inception weights at nowhere.safetensors" in missing.output and "Traceback" not in missing.output
+    assert "evaluators.fid.network_options.weights: no Inception" in missing.output  # the key to change
 
 
 def test_evaluators_every_n_steps_leave_training_and_resume_bit_exact(tmp_path):
