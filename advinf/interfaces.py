@@ -263,9 +263,13 @@ class Batch:
     y: Tensor | None = None
     streams: dict[str, Batch] = field(default_factory=dict)
     #: How many batches of this stream were drawn before this one, from the start of training (resumes
-    #: included; 0 in the trial step): a host-side count, e.g. for a regulariser applied every k steps
-    #: without reading a device value.
+    #: included; 0 in the trial step): a host-side count.
     index: int = 0
+    #: The training step this batch is drawn for (0-based, resumes included; 0 in the trial step): every forward
+    #: pass of one step has the same, also under ``update = "alternating"``, where a step draws ``critic_steps +
+    #: 1`` batches. A host-side count for what a game decides step by step (a regulariser applied every k steps,
+    #: an annealed noise level) without reading a device value.
+    step: int = 0
 
 
 @dataclass
@@ -311,7 +315,7 @@ class Game(abc.ABC):
         """Raise a UserError if the networks cannot play this game (called once before training)."""
 
     def host_decisions(self) -> str | None:
-        """What this game's step decides on the host from step to step (e.g. from ``batch.index``), naming the
+        """What this game's step decides on the host from step to step (e.g. from ``batch.step``), naming the
         recipe key, or None. A step recorded once as a CUDA graph (``train.cuda_graph``) would replay the
         recorded step's choice forever, so the trainer refuses the two together."""
         return None

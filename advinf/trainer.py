@@ -370,6 +370,13 @@ class Trainer:
     def _step_on(self, next_batch: Callable[[], Batch]) -> GameLosses:
         """The update on the batches ``next_batch()`` gives, one per forward pass; nothing read on the host."""
         self._step_count += 1
+        drawn = next_batch
+
+        def next_batch() -> Batch:  # each forward pass of this step sees the step's count
+            batch = drawn()
+            batch.step = self.step
+            return batch
+
         if self.spec.update == "simultaneous":
             out = self._forward(next_batch)
             if self._update(out, self.players):

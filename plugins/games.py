@@ -93,14 +93,14 @@ class AdversarialGame(Game):
                     model: tuple[Tensor, Tensor | None], y: Tensor | None, batch: Batch
                     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(critic loss, generator loss, scalars) of the critic on data and model pairs, regularised."""
-        std = self._noise_std(batch.index)
+        std = self._noise_std(batch.step)
         data_in = (regularisers.instance_noise(data[0], std), data[1])
         model_in = (regularisers.instance_noise(model[0], std), model[1])
         d_data, d_model = critic_pairs(critic, data_in, model_in, y, self.joint_batch)
         critic_loss, generator_loss = losses(self.divergence_fn, d_data, d_model, smoothing=self.smoothing)
         scalars = _probabilities(d_data, d_model)
         if self.r1:
-            if batch.index % self.r1_every == 0:  # a host int: no device read decides it
+            if batch.step % self.r1_every == 0:  # a host int: no device read decides it
                 penalty = (self.r1 / 2 * self.r1_every) * regularisers.r1(critic, *data_in, y, self.r1_inputs).mean()
                 critic_loss = critic_loss + penalty
                 scalars["r1_penalty"] = penalty.detach()
@@ -115,10 +115,10 @@ class AdversarialGame(Game):
             return "game.instance_noise_steps anneals the noise level on the host, step by step"
         return None
 
-    def _noise_std(self, index: int) -> float:
+    def _noise_std(self, step: int) -> float:
         if not self.noise or not self.noise_steps:
             return self.noise
-        return self.noise * max(0.0, 1 - index / self.noise_steps)
+        return self.noise * max(0.0, 1 - step / self.noise_steps)
 
 
 class JointGame(AdversarialGame):

@@ -69,7 +69,7 @@ def test_critic_regularisers_add_no_host_synchronisation():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(10):  # batch.index advances: both R1 branches and the annealing run
+        for _ in range(10):  # batch.step advances: both R1 branches and the annealing run
             trainer.train_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")

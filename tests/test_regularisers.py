@@ -51,9 +51,9 @@ def _setup(a=0.5, b=-2.0, **options):
     return nets, game, torch.randn(8, DX)
 
 
-def _losses(nets, game, x, index=0, seed=1):
+def _losses(nets, game, x, step=0, seed=1):
     torch.manual_seed(seed)
-    return game.losses(nets, Batch(x, index=index))
+    return game.losses(nets, Batch(x, index=1000 + step, step=step))  # the step decides, not the batch count
 
 
 @pytest.mark.parametrize("inputs", ["joint", "x"])
@@ -74,7 +74,7 @@ def test_r1_penalty_is_gamma_half_the_squared_gradient_norm(inputs):
 
 def test_lazy_r1_applies_every_k_steps_scaled_by_k():
     nets, game, x = _setup(r1=2.0, r1_every=4)
-    on = [_losses(nets, game, x, index=i).scalars["r1_penalty"].item() for i in range(8)]
+    on = [_losses(nets, game, x, step=i).scalars["r1_penalty"].item() for i in range(8)]
     full = 2.0 / 2 * (DX * 0.25 + DZ * 4.0)
     assert on == pytest.approx([4 * full, 0, 0, 0, 4 * full, 0, 0, 0])
 
@@ -133,14 +133,14 @@ def test_instance_noise_reaches_the_critic_and_anneals():
     nets_plain, plain, _ = _setup()
     _losses(nets_plain, plain, x)
     clean_x, clean_z = nets_plain.critic.calls[-1]
-    _losses(nets, game, x, index=0)
+    _losses(nets, game, x, step=0)
     noisy_x, noisy_z = nets.critic.calls[-1]
     assert torch.equal(noisy_z, clean_z)  # z is left alone
     noise = noisy_x - clean_x
     assert 0.3 < noise.std().item() < 0.7 and noise.abs().min() > 0
-    _losses(nets, game, x, index=75)  # a quarter of the noise left
+    _losses(nets, game, x, step=75)  # a quarter of the noise left
     assert 0.05 < (nets.critic.calls[-1][0] - clean_x).std().item() < 0.2
-    _losses(nets, game, x, index=100)
+    _losses(nets, game, x, step=100)
     assert torch.equal(nets.critic.calls[-1][0], clean_x)
 
 
@@ -207,3 +207,30 @@ def test_a_regularised_recipe_trains_and_resumes_exactly(tmp_path):
 
     record = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["r1_penalty"] > 0 and math.isfinite(record["loss_critic"])
+
+
+@pytest.mark.parametrize("critic_steps,every", [(1, 2), (1, 4), (2, 3)])
+def test_lazy_r1_and_annealing_count_training_steps_under_the_alternating_update(monkeypatch, critic_steps, every):
+    """Under update = "alternating" a step draws critic_steps + 1 batches; R1 and the noise level go by the step
+    (batch.step), as documented: R1 on every k-th step's critic updates, so gamma on average. Counted by batches
+    drawn (batch.index), (1, 2) put R1 on every critic update (2 gamma) and the noise ran out twice as early."""
+    from test_train import tiny_data, tiny_nets
+
+    from advinf_plugins import games
+
+    game = games.JointGame(games.JointGameOptions(r1=1.0, r1_every=every, instance_noise=0.5,
+                                                  instance_noise_steps=4), stochastic=True)
+    train = advinf.TrainSpec(steps=6, batch_size=32, update="alternating", critic_steps=critic_steps,
+                             progress="none", sample_every=0, log_every=3, threads=1)
+    passes = []  # per forward pass: [step, noise std, R1 taken]
+    real_losses, real_std, real_r1 = game.losses, game._noise_std, games.regularisers.r1
+    monkeypatch.setattr(game, "losses", lambda nets, batch: (passes.append([batch.step]), real_losses(nets, batch))[1])
+    monkeypatch.setattr(game, "_noise_std", lambda step: (passes[-1].append(real_std(step)), real_std(step))[1])
+    monkeypatch.setattr(games.regularisers, "r1", lambda *a, **k: (passes[-1].append("r1"), real_r1(*a, **k))[1])
+    trainer = advinf.Trainer(tiny_nets(), game, tiny_data(), train=train, optimizer=advinf.OptimizerSpec(lr=1e-3))
+    trainer.fit()
+    steps = [s for s in range(6) for _ in range(critic_steps + 1)]
+    passes = passes[-len(steps):]  # after the trial step's
+    assert [p[0] for p in passes] == steps
+    assert [p[1] for p in passes] == [0.5 * max(0.0, 1 - s / 4) for s in steps]
+    assert ["r1" in p for p in passes] == [s % every == 0 for s in steps]
