@@ -296,7 +296,7 @@ def _pil_to_uint8(img: Image.Image) -> Tensor:
 
 def resize_crop(img: Image.Image, size: int, mode: str) -> Tensor:
     """Resize the shorter side to ``size`` (Lanczos, antialiased), centre-crop to size x size, uint8 (C, H, W)."""
-    img = img.convert(mode)
+    img = eight_bit(img).convert(mode)
     w, h = img.size
     if (w, h) != (size, size):
         scale = size / min(w, h)
@@ -307,13 +307,29 @@ def resize_crop(img: Image.Image, size: int, mode: str) -> Tensor:
     return _pil_to_uint8(img)
 
 
+#: The raster formats images are read in. Pillow picks a file's format by its content, whatever its name, and
+#: some formats run programs (EPS and PDF-like PostScript go to Ghostscript): data never runs code, so only these.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale (a 16-bit PNG or TIFF) scaled to 8 bits: ``convert`` would clip it at 255 instead."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "TIFF")):
+        import numpy as np
+
+        wide = np.asarray(img).astype(np.int64).clip(0, 65535)
+        return Image.fromarray((wide >> 8).astype(np.uint8), "L")
+    return img
+
+
 def _open(path: str | Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
             return img
-    except OSError as exc:
-        raise UserError(f"cannot read the image {path}: {exc}") from None
+    except OSError as exc:  # UnidentifiedImageError too: not an image in one of IMAGE_FORMATS
+        raise UserError(f"cannot read the image {path}: {exc} (images are read as "
+                        f"{', '.join(IMAGE_FORMATS)}); remove or convert it") from None
 
 
 # -- SVHN --------------------------------------------------------------------------------------------------
@@ -446,9 +462,11 @@ def celeba(options: CelebaOptions, ctx) -> Dataset:
         out, names = [], []
         for s in splits:
             ds = _torchvision("celeba", root, lambda s=s: cls(str(root), split=s, target_type="attr",
-                                                              transform=celeba_64, download=options.download))
+                                                              download=options.download))
             n = len(ds) if options.limit is None else min(options.limit, len(ds))
-            x = decode_images(n, lambda i, ds=ds: ds[i][0], (3, 64, 64), _workers(options), f"CelebA {s}")
+            folder = Path(ds.root) / ds.base_folder / "img_align_celeba"  # torchvision's list, opened safely
+            x = decode_images(n, lambda i, ds=ds, folder=folder: celeba_64(_open(folder / ds.filename[i])),
+                              (3, 64, 64), _workers(options), f"CelebA {s}")
             out.append(Split(x, ds.attr[:n].to(torch.uint8).contiguous()))
             names = [a for a in ds.attr_names if a]
         return Dataset(out[0], out[1] if len(out) > 1 else None,

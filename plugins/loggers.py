@@ -128,7 +128,7 @@ class TensorBoardLogger(Logger):
         import numpy as np
         from PIL import Image
 
-        with Image.open(path) as picture:
+        with Image.open(path, formats=("PNG",)) as picture:  # the picture advinf wrote, read as nothing else
             self._writer.add_image(name, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -161,6 +162,45 @@ def test_image_folder_with_class_subfolders(tmp_path):
     assert any(torch.equal(ref_t, xi) for xi in all_x)
     gray = load("image_folder", root=str(root), size=16, grayscale=True, labels="none")
     assert gray.train.x.shape == (5, 1, 16, 16) and gray.train.y is None and gray.heldout is None
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def test_an_image_file_holding_postscript_is_refused_and_never_reaches_ghostscript(tmp_path, monkeypatch):
+    """Pillow picks a format by content: an EPS file named .png / .JPEG / .jpg went to Ghostscript (`gs`), a
+    program run on the file's contents. Data never runs code: images are read in raster formats only."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    ran = tmp_path / "gs_ran"
+    (fake / "gs").write_text(f"#!/bin/sh\ntouch {ran}\n[ \"$1\" = --version ] && echo 10.0\nexit 1\n")
+    (fake / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    folder = tmp_path / "pics"
+    write_image_folder(folder, {"a": 2, "b": 2})
+    (folder / "a" / "a_0.png").write_bytes(EPS)
+    tiny = tmp_path / "tiny"
+    write_tiny_imagenet(tiny, ["n01", "n02"], per_class=2, val=2)
+    (tiny / "tiny-imagenet-200" / "train" / "n01" / "images" / "n01_0.JPEG").write_bytes(EPS)
+    celeba = tmp_path / "celeba"
+    paths, _ = write_celeba(celeba, [0, 0, 0, 1, 1, 2, 2])
+    paths[1].write_bytes(EPS)
+    for name, root, bad in (("image_folder", folder, "a_0.png"), ("tiny_imagenet", tiny, "n01_0.JPEG"),
+                            ("celeba", celeba, paths[1].name)):
+        options = {"size": 8} if name == "image_folder" else {"verify": False}
+        with pytest.raises(UserError, match=f"cannot read the image .*{bad}.*read as JPEG, PNG"):
+            load(name, root=str(root), cache=False, workers=1, **options)
+        assert not ran.exists(), name
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040).astype(np.uint16)  # 0 .. 65520
+    (tmp_path / "a").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "a" / "ramp.png")
+    with Image.open(tmp_path / "a" / "ramp.png") as img:
+        assert img.mode.startswith("I")  # what Pillow makes of it
+    data = load("image_folder", root=str(tmp_path), size=8, grayscale=True, labels="none", cache=False, workers=1)
+    assert torch.equal(data.train.x[0, 0], torch.from_numpy((ramp >> 8).astype(np.uint8)))  # was 255 from 0.4 on
 
 
 def test_image_folder_flat_and_its_cache_follows_the_files(tmp_path):
