@@ -104,7 +104,10 @@ class StreamSource:
             if self._stream is None:
                 self._stream = iter(self._loader())
             self.sampler.advance()
-            x, y = next(self._stream)
+            try:
+                x, y = next(self._stream)
+            except UserError as exc:  # a worker's (a damaged file): its message, not the worker's traceback
+                raise UserError(worker_message(str(exc)), option=exc.option) from None
             x = x.to(self.device, non_blocking=True)
             y = None if y is None else y.to(self.device, non_blocking=True)
         else:
@@ -154,6 +157,14 @@ class StreamSource:
         """Continue from a position ``state`` saved by :meth:`state`."""
         self.sampler.load_state(state)
         self._stream = None  # a streaming split restarts its loader at the restored position
+
+
+def worker_message(text: str) -> str:
+    """The message of a UserError a DataLoader worker raised: torch re-raises it with the worker's traceback as
+    its text ("Caught UserError in DataLoader worker process 0. Original Traceback ... UserError: MESSAGE")."""
+    if "Original Traceback" not in text or "UserError: " not in text:
+        return text
+    return text.rsplit("UserError: ", 1)[1].strip()
 
 
 class _SeededBatches(torch.utils.data.Sampler):

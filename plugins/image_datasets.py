@@ -31,12 +31,13 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from advinf import (
     DataAccess,
     Dataset,
+    OptionError,
     Split,
     StreamingSplit,
     UserError,
@@ -75,6 +76,13 @@ class SvhnOptions(_OfficialOptions):
     split: Literal["train", "extra", "test"] = Field("train", description="training split (the original: extra)")
     heldout: Literal["test", "train", "none"] = Field("test", description="held-out split")
 
+    @model_validator(mode="after")
+    def _apart(self) -> SvhnOptions:
+        if self.heldout == self.split:  # evaluators would report training images as held out
+            raise OptionError(f"heldout = '{self.heldout}' is the training split too: hold out another split, or "
+                              "'none'", option="heldout")
+        return self
+
 
 class Cifar10Options(_OfficialOptions):
     root: _Root = Field("data/cifar10", min_length=1, description="folder holding cifar-10-batches-bin/ (the "
@@ -93,6 +101,13 @@ class CelebaOptions(_OfficialOptions):
     split: Literal["train", "valid", "test", "all"] = Field("train", description="official partition to train on")
     heldout: Literal["valid", "test", "none"] = Field("test", description="official partition held out")
     workers: _Workers = Field(None, gt=0, description="image decoding threads (default: up to 8)")
+
+    @model_validator(mode="after")
+    def _apart(self) -> CelebaOptions:
+        if self.heldout != "none" and self.split in (self.heldout, "all"):  # training images reported as held out
+            raise OptionError(f"heldout = '{self.heldout}' is part of split = '{self.split}': hold out a partition "
+                              "not trained on, or 'none'", option="heldout")
+        return self
 
 
 class MnistOptions(_OfficialOptions):
@@ -176,28 +191,57 @@ def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool
     raise UserError(msg, option="root")
 
 
-def _torchvision(name: str, root: Path, make: Callable[[], Any]) -> Any:
+def _torchvision(name: str, root: Path, make: Callable[[], Any], files: Sequence[Path] = ()) -> Any:
     """Build a torchvision dataset, turning its 'not found', 'corrupted' and failed-download errors into
-    UserErrors; folders a failed download made and left empty are removed."""
+    UserErrors; folders a failed download made and left empty are removed. ``files``: what it reads, named when
+    one is there but cannot be read (truncated, another format)."""
     before = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
     existed = root.exists()
     try:
         return make()
+    except MemoryError:
+        raise
     except (RuntimeError, OSError) as exc:  # a failed download: RuntimeError (MNIST's mirrors) or URLError
         _remove_new_empty_folders(root, before, existed)
-        text = " ".join(str(exc).split())[:600].rstrip(".")
-        if isinstance(exc, urllib.error.URLError) or any(w in text for w in ("Error downloading", "urlopen",
-                                                                                 "HTTP Error")):
-            raise UserError(f"dataset '{name}': downloading into {root} failed: {text}. Check the network (or a "
-                            "proxy), or put the files there by hand and set `download = false`.",
-                            option="root") from None
-        if not isinstance(exc, RuntimeError):
-            raise
-        hint = (" If a checksum fails, delete the file and download it again (`download = true`), or set "
-                "`verify = false` for files you trust." if any(w in text.lower() for w in
-                                                             ("checksum", "corrupt", "integrity", "md5")) else "")
-        raise UserError(f"dataset '{name}': torchvision could not load the files under {root}: {text}.{hint}",
-                        option="root") from None
+        raise _load_error(name, root, exc, files) from None
+    except Exception as exc:  # noqa: BLE001 -- ValueError, AssertionError, scipy's MatReadError...: a bad file
+        raise damaged(name, files or [root], exc) from None
+
+
+def _load_error(name: str, root: Path, exc: BaseException, files: Sequence[Path]) -> BaseException:
+    text = " ".join(str(exc).split())[:600].rstrip(".")
+    if isinstance(exc, urllib.error.URLError) or any(w in text for w in ("Error downloading", "urlopen",
+                                                                             "HTTP Error")):
+        return UserError(f"dataset '{name}': downloading into {root} failed: {text}. Check the network (or a "
+                         "proxy), or put the files there by hand and set `download = false`.", option="root")
+    checksum = any(w in text.lower() for w in ("checksum", "corrupt", "integrity", "md5"))
+    if files and all(Path(f).is_file() for f in files) and not checksum:
+        return damaged(name, files, exc)  # there, but unreadable: truncated, say
+    if not isinstance(exc, RuntimeError):
+        return exc
+    hint = (" If a checksum fails, delete the file and download it again (`download = true`), or set "
+            "`verify = false` for files you trust." if checksum else "")
+    return UserError(f"dataset '{name}': torchvision could not load the files under {root}: {text}.{hint}",
+                     option="root")
+
+
+def damaged(name: str, files: Sequence[Path], exc: BaseException) -> UserError:
+    """The error for files that are there but cannot be read as the dataset's."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    return UserError(f"dataset '{name}': {', '.join(map(str, files))} cannot be read as {name}'s files ({text}): "
+                     "damaged, or not the official release's; delete them and download them again "
+                     "(`download = true`), or point `root` at a good copy", option="root")
+
+
+def _class_labels(name: str, y: Tensor, classes: int, path: Path) -> Tensor:
+    """``y`` when every label is a class index below ``classes``; a wrong one would train a conditional model on
+    an extra class, or fail mid-training."""
+    bad = (y < 0) | (y >= classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise damaged(name, [path], ValueError(f"{int(bad.sum())} labels outside 0..{classes - 1}, the first "
+                                               f"{int(y[i])} at example {i}"))
+    return y
 
 
 def _remove_new_empty_folders(root: Path, before: set[Path], existed: bool) -> None:
@@ -315,8 +359,6 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 def eight_bit(img: Image.Image) -> Image.Image:
     """16-bit greyscale (a 16-bit PNG or TIFF) scaled to 8 bits: ``convert`` would clip it at 255 instead."""
     if img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "TIFF")):
-        import numpy as np
-
         wide = np.asarray(img).astype(np.int64).clip(0, 65535)
         return Image.fromarray((wide >> 8).astype(np.uint8), "L")
     return img
@@ -327,7 +369,7 @@ def _open(path: str | Path) -> Image.Image:
         with Image.open(path, formats=IMAGE_FORMATS) as img:
             img.load()
             return img
-    except OSError as exc:  # UnidentifiedImageError too: not an image in one of IMAGE_FORMATS
+    except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: not in IMAGE_FORMATS
         raise UserError(f"cannot read the image {path}: {exc} (images are read as "
                         f"{', '.join(IMAGE_FORMATS)}); remove or convert it") from None
 
@@ -346,8 +388,13 @@ def svhn(options: SvhnOptions, ctx) -> Dataset:
             _require("svhn", root, [cls.split_list[s][1] for s in splits])
         out = []
         for s in splits:
-            ds = _torchvision("svhn", root, lambda s=s: cls(str(root), split=s, download=options.download))
-            out.append(_limit(torch.from_numpy(ds.data), torch.from_numpy(ds.labels), options.limit))
+            mat = root / cls.split_list[s][1]
+            ds = _torchvision("svhn", root, lambda s=s: cls(str(root), split=s, download=options.download), [mat])
+            if ds.data.dtype != np.uint8 or ds.data.ndim != 4 or ds.data.shape[1:] != (3, 32, 32):
+                raise damaged("svhn", [mat], ValueError(f"X is {ds.data.dtype} of shape (after torchvision's "
+                                                        f"transpose) {ds.data.shape}, not uint8 (N, 3, 32, 32)"))
+            labels = torch.from_numpy(np.asarray(ds.labels).astype(np.int64).reshape(-1))
+            out.append(_limit(torch.from_numpy(ds.data), _class_labels("svhn", labels, 10, mat), options.limit))
         return Dataset(out[0], out[1] if len(out) > 1 else None,
                        meta={"name": "svhn", "classes": [str(i) for i in range(10)], "split": options.split})
 
@@ -425,8 +472,9 @@ def cifar10(options: Cifar10Options, ctx) -> Dataset:
         heldout = None
         if options.heldout == "validation":
             if options.validation >= len(x):
-                raise UserError(f"dataset 'cifar10': validation = {options.validation}, but the training batches "
-                                f"hold only {len(x)} examples", option="validation")
+                raise UserError(f"dataset 'cifar10': validation = {options.validation} leaves no training "
+                                f"examples: it must be below the {len(x)} the training batches hold",
+                                option="validation")
             cut = len(x) - options.validation
             heldout, x, y = _limit(x[cut:], y[cut:], options.limit), x[:cut], y[:cut]
         elif options.heldout == "test":
@@ -461,8 +509,11 @@ def celeba(options: CelebaOptions, ctx) -> Dataset:
             _require("celeba", root, [f"{cls.base_folder}/{f}" for f in CELEBA_FILES])
         out, names = [], []
         for s in splits:
+            texts = [root / cls.base_folder / f for f in CELEBA_FILES if f.endswith(".txt")]
             ds = _torchvision("celeba", root, lambda s=s: cls(str(root), split=s, target_type="attr",
-                                                              download=options.download))
+                                                              download=options.download), texts)
+            if bool(((ds.attr != 0) & (ds.attr != 1)).any()):  # torchvision's (a + 1) // 2 of values not -1 or 1
+                raise damaged("celeba", texts[:1], ValueError("attributes other than -1 and 1"))
             n = len(ds) if options.limit is None else min(options.limit, len(ds))
             folder = Path(ds.root) / ds.base_folder / "img_align_celeba"  # torchvision's list, opened safely
             x = decode_images(n, lambda i, ds=ds, folder=folder: celeba_64(_open(folder / ds.filename[i])),
@@ -488,11 +539,14 @@ def mnist(options: MnistOptions, ctx) -> Dataset:
             _require("mnist", root, [f"MNIST/raw/{Path(name).stem}" for name, _ in cls.resources])
 
         def load(train: bool) -> Split:
-            ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download))
+            raw = root / "MNIST" / "raw"
+            files = [raw / f"{'train' if train else 't10k'}-{part}-idx{dim}-ubyte"
+                     for part, dim in (("images", 3), ("labels", 1))]
+            ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download), files)
             x = ds.data.unsqueeze(1)
             if options.size == 32:
                 x = torch.nn.functional.pad(x, (2, 2, 2, 2))
-            return _limit(x, ds.targets, options.limit)
+            return _limit(x, _class_labels("mnist", ds.targets, 10, files[1]), options.limit)
 
         return Dataset(load(True), load(False) if options.heldout == "test" else None,
                        meta={"name": "mnist", "classes": [str(i) for i in range(10)]})

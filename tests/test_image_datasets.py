@@ -104,7 +104,7 @@ def test_cifar10_keeps_the_original_validation_split(tmp_path):
     test = load("cifar10", root=str(tmp_path), verify=False, heldout="test")
     assert torch.equal(test.train.x, x) and torch.equal(test.heldout.x, files["test"][0])
     assert data.meta["classes"][0] == "airplane"
-    with pytest.raises(UserError, match="validation = 5000, but the training batches hold only 20"):
+    with pytest.raises(UserError, match="validation = 5000 leaves no training examples: it must be below the 20"):
         load("cifar10", root=str(tmp_path), verify=False)
 
 
@@ -201,6 +201,41 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
         assert img.mode.startswith("I")  # what Pillow makes of it
     data = load("image_folder", root=str(tmp_path), size=8, grayscale=True, labels="none", cache=False, workers=1)
     assert torch.equal(data.train.x[0, 0], torch.from_numpy((ramp >> 8).astype(np.uint8)))  # was 255 from 0.4 on
+
+
+def test_damaged_official_files_are_errors_naming_the_file_and_labels_are_checked(tmp_path):
+    """Files that are there but cannot be read (truncated, another format, labels no class has) are one message
+    naming the file; they were torchvision's or scipy's bare text ("AssertionError: "), or, for labels out of
+    range, a crash mid-training of a conditional model."""
+    from scipy.io import savemat
+
+    write_svhn(tmp_path / "svhn", {"train": 6, "test": 3})
+    mat = tmp_path / "svhn" / "train_32x32.mat"
+    mat.write_bytes(mat.read_bytes()[:300])
+    with pytest.raises(UserError, match=f"dataset 'svhn': {mat} cannot be read as svhn's files .*download them "
+                                        "again") as err:
+        load("svhn", root=str(tmp_path / "svhn"), verify=False, cache=False)
+    assert err.value.option == "root"
+    x = np.zeros((32, 32, 3, 4), np.uint8)
+    savemat(mat, {"X": x, "y": np.array([[1], [11], [2], [3]], np.uint8)})  # 11: no class
+    with pytest.raises(UserError, match=r"train_32x32.mat cannot be read .*1 labels outside 0..9, the first 11 at "
+                                        r"example 1"):
+        load("svhn", root=str(tmp_path / "svhn"), verify=False, cache=False)
+    savemat(mat, {"X": x.astype(np.float64), "y": np.array([[1], [10], [2], [3]], np.uint8)})  # MATLAB's doubles
+    with pytest.raises(UserError, match=r"X is float64 .* not uint8"):
+        load("svhn", root=str(tmp_path / "svhn"), verify=False, cache=False)
+
+    write_mnist(tmp_path / "mnist", train=4, test=2)
+    labels = tmp_path / "mnist" / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[-1] = 200
+    labels.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=f"{labels} cannot be read .*labels outside 0..9, the first 200 at example 3"):
+        load("mnist", root=str(tmp_path / "mnist"), cache=False)
+    images = tmp_path / "mnist" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(b"\x1f\x8b" + images.read_bytes()[2:50])  # a .gz kept under the idx name, say
+    with pytest.raises(UserError, match=f"{images}.* cannot be read as mnist's files"):
+        load("mnist", root=str(tmp_path / "mnist"), cache=False)
 
 
 def test_image_folder_flat_and_its_cache_follows_the_files(tmp_path):
@@ -350,6 +385,13 @@ def test_image_folder_stream_reads_the_same_images_lazily(tmp_path):
     x, y = stream.train.take(torch.arange(5))
     assert torch.equal(x, memory.train.x) and torch.equal(y, memory.train.y)
     assert not (root / ".advinf_cache").exists()
+    # a file damaged after the run started is one message naming it, not the worker's traceback
+    for image in root.rglob("*.png"):
+        image.write_bytes(image.read_bytes()[:60])
+    source = advinf.StreamSource(stream.train, 5, torch.device("cpu"), seed=0)
+    with pytest.raises(UserError) as err:
+        source.next()
+    assert str(err.value).startswith("cannot read the image ") and "Traceback" not in str(err.value)
 
 
 STREAM_RECIPE = """
@@ -463,4 +505,4 @@ def test_the_options_that_say_where_and_how_the_data_is_read_are_marked_and_left
     assert m._cache_path("celeba", options).name == f"celeba-{digest}.safetensors"
     elsewhere = m.CelebaOptions(root="/else", workers=1, split="valid", download=True)
     assert m._cache_path("celeba", elsewhere).name == m._cache_path("celeba", options).name
-    assert m._cache_path("celeba", m.CelebaOptions(split="test")).name != m._cache_path("celeba", options).name
+    assert m._cache_path("celeba", m.CelebaOptions(split="test", heldout="valid")).name != m._cache_path("celeba", options).name

@@ -264,6 +264,10 @@ def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
                                                             "larger than labels (50) (got 60)"),
     (["ali_digits", 'evaluators.svm_probe.labelled_from_options={root="x"}'],
      "evaluators.svm_probe.labelled_from_options: labelled_from_options is given without labelled_from"),
+    # a held-out split the model trains on: evaluators reported training images as held out
+    (["ali_svhn", 'dataset.split="train"', 'dataset.heldout="train"'],
+     "dataset.heldout: heldout = 'train' is the training split too"),
+    (["ali_celeba", 'dataset.split="all"'], "dataset.heldout: heldout = 'test' is part of split = 'all'"),
 ])
 def test_values_torch_or_pydantic_would_take_are_refused_naming_the_key(overrides, expected):
     recipe, *sets = overrides if "=" not in overrides[0] else ["ali_mixture25", *overrides]
