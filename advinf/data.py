@@ -186,6 +186,9 @@ class DataDescription(_Described):
     sample_shape: list[int] = Field(min_length=1, max_length=8)
     dtype: _DType
     labels: LabelDescription | None = None
+    #: how many training and held-out examples (None: no held-out split); absent from older checkpoints' (None)
+    examples: int | None = Field(default=None, ge=0, le=1 << 62)
+    heldout_examples: int | None = Field(default=None, ge=0, le=1 << 62)
 
     def model_post_init(self, context: Any) -> None:
         sizes = self.sample_shape + (self.labels.shape if self.labels else [])
@@ -205,7 +208,8 @@ def describe(data: Dataset) -> DataDescription:
     info = data.label_info()
     labels = None if info is None or y is None else LabelDescription(
         kind=info[0], names=list(info[1]), shape=list(y.shape[1:]), dtype=_dtype_name(y.dtype))
-    return DataDescription(sample_shape=list(data.sample_shape), dtype=_dtype_name(x.dtype), labels=labels)
+    return DataDescription(sample_shape=list(data.sample_shape), dtype=_dtype_name(x.dtype), labels=labels,
+                           examples=len(train), heldout_examples=None if data.heldout is None else len(data.heldout))
 
 
 def described_dataset(description: DataDescription | Mapping[str, Any]) -> Dataset:
@@ -221,9 +225,11 @@ def described_dataset(description: DataDescription | Mapping[str, Any]) -> Datas
     return Dataset(Split(x, y), None, meta)
 
 
-def unlike_description(found: DataDescription, trained: DataDescription, labels: bool = True) -> str | None:
+def unlike_description(found: DataDescription, trained: DataDescription, labels: bool = True,
+                       sizes: bool = True) -> str | None:
     """How data found now differs from what a run trained on (None when it matches); ``labels = False`` leaves
-    the labels out (a game whose networks never see them)."""
+    the labels out (a game whose networks never see them), ``sizes = False`` the numbers of examples (what the
+    networks can take whatever they are; a description of an older version has none)."""
     if not labels:
         found, trained = found.model_copy(update={"labels": None}), trained.model_copy(update={"labels": None})
     if found.sample_shape != trained.sample_shape:
@@ -236,6 +242,19 @@ def unlike_description(found: DataDescription, trained: DataDescription, labels:
     if found.labels is not None and trained.labels is not None and found.labels != trained.labels:
         return (f"its labels ({found.labels.kind}: {_few(found.labels.names)}) are not the run's "
                 f"({trained.labels.kind}: {_few(trained.labels.names)})")
+    return other_sizes(found, trained) if sizes else None
+
+
+def other_sizes(found: DataDescription, trained: DataDescription) -> str | None:
+    """How the numbers of training and held-out examples found differ from a run's (None: the same, or not
+    known: a description of an older version)."""
+    if None in (found.examples, trained.examples):
+        return None
+    for what, now, then in (("training", found.examples, trained.examples),
+                            ("held-out", found.heldout_examples, trained.heldout_examples)):
+        if now != then:
+            return (f"it holds {'no' if now is None else now} {what} examples, the run's data "
+                    f"{'none' if then is None else then} (another copy, folder or selection of the data?)")
     return None
 
 

@@ -19,6 +19,7 @@ from advinf.data import (
     data_access_keys,
     describe,
     described_dataset,
+    other_sizes,
     unlike_description,
 )
 from advinf.errors import RecipeError, UserError
@@ -171,7 +172,11 @@ def _run_data(recipe: Recipe, loaded: ckpt.Checkpoint, run_dir: Path, data: Sequ
             return dataset, None, changes
         reads_labels = build_game(recipe.spec, recipe.options, host).reads_labels  # else labels may differ
         try:
-            unlike = unlike_description(describe(dataset), trained, labels=reads_labels)
+            found = describe(dataset)
+            unlike = unlike_description(found, trained, labels=reads_labels, sizes=False)
+            if unlike is None and not changes and (sizes := other_sizes(found, trained)) is not None:
+                warnings.warn(f"{run_dir}: the data found is not the data it trained on: {sizes}; what uses its "
+                              "dataset (evaluators, reconstructions) sees the data found", stacklevel=3)
         except ValueError as exc:
             unlike = str(exc)
         if unlike is None:

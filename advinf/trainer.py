@@ -701,7 +701,8 @@ class Trainer:
     def _check_data(self, checkpoint: ckpt.Checkpoint, allow_changes: bool) -> None:
         """Refuse to continue a run on data unlike what it trained on: examples of another shape or dtype, or,
         where the game reads labels, labels of another kind or number (its weights cannot fit them); labels
-        named otherwise unless ``allow_changes``. Labels a game never reads may change."""
+        named otherwise, or another number of examples, unless ``allow_changes``. Labels a game never reads may
+        change."""
         stored, found = checkpoint.state.get("data"), self._described_data()
         if stored is None or found is None:
             return  # a checkpoint of an older version, which did not describe its data
@@ -709,7 +710,8 @@ class Trainer:
         unlike = unlike_description(found, trained, labels=self.game.reads_labels)
         if unlike is None:
             return
-        fatal = unlike_description(found, trained, labels=False) is not None or relabels(found, trained)
+        fatal = (unlike_description(found, trained, labels=False, sizes=False) is not None
+                 or (self.game.reads_labels and relabels(found, trained)))
         if not fatal and allow_changes:
             return
         also = "" if fatal else (" (or go on with these labels: --allow-changes; restore(checkpoint, "

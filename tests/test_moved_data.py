@@ -43,7 +43,8 @@ def test_a_description_rebuilds_what_networks_are_sized_and_conditioned_by():
         stand_in = described_dataset(json.loads(json.dumps(record.model_dump(mode="json"))))  # as state.json holds it
         assert len(stand_in.train) == 0 and stand_in.meta["described_only"] and stand_in.heldout is None
         assert stand_in.sample_shape == data.sample_shape and stand_in.label_info() == data.label_info()
-        assert describe(stand_in) == record
+        assert describe(stand_in) == record.model_copy(update={"examples": 0})  # no examples, what it describes
+        assert record.examples == len(data.train) and record.heldout_examples is None
     assert describe(classes).labels.names == ["0", "1", "2", "3"] and describe(classes).labels.shape == []
     assert describe(attributes).labels.model_dump() == {"kind": "attributes", "names": ["smiling", "male"],
                                                         "shape": [2], "dtype": "uint8"}
@@ -95,7 +96,7 @@ def test_a_run_samples_without_its_data_and_says_what_needs_it(trained, tmp_path
     state = json.loads((ckpt.latest_checkpoint(trained / "checkpoints") / "state.json").read_text())
     assert state["data"] == {"sample_shape": [1, 28, 28], "dtype": "uint8",
                              "labels": {"kind": "classes", "names": [str(i) for i in range(10)], "shape": [],
-                                        "dtype": "int64"}}
+                                        "dtype": "int64"}, "examples": 40, "heldout_examples": 12}
     res = _cli("sample", str(trained), "--out", str(tmp_path / "s.png"), "--count", "4")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s.png").is_file()
@@ -257,9 +258,15 @@ def test_labels_a_game_never_reads_may_change(tmp_path):
     run = tmp_path / "run"
     assert _cli("run", str(recipe), "--out", str(run), "--stop-after", "2").exit_code == 0
     shutil.copytree(pics / "a", pics / "c")
-    res = _cli("reconstruct", str(run), "--out", str(tmp_path / "r.png"), "--count", "4", "--split", "train")
+    # more images are other data, said where they are used, and a resume on them is asked for
+    with pytest.warns(UserWarning, match="the data found is not the data it trained on: it holds 9 training "
+                                         "examples, the run's data 6"):
+        res = _cli("reconstruct", str(run), "--out", str(tmp_path / "r.png"), "--count", "4", "--split", "train")
     assert res.exit_code == 0, res.output
     res = _cli("run", "--resume", str(run))
+    assert res.exit_code == 2 and "was trained on other data: it holds 9 training examples, the run's data 6" in \
+        res.output and "--allow-changes" in res.output
+    res = _cli("run", "--resume", str(run), "--allow-changes")
     assert res.exit_code == 0, res.output
 
 
