@@ -42,25 +42,29 @@ class ModeCoverageOptions(BaseModel):
 
 def coverage_metrics(samples: Tensor, centres: Tensor, std: float, radius_std: float = 3.0,
                      min_samples: int = 20) -> dict[str, Any]:
-    """The three decoder-side numbers for (N, 2) samples and (K, 2) centres."""
+    """The three decoder-side numbers for (N, 2) samples and (K, 2) centres, and how many samples are not finite
+    (a NaN sample is near no mode: argmin would give it mode 0)."""
+    finite = torch.isfinite(samples).all(1)
     d = torch.cdist(samples.float(), centres.float())  # (N, K)
     nearest_d, nearest = d.min(dim=1)
-    close = nearest_d <= radius_std * std
+    close = (nearest_d <= radius_std * std) & finite
     # a sample counts for its nearest mode only: with a radius wider than half the spacing (a large std) one
     # sample lay within the radius of several modes, and the strict count could exceed the modes covered
     per_mode = torch.bincount(nearest[close], minlength=len(centres))
     return {
         "modes_total": len(centres),
-        "modes_covered": int(torch.unique(nearest).numel()),
+        "modes_covered": int(torch.unique(nearest[finite]).numel()),
         "modes_covered_strict": int((per_mode >= min_samples).sum()),
         "high_quality_fraction": float(close.float().mean()),
+        "non_finite_samples": int((~finite).sum()),
     }
 
 
 def reconstruction_accuracy(x: Tensor, recon: Tensor, centres: Tensor) -> float:
-    """Share of points whose reconstruction has the same nearest centre as the point."""
+    """Share of points whose reconstruction has the same nearest centre as the point (a reconstruction that is
+    not finite has none)."""
     same = torch.cdist(x.float(), centres).argmin(1) == torch.cdist(recon.float(), centres).argmin(1)
-    return float(same.float().mean())
+    return float((same & torch.isfinite(recon).all(1)).float().mean())
 
 
 class ModeCoverage(Evaluator):

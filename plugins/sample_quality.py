@@ -256,8 +256,11 @@ class InceptionFeatures(nn.Module):
         torch.save(dict(state), buffer)  # tensors only: read back below with weights_only forced on
         buffer.seek(0)
         with _weights_only_loads():
+            # antialias=False: torch-fidelity's TF1 bilinear resize to 299 x 299 (the reference FID code's);
+            # torchmetrics' default resizes otherwise, and the features differ by up to 3 %
             self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[features],
-                                          feature_extractor_weights_path=buffer)  # type: ignore[arg-type]
+                                          feature_extractor_weights_path=buffer,  # type: ignore[arg-type]
+                                          antialias=False)
         self.num_features = int(features)
         self.about = {"weights": "torch-fidelity inception-2015-12-05 (TF-ported FID Inception v3)",
                       "layer": features}
@@ -371,16 +374,21 @@ class _SampleQuality(Evaluator):
                 raise UserError(f"this model is conditional, but the {o.real} split has no labels to sample with")
             y_all = labels[torch.randint(len(labels), (o.samples,), generator=g)]
         z_all = model.prior_sample(o.samples, o.seed)
+        non_finite = 0
         with torch.no_grad():
             for s in range(0, o.samples, o.batch_size):
                 y = None if y_all is None else y_all[s:s + o.batch_size]
                 x = model.sample(z=z_all[s:s + o.batch_size], y=y)
                 if x.shape[1:] != tuple(data.sample_shape):
                     raise UserError(f"samples have shape {tuple(x.shape[1:])}, the data {tuple(data.sample_shape)}")
+                non_finite += int((~torch.isfinite(x.flatten(1))).any(1).sum())
                 metric.update(quantise(x).to(device), real=False)
-            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-                torch.manual_seed(o.seed)  # KID's subsets are drawn with the global RNG
-                values = self.compute(metric)
+        if non_finite:  # quantised, NaN would be black pixels: a diverged decoder scored as black images
+            return {"skipped": f"{non_finite} of {o.samples} samples are not finite (NaN or inf): the decoder has "
+                               "diverged", "non_finite_samples": non_finite}
+        with torch.no_grad(), torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(o.seed)  # KID's subsets are drawn with the global RNG
+            values = self.compute(metric)
         name = f"{self.kind}{o.samples}_{o.real}{n_real}_{o.network}"
         result: dict[str, Any] = {**values, "protocol": name, "samples": o.samples, "real": o.real,
                                   "real_examples": n_real, "network": o.network,

@@ -25,7 +25,8 @@ def test_grid_is_the_papers():
 def test_every_mode_well_covered():
     x = torch.cat([around(i, 20) for i in range(25)])
     m = coverage_metrics(x, CENTRES, STD)
-    assert m == {"modes_total": 25, "modes_covered": 25, "modes_covered_strict": 25, "high_quality_fraction": 1.0}
+    assert m == {"modes_total": 25, "modes_covered": 25, "modes_covered_strict": 25, "high_quality_fraction": 1.0,
+                 "non_finite_samples": 0}
 
 
 def test_paper_count_counts_far_samples_but_strict_count_does_not():
@@ -50,6 +51,19 @@ def test_reconstruction_accuracy():
     recon = x.clone()
     recon[:10] = CENTRES[5]  # the first mode's points come back at another mode
     assert reconstruction_accuracy(x, recon, CENTRES) == pytest.approx(30 / 40)
+    recon[10:20] = float("nan")  # mode 1's points: not finite, so near no mode (argmin gave mode 0)
+    x[10:20] = CENTRES[0]
+    assert reconstruction_accuracy(x, recon, CENTRES) == pytest.approx(20 / 40)
+
+
+def test_samples_that_are_not_finite_cover_no_mode():
+    """A diverged decoder: argmin over a NaN row is 0, so all-NaN samples covered mode 0."""
+    nan = torch.full((100, 2), float("nan"))
+    m = coverage_metrics(nan, CENTRES, STD)
+    assert m["modes_covered"] == 0 and m["modes_covered_strict"] == 0 and m["non_finite_samples"] == 100
+    m = coverage_metrics(torch.cat([around(3, 20), nan[:5]]), CENTRES, STD)
+    assert m["modes_covered"] == 1 and m["modes_covered_strict"] == 1 and m["non_finite_samples"] == 5
+    assert m["high_quality_fraction"] == pytest.approx(20 / 25)
 
 
 def test_evaluator_on_a_known_decoder_and_a_non_mixture(tmp_path):

@@ -19,6 +19,7 @@ from advinf.cli import cli
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior
 from advinf_plugins.sample_quality import (
+    InceptionFeatures,
     InceptionOptions,
     LabelClassifierOptions,
     inception,
@@ -212,6 +213,38 @@ def test_inception_reads_safetensors_and_never_a_pickle(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot read Inception weights"):
         read_inception_weights(InceptionOptions(weights=str(tmp_path / "evil.safetensors")))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_inception_network_resizes_as_torch_fidelity_does(monkeypatch):
+    """The same (random) weights in advinf's 'inception' and torch-fidelity's own FID Inception give the same
+    features: the TF1 bilinear resize to 299 x 299 of the reference FID code. torchmetrics' default (an
+    antialiased resize) gave features up to 3 % apart, so FIDs not comparable with published ones."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    state = random_inception_state(monkeypatch)
+    ours = InceptionFeatures(state, "2048").eval()
+    with monkeypatch.context() as m:
+        m.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        m.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: {})
+        reference = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    reference.load_state_dict(state)
+    reference.eval()
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(images), reference(images)[0]
+    assert (a - b).norm() <= 1e-4 * b.norm() and b.norm() > 0  # relative: random weights give small features
+
+
+def test_samples_that_are_not_finite_are_reported_not_scored(tmp_path):
+    """NaN samples quantised to uint8 were black pixels: a diverged decoder got the black images' FID."""
+    data = digits()
+    images = Dataset.decode(data.heldout.x).clone()
+    images[:3] = float("nan")
+    ev = advinf.create("evaluator", "fid", BuildContext(dataset=data), samples=100, network_options=CLASSIFIER)
+    out = ev.evaluate(replaying(images), data, tmp_path)
+    assert out == {"skipped": "3 of 100 samples are not finite (NaN or inf): the decoder has diverged",
+                   "non_finite_samples": 3}
+    assert "fid" in ev.evaluate(replaying(Dataset.decode(data.heldout.x)), data, tmp_path)
 
 
 def test_a_registered_feature_network_is_used_by_name(tmp_path, advinf_host):
