@@ -420,6 +420,10 @@ def labelled_pool(o: ProbeOptions, ctx: Any, what: str) -> tuple[Split | Streami
     if info is None or info[0] != "classes":
         raise UserError(f"evaluator '{what}': labelled_from = '{o.labelled_from}' has no class labels",
                         option="labelled_from")
+    if o.labels < len(info[1]):  # as _one_label_per_class, against the classes of the labelled pool
+        raise UserError(f"evaluator '{what}': labels = {o.labels} is fewer than the {len(info[1])} classes of "
+                        f"labelled_from = '{o.labelled_from}'; a class-balanced draw needs at least one label of "
+                        "each", option="labels")
     if run is not None and run.heldout is not None:
         shared = _shared_examples(other.train, run.heldout)
         if shared is not None and shared > 0.01 * len(run.heldout):  # a few exact copies can be genuine
@@ -540,7 +544,8 @@ def svm_protocol(f: FeatureSets, pd: ProbeData, o: SvmProbeOptions) -> dict[str,
     test_mean, test_std = _mean_std(test_errs)
     val_mean, val_std = _mean_std(val_errs)
     out = {"test_error_mean": test_mean, "test_error_std": test_std, "val_error": val_mean,
-           "val_error_std": val_std, "C": float(np.median(chosen)), "feature_dim": int(f.train.shape[1]),
+           "val_error_std": val_std, "C": float(sorted(chosen)[(len(chosen) - 1) // 2]),  # a C that was fitted
+           "feature_dim": int(f.train.shape[1]),
            "test_errors": test_errs, "unconverged_fits": unconverged}
     if o.select_c == "each_draw":
         out["C_per_draw"] = chosen
@@ -553,8 +558,8 @@ def svm_protocol(f: FeatureSets, pd: ProbeData, o: SvmProbeOptions) -> dict[str,
 def nearest_neighbour_predict(train: Tensor, y_train: Tensor, query: Tensor, k: int = 1, metric: str = "cosine",
                               chunk: int = 2048) -> Tensor:
     """The label of each query's nearest training example (``k`` > 1: majority of the k nearest, ties to the
-    label of the nearest one; equally near examples: the lower index first). Cosine similarity treats an
-    all-zero vector as similar to nothing (0)."""
+    tied class whose member is nearest; equally near examples: the lower index first). Cosine similarity treats
+    an all-zero vector as similar to nothing (0)."""
     k = min(k, len(train))
     train = train.double()
     if metric == "cosine":
@@ -572,10 +577,12 @@ def nearest_neighbour_predict(train: Tensor, y_train: Tensor, query: Tensor, k: 
             continue
         top = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]  # nearest first, ties by index
         labels = y_train[top]
-        votes = torch.zeros(len(q), classes, dtype=torch.float64)
-        votes.scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float64))
-        votes.scatter_add_(1, labels[:, :1], torch.full((len(q), 1), 0.5, dtype=torch.float64))  # tie-break
-        out.append(votes.argmax(1))
+        votes = torch.zeros(len(q), classes, dtype=torch.long)
+        votes.scatter_add_(1, labels, torch.ones_like(labels))
+        nearest = torch.zeros_like(votes)  # k - the rank of each class's nearest member (0: none in the k)
+        for rank in range(k - 1, -1, -1):  # the nearest last, so its rank stays
+            nearest.scatter_(1, labels[:, rank:rank + 1], torch.full_like(labels[:, :1], k - rank))
+        out.append((votes * (k + 1) + nearest).argmax(1))  # majority; ties to the class with the nearest member
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -689,7 +696,7 @@ def _one_label_per_class(options: ProbeOptions, info: tuple, what: str) -> None:
     """A class-balanced draw of fewer labels than classes leaves classes without a label: the probe would never
     predict them, and its error would not be the protocol's."""
     classes = info[2]
-    if options.labelled_from is None and options.labels < classes:
+    if options.labelled_from is None and options.labels < classes:  # with labelled_from: labelled_pool checks
         raise UserError(f"evaluator '{what}': labels = {options.labels} is fewer than the dataset's {classes} "
                         "classes; a class-balanced draw needs at least one label of each", option="labels")
 

@@ -160,6 +160,7 @@ def test_svm_probe_options_pick_c_per_draw_and_features():
                           features="mean", baselines=False, c_grid=[1.0, 1e-3])
     result = probe.evaluate(model_with(Linear()), data, None)
     assert len(result["C_per_draw"]) == 2 and result["feature_dim"] == 2
+    assert result["C"] in result["C_per_draw"]  # the lower middle one: a C that was fitted, not a mean of two
     assert SvmProbeOptions(c_grid=[1.0, 1e-3]).c_grid == [1e-3, 1.0]
     with pytest.raises(ValueError):
         SvmProbeOptions(c_grid=[0.0])
@@ -243,6 +244,13 @@ def test_nearest_neighbour_by_cosine_and_by_distance():
                                      metric="euclidean").tolist() == [1]
     assert nearest_neighbour_predict(train3, torch.tensor([0, 1, 2, 2]), torch.tensor([[0.2]]), k=3,
                                      metric="euclidean").tolist() == [0]
+    # k = 5, the nearest's class (0) not among the tied ones (1 and 2, two votes each): the tie goes to the class
+    # whose member is nearer (2, at 1.0), not to the lower class index
+    train5 = torch.tensor([[0.0], [1.0], [1.5], [2.0], [2.5]])
+    assert nearest_neighbour_predict(train5, torch.tensor([0, 2, 1, 2, 1]), torch.tensor([[0.0]]), k=5,
+                                     metric="euclidean").tolist() == [2]
+    assert nearest_neighbour_predict(train5, torch.tensor([0, 1, 2, 1, 2]), torch.tensor([[0.0]]), k=5,
+                                     metric="euclidean").tolist() == [1]
 
 
 def test_knn_probe_on_known_features(tmp_path):
@@ -377,6 +385,9 @@ def test_labelled_from_draws_labels_from_another_dataset_and_tests_on_the_run_s_
      "(1, 16, 16), but the run's are (1, 8, 8)"),
     ("evaluators.svm_probe.labelled_from_options.sise=16",
      "evaluators.svm_probe.labelled_from_options.sise"),
+    ("evaluators.svm_probe.labels=3",  # was a reported error over 3 of 10 classes (labels=1: sklearn's crash)
+     "evaluators.svm_probe.labels: evaluator 'svm_probe': labels = 3 is fewer than the 10 classes of labelled_from "
+     "= 'digits'"),
 ])
 def test_a_labelled_from_dataset_that_cannot_serve_fails_before_training(tmp_path, override, expected):
     from click.testing import CliRunner
