@@ -39,17 +39,38 @@ def _parametrized(layer: nn.Module) -> bool:
 
 
 def r1(critic: Callable[..., Tensor], x: Tensor, z: Tensor | None, y: Tensor | None = None,
-       inputs: str = "joint") -> Tensor:
+       inputs: str = "joint", reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """||d D(x, z) / d(x, z)||^2 per example (shape (B,)), at detached copies of ``x`` and ``z``; with
     ``inputs = "x"`` (or ``z`` None: a marginal critic) with respect to x alone. The graph is kept (create_graph),
-    so the result can be minimised. A critic with K+1 outputs is differentiated through the sum of its logits."""
+    so the result can be minimised.
+
+    It takes a forward pass of its own on the data pairs alone: a batch-norm critic normalises them by their own
+    statistics there, and its buffers (running statistics, a spectral norm's vectors) are left as they were, so
+    the penalty does not count as a second training batch. A critic with several outputs per example (K+1
+    classes) needs ``reduce``, its logits to the one real/fake logit per example to differentiate."""
     x = x.detach().requires_grad_(True)
     wrt = [x]
     if z is not None:
         z = z.detach().requires_grad_(inputs == "joint")
         if inputs == "joint":
             wrt.append(z)
-    logits = critic(x, z, y)
+    # the buffers are swapped for copies the forward may update, and put back after it; copying them back in
+    # place instead would change tensors the graph holds (batch norm's backward keeps its running statistics)
+    kept = []
+    for module in critic.modules() if isinstance(critic, nn.Module) else ():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            kept.append((module, name, buffer))
+            setattr(module, name, buffer.clone())
+    try:
+        logits = critic(x, z, y)
+    finally:
+        for module, name, buffer in kept:
+            setattr(module, name, buffer)
+    if reduce is not None:
+        logits = reduce(logits)
+    elif logits.dim() > 1 and logits.shape[1:].numel() > 1:
+        raise ValueError(f"r1: the critic gives {tuple(logits.shape[1:])} outputs per example; give reduce, the "
+                         "function of them whose gradient to penalise (the real/fake logit)")
     grads = torch.autograd.grad(logits.sum(), wrt, create_graph=True)
     return sum(g.pow(2).flatten(1).sum(1) for g in grads)  # type: ignore[return-value]
 

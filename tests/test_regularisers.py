@@ -234,3 +234,31 @@ def test_lazy_r1_and_annealing_count_training_steps_under_the_alternating_update
     assert [p[0] for p in passes] == steps
     assert [p[1] for p in passes] == [0.5 * max(0.0, 1 - s / 4) for s in steps]
     assert ["r1" in p for p in passes] == [s % every == 0 for s in steps]
+
+
+def test_r1_leaves_the_critic_s_buffers_as_they_were():
+    """R1's own forward pass on the data pairs must not count as a second training batch of a batch-norm critic
+    (its running statistics moved twice a step, towards the data pairs' alone)."""
+    critic = torch.nn.Sequential(torch.nn.Linear(DX + DZ, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                 spectral_normalise(torch.nn.Linear(8, 1)))
+    fn = _BufferedCritic(critic)
+    before = {k: v.clone() for k, v in fn.state_dict().items()}
+    penalty = r1(fn, torch.randn(16, DX), torch.randn(16, DZ))
+    after = fn.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running stats, batches tracked, u vectors
+    penalty.sum().backward()  # the graph is whole: nothing it saved was overwritten
+    assert fn.net[0].weight.grad is not None
+    with pytest.raises(ValueError, match=r"gives \(3,\) outputs per example; give reduce"):
+        r1(lambda x, z, y=None: torch.cat([x, z], 1)[:, :3], torch.randn(4, DX), torch.randn(4, DZ))
+    out = r1(lambda x, z, y=None: torch.cat([x, z], 1)[:, :3], torch.randn(4, DX), torch.randn(4, DZ),
+             reduce=lambda logits: logits[:, 0] - logits[:, 1])
+    assert torch.allclose(out, torch.full((4,), 2.0))  # d/dx0 = 1, d/dx1 = -1
+
+
+class _BufferedCritic(JointCritic):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, z, y=None):
+        return self.net(torch.cat([x, z], 1)).squeeze(1)
