@@ -54,18 +54,7 @@ def r1(critic: Callable[..., Tensor], x: Tensor, z: Tensor | None, y: Tensor | N
         z = z.detach().requires_grad_(inputs == "joint")
         if inputs == "joint":
             wrt.append(z)
-    # the buffers are swapped for copies the forward may update, and put back after it; copying them back in
-    # place instead would change tensors the graph holds (batch norm's backward keeps its running statistics)
-    kept = []
-    for module in critic.modules() if isinstance(critic, nn.Module) else ():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            kept.append((module, name, buffer))
-            setattr(module, name, buffer.clone())
-    try:
-        logits = critic(x, z, y)
-    finally:
-        for module, name, buffer in kept:
-            setattr(module, name, buffer)
+    logits = without_buffer_updates(critic, x, z, y) if isinstance(critic, nn.Module) else critic(x, z, y)
     if reduce is not None:
         logits = reduce(logits)
     elif logits.dim() > 1 and logits.shape[1:].numel() > 1:
@@ -73,6 +62,14 @@ def r1(critic: Callable[..., Tensor], x: Tensor, z: Tensor | None, y: Tensor | N
                          "function of them whose gradient to penalise (the real/fake logit)")
     grads = torch.autograd.grad(logits.sum(), wrt, create_graph=True)
     return sum(g.pow(2).flatten(1).sum(1) for g in grads)  # type: ignore[return-value]
+
+
+def without_buffer_updates(module: nn.Module, *args: Tensor | None) -> Tensor:
+    """``module(*args)`` on copies of its buffers: batch-norm running statistics and counters, a spectral norm's
+    vectors, stay as they were (and the originals are never modified in place, so they stay usable by the
+    autograd graph of other passes). For a pass that is not a training batch: a regulariser's, a cycle's."""
+    copies = {name: b.clone() for name, b in module.named_buffers()}
+    return torch.func.functional_call(module, copies, args)
 
 
 def instance_noise(x: Tensor, std: float) -> Tensor:

@@ -52,6 +52,7 @@ from advinf import (
     with_condition,
 )
 from advinf.divergences import losses
+from advinf.regularisers import without_buffer_updates
 from advinf_plugins.games import JointGame, JointGameOptions
 from advinf_plugins.priors import GaussianPrior, UniformPrior
 from advinf_plugins.toy_networks import (
@@ -261,13 +262,6 @@ class Alice(JointGame):
             scalars["cycle_critic_data"] = torch.sigmoid(c_data.detach()).mean()
             scalars["cycle_critic_model"] = torch.sigmoid(c_model.detach()).mean()
         return GameLosses(out, scalars)
-
-
-def without_buffer_updates(module: nn.Module, *args: Tensor) -> Tensor:
-    """``module(*args)`` on copies of its buffers: batch-norm running statistics and counters stay as they were
-    (and the originals are never modified in place, so they stay usable by the autograd graph of other passes)."""
-    copies = {name: b.clone() for name, b in module.named_buffers()}
-    return torch.func.functional_call(module, copies, args)
 
 
 # -- networks ---------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class AdversarialGame(Game):
         model_in = (regularisers.instance_noise(model[0], std), model[1])
         d_data, d_model = critic_pairs(critic, data_in, model_in, y, self.joint_batch)
         critic_loss, generator_loss = losses(self.divergence_fn, d_data, d_model, smoothing=self.smoothing)
-        scalars = _probabilities(d_data, d_model)
+        scalars = _critic_outputs(d_data, d_model, self.divergence in ("original", "minimax"))
         if self.r1:
             if batch.step % self.r1_every == 0:  # a host int: no device read decides it
                 penalty = (self.r1 / 2 * self.r1_every) * regularisers.r1(critic, *data_in, y, self.r1_inputs).mean()
@@ -194,9 +194,12 @@ def builtin_divergence(name: str) -> Divergence:
     return div.BUILTIN[name]
 
 
-def _probabilities(d_data: Tensor, d_model: Tensor) -> dict[str, Tensor]:
-    return {"critic_data": torch.sigmoid(d_data.detach()).mean(),
-            "critic_model": torch.sigmoid(d_model.detach()).mean()}
+def _critic_outputs(d_data: Tensor, d_model: Tensor, log_odds: bool) -> dict[str, Tensor]:
+    """What the critic says of data and model pairs, on average: the probability of "data" where its output is
+    a log-odds (the cross-entropy divergences), else the output itself (hinge's and least squares' targets are
+    no probabilities: their sigmoid would read as one)."""
+    read = torch.sigmoid if log_odds else (lambda d: d)
+    return {"critic_data": read(d_data.detach().float()).mean(), "critic_model": read(d_model.detach().float()).mean()}
 
 
 def ali(options: JointGameOptions, ctx) -> Game:

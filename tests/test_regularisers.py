@@ -262,3 +262,13 @@ class _BufferedCritic(JointCritic):
 
     def forward(self, x, z, y=None):
         return self.net(torch.cat([x, z], 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("divergence", ["original", "minimax", "hinge", "least_squares"])
+def test_the_logged_critic_outputs_are_probabilities_only_where_the_logits_are_log_odds(divergence):
+    nets, game, x = _setup(divergence=divergence)
+    out = _losses(nets, game, x)
+    d_data = nets.critic.calls[-1][0] @ nets.critic.a + nets.critic.calls[-1][1] @ nets.critic.b
+    d_data = d_data[: x.shape[0]].detach()  # one joint batch: data pairs first
+    read = torch.sigmoid(d_data) if divergence in ("original", "minimax") else d_data  # LS targets 1 and 0
+    assert out.scalars["critic_data"].item() == pytest.approx(read.mean().item(), rel=1e-6)
