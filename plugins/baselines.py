@@ -7,7 +7,10 @@
 * ``alice``: ALI plus a conditional-entropy term on reconstructions Gx(Gz(x)) (Li et al., NeurIPS 2017):
   ``cycle = "l2"`` adds ``weight * |x - Gx(Gz(x))|^2`` to the generator's loss; ``cycle = "adversarial"`` adds
   ``weight`` times the generator's loss against a second critic ``cycle_critic`` that tells (x, x) from
-  (x, Gx(Gz(x))) pairs, trained by a third player. With weight 0 the game is exactly ALI.
+  (x, Gx(Gz(x))) pairs, trained by a third player. With weight 0 the game is exactly ALI. Two departures from
+  ALICE's reference code (ChunyuanLI/ALICE, toy_data): only the x-cycle (H(x|z)) is here, not its z-cycle
+  ``Gz(Gx(z))`` against z; and the l2 term sums over the data dimensions where that code averages them, so
+  ``weight`` here is the reference's weight times D (2 on the toy data).
 
 The paper's (c), "post-hoc learned inference", needs no game of its own: it is ``ali`` with a frozen decoder
 taken from a GAN run (``[decoder] trainable = false``, ``init_from``).
@@ -206,7 +209,7 @@ class Vae(Game):
     def nll(self, nets: Networks, x: Tensor, x_mean: Tensor) -> Tensor:
         """-log p(x|z) per example for the decoder's output ``x_mean``."""
         if self.o.likelihood == "bernoulli":
-            return bernoulli_nll(x, x_mean.clamp(1e-6, 1 - 1e-6))
+            return bernoulli_nll(x, x_mean)  # torch bounds the logs at -100; a clamp here stopped the gradient
         log_sigma = nets["decoder"].log_sigma if self.o.variance == "learned" else math.log(self.o.sigma)
         return gaussian_nll(x, x_mean, log_sigma)
 

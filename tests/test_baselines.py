@@ -154,6 +154,12 @@ def test_vae_loss_by_hand_bernoulli_and_beta():
                     decoder=ConstantDecoder([0.8, 0.25]))
     out = Vae(VaeOptions(likelihood="bernoulli", beta=0.5)).losses(nets, Batch(torch.tensor([[1.0, 0.0]])))
     assert out.losses["vae"].item() == pytest.approx(-math.log(0.8) - math.log(0.75) + 0.5 * (2 - LN2))
+    # a saturated pixel on the wrong side still gets its gradient (a clamp at 1 - 1e-6 gave it none, for good)
+    sure = Networks(GaussianPrior((2,)), encoder=FixedGaussianEncoder([1.0, 0.0], [0.0, LN2]),
+                    decoder=ConstantDecoder([0.5, 1 - 1e-7]))
+    out = Vae(VaeOptions(likelihood="bernoulli")).losses(sure, Batch(torch.tensor([[1.0, 0.0]])))
+    [grad] = torch.autograd.grad(out.losses["vae"], [sure["decoder"].out])
+    assert grad[1] > 1e5 and out.scalars["nll"].item() > 15  # -log(1e-7): 16.1, not 13.8
 
 
 def test_vae_refuses_what_has_no_closed_form():
