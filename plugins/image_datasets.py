@@ -191,18 +191,22 @@ def _require(name: str, root: Path, expected: Sequence[str], download_hint: bool
     raise UserError(msg, option="root")
 
 
-def _torchvision(name: str, root: Path, make: Callable[[], Any], files: Sequence[Path] = ()) -> Any:
+def _torchvision(name: str, root: Path, make: Callable[[], Any], files: Sequence[Path] = (),
+                 download: bool = True) -> Any:
     """Build a torchvision dataset, turning its 'not found', 'corrupted' and failed-download errors into
     UserErrors; folders a failed download made and left empty are removed. ``files``: what it reads, named when
     one is there but cannot be read (truncated, another format)."""
-    before = {p for p in root.rglob("*") if p.is_dir()} if root.is_dir() else set()
+    # what a failed download may leave behind is removed; without one nothing is (and nothing is walked: CelebA's
+    # root is often the folder of every dataset)
+    before = {p for p in root.rglob("*") if p.is_dir()} if download and root.is_dir() else set()
     existed = root.exists()
     try:
         return make()
     except MemoryError:
         raise
     except (RuntimeError, OSError) as exc:  # a failed download: RuntimeError (MNIST's mirrors) or URLError
-        _remove_new_empty_folders(root, before, existed)
+        if download:
+            _remove_new_empty_folders(root, before, existed)
         raise _load_error(name, root, exc, files) from None
     except Exception as exc:  # noqa: BLE001 -- ValueError, AssertionError, scipy's MatReadError...: a bad file
         raise damaged(name, files or [root], exc) from None
@@ -293,12 +297,19 @@ def load_cached(path: Path) -> Dataset:
 def _cached(name: str, options: _DatasetOptions, build: Callable[[], Dataset], extra: Any = None) -> Dataset:
     """The dataset from its cache file if there is one, else ``build()`` it and write the cache."""
     path = _cache_path(name, options, extra)
+    # verify is left out of the key (it says how the files are read), so a cache of files never verified is not
+    # taken where they are to be verified: they are read, and checked, again
+    verify = bool(getattr(options, "verify", False))
     if options.cache and path.is_file():
         try:
-            return load_cached(path)
+            cached = load_cached(path)
+            if cached.meta.get("verified", False) or not verify:
+                return cached
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             warnings.warn(f"ignoring unreadable dataset cache {path}: {exc}", stacklevel=2)
     data = build()
+    if verify:
+        data.meta["verified"] = True
     if options.cache:
         try:
             save_cached(path, data)
@@ -389,7 +400,8 @@ def svhn(options: SvhnOptions, ctx) -> Dataset:
         out = []
         for s in splits:
             mat = root / cls.split_list[s][1]
-            ds = _torchvision("svhn", root, lambda s=s: cls(str(root), split=s, download=options.download), [mat])
+            ds = _torchvision("svhn", root, lambda s=s: cls(str(root), split=s, download=options.download), [mat],
+                              options.download)
             if ds.data.dtype != np.uint8 or ds.data.ndim != 4 or ds.data.shape[1:] != (3, 32, 32):
                 raise damaged("svhn", [mat], ValueError(f"X is {ds.data.dtype} of shape (after torchvision's "
                                                         f"transpose) {ds.data.shape}, not uint8 (N, 3, 32, 32)"))
@@ -425,22 +437,30 @@ def read_cifar10_bin(path: Path) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
 
 
-def _official_python_batches(root: Path) -> Callable[[bool], tuple[Tensor, Tensor]]:
-    """The python version, read by torchvision, which unpickles it: only files with the official release's
-    checksums are read (a pickle can run code), whatever ``verify`` says."""
+def _unofficial_python_batch(root: Path) -> Path | None:
+    """The first file of the python version under ``root`` that is not the official release's (checksum)."""
     from torchvision.datasets.utils import check_integrity
 
     cls = _tv().CIFAR10
     base = root / cls.base_folder
     for name, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
         if not check_integrity(str(base / name), md5):
-            raise UserError(f"dataset 'cifar10': {base / name} is not the official release's file (checksum); advinf "
-                            "unpickles only the official python batches, since a pickle can run code. Use the "
-                            f"official binary version instead ({CIFAR_BIN}/, plain bytes), e.g. with download = true",
-                            option="root")
+            return base / name
+    return None
+
+
+def _official_python_batches(root: Path) -> Callable[[bool], tuple[Tensor, Tensor]]:
+    """The python version, read by torchvision, which unpickles it: only files with the official release's
+    checksums are read (a pickle can run code), whatever ``verify`` says."""
+    cls = _tv().CIFAR10
+    bad = _unofficial_python_batch(root)
+    if bad is not None:
+        raise UserError(f"dataset 'cifar10': {bad} is not the official release's file (checksum); advinf unpickles "
+                        "only the official python batches, since a pickle can run code. Use the official binary "
+                        f"version instead ({CIFAR_BIN}/, plain bytes), e.g. with download = true", option="root")
 
     def load(train: bool) -> tuple[Tensor, Tensor]:
-        ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=False))
+        ds = _torchvision("cifar10", root, lambda: cls(str(root), train=train, download=False), download=False)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
 
     return load
@@ -454,7 +474,8 @@ def cifar10(options: Cifar10Options, ctx) -> Dataset:
     def build() -> Dataset:
         binary = root / CIFAR_BIN
         python = root / "cifar-10-batches-py"
-        if not binary.is_dir() and not python.is_dir() and options.download:
+        # download: where neither version is there, or the python one is not the official release's
+        if options.download and not binary.is_dir() and (not python.is_dir() or _unofficial_python_batch(root)):
             from torchvision.datasets.utils import download_and_extract_archive
 
             download_and_extract_archive(CIFAR_BIN_URL, str(root), md5=CIFAR_BIN_MD5 if options.verify else None)
@@ -511,7 +532,7 @@ def celeba(options: CelebaOptions, ctx) -> Dataset:
         for s in splits:
             texts = [root / cls.base_folder / f for f in CELEBA_FILES if f.endswith(".txt")]
             ds = _torchvision("celeba", root, lambda s=s: cls(str(root), split=s, target_type="attr",
-                                                              download=options.download), texts)
+                                                              download=options.download), texts, options.download)
             if bool(((ds.attr != 0) & (ds.attr != 1)).any()):  # torchvision's (a + 1) // 2 of values not -1 or 1
                 raise damaged("celeba", texts[:1], ValueError("attributes other than -1 and 1"))
             n = len(ds) if options.limit is None else min(options.limit, len(ds))
@@ -542,7 +563,8 @@ def mnist(options: MnistOptions, ctx) -> Dataset:
             raw = root / "MNIST" / "raw"
             files = [raw / f"{'train' if train else 't10k'}-{part}-idx{dim}-ubyte"
                      for part, dim in (("images", 3), ("labels", 1))]
-            ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download), files)
+            ds = _torchvision("mnist", root, lambda: cls(str(root), train=train, download=options.download), files,
+                              options.download)
             x = ds.data.unsqueeze(1)
             if options.size == 32:
                 x = torch.nn.functional.pad(x, (2, 2, 2, 2))
@@ -583,7 +605,7 @@ def tiny_imagenet(options: TinyImagenetOptions, ctx) -> Dataset:
                             f"{base / 'wnids.txt'}", option="root")
 
         def split(samples: list[tuple[str, int]], what: str) -> Split:
-            samples = samples[:options.limit] if options.limit else samples
+            samples = _interleaved(samples)[:options.limit] if options.limit else samples
             x = decode_images(len(samples), lambda i: resize_crop(_open(samples[i][0]), 64, "RGB"),
                               (3, 64, 64), _workers(options), what)
             return Split(x, torch.tensor([c for _, c in samples], dtype=torch.int64))
@@ -596,7 +618,19 @@ def tiny_imagenet(options: TinyImagenetOptions, ctx) -> Dataset:
         return Dataset(split(train.samples, "Tiny ImageNet train"), heldout,
                        meta={"name": "tiny_imagenet", "classes": train.classes})
 
-    return _cached("tiny_imagenet", options, build)
+    # "limit": a limited subset takes every class in turn (it took the first classes' images)
+    return _cached("tiny_imagenet", options, build, extra="limit: classes interleaved" if options.limit else None)
+
+
+def _interleaved(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The first example of each class (in class order), then the second of each, ...: a prefix of any length
+    holds every class about equally (the files are listed class by class)."""
+    rank: dict[int, int] = {}
+    keyed = []
+    for sample in samples:
+        keyed.append((rank.get(sample[1], 0), sample[1], sample))
+        rank[sample[1]] = rank.get(sample[1], 0) + 1
+    return [sample for _, _, sample in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 # -- a user's own images -----------------------------------------------------------------------------------
@@ -613,6 +647,14 @@ def image_folder(options: ImageFolderOptions, ctx) -> Dataset:
                         f"({', '.join(exts)}), optionally with one subfolder per class", option="root")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     mode = options.labels if options.labels != "auto" else ("folders" if classes else "none")
+    if options.labels == "auto" and classes:
+        loose = sum(1 for p in root.iterdir() if p.suffix.lower() in exts and p.is_file())
+        if loose:  # a stray subfolder would otherwise leave every loose image out, without a word
+            raise UserError(f"dataset 'image_folder': {root} holds {loose} images of its own beside "
+                            f"{len(classes)} subfolders ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+                            ": with labels = 'auto' which is meant is unclear. Set labels = 'folders' (the "
+                            "subfolders are the classes; the loose images are left out) or labels = 'none' (every "
+                            "image, no labels)", option="labels")
     if mode == "folders":
         if not classes:
             raise UserError(f"dataset 'image_folder': labels = 'folders', but {root} has no subfolders",

@@ -413,8 +413,12 @@ class Fid(_SampleQuality):
         # samples, so nothing to gather from other ranks (torchmetrics would wait on them)
         return FrechetInceptionDistance(feature=net, reset_real_features=False, sync_on_compute=False)
 
-    def compute(self, metric: Any) -> dict[str, float]:
-        return {"fid": float(metric.compute())}
+    def compute(self, metric: Any) -> dict[str, float | bool]:
+        dim = int(metric.real_features_cov_sum.shape[0])
+        singular = min(int(metric.real_features_num_samples), int(metric.fake_features_num_samples)) <= dim
+        # with no more samples than features a covariance is singular: the estimate holds (it is what the
+        # reference code computes) but is biased and can come out slightly below 0 for two sets alike
+        return {"fid": float(metric.compute()), "singular_covariances": singular}
 
 
 class Kid(_SampleQuality):

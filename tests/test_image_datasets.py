@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from PIL import Image
 import advinf
 from advinf import Dataset, UserError
 from advinf.cli import cli
-from advinf_plugins.image_datasets import celeba_64
+from advinf_plugins.image_datasets import CIFAR_BIN_URL, celeba_64
 
 torch.set_num_threads(1)
 
@@ -78,6 +79,23 @@ def test_a_crafted_pickle_under_the_cifar_root_never_runs(tmp_path):
     assert not marker.exists()
     res = CliRunner().invoke(cli, ["validate", str(RECIPES / "ali_cifar10.toml")])
     assert res.exit_code == 0  # the recipe itself is fine; only the data is refused
+    # download = true fetches the binary version beside python batches that are not the official ones (it did
+    # nothing while cifar-10-batches-py/ was there, and the message advised it)
+    fetched = []
+
+    def fake_download(url, root, md5=None):
+        fetched.append(url)
+        write_cifar10_bin(Path(root), per_batch=2, test=2)
+
+    import torchvision.datasets.utils as tv_utils
+
+    real = tv_utils.download_and_extract_archive
+    tv_utils.download_and_extract_archive = fake_download
+    try:
+        data = load("cifar10", root=str(tmp_path), verify=False, validation=3, cache=False, download=True)
+    finally:
+        tv_utils.download_and_extract_archive = real
+    assert fetched == [CIFAR_BIN_URL] and len(data.train) == 7 and not marker.exists()
 
 
 def test_cifar10_binary_batches_are_checked(tmp_path):
@@ -92,6 +110,10 @@ def test_verify_checks_the_official_checksums(tmp_path):
     with pytest.raises(UserError) as err:
         load("svhn", root=str(tmp_path))  # verify = true: the tiny files are not the official ones
     assert "verify = false" in str(err.value) and not cache_files(tmp_path)
+    load("svhn", root=str(tmp_path), verify=False)  # cached: the files were never checked
+    assert len(cache_files(tmp_path)) == 1
+    with pytest.raises(UserError, match="verify = false"):  # that cache is no way around the check
+        load("svhn", root=str(tmp_path))
 
 
 def test_cifar10_keeps_the_original_validation_split(tmp_path):
@@ -134,6 +156,15 @@ def test_mnist_reads_the_idx_files(tmp_path):
     assert torch.equal(data.train.x, files["train"][0]) and torch.equal(data.train.y, files["train"][1])
     assert torch.equal(data.heldout.x, files["test"][0])
     assert torch.equal(load("mnist", root=str(tmp_path)).train.x, files["train"][0])  # idx files carry no checksum
+
+
+def test_a_limited_tiny_imagenet_takes_every_class_in_turn(tmp_path):
+    write_tiny_imagenet(tmp_path, ["n01", "n02", "n03"], per_class=3, val=3)
+    data = load("tiny_imagenet", root=str(tmp_path), verify=False, limit=4, heldout="none", cache=False)
+    assert data.train.y.tolist() == [0, 1, 2, 0]  # was [0, 0, 0, 1]: the first classes only
+    full = load("tiny_imagenet", root=str(tmp_path), verify=False, heldout="none", cache=False)
+    assert full.train.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # without a limit, as listed
+    assert torch.equal(data.train.x[1], full.train.x[3])
 
 
 def test_tiny_imagenet_train_and_val(tmp_path):
@@ -236,6 +267,17 @@ def test_damaged_official_files_are_errors_naming_the_file_and_labels_are_checke
     images.write_bytes(b"\x1f\x8b" + images.read_bytes()[2:50])  # a .gz kept under the idx name, say
     with pytest.raises(UserError, match=f"{images}.* cannot be read as mnist's files"):
         load("mnist", root=str(tmp_path / "mnist"), cache=False)
+
+
+def test_loose_images_beside_class_folders_are_not_left_out_silently(tmp_path):
+    write_image_folder(tmp_path, {"cat": 2, "dog": 2})
+    write_image_folder(tmp_path, None, n=3)  # loose images in root itself
+    with pytest.raises(UserError, match=r"holds 3 images of its own beside 2 subfolders \(cat, dog\): with "
+                                        r"labels = 'auto' which is meant is unclear") as err:
+        load("image_folder", root=str(tmp_path), size=8, cache=False)
+    assert err.value.option == "labels"
+    assert len(load("image_folder", root=str(tmp_path), size=8, cache=False, labels="folders").train) == 4
+    assert len(load("image_folder", root=str(tmp_path), size=8, cache=False, labels="none").train) == 7
 
 
 def test_image_folder_flat_and_its_cache_follows_the_files(tmp_path):

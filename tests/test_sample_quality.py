@@ -270,6 +270,10 @@ def test_a_registered_feature_network_is_used_by_name(tmp_path, advinf_host):
                             samples=100)
     out = ev.evaluate(replaying(Dataset.decode(data.heldout.x)), data, tmp_path)
     assert out["network"] == "pixels" and out["feature_dim"] == 64 and out["fid"] > 0
+    assert out["singular_covariances"] is False  # 100 samples, 359 real examples, 64 features
+    few = advinf_host.create("evaluator", "fid", BuildContext(dataset=data, host=advinf_host), network="pixels",
+                             samples=50)
+    assert few.evaluate(replaying(Dataset.decode(data.heldout.x)), data, tmp_path)["singular_covariances"] is True
 
 
 def test_fid_and_kid_through_the_cli_on_a_tiny_digits_run(tmp_path):
