@@ -370,14 +370,19 @@ def labelled_only(model: TrainedModel, data: Dataset, out_dir: Path | None, o: C
         subset = game.select_labelled(data.train, seed)  # type: ignore[arg-type]
         source = StreamSource(data.train, game.o.labelled_batch_size, model.device, stream_seed(seed, LABELLED),
                               subset=subset, what="the labelled batch size")
+        n = len(game.select_unlabelled(data.train, seed)) if game.o.unlabelled == "rest" else len(data.train)
+        per_epoch = max(1, n // spec.train.batch_size)  # the run's epoch of steps (one process's batch)
         if o.baseline_steps is not None:
             steps = o.baseline_steps
         elif spec.train.steps is not None:
             steps = spec.train.steps
         else:
-            n = len(game.select_unlabelled(data.train, seed)) if game.o.unlabelled == "rest" else len(data.train)
-            steps = spec.train.epochs * (n // spec.train.batch_size)  # type: ignore[operator]
-        optimizer = recipe.optimizers.get("critic", spec.optimizer).build(list(critic.parameters()))
+            steps = spec.train.epochs * per_epoch  # type: ignore[operator]
+        critic_spec = recipe.optimizers.get("critic", spec.optimizer)
+        optimizer = critic_spec.build(list(critic.parameters()))
+        schedule = None  # the critic's learning-rate schedule, as the run's critic had it
+        if critic_spec.schedule is not None and critic_spec.schedule.name != "constant":
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, critic_spec.schedule.factor(per_epoch))
 
         def z_of(x: Tensor) -> Tensor:
             with torch.no_grad():
@@ -387,7 +392,7 @@ def labelled_only(model: TrainedModel, data: Dataset, out_dir: Path | None, o: C
         torch.manual_seed(seed)
         critic.train()
         with torch.enable_grad():  # evaluators run under no_grad
-            loss = _train(critic, game, source, optimizer, steps, z_of)
+            loss = _train(critic, game, source, optimizer, steps, z_of, schedule)
         critic.eval()
         err = test_error(lambda x: game.split_logits(critic(x, z_of(x)))[0], data.heldout, model.device,
                          o.batch_size)
@@ -397,15 +402,17 @@ def labelled_only(model: TrainedModel, data: Dataset, out_dir: Path | None, o: C
 
 
 def _train(critic: nn.Module, game: SemisupAli, source: StreamSource, optimizer: torch.optim.Optimizer, steps: int,
-           z_of) -> Tensor:
+           z_of, schedule: torch.optim.lr_scheduler.LRScheduler | None = None) -> Tensor:
     """``steps`` updates of ``critic`` on the supervised loss of labelled batches; the last loss."""
     loss = torch.zeros(())
     for _ in range(steps):
-            batch = source.next()
-            loss = game.supervised_loss(critic(batch.x, z_of(batch.x)), batch.y.long().reshape(-1))  # type: ignore
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        batch = source.next()
+        loss = game.supervised_loss(critic(batch.x, z_of(batch.x)), batch.y.long().reshape(-1))  # type: ignore
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
     return loss.detach()
 
 

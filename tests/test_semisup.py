@@ -225,6 +225,27 @@ def test_the_digits_recipe_runs_end_to_end_and_resumes_exactly(tmp_path):
         cc["labelled_only_test_error"]
 
 
+def test_the_labelled_only_baseline_follows_the_critic_s_learning_rate_schedule(tmp_path, monkeypatch):
+    import advinf_plugins.semisup as semisup
+
+    sets = [s for s in TINY if not s.startswith("evaluators.")]
+    assert run(RECIPES / "ali_semisup_digits.toml", tmp_path / "run", sets, "--set",
+               'optimizer.schedule={name = "linear", decay = 6}').exit_code == 0
+    rates = []
+    real = semisup._train
+
+    def recorded(critic, game, source, optimizer, steps, z_of, schedule=None):
+        out = real(critic, game, source, optimizer, steps, z_of, schedule)
+        rates.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["initial_lr"]))
+        return out
+
+    monkeypatch.setattr(semisup, "_train", recorded)
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "run"), "--with", "critic_classifier"])
+    assert res.exit_code == 0, res.output
+    [(last, first)] = rates
+    assert last == pytest.approx(0.0, abs=1e-12) and first > 0  # decayed linearly to 0 over the 6 steps, as the run
+
+
 def test_a_critic_of_the_wrong_width_is_refused_before_training(tmp_path):
     res = run(RECIPES / "ali_semisup_digits.toml", tmp_path / "run", [*TINY, "critic.outputs=1"])
     assert res.exit_code == 2 and "set `outputs = 11` in [critic]" in res.output and "Traceback" not in res.output
