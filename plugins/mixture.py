@@ -13,8 +13,9 @@ from advinf import Dataset, Split, hookimpl
 class MixtureOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     grid: int = Field(5, ge=1, le=100, description="modes per side of the square grid (up to 100: 10,000 modes)")
-    spacing: float = Field(2.0, gt=0, description="distance between neighbouring means")
-    std: float = Field(0.05, gt=0, description="standard deviation of every component")
+    spacing: float = Field(2.0, gt=0, le=1e6, description="distance between neighbouring means (the points are "
+                                                          "float32)")
+    std: float = Field(0.05, gt=0, le=1e6, description="standard deviation of every component")
     samples: int = Field(100_000, ge=1, le=100_000_000, description="training samples (the paper: 100,000)")
     heldout: int = Field(10_000, ge=0, le=10_000_000, description="held-out samples (the paper: 10,000)")
     data_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sample draw (independent of the run's seed)")

@@ -268,6 +268,7 @@ def test_a_step_count_beyond_what_int64_and_json_hold_is_refused():
     (["ali_svhn", 'dataset.split="train"', 'dataset.heldout="train"'],
      "dataset.heldout: heldout = 'train' is the training split too"),
     (["ali_celeba", 'dataset.split="all"'], "dataset.heldout: heldout = 'test' is part of split = 'all'"),
+    (["dataset.std=1e39"], "dataset.std: Input should be less than or equal to 1000000"),  # float32 points: inf
 ])
 def test_values_torch_or_pydantic_would_take_are_refused_naming_the_key(overrides, expected):
     recipe, *sets = overrides if "=" not in overrides[0] else ["ali_mixture25", *overrides]
