@@ -714,7 +714,7 @@ class Trainer:
                  or (self.game.reads_labels and relabels(found, trained)))
         if not fatal and allow_changes:
             return
-        also = "" if fatal else (" (or go on with these labels: --allow-changes; restore(checkpoint, "
+        also = "" if fatal else (" (or go on with this data: --allow-changes; restore(checkpoint, "
                                  "allow_data_changes=True))")
         raise UserError(f"{checkpoint.path} was trained on other data: {unlike}. Train on the data the run trained "
                         f"on to continue it{also}")
