@@ -202,7 +202,7 @@ def _torchvision(name: str, root: Path, make: Callable[[], Any], files: Sequence
     existed = root.exists()
     try:
         return make()
-    except MemoryError:
+    except (MemoryError, UserError):
         raise
     except (RuntimeError, OSError) as exc:  # a failed download: RuntimeError (MNIST's mirrors) or URLError
         if download:
