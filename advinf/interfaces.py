@@ -350,12 +350,24 @@ class Game(abc.ABC):
         return self.sample(nets, post.mean if use_mean else post.sample(), y)
 
 
+#: The attribute a component made by name (a recipe, ``advinf.create``) keeps its origin in (advinf.provenance).
+ORIGIN_ATTRIBUTE = "_advinf_origin"
+
+
+def game_label(game: Game) -> str:
+    """How messages name a game: by its registered name where it was made by one (``game 'ali'``), which is what
+    a recipe says; else by its class."""
+    origin = getattr(game, ORIGIN_ATTRIBUTE, None)
+    name = getattr(origin, "name", None)
+    return f"game '{name}'" if name else f"game {type(game).__name__}"
+
+
 def check_networks(game: Game, nets: Networks) -> None:
     """Raise a UserError unless ``nets`` are exactly the networks ``game`` plays with, conditioned where it
     feeds them labels and unconditioned elsewhere (labels never reach a network silently), and the game's own
     ``check`` accepts them. Called once, where networks meet their game (training, load_run)."""
     if not game.players:
-        raise UserError(f"game {type(game).__name__} declares no players: nothing would be trained")
+        raise UserError(f"{game_label(game)} declares no players: nothing would be trained")
     missing = [n for n in game.networks if n not in nets]
     unused = [n for n in nets if n not in game.networks]
     if missing or unused:
@@ -373,7 +385,7 @@ def check_networks(game: Game, nets: Networks) -> None:
     for player in game.players:
         for name in player.networks:
             if name not in game.networks:
-                raise UserError(f"game {type(game).__name__}: player '{player.name}' trains '{name}', which is not "
+                raise UserError(f"{game_label(game)}: player '{player.name}' trains '{name}', which is not "
                                 f"one of the game's networks ({', '.join(game.networks)}); correct the name in its "
                                 "Player, or add the network to the game's `networks`")
             if name in trained and name in nets:
@@ -383,7 +395,7 @@ def check_networks(game: Game, nets: Networks) -> None:
     game.check(nets)  # first: a game's own words for what it needs (e.g. a frozen decoder) say it best
     untrained = [n for n in nets if n not in trained and n not in nets.frozen and nets.parameters([n])]
     if untrained:
-        raise UserError(f"game {type(game).__name__}: no player trains the {', '.join(untrained)}, and "
+        raise UserError(f"{game_label(game)}: no player trains the {', '.join(untrained)}, and "
                         f"{'it is' if len(untrained) == 1 else 'they are'} not frozen: its weights would stay as "
                         "they start. Freeze it if that is meant (a recipe: `trainable = false` in its section; "
                         "Python: nets.freeze(NAME)), or add it to a player's networks")

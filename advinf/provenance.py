@@ -15,10 +15,10 @@ from typing import Any
 
 from torch import nn
 
-from advinf.interfaces import WELL_KNOWN, Evaluator, Game, Logger, Networks
+from advinf.interfaces import ORIGIN_ATTRIBUTE, WELL_KNOWN, Evaluator, Game, Logger, Networks
 from advinf.settings import OptimizerSpec, TrainSpec
 
-_ATTRIBUTE = "_advinf_origin"
+_ATTRIBUTE = ORIGIN_ATTRIBUTE
 
 
 @dataclass(frozen=True)

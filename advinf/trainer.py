@@ -59,6 +59,7 @@ from advinf.interfaces import (
     Posterior,
     TrainedModel,
     check_networks,
+    game_label,
 )
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
@@ -271,6 +272,13 @@ class Trainer:
             raise
         except Exception as exc:
             text = " ".join(str(exc).split())[:400]
+            where = _raised_in(exc, self.game, nets)
+            if where is not None:  # the game's own code, not a network: name the game, not the networks' options
+                raise UserError(f"{game_label(self.game)} fails on a first batch, before training: "
+                                f"{type(exc).__name__}: {text} (in {where}); a bug in the game, or an option of it "
+                                "that does not fit"
+                                + (f" (its streams: {', '.join(s.name for s in self.game.streams)})"
+                                   if isinstance(exc, KeyError) and self.game.streams else "")) from exc
             dtypes = sorted({str(t.dtype).removeprefix("torch.") for m in nets.values()
                              for t in m.parameters() if t.is_floating_point()})
             hint = ("train.batch_size: batch norm needs at least 2 examples per batch"
@@ -292,22 +300,38 @@ class Trainer:
         params = [q for ps in named.values() for q in ps]
         if not params:
             return
-        game = type(self.game).__name__
+        game = game_label(self.game)
         if not loss.requires_grad:
-            raise UserError(f"game {game}: the loss of player '{player.name}' does not depend on its networks "
+            raise UserError(f"{game}: the loss of player '{player.name}' does not depend on its networks "
                             f"({', '.join(named)}): it has no gradient (computed under torch.no_grad, or from a "
                             "detached output?)")
         grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain)
+        flows, i = {}, 0  # which networks get any gradient other than 0
+        for name, ps in named.items():
+            flows[name] = any(bool((g.coalesce().values() if g.is_sparse else g).any())
+                              for g in grads[i:i + len(ps)] if g is not None)
+            i += len(ps)
         i = 0
         for name, ps in named.items():
             if not all(bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all())
                        for g in grads[i:i + len(ps)] if g is not None):
                 raise UserError(_not_finite("gradients", f"player '{player.name}''s, in the {name}"))
             if all(g is None for g in grads[i:i + len(ps)]):
-                raise UserError(f"game {game}: the loss of player '{player.name}' does not reach the {name} "
+                raise UserError(f"{game}: the loss of player '{player.name}' does not reach the {name} "
                                 f"({type(nets[name]).__name__}): none of its parameters gets a gradient, so it "
                                 "would never train. Does its forward detach its output, or does the game not use "
                                 "it? (Freeze it if it is not to be trained.)")
+            others = [n for n in named if n != name and flows[n]]
+            if not flows[name] and others:  # connected, yet nothing flows, while it does to its partner: the
+                # loss reads no output of it (through one joint critic batch every pair is connected). A network
+                # whose gradients are all 0 with its partners' too (a zero-initialised critic output, as BiGAN's)
+                # is not refused: its gradient flows once the critic has learnt
+                raise UserError(f"{game}: the loss of player '{player.name}' gives the {name} "
+                                f"({type(nets[name]).__name__}) a gradient of exactly 0 in every parameter on the "
+                                f"first batch, where the {', '.join(others)} gets one: the loss reads no output of "
+                                f"the {name}, so it would never train (one joint critic batch connects every pair: a "
+                                "generator-side loss that reads only the model pairs never reaches the encoder, whose "
+                                "outputs are in the data pairs). Freeze it if it is not to be trained")
             i += len(ps)
 
     def _checked(self, out: GameLosses) -> GameLosses:
@@ -315,24 +339,24 @@ class Trainer:
         every step (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
         missing = [p.name for p in self.players if p.name not in out.losses]
         if missing:
-            raise UserError(f"game {type(self.game).__name__}: losses() returned no loss for player(s) "
+            raise UserError(f"{game_label(self.game)}: losses() returned no loss for player(s) "
                             f"{', '.join(missing)}")
         unknown = [n for n in out.losses if n not in self._param_list]
         if unknown:
-            raise UserError(f"game {type(self.game).__name__}: losses() returned a loss for {', '.join(unknown)}, "
+            raise UserError(f"{game_label(self.game)}: losses() returned a loss for {', '.join(unknown)}, "
                             f"which is no player of the game (its players: {', '.join(self._param_list)}); "
                             "declare the player, or leave the loss out")
         for kind, values in (("loss", out.losses), ("scalar", out.scalars)):
             for name, v in values.items():
                 if not isinstance(v, Tensor) or v.dim() != 0:
                     got = f"shape {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
-                    raise UserError(f"game {type(self.game).__name__}: losses() returned {kind} {name!r} as {got}; "
+                    raise UserError(f"{game_label(self.game)}: losses() returned {kind} {name!r} as {got}; "
                                     "each loss and scalar must be a 0-dim tensor (reduce it, e.g. .mean())")
         keys = tuple(out.scalars)
         if self._scalar_keys is None:
             self._scalar_keys = keys
         elif keys != self._scalar_keys:
-            raise UserError(f"game {type(self.game).__name__}: losses() returned the scalars {list(keys)} after "
+            raise UserError(f"{game_label(self.game)}: losses() returned the scalars {list(keys)} after "
                             f"{list(self._scalar_keys)}; return the same scalars (names, in the same order) on every "
                             "step")
         return out
@@ -927,6 +951,29 @@ class Trainer:
         again = f"advinf run --resume {self.run.path}" if by_name else \
             "trainer.restore(the latest checkpoint) and trainer.fit()"
         return f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: {again}"
+
+
+def _raised_in(exc: BaseException, game: Game, nets: Networks) -> str | None:
+    """``file:line`` of the game's own code where ``exc`` was raised, when its innermost frame in the game's or the
+    networks' code is the game's (a network's forward failing is the networks', whatever called it)."""
+    import inspect
+    import traceback
+
+    def source(obj: object) -> str | None:
+        with contextlib.suppress(TypeError, OSError):
+            return inspect.getsourcefile(type(obj))
+        return None
+
+    game_file = source(game)
+    net_files = {source(m) for m in nets.values()} - {None}
+    if game_file is None or game_file in net_files:
+        return None
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename in net_files:
+            return None
+        if frame.filename == game_file:
+            return f"{frame.filename}:{frame.lineno}"
+    return None
 
 
 def _not_finite(what: str, which: str) -> str:

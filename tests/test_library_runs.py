@@ -16,6 +16,7 @@ from advinf import Networks, Trainer, TrainSpec
 from advinf.cli import cli
 from advinf.errors import UserError
 from advinf.interfaces import ImplicitPosterior
+from advinf_plugins.games import JointGameOptions
 
 
 class OwnCritic(advinf.JointCritic):
@@ -443,6 +444,26 @@ def test_networks_that_would_silently_not_train_are_refused_before_training():
     with pytest.raises(UserError, match=r"the loss of player 'generator' does not reach the encoder "
                                         r"\(DetachedEncoder\): none of its parameters gets a gradient"):
         Trainer(detached, ali(), data, train=SPEC)
+
+    # connected through one joint critic batch, yet reading only the model pairs: the encoder's gradient is
+    # exactly 0 (not None) while the decoder's is not; it trained the decoder alone, without a word
+    def model_pairs_only(d_data, d_model):
+        return advinf.divergences.losses("original", d_data, d_model)[0], -d_model.mean()
+
+    blind = advinf.create("game", "ali", divergence="original")
+    blind.divergence_fn = model_pairs_only
+    with pytest.raises(UserError, match=r"game 'ali': the loss of player 'generator' gives the encoder \(ToyEncoder\) "
+                                        r"a gradient of exactly 0 in every parameter on the first batch, where the "
+                                        r"decoder gets one"):
+        Trainer(networks(ctx), blind, data, train=SPEC)
+
+    class Misspelt(type(blind)):  # the game's own bug: named as the game's, not blamed on the networks' options
+        def losses(self, nets, batch):
+            return batch.streams["labeled"]
+
+    with pytest.raises(UserError, match=r"game Misspelt fails on a first batch, before training: KeyError: "
+                                        r"'labeled' \(in .*test_library_runs.py:\d+\); a bug in the game"):
+        Trainer(networks(ctx), Misspelt(JointGameOptions(), stochastic=True), data, train=SPEC)
 
 
 def test_a_conditional_library_run_takes_the_condition_its_game_builds_and_reloads(tmp_path):
