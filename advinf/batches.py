@@ -159,6 +159,38 @@ class StreamSource:
         self._stream = None  # a streaming split restarts its loader at the restored position
 
 
+def _selected(spec: Stream, data: Dataset, seed: int) -> Tensor:
+    """``spec.select(data.train, seed)``, checked: distinct int64 indices of training examples (a bool mask read
+    as indices drew from examples 0 and 1 only). What the game's code raises is the game's error."""
+    what = f"stream '{spec.name}': select"
+    try:
+        subset = spec.select(data.train, seed)  # type: ignore[misc]
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{what} raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (the game's "
+                        "code)") from exc
+    if not isinstance(subset, Tensor):
+        raise UserError(f"{what} returned {type(subset).__name__}, not a tensor of example indices (a bug in the "
+                        "game: return torch.tensor(indices))")
+    if subset.dtype == torch.bool:
+        raise UserError(f"{what} returned a bool tensor: return the indices of the examples to draw "
+                        "(mask.nonzero().squeeze(1)), not a mask (a bug in the game)")
+    if subset.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or subset.dim() != 1:
+        raise UserError(f"{what} returned {str(subset.dtype).removeprefix('torch.')} of shape "
+                        f"{tuple(subset.shape)}: give one integer index per example (1-D) (a bug in the game)")
+    if len(subset) == 0:
+        raise UserError(f"{what} selected no training examples")
+    n = len(data.train)
+    low, high = int(subset.min()), int(subset.max())
+    if low < 0 or high >= n:
+        raise UserError(f"{what} returned index {low if low < 0 else high}, outside the training split's {n} "
+                        "examples (a bug in the game, or an option of it that does not fit the data)")
+    if len(torch.unique(subset)) != len(subset):
+        raise UserError(f"{what} returned some indices twice: each example once (a bug in the game)")
+    return subset.long()
+
+
 def worker_message(text: str) -> str:
     """The message of a UserError a DataLoader worker raised: torch re-raises it with the worker's traceback as
     its text ("Caught UserError in DataLoader worker process 0. Original Traceback ... UserError: MESSAGE")."""
@@ -218,9 +250,7 @@ class BatchSource:
         if spec.labelled and not data.labelled:
             raise UserError(f"the game reads a labelled stream '{spec.name}', but the dataset's training "
                             "split has no labels")
-        subset = spec.select(data.train, seed) if spec.select is not None else None  # type: ignore[arg-type]
-        if subset is not None and len(subset) == 0:
-            raise UserError(f"stream '{spec.name}' selected no training examples")
+        subset = _selected(spec, data, seed) if spec.select is not None else None
         return StreamSource(data.train, spec.batch_size or batch_size, device, stream_seed(seed, spec.name),
                             subset=subset, what=what, **common)  # type: ignore[arg-type]
 

@@ -392,7 +392,13 @@ def check_networks(game: Game, nets: Networks) -> None:
                 raise UserError(f"network '{name}' is trained by two players, '{trained[name]}' and "
                                 f"'{player.name}'")
             trained[name] = player.name
-    game.check(nets)  # first: a game's own words for what it needs (e.g. a frozen decoder) say it best
+    try:  # first: a game's own words for what it needs (e.g. a frozen decoder) say it best
+        game.check(nets)
+    except UserError:
+        raise
+    except Exception as exc:  # its code failing is its bug: said as the game's, not a traceback
+        raise UserError(f"{game_label(game)}: its check of the networks raised {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:300]} (a bug in the game, or networks it cannot take)") from exc
     untrained = [n for n in nets if n not in trained and n not in nets.frozen and nets.parameters([n])]
     if untrained:
         raise UserError(f"{game_label(game)}: no player trains the {', '.join(untrained)}, and "

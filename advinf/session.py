@@ -270,7 +270,17 @@ _NONE = object()
 def skip_warnings(evaluators: dict[str, Evaluator], data: Dataset) -> list[str]:
     """A warning line for each evaluator that will report ``skipped`` on ``data`` (``Evaluator.skip_reason``)."""
     return [f"warning: evaluator '{name}' will report 'skipped' on this data: {why}"
-            for name, ev in evaluators.items() if (why := ev.skip_reason(data)) is not None]
+            for name, ev in evaluators.items() if (why := _skip_reason(name, ev, data)) is not None]
+
+
+def _skip_reason(name: str, evaluator: Evaluator, data: Dataset) -> str | None:
+    try:
+        return evaluator.skip_reason(data)
+    except UserError:
+        raise
+    except Exception as exc:  # the evaluator's code failing: its bug, said as its, not a traceback
+        raise UserError(f"evaluator '{name}': skip_reason raised {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:300]} (a bug in the evaluator)") from exc
 
 
 def _trainer(rec: Recipe, built: Built, **where: Any) -> Trainer:

@@ -329,6 +329,23 @@ def test_stream_spec_validation():
         BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x"), Stream("x")))
     with pytest.raises(UserError, match="selected no training examples"):
         BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x", select=lambda split, seed: torch.arange(0)),))
+    # what select returns is checked: a mask was read as indices 0 and 1, floats were truncated
+    for returned, expected in ((torch.ones(10, dtype=torch.bool), "returned a bool tensor: return the indices"),
+                               (torch.tensor([1.5, 2.0]), r"returned float32 of shape \(2,\): give one integer"),
+                               ([1, 2], "returned list, not a tensor of example indices"),
+                               (torch.tensor([3, 10]), "returned index 10, outside the training split's 10"),
+                               (torch.tensor([3, 3]), "returned some indices twice")):
+        with pytest.raises(UserError, match=f"stream 'x': select {expected}"):
+            BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x", select=lambda split, seed, r=returned: r),))
+
+    def fails(split, seed):
+        raise ValueError("too many labels")
+
+    with pytest.raises(UserError, match=r"stream 'x': select raised ValueError: too many labels \(the game's code\)"):
+        BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x", select=fails),))
+    pick = Stream("x", select=lambda split, seed: torch.tensor([1, 4], dtype=torch.int32))
+    selected = BatchSource(data, 2, torch.device("cpu"), 0, (pick,))
+    assert selected.extra["x"].subset.tolist() == [1, 4] and selected.extra["x"].subset.dtype == torch.int64
 
 
 def test_a_data_stream_restricts_the_main_stream_and_select_gets_the_run_seed():

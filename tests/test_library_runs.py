@@ -461,6 +461,26 @@ def test_networks_that_would_silently_not_train_are_refused_before_training():
         def losses(self, nets, batch):
             return batch.streams["labeled"]
 
+    class Checking(type(blind)):
+        def check(self, nets):
+            raise RuntimeError("no critic of mine")
+
+    with pytest.raises(UserError, match=r"game Checking: its check of the networks raised RuntimeError: no critic "
+                                        r"of mine \(a bug in the game"):
+        Trainer(networks(ctx), Checking(JointGameOptions(), stochastic=True), data, train=SPEC)
+
+    class Odd(advinf.Evaluator):
+        def skip_reason(self, data):
+            raise KeyError("labels")
+
+        def evaluate(self, model, data, out_dir):
+            return {}
+
+    from advinf.session import skip_warnings
+
+    with pytest.raises(UserError, match=r"evaluator 'odd': skip_reason raised KeyError: 'labels' \(a bug in the "
+                                        r"evaluator\)"):
+        skip_warnings({"odd": Odd()}, data)
     with pytest.raises(UserError, match=r"game Misspelt fails on a first batch, before training: KeyError: "
                                         r"'labeled' \(in .*test_library_runs.py:\d+\); a bug in the game"):
         Trainer(networks(ctx), Misspelt(JointGameOptions(), stochastic=True), data, train=SPEC)
