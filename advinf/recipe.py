@@ -382,8 +382,20 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
             problems.append(Problem("train.cuda_graph", f"cannot be true here: {why}",
                                     hint="set it to false (or remove it)"))
     given = spec.network_specs()
+    plugin = host.get("game", name).plugin
+    for player in game.players:  # the game's own declarations, known without data: a plugin's bugs
+        for net in player.networks:
+            if net not in game.networks:
+                problems.append(Problem("game.name", f"game '{name}' (plugin '{plugin}'): player '{player.name}' "
+                                        f"trains '{net}', which is not one of its networks "
+                                        f"({', '.join(game.networks)}): a bug in that plugin"))
     for net, kind in game.networks.items():
         section = net if net in WELL_KNOWN else f"networks.{net}"
+        if kind not in WELL_KNOWN.values():
+            problems.append(Problem("game.name", f"game '{name}' (plugin '{plugin}') declares network '{net}' of "
+                                    f"kind '{kind}', which is no network kind ({', '.join(WELL_KNOWN.values())}): "
+                                    "a bug in that plugin"))
+            continue
         if net not in given:
             extra = f' with kind = "{kind}"' if section != net else ""
             problems.append(Problem(section, f"missing: game '{name}' needs a {kind} network '{net}'",

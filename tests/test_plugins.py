@@ -471,6 +471,45 @@ def test_recipe_can_name_a_project_local_plugin(tmp_path):
         advinf.load_recipe(missing)
 
 
+MISDECLARED_GAME = """
+from pydantic import BaseModel
+import advinf
+from advinf_plugins.games import JointGame, JointGameOptions
+
+class Options(JointGameOptions):
+    mistake: str = "player"
+
+def make(options, ctx):
+    game = JointGame(options, stochastic=True)
+    if options.mistake == "player":
+        game.players = (advinf.CRITIC, advinf.Player("generator", ("encoder", "decodr")))
+    else:
+        game.networks = {**game.networks, "aux": "critc"}
+    return game
+
+@advinf.hookimpl
+def register_games(register):
+    register("misdeclared", make, Options)
+"""
+
+
+@pytest.mark.parametrize("mistake,expected", [
+    ("player", "game.name: game 'misdeclared' (plugin '{plugin}'): player 'generator' trains 'decodr', which "
+               "is not one of its networks (encoder, decoder, critic): a bug in that plugin"),
+    ("kind", "game.name: game 'misdeclared' (plugin '{plugin}') declares network 'aux' of kind 'critc', which "
+             "is no network kind (encoder, decoder, critic): a bug in that plugin"),
+])
+def test_a_game_s_declarations_are_checked_by_plain_validate(tmp_path, mistake, expected):
+    """What a game declares needs no data to check: refused by `advinf validate`, not only by --build (and for a
+    network kind that is none, not sent round in a loop of sections to add)."""
+    write(tmp_path / "misdeclared.py", MISDECLARED_GAME)
+    text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["misdeclared.py"]')
+    text = text.replace('[game]\nname = "ali"', f'[game]\nname = "misdeclared"\nmistake = "{mistake}"')
+    with pytest.raises(advinf.RecipeError) as err:
+        advinf.load_recipe(write(tmp_path / "r.toml", text))
+    assert expected.format(plugin=tmp_path / "misdeclared.py") in str(err.value), str(err.value)
+
+
 RAISING_VALIDATOR = """
 from pydantic import BaseModel, ConfigDict, field_validator
 from advinf import hookimpl
