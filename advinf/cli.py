@@ -671,10 +671,19 @@ def bench(recipe: Path, overrides: tuple[str, ...], steps: int, warmup: int, rep
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also each component's summary and options (type, default, description).")
-def list_plugins(as_json: bool, verbose: bool) -> None:
-    """List installed plugins, what they register (commands included), and load errors. Exit status 2 when a
-    plugin is broken."""
+@_plugin_option
+def list_plugins(as_json: bool, verbose: bool, plugins: tuple[Path, ...]) -> None:
+    """List installed plugins (and local plugin files named with --plugin), what they register (commands
+    included), and load errors. Exit status 2 when a plugin is broken."""
+    from advinf.errors import PluginError
+
     host = _host()
+    unloaded = []  # local files that did not import: no entry to list them by
+    for plugin in plugins:
+        try:
+            host.load_local(str(plugin))
+        except PluginError as exc:
+            unloaded.append(str(exc))
     if not AdvinfGroup._plugin_commands_added:
         _add_plugin_commands()
     infos = sorted(host.plugins.values(), key=lambda p: p.name)
@@ -702,9 +711,12 @@ def list_plugins(as_json: bool, verbose: bool) -> None:
         click.echo(f"warning: ADVINF_DISABLE_PLUGINS names '{name}', which is no installed plugin"
                    + (f"; {hint}" if hint else ""), err=True)
     broken = [p.name for p in infos if p.broken]
+    for message in unloaded:
+        click.echo(f"error: {message}", err=True)
     if broken:
         click.echo(f"error: broken plugins: {', '.join(broken)} (see the error column; ADVINF_DISABLE_PLUGINS="
                    "name,... skips a plugin)", err=True)
+    if broken or unloaded:
         sys.exit(2)
 
 

@@ -460,6 +460,23 @@ def test_unknown_keys_of_nested_options_are_refused_not_dropped(advinf_host):
     assert advinf_host.create("prior", "nested", None, inner={"scale": 2.0}) is not None
 
 
+def test_list_plugins_shows_a_local_plugin_file_named_with_plugin(tmp_path):
+    """A plugin tried before it is installed: listed with its components, or its import error (exit status 2)."""
+    from click.testing import CliRunner
+
+    from advinf.cli import cli
+
+    good = write(tmp_path / "my_plugin.py", GOOD)
+    res = CliRunner().invoke(cli, ["list-plugins", "--json", "--verbose", "--plugin", str(good)])
+    assert res.exit_code == 0, res.output
+    [mine] = [p for p in json.loads(res.output) if p["name"] == str(good)]
+    assert mine["components"] == {"prior": ["third_party_prior"]} and mine["details"][0]["name"] == "third_party_prior"
+    bad = write(tmp_path / "bad.py", "import no_such_module_here\n")
+    res = CliRunner().invoke(cli, ["list-plugins", "--plugin", str(bad)])
+    assert res.exit_code == 2 and "failed to import: ModuleNotFoundError: No module named 'no_such_module_here'" in \
+        res.output and "Traceback" not in res.output
+
+
 def test_recipe_can_name_a_project_local_plugin(tmp_path):
     write(tmp_path / "my_plugin.py", GOOD)
     text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["my_plugin.py"]')
