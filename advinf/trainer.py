@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import shlex
 import signal
 import tempfile
 import threading
@@ -940,6 +941,14 @@ class Trainer:
                                    failed.failed) from failed.__cause__
         return results
 
+    def _plugin_flags(self) -> str:
+        """`` --plugin PATH`` for each local plugin of the run's recipe: a command that rebuilds the run needs them
+        named (a run directory's plugins are never imported from it)."""
+        assert self.run is not None
+        paths = [str((self.run.path / p).resolve()) if p.endswith(".py") or "/" in p else p  # else a module
+                 for p in (self.recipe or {}).get("plugins") or []]
+        return "".join(f" --plugin {shlex.quote(p)}" for p in paths)
+
     def _after_failed_evaluation(self, failed: EvaluationFailed, final: bool) -> str:
         """What became of the run when evaluators failed, and what to do."""
         if self.run is None:
@@ -948,12 +957,13 @@ class Trainer:
                 " The other evaluators' results are in evals.jsonl.") if failed.results else ""
         by_name = self.recipe is not None  # else modules of one's own: the command line cannot rebuild the run
         if final:
-            again = (f"advinf evaluate {self.run.path} --with {','.join(failed.failed)}" if by_name else
+            again = (f"advinf evaluate {shlex.quote(str(self.run.path))} --with {','.join(failed.failed)}"
+                     f"{self._plugin_flags()}" if by_name else
                      "trainer.evaluate() (or advinf.load_run(RUN, nets=..., game=...) in a new process, then "
                      "advinf.evaluation.evaluate)")
             return (f"The training is kept (the checkpoint of step {self.step}).{kept} Once the evaluator is fixed: "
                     f"{again}")
-        again = f"advinf run --resume {self.run.path}" if by_name else \
+        again = f"advinf run --resume {shlex.quote(str(self.run.path))}{self._plugin_flags()}" if by_name else \
             "trainer.restore(the latest checkpoint) and trainer.fit()"
         return f"Training stopped at step {self.step} with a checkpoint.{kept} Once the evaluator is fixed: {again}"
 

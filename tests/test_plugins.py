@@ -477,6 +477,38 @@ def test_list_plugins_shows_a_local_plugin_file_named_with_plugin(tmp_path):
         res.output and "Traceback" not in res.output
 
 
+FAILING_EVALUATOR = """
+from pydantic import BaseModel
+import advinf
+
+class Options(BaseModel):
+    pass
+
+class E(advinf.Evaluator):
+    def evaluate(self, model, data, out_dir):
+        raise RuntimeError("not today")
+
+@advinf.hookimpl
+def register_evaluators(register):
+    register("fails", lambda options, ctx: E(), Options)
+"""
+
+
+def test_the_command_that_resumes_after_a_failed_evaluation_names_the_local_plugins(tmp_path):
+    from click.testing import CliRunner
+    from conftest import TINY, TINY_ENCODER
+
+    from advinf.cli import cli
+
+    plugin = write(tmp_path / "fails.py", FAILING_EVALUATOR)
+    out = tmp_path / "run"
+    sets = [*TINY, *TINY_ENCODER, f'plugins=["{plugin}"]', "evaluators={fails={every=2}}"]
+    res = CliRunner().invoke(cli, ["run", str(RECIPES / "ali_mixture25.toml"), "--out", str(out),
+                                   *[a for s in sets for a in ("--set", s)]])
+    assert res.exit_code == 2, res.output
+    assert f"Once the evaluator is fixed: advinf run --resume {out} --plugin {plugin}" in res.output
+
+
 def test_recipe_can_name_a_project_local_plugin(tmp_path):
     write(tmp_path / "my_plugin.py", GOOD)
     text = (RECIPES / "ali_mixture25.toml").read_text().replace('seed = 0', 'seed = 0\nplugins = ["my_plugin.py"]')
