@@ -247,7 +247,8 @@ class PluginHost:
             fields = options.model_fields if options is not None else {}
             taken = [f for f in fields if f in SECTION_KEYS.get(kind, ())]
             if taken:
-                raise TypeError(f"the options of {kind} '{name}' name {', '.join(taken)}, which a recipe's {kind} "
+                fields_named = ", ".join(f"'{f}'" for f in taken)
+                raise TypeError(f"the options of {kind} '{name}' have a field {fields_named}, which a recipe's {kind} "
                                 f"section keeps for advinf ({', '.join(SECTION_KEYS[kind])}): such an option would "
                                 "never receive the recipe's value; rename it")
             if not isinstance(conditional, bool):

@@ -357,8 +357,8 @@ def test_an_option_named_like_a_key_advinf_keeps_in_its_section_is_refused(advin
         impl.__name__ = hook
         plugin = types.SimpleNamespace(**{hook: advinf.hookimpl(impl)})
         info = advinf_host.add_plugin(plugin, name=f"clash_{kind}")
-        assert f"the options of {kind} 'clash' name {taken}, which a recipe's {kind} section keeps for advinf" \
-            in info.error and "rename it" in info.error
+        assert f"the options of {kind} 'clash' have a field '{taken}', which a recipe's {kind} section keeps for " \
+            "advinf" in info.error and "rename it" in info.error
 
 
 def test_register_checks_its_arguments(advinf_host):
