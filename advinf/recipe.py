@@ -383,10 +383,10 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
                                     hint="set it to false (or remove it)"))
     given = spec.network_specs()
     plugin = host.get("game", name).plugin
-    for player in game.players:  # the game's own declarations, known without data: a plugin's bugs
-        for net in player.networks:
+    for declared in game.players:  # the game's own declarations, known without data: a plugin's bugs
+        for net in declared.networks:
             if net not in game.networks:
-                problems.append(Problem("game.name", f"game '{name}' (plugin '{plugin}'): player '{player.name}' "
+                problems.append(Problem("game.name", f"game '{name}' (plugin '{plugin}'): player '{declared.name}' "
                                         f"trains '{net}', which is not one of its networks "
                                         f"({', '.join(game.networks)}): a bug in that plugin"))
     for net, kind in game.networks.items():

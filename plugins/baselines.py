@@ -326,7 +326,8 @@ def toy_gaussian_decoder(options: GaussianDecoderOptions, ctx) -> Decoder:
 
 def toy_pair_critic(options: PairCriticOptions, ctx) -> JointCritic:
     """The toy maxout critic on pairs of data points (x, x'): ALICE's adversarial cycle critic."""
-    known = _flat(ctx.sample_shape if ctx is not None else None)
+    known = _flat(ctx.sample_shape if ctx is not None else None, "critic 'toy_pair_critic'",
+                  "the dataset's examples have", "a dataset of flat vectors, or a pair critic made for images")
     if options.x_dim is not None and known is not None and options.x_dim != known:
         raise UserError(f"critic 'toy_pair_critic': x_dim = {options.x_dim}, but the dataset's examples have "
                         f"{known} dimensions; remove x_dim to take it from there")

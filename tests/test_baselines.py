@@ -258,6 +258,27 @@ def test_alice_at_weight_zero_is_ali_bit_for_bit(cycle):
     assert not torch.equal(start["net.0.weight"], runs[0].nets["decoder"].state_dict()["net.0.weight"])
 
 
+def test_the_adversarial_cycle_its_recipe_documents_builds_and_takes_a_trial_step():
+    """The command in alice_mixture25.toml's header: toy_pair_critic's factory failed to build (a helper it shares
+    with the toy networks changed), and only --build or a run found it."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+    from conftest import RECIPES
+
+    from advinf.cli import cli
+
+    header = (RECIPES / "alice_mixture25.toml").read_text()
+    sets = shlex.split(re.search(r"^#\s+(--set game.cycle=adversarial.*)$", header, re.M).group(1))
+    res = CliRunner().invoke(cli, ["validate", "--build", str(RECIPES / "alice_mixture25.toml"), *sets,
+                                   "--set", "train.steps=3"])
+    assert res.exit_code == 0 and "cycle_critic: ToyCritic" in res.output, res.output
+    with pytest.raises(UserError, match="critic 'toy_pair_critic' works on flat vectors, but the dataset's "
+                                        r"examples have shape \(1, 8, 8\)"):
+        advinf.create("critic", "toy_pair_critic", advinf.BuildContext(dataset=advinf.create("dataset", "digits")))
+
+
 def test_alice_with_a_weight_differs_from_ali_and_keeps_the_decoder_statistics():
     from test_train import tiny_data
 
