@@ -287,8 +287,10 @@ def _trainer(rec: Recipe, built: Built, **where: Any) -> Trainer:
     """The trainer of a built recipe; ``where``: what depends on the run (evaluators, run_dir, device, recipe,
     resume, rank, world_size)."""
     spec = rec.spec
+    evaluators = where.get("evaluators", {})  # none on the ranks other than 0 of a data-parallel run
+    eval_every = {name: n for name, n in rec.eval_every.items() if name in evaluators}
     return Trainer(built.nets, built.game, built.dataset, train=spec.train, optimizer=spec.optimizer,
-                   optimizers=rec.optimizers, eval_every=rec.eval_every, seed=spec.seed, condition=built.condition,
+                   optimizers=rec.optimizers, eval_every=eval_every, seed=spec.seed, condition=built.condition,
                    loggers=built.loggers, **where)
 
 

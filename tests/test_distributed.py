@@ -107,7 +107,8 @@ def test_two_ranks_stay_bit_identical_and_only_rank_0_writes(tmp_path):
 
 def test_torchrun_launch_writes_one_run_directory(tmp_path):
     run = tmp_path / "run"
-    sets = [a for s in SETS for a in ("--set", s)]
+    # an evaluator every 10 steps: rank 0 evaluates (rank 1, which has no evaluators, refused the schedule)
+    sets = [a for s in [*SETS, "evaluators.mode_coverage.every=10"] for a in ("--set", s)]
     env = {k: v for k, v in cli_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
 
     def torchrun(*args: str) -> subprocess.CompletedProcess:
@@ -125,6 +126,8 @@ def test_torchrun_launch_writes_one_run_directory(tmp_path):
     assert proc.stdout.count("modes_covered_strict") == 1
     assert proc.stderr.count(f"resuming {run} from step 20") == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert [json.loads(line)["step"] for line in (run / "evals.jsonl").read_text().splitlines()] == [10, 20]
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["step"] == 30  # the last: eval.json
     metrics = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert metrics["samples_per_s"] > 0
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
