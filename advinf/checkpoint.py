@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
@@ -205,6 +206,9 @@ class OptimizerMeta(_Loose):
 
 class PythonRng(_Loose):
     python: tuple[int, list[int], float | None] = Field(strict=False)  # JSON has no tuples
+    # numpy's global generator (its 624 keys are the tensor numpy_keys): position, has_gauss, cached gaussian;
+    # absent from checkpoints of older versions
+    numpy: tuple[int, int, float] | None = Field(default=None, strict=False)
 
 
 class CheckpointState(_Loose):
@@ -338,7 +342,9 @@ def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{i}"] = s
     version, internal, gauss = random.getstate()
-    return tensors, {"python": [version, list(internal), gauss]}
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    return tensors, {"python": [version, list(internal), gauss], "numpy": [int(pos), int(has_gauss), float(cached)]}
 
 
 def load_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -351,6 +357,10 @@ def load_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
+    if "numpy_keys" in tensors and meta.get("numpy") is not None:  # a plugin drawing from numpy's global RNG
+        pos, has_gauss, cached = meta["numpy"]
+        np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss),
+                             float(cached)))
 
 
 def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, Tensor], where: Path,

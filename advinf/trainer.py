@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import random
 import shlex
 import signal
 import tempfile
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import tomli_w
 import torch
 from torch import Tensor
@@ -543,7 +545,10 @@ class Trainer:
         if self._rng_after is not None:  # a later fit() of this trainer: the noise goes on where the last stopped
             ckpt.load_rng_state(*self._rng_after)
         elif not self._rng_restored:
-            torch.manual_seed(self.seed if self.rank == 0 else self.seed + 1_000_003 * self.rank)  # own noise
+            noise_seed = self.seed if self.rank == 0 else self.seed + 1_000_003 * self.rank  # own noise
+            torch.manual_seed(noise_seed)
+            random.seed(noise_seed)  # Python's and numpy's too, for plugins drawing from them
+            np.random.seed(noise_seed % 2**32)
         self.nets.train(True)
         progress = ProgressReporter(self.total_steps, self.spec.progress if self.rank == 0 else "none",
                                     start=self.step, batch_size=self.spec.batch_size)

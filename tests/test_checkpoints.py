@@ -459,3 +459,24 @@ def test_a_samples_folder_that_is_a_link_is_refused_and_what_it_points_to_untouc
     with pytest.raises(advinf.UserError, match=r"samples is a symbolic link; a run writes its pictures into its own"):
         RunDir(run, resume=True)
     assert (elsewhere / "step_0000041.png").read_bytes() == b"the user's"
+
+
+def test_python_s_and_numpy_s_random_are_seeded_by_the_run_and_restored_by_a_checkpoint():
+    """A plugin drawing from `random` or numpy's global generator: the same draws in two runs of one seed, and
+    after a resume (Python's was never seeded; numpy's was neither seeded nor saved)."""
+    import numpy as np
+    from test_train import tiny_data, tiny_nets
+
+    states = []
+    for _ in range(2):
+        random.seed(12345 + len(states))  # whatever came before the run
+        np.random.seed(len(states))
+        trainer = advinf.Trainer(tiny_nets(), advinf.create("game", "ali"), tiny_data(),
+                                 train=advinf.TrainSpec(steps=1, batch_size=32, progress="none"), seed=3)
+        trainer.fit()
+        states.append((random.random(), float(np.random.rand())))
+    assert states[0] == states[1]
+    tensors, meta = ckpt.rng_state()
+    drawn = (random.random(), float(np.random.rand()), float(np.random.randn()))
+    ckpt.load_rng_state(tensors, json.loads(json.dumps(meta)))  # as state.json holds it
+    assert (random.random(), float(np.random.rand()), float(np.random.randn())) == drawn
