@@ -113,6 +113,20 @@ def prepare_target(path: Path, *, resume: bool) -> bool:
 _HELD: dict[str, list[int]] = {}
 
 
+def _forget_held() -> None:
+    """In a forked child (a DataLoader worker streaming the data): its copies of the locks' descriptors are
+    closed, so that the lock ends with the process that holds it (a worker outliving a ``kill -9`` of its parent
+    for a few seconds kept the run directory refused), and the child holds nothing."""
+    for fd, _count in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_held)
+
+
 def hold(path: Path) -> Callable[[], None]:
     """Hold the run directory ``path`` for this process and return what lets it go: an advisory lock on the
     directory itself, released when every holder has let it go or the process ends (``kill -9`` included). Two

@@ -480,3 +480,27 @@ def test_python_s_and_numpy_s_random_are_seeded_by_the_run_and_restored_by_a_che
     drawn = (random.random(), float(np.random.rand()), float(np.random.randn()))
     ckpt.load_rng_state(tensors, json.loads(json.dumps(meta)))  # as state.json holds it
     assert (random.random(), float(np.random.rand()), float(np.random.randn())) == drawn
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_the_run_directory_held(tmp_path):
+    """A DataLoader worker (forked) outlived a kill -9 of its run for seconds and kept the directory refused: a
+    forked child closes its copies of the locks."""
+    import os
+
+    from advinf.rundir import hold
+
+    release = hold(tmp_path)
+    child = os.fork()
+    if child == 0:  # the worker: lives on after its parent lets go
+        time.sleep(3)
+        os._exit(0)
+    try:
+        release()
+        probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY);"
+                                "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path)],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 0, probe.stderr  # free while the child still lives
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
