@@ -60,6 +60,10 @@ def problems_from(exc: ValidationError, model: type[BaseModel], data: Any, prefi
                                     "(it names the run directory)", err.get("input"), True))
         elif isinstance(cause := err.get("ctx", {}).get("error"), OptionError):  # a validator naming its option
             inputs = err.get("input")
+            if cause.option.split(".")[0] not in _fields_at(model, loc):  # told by the section, as the bug it is
+                out.append(Problem(key, f"{cause} (and a bug in this component's plugin: its check names option "
+                                        f"'{cause.option}', which it does not have)"))
+                continue
             key = ".".join(p for p in (key, cause.option) if p)
             out.append(Problem(key, str(cause), inputs.get(cause.option) if isinstance(inputs, dict) else None,
                                isinstance(inputs, dict) and cause.option in inputs))

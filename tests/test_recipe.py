@@ -308,3 +308,26 @@ def test_options_that_do_nothing_with_the_others_are_warned_of(recipe, overrides
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_recipe(RECIPES / f"{recipe}.toml", [o for o in overrides if "name" in o or "variance" in o])
+
+
+def test_an_option_error_naming_an_option_the_model_lacks_is_told_by_the_section_as_a_plugin_bug():
+    from pydantic import BaseModel, ValidationError, model_validator
+
+    from advinf import OptionError
+    from advinf.options import problems_from
+
+    class Options(BaseModel):
+        batch_size: int = 10
+        samples: int = 5
+
+        @model_validator(mode="after")
+        def _fits(self):
+            raise OptionError("batch_size must be at most samples", option=self.wrong)
+
+    for wrong, key in (("batchsize", "evaluators.x"), ("batch_size", "evaluators.x.batch_size")):
+        Options.wrong = wrong
+        with pytest.raises(ValidationError) as err:
+            Options(batch_size=10)
+        [problem] = problems_from(err.value, Options, {"batch_size": 10}, prefix="evaluators.x")
+        assert problem.key == key
+        assert ("names option 'batchsize', which it does not have" in problem.message) == (wrong == "batchsize")
