@@ -10,6 +10,7 @@ others, optimisers only for its players, labelled data and label-taking networks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tomllib
 import warnings
@@ -294,6 +295,10 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             raise UserError(f"{source} uses components from local plugins ({', '.join(files)}), which advinf "
                             "does not import from a run directory (plugins are code). Load the ones you trust with "
                             "--plugin PATH (library: plugins=[...]).")
+        if unknown and not load_plugins:  # a run trained from Python with a plugin its recipe does not list
+            hint = "from a local plugin? load it with --plugin PATH (Python: plugins=[...])"
+            problems = [dataclasses.replace(p, hint="; ".join(h for h in (p.hint, hint) if h))
+                        if p in unknown else p for p in problems]
         raise RecipeError(source, problems)
     return Recipe(spec, options, source, base_dir or Path.cwd(), players, imported)
 

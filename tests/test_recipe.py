@@ -331,3 +331,14 @@ def test_an_option_error_naming_an_option_the_model_lacks_is_told_by_the_section
         [problem] = problems_from(err.value, Options, {"batch_size": 10}, prefix="evaluators.x")
         assert problem.key == key
         assert ("names option 'batchsize', which it does not have" in problem.message) == (wrong == "batchsize")
+
+
+def test_an_unknown_component_in_a_run_s_recipe_asks_whether_it_is_a_local_plugin_s():
+    """A run trained from Python with a plugin its recipe does not list: loading it said only 'unknown game'."""
+    data = tomllib.loads(ALI.replace('[game]\nname = "ali"', '[game]\nname = "my_wgan"'))
+    with pytest.raises(RecipeError, match=r"game.name: unknown game \(got 'my_wgan'\).*from a local plugin\? load it "
+                                          r"with --plugin PATH \(Python: plugins=\[...\]\)"):
+        validate_recipe(data, source="RUN/state.json", load_plugins=False)
+    with pytest.raises(RecipeError) as err:  # a recipe being written: no such hint
+        validate_recipe(data, source="r.toml")
+    assert "from a local plugin?" not in str(err.value)
