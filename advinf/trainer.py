@@ -283,8 +283,8 @@ class Trainer:
             where = _raised_in(exc, self.game, nets)
             if where is not None:  # the game's own code, not a network: name the game, not the networks' options
                 raise UserError(f"{game_label(self.game)} fails on a first batch, before training: "
-                                f"{type(exc).__name__}: {text} (in {where}); a bug in the game, or an option of it "
-                                "that does not fit"
+                                f"{type(exc).__name__}: {text} (in {where}, the game's code): a bug in the game, or "
+                                "networks or options it cannot take"
                                 + (f" (its streams: {', '.join(s.name for s in self.game.streams)})"
                                    if isinstance(exc, KeyError) and self.game.streams else "")) from exc
             dtypes = sorted({str(t.dtype).removeprefix("torch.") for m in nets.values()

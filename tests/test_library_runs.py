@@ -482,7 +482,8 @@ def test_networks_that_would_silently_not_train_are_refused_before_training():
                                         r"evaluator\)"):
         skip_warnings({"odd": Odd()}, data)
     with pytest.raises(UserError, match=r"game Misspelt fails on a first batch, before training: KeyError: "
-                                        r"'labeled' \(in .*test_library_runs.py:\d+\); a bug in the game"):
+                                        r"'labeled' \(in .*test_library_runs.py:\d+, the game's code\): a bug in "
+                                        r"the game"):
         Trainer(networks(ctx), Misspelt(JointGameOptions(), stochastic=True), data, train=SPEC)
 
 
