@@ -160,7 +160,9 @@ def hold(path: Path) -> Callable[[], None]:
         if released:
             return
         released = True
-        entry = _HELD[key]
+        entry = _HELD.get(key)
+        if entry is None:  # a forked child, which holds nothing (_forget_held)
+            return
         entry[1] -= 1
         if entry[1] == 0:
             del _HELD[key]
