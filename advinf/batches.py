@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from advinf.data import Dataset, Split, StreamingSplit, _collate
-from advinf.errors import UserError
+from advinf.errors import UserError, described
 from advinf.interfaces import Batch, Stream
 
 #: The name of the stream every game reads (``batch.x``, ``batch.y``).
@@ -168,8 +168,7 @@ def _selected(spec: Stream, data: Dataset, seed: int) -> Tensor:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"{what} raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (the game's "
-                        "code)") from exc
+        raise UserError(f"{what} raised {described(exc)} (the game's code)") from exc
     if not isinstance(subset, Tensor):
         raise UserError(f"{what} returned {type(subset).__name__}, not a tensor of example indices (a bug in the "
                         "game: return torch.tensor(indices))")

@@ -20,7 +20,7 @@ from torch import nn
 from advinf import checkpoint as ckpt
 from advinf.conditions import Condition
 from advinf.data import Dataset
-from advinf.errors import Problem, RecipeError, UserError
+from advinf.errors import Problem, RecipeError, UserError, described
 from advinf.interfaces import (
     BuildContext,
     Evaluator,
@@ -121,7 +121,7 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
         raise RecipeError(recipe.source, [Problem(where, str(exc))]) from None
     except Exception as exc:  # e.g. an allocation that fails: before training, naming the section
         raise RecipeError(recipe.source, [Problem(key, f"building {kind} '{name}' (plugin '{comp.plugin}') "
-                                                        f"failed: {type(exc).__name__}: {_short(exc)}")]) from exc
+                                                        f"failed: {described(exc)}")]) from exc
     if not isinstance(obj, COMPONENT_TYPES[kind]):
         raise RecipeError(recipe.source, [Problem(key, f"the factory of {kind} '{name}' (plugin '{comp.plugin}') "
                                                        f"returned {type(obj).__name__}, not "
@@ -129,11 +129,6 @@ def _make(recipe: Recipe, host: PluginHost, section: str, kind: str, context: Bu
                                                        "plugin")])
     mark(obj, Origin(kind, name, options.model_dump(mode="json", exclude_none=True)))  # as advinf.create does
     return obj
-
-
-def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def init_network(module: nn.Module, name: str, nspec: NetworkSpec, section: str, source: str) -> None:

@@ -32,6 +32,13 @@ class OptionError(UserError, ValueError):
         super().__init__(*args, option=option)
 
 
+def described(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line, clipped to ``limit`` characters of message: how errors
+    quote what a plugin's code raised."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text if len(text) <= limit else text[:limit - 3] + '...'}"
+
+
 class PluginError(UserError):
     """A plugin failed to import or register, or two plugins claim the same name."""
 

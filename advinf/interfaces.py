@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from advinf.conditions import Condition
-from advinf.errors import UserError
+from advinf.errors import UserError, described
 
 if TYPE_CHECKING:
     from advinf.data import Dataset, Split
@@ -397,8 +397,8 @@ def check_networks(game: Game, nets: Networks) -> None:
     except UserError:
         raise
     except Exception as exc:  # its code failing is its bug: said as the game's, not a traceback
-        raise UserError(f"{game_label(game)}: its check of the networks raised {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:300]} (a bug in the game, or networks it cannot take)") from exc
+        raise UserError(f"{game_label(game)}: its check of the networks raised {described(exc)} (a bug in the "
+                        "game, or networks it cannot take)") from exc
     untrained = [n for n in nets if n not in trained and n not in nets.frozen and nets.parameters([n])]
     if untrained:
         raise UserError(f"{game_label(game)}: no player trains the {', '.join(untrained)}, and "

@@ -19,7 +19,7 @@ from advinf import checkpoint as ckpt
 from advinf import distributed
 from advinf.builder import Built, build
 from advinf.data import Dataset, data_access_keys
-from advinf.errors import UserError
+from advinf.errors import UserError, described
 from advinf.interfaces import Evaluator
 from advinf.plugins import PluginHost, default_host
 from advinf.provenance import changed_keys, summarised
@@ -279,8 +279,7 @@ def _skip_reason(name: str, evaluator: Evaluator, data: Dataset) -> str | None:
     except UserError:
         raise
     except Exception as exc:  # the evaluator's code failing: its bug, said as its, not a traceback
-        raise UserError(f"evaluator '{name}': skip_reason raised {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:300]} (a bug in the evaluator)") from exc
+        raise UserError(f"evaluator '{name}': skip_reason raised {described(exc)} (a bug in the evaluator)") from exc
 
 
 def _trainer(rec: Recipe, built: Built, **where: Any) -> Trainer:
