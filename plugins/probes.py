@@ -544,12 +544,17 @@ def svm_protocol(f: FeatureSets, pd: ProbeData, o: SvmProbeOptions) -> dict[str,
     test_mean, test_std = _mean_std(test_errs)
     val_mean, val_std = _mean_std(val_errs)
     out = {"test_error_mean": test_mean, "test_error_std": test_std, "val_error": val_mean,
-           "val_error_std": val_std, "C": float(sorted(chosen)[(len(chosen) - 1) // 2]),  # a C that was fitted
-           "feature_dim": int(f.train.shape[1]),
+           "val_error_std": val_std, "C": fitted_median(chosen), "feature_dim": int(f.train.shape[1]),
            "test_errors": test_errs, "unconverged_fits": unconverged}
     if o.select_c == "each_draw":
         out["C_per_draw"] = chosen
     return out
+
+
+def fitted_median(values: list[float]) -> float:
+    """The lower middle of ``values``: a median that is one of them (the C reported for several draws is one that
+    was fitted, never a mean of two)."""
+    return float(sorted(values)[(len(values) - 1) // 2])
 
 
 # -- nearest neighbours ------------------------------------------------------------------------------------

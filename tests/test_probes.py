@@ -16,6 +16,7 @@ from advinf_plugins.probes import (
     SvmProbeOptions,
     draw_labelled,
     fit_l2svm,
+    fitted_median,
     nearest_neighbour_predict,
     untrained_encoder,
 )
@@ -161,6 +162,7 @@ def test_svm_probe_options_pick_c_per_draw_and_features():
     result = probe.evaluate(model_with(Linear()), data, None)
     assert len(result["C_per_draw"]) == 2 and result["feature_dim"] == 2
     assert result["C"] in result["C_per_draw"]  # the lower middle one: a C that was fitted, not a mean of two
+    assert fitted_median([1e-2, 1e-3]) == 1e-3 and fitted_median([1.0, 1e-3, 0.1]) == 0.1  # np.median: 0.0055
     assert SvmProbeOptions(c_grid=[1.0, 1e-3]).c_grid == [1e-3, 1.0]
     with pytest.raises(ValueError):
         SvmProbeOptions(c_grid=[0.0])
