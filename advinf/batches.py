@@ -159,10 +159,10 @@ class StreamSource:
         self._stream = None  # a streaming split restarts its loader at the restored position
 
 
-def _selected(spec: Stream, data: Dataset, seed: int) -> Tensor:
+def _selected(spec: Stream, data: Dataset, seed: int, owner: str) -> Tensor:
     """``spec.select(data.train, seed)``, checked: distinct int64 indices of training examples (a bool mask read
-    as indices drew from examples 0 and 1 only). What the game's code raises is the game's error."""
-    what = f"stream '{spec.name}': select"
+    as indices drew from examples 0 and 1 only). What the game's code raises is the game's (``owner``'s) error."""
+    what = f"{owner}: stream '{spec.name}': select"
     try:
         subset = spec.select(data.train, seed)  # type: ignore[misc]
     except UserError:
@@ -228,7 +228,8 @@ class BatchSource:
     ``batch_size``, if given, replaces ``train.batch_size``)."""
 
     def __init__(self, data: Dataset, batch_size: int, device: torch.device, seed: int,
-                 streams: Sequence[Stream] = (), *, rank: int = 0, world_size: int = 1, channels_last: bool = False):
+                 streams: Sequence[Stream] = (), *, rank: int = 0, world_size: int = 1, channels_last: bool = False,
+                 owner: str = "the game"):
         self.rank, self.world_size = rank, world_size
         common = dict(rank=rank, world_size=world_size, channels_last=channels_last)
         names = [spec.name for spec in streams]
@@ -236,20 +237,21 @@ class BatchSource:
             raise ValueError(f"a stream name is used twice: {names}")
         specs = {spec.name: spec for spec in streams}
         main = specs.pop(MAIN, Stream(MAIN))
-        self.main = self._source(data, main, batch_size, device, seed, "train.batch_size", common)
+        self.main = self._source(data, main, batch_size, device, seed, "train.batch_size", common, owner)
         self.extra: dict[str, StreamSource] = {
-            name: self._source(data, spec, batch_size, device, seed, f"the batch size of stream '{name}'", common)
+            name: self._source(data, spec, batch_size, device, seed, f"the batch size of stream '{name}'", common,
+                               owner)
             for name, spec in specs.items()}
 
     @staticmethod
     def _source(data: Dataset, spec: Stream, batch_size: int, device: torch.device, seed: int, what: str,
-                common: dict[str, Any]) -> StreamSource:
+                common: dict[str, Any], owner: str) -> StreamSource:
         """One stream's source. ``select`` gets the run's seed (the same for every stream, so that streams can
         pick complementary subsets); the stream's data order is seeded by ``stream_seed``."""
         if spec.labelled and not data.labelled:
             raise UserError(f"the game reads a labelled stream '{spec.name}', but the dataset's training "
                             "split has no labels")
-        subset = _selected(spec, data, seed) if spec.select is not None else None
+        subset = _selected(spec, data, seed, owner) if spec.select is not None else None
         return StreamSource(data.train, spec.batch_size or batch_size, device, stream_seed(seed, spec.name),
                             subset=subset, what=what, **common)  # type: ignore[arg-type]
 

@@ -177,14 +177,9 @@ class Trainer:
         self.optimizers = {p.name: _build_optimizer(self._optimizer_specs[p.name], self._param_list[p.name],
                                                     fused, p, capturable=self.spec.cuda_graph)
                            for p in self.players}
-        try:
-            self.batches = BatchSource(self.data, self.spec.batch_size, self.device, seed, game.streams,
-                                       rank=rank, world_size=world_size,
-                                       channels_last=self.spec.channels_last and images)
-        except UserError as exc:  # a stream the game declares: said as the game's
-            if not str(exc).startswith("stream '"):
-                raise
-            raise UserError(f"{game_label(game)}: {exc}", option=exc.option) from None
+        self.batches = BatchSource(self.data, self.spec.batch_size, self.device, seed, game.streams,
+                                   rank=rank, world_size=world_size, channels_last=self.spec.channels_last and images,
+                                   owner=game_label(game))
         self.total_steps = self.spec.steps or self.spec.epochs * self.batches.steps_per_epoch  # type: ignore
         self.schedulers: dict[str, LambdaLR] = {}
         self._start_schedules(at_step=0)

@@ -343,6 +343,9 @@ def test_stream_spec_validation():
 
     with pytest.raises(UserError, match=r"stream 'x': select raised ValueError: too many labels \(the game's code\)"):
         BatchSource(data, 2, torch.device("cpu"), 0, (Stream("x", select=fails),))
+    masked = Stream("x", select=lambda split, seed: torch.ones(10, dtype=torch.bool))
+    with pytest.raises(UserError, match="^game 'mine': stream 'x': select returned a bool tensor"):  # the trainer's
+        BatchSource(data, 2, torch.device("cpu"), 0, (masked,), owner="game 'mine'")
     pick = Stream("x", select=lambda split, seed: torch.tensor([1, 4], dtype=torch.int32))
     selected = BatchSource(data, 2, torch.device("cpu"), 0, (pick,))
     assert selected.extra["x"].subset.tolist() == [1, 4] and selected.extra["x"].subset.dtype == torch.int64
