@@ -359,8 +359,12 @@ def load_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "numpy_keys" in tensors and meta.get("numpy") is not None:  # a plugin drawing from numpy's global RNG
         pos, has_gauss, cached = meta["numpy"]
-        np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), int(pos), int(has_gauss),
-                             float(cached)))
+        try:
+            np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32), int(pos),
+                                 int(has_gauss), float(cached)))
+        except (ValueError, TypeError, IndexError) as exc:  # consistent files, wrong contents: not a traceback
+            raise UserError(f"the checkpoint's numpy random state cannot be restored ({exc}): the checkpoint is "
+                            "damaged; resume from an earlier one") from None
 
 
 def load_module_state(module: torch.nn.Module, prefix: str, tensors: dict[str, Tensor], where: Path,

@@ -504,3 +504,10 @@ def test_a_forked_child_does_not_keep_the_run_directory_held(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_a_numpy_random_state_that_cannot_be_restored_is_a_clear_error():
+    tensors, meta = ckpt.rng_state()
+    tensors["numpy_keys"] = tensors["numpy_keys"][:10]  # a checkpoint consistent with its checksums, made wrong
+    with pytest.raises(advinf.UserError, match="numpy random state cannot be restored .* the checkpoint is damaged"):
+        ckpt.load_rng_state(tensors, meta)
