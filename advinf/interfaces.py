@@ -270,11 +270,30 @@ class Batch:
     #: 1`` batches. A host-side count for what a game decides step by step (a regulariser applied every k steps,
     #: an annealed noise level) without reading a device value.
     step: int = 0
+    #: The names of the players this forward pass updates; None (a batch made outside the trainer): all of them.
+    #: Under ``update = "simultaneous"`` (and in the trial step) every pass updates every player; under
+    #: ``alternating`` a critic pass updates the critic-side players and the last pass the others. A game may
+    #: skip what only other players' losses read (``updates``): the generator's graph on a critic pass, a
+    #: critic regulariser on a generator pass; the trainer reads only the updated players' losses.
+    players: frozenset[str] | None = None
+
+    def updates(self, player: str) -> bool:
+        """Whether this pass updates ``player``: its loss is used, and what only it reads must be computed."""
+        return self.players is None or player in self.players
+
+    def grad_for(self, player: str) -> contextlib.AbstractContextManager[Any]:
+        """A context that records autograd's graph only if this pass updates ``player``: wrap the forward passes
+        of its networks in it, and a pass that updates others builds no graph through them (the same values)."""
+        return contextlib.nullcontext() if self.updates(player) else torch.no_grad()
 
 
 @dataclass
 class GameLosses:
-    """One loss per player (by player name) and detached scalars to log, from one forward pass."""
+    """One loss per player (by player name) and detached scalars to log, from one forward pass.
+
+    The losses of players the pass does not update (``Batch.updates``) may be left out, and so may scalars
+    that pass does not compute: the trainer logs each player's loss from the pass that updated it, and each
+    scalar from the last pass of the step that returned it."""
 
     losses: dict[str, Tensor]
     scalars: dict[str, Tensor] = field(default_factory=dict)

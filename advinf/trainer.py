@@ -263,8 +263,9 @@ class Trainer:
                 if first.x.is_floating_point() and not bool(torch.isfinite(first.x).all()):
                     raise UserError("the first training batch holds NaN or infinite values: the data (or its "
                                     "decoding) is damaged, and every loss would be NaN from the first step")
+                first.players = frozenset(p.name for p in self.players)  # every player, as a simultaneous step
                 with self._autocast:
-                    out = self._checked(self.game.losses(nets, first))
+                    out = self._checked(self.game.losses(nets, first), self.players)
                 bad = {p.name: float(out.losses[p.name].detach()) for p in self.players
                        if not bool(torch.isfinite(out.losses[p.name]))}
                 if bad:
@@ -337,10 +338,10 @@ class Trainer:
                                 "outputs are in the data pairs). Freeze it if it is not to be trained")
             i += len(ps)
 
-    def _checked(self, out: GameLosses) -> GameLosses:
-        """``out`` if it keeps the losses contract: one 0-dim tensor per player, 0-dim scalars, the same scalars
-        every step (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
-        missing = [p.name for p in self.players if p.name not in out.losses]
+    def _checked(self, out: GameLosses, players: tuple[Player, ...]) -> GameLosses:
+        """``out`` if it keeps the losses contract: a 0-dim loss for each player the pass updates (``players``),
+        0-dim scalars (the trainer sums them on the device between log lines). Shapes only: nothing is read."""
+        missing = [p.name for p in players if p.name not in out.losses]
         if missing:
             raise UserError(f"{game_label(self.game)}: losses() returned no loss for player(s) "
                             f"{', '.join(missing)}")
@@ -355,18 +356,11 @@ class Trainer:
                     got = f"shape {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
                     raise UserError(f"{game_label(self.game)}: losses() returned {kind} {name!r} as {got}; "
                                     "each loss and scalar must be a 0-dim tensor (reduce it, e.g. .mean())")
-        keys = tuple(out.scalars)
-        if self._scalar_keys is None:
-            self._scalar_keys = keys
-        elif keys != self._scalar_keys:
-            raise UserError(f"{game_label(self.game)}: losses() returned the scalars {list(keys)} after "
-                            f"{list(self._scalar_keys)}; return the same scalars (names, in the same order) on every "
-                            "step")
         return out
 
-    def _forward(self, next_batch: Callable[[], Batch]) -> GameLosses:
+    def _forward(self, batch: Batch) -> GameLosses:
         with self._autocast:
-            return self._checked(self._losses(self.nets, next_batch()))
+            return self._losses(self.nets, batch)
 
     def _update(self, out: GameLosses, players: tuple[Player, ...]) -> bool:
         """Each player's gradient of its own loss (all at the current parameters), then every step."""
@@ -376,7 +370,7 @@ class Trainer:
                                              retain_graph=i < len(players) - 1, allow_unused=True))
         if self._averager is not None:
             self._averager(g for gs in grads for g in gs)  # the same averaged gradients on every rank
-        if not self._guard(out, [g for gs in grads for g in gs]):
+        if not self._guard(out, players, [g for gs in grads for g in gs]):
             return False
         for p, gs in zip(players, grads, strict=True):
             for param, g in zip(self._param_list[p.name], gs, strict=True):
@@ -397,28 +391,43 @@ class Trainer:
     def _step_on(self, next_batch: Callable[[], Batch]) -> GameLosses:
         """The update on the batches ``next_batch()`` gives, one per forward pass; nothing read on the host."""
         self._step_count += 1
-        drawn = next_batch
+        passes: list[tuple[tuple[Player, ...], GameLosses]] = []
 
-        def next_batch() -> Batch:  # each forward pass of this step sees the step's count
-            batch = drawn()
-            batch.step = self.step
-            return batch
+        def forward(players: tuple[Player, ...]) -> GameLosses:  # each pass sees the step and whom it updates
+            batch = next_batch()
+            batch.step, batch.players = self.step, frozenset(p.name for p in players)
+            out = self._checked(self._forward(batch), players)
+            passes.append((players, out))
+            return out
 
         if self.spec.update == "simultaneous":
-            out = self._forward(next_batch)
-            if self._update(out, self.players):
+            if self._update(forward(self.players), self.players):
                 self._update_ema()
-            return out
+            return self._step_output(passes)
         critics = tuple(p for p in self.players if p.role == "critic")
         generators = tuple(p for p in self.players if p.role != "critic")
         for _ in range(self.spec.critic_steps if critics else 0):
-            out = self._forward(next_batch)
-            self._update(out, critics)
-        if generators:
-            out = self._forward(next_batch)
-            if self._update(out, generators):
-                self._update_ema()
-        return out
+            self._update(forward(critics), critics)
+        if generators and self._update(forward(generators), generators):
+            self._update_ema()
+        return self._step_output(passes)
+
+    def _step_output(self, passes: list[tuple[tuple[Player, ...], GameLosses]]) -> GameLosses:
+        """What a step logs: each player's loss from the (last) pass that updated it, each scalar from the last
+        pass that returned it; the same scalars every step, in the first step's order."""
+        losses: dict[str, Tensor] = {}
+        scalars: dict[str, Tensor] = {}
+        for players, out in passes:
+            losses.update({p.name: out.losses[p.name] for p in players})
+            scalars.update(out.scalars)
+        if self._scalar_keys is None:
+            self._scalar_keys = tuple(scalars)
+        elif set(scalars) != set(self._scalar_keys):
+            raise UserError(f"{game_label(self.game)}: losses() returned the scalars {list(scalars)} in a step after "
+                            f"{list(self._scalar_keys)}; return the same scalars on every step (a scalar only some "
+                            "passes of a step compute is logged from the last that does)")
+        return GameLosses({p.name: losses[p.name] for p in self.players},
+                          {k: scalars[k] for k in self._scalar_keys})
 
     def _check_cuda_graph(self) -> None:
         """``train.cuda_graph`` needs CUDA and a step that decides nothing on the host."""
@@ -473,14 +482,17 @@ class Trainer:
     def _losses_vector(self, out: GameLosses) -> Tensor:
         return torch.stack([out.losses[p.name].detach().float() for p in self.players])
 
-    def _guard(self, out: GameLosses, grads: list[Tensor | None]) -> bool:
-        """Record a non-finite loss on the device; in skip mode, say whether to apply the update.
+    def _guard(self, out: GameLosses, players: tuple[Player, ...], grads: list[Tensor | None]) -> bool:
+        """Record a non-finite loss of the updated ``players`` on the device; in skip mode, say whether to apply
+        the update.
 
-        In stop mode only the losses are checked each step (a non-finite gradient makes the next step's
+        In stop mode only the losses are checked each pass (a non-finite gradient makes the next step's
         loss non-finite, and parameters are checked before every checkpoint); skip mode also checks the
         gradients, since it must not apply them.
         """
-        losses = self._losses_vector(out)
+        updated = {p.name for p in players}  # the others' entries keep what was recorded: no host value read
+        losses = torch.stack([out.losses[p.name].detach().float() if p.name in updated else self._bad_losses[i]
+                              for i, p in enumerate(self.players)])
         finite = torch.isfinite(losses).all()
         if self.spec.nonfinite == "skip":
             present = [g for g in grads if g is not None]

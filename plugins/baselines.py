@@ -246,15 +246,19 @@ class Alice(JointGame):
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         x = batch.x
-        posterior = nets["encoder"](x)
-        z_hat = posterior.sample()
-        z = nets.prior.sample(x.shape[0], x.device)
-        x_tilde = nets["decoder"](z)
+        with batch.grad_for(GENERATOR.name):
+            posterior = nets["encoder"](x)
+            z_hat = posterior.sample()
+            z = nets.prior.sample(x.shape[0], x.device)
+            x_tilde = nets["decoder"](z)
         critic, generator, scalars = self.adversarial(nets["critic"], (x, z_hat), (x_tilde, z), None, batch)
-        x_rec = without_buffer_updates(nets["decoder"], z_hat)
+        out = {"critic": critic}
+        if self.cycle == "l2" and not batch.updates(GENERATOR.name):  # only the generator's loss reads the cycle
+            return GameLosses(out, scalars)
+        with batch.grad_for(GENERATOR.name):
+            x_rec = without_buffer_updates(nets["decoder"], z_hat)
         error = squared_error(x, x_rec).mean()
         scalars["cycle_l2"] = error.detach()
-        out = {"critic": critic}
         if self.cycle == "l2":
             out["generator"] = generator + self.weight * error
         else:

@@ -99,7 +99,7 @@ class AdversarialGame(Game):
         d_data, d_model = critic_pairs(critic, data_in, model_in, y, self.joint_batch)
         critic_loss, generator_loss = losses(self.divergence_fn, d_data, d_model, smoothing=self.smoothing)
         scalars = _critic_outputs(d_data, d_model, self.divergence in ("original", "minimax"))
-        if self.r1:
+        if self.r1 and batch.updates(CRITIC.name):  # a generator pass skips it; its scalar is the critic pass's
             if batch.step % self.r1_every == 0:  # a host int: no device read decides it
                 penalty = (self.r1 / 2 * self.r1_every) * regularisers.r1(critic, *data_in, y, self.r1_inputs).mean()
                 critic_loss = critic_loss + penalty
@@ -143,10 +143,11 @@ class JointGame(AdversarialGame):
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
         x, y = batch.x, batch.y
-        posterior = nets["encoder"](x, self.condition_for("encoder", y))
-        z_hat = posterior.sample() if self.stochastic else posterior.mean
-        z = nets.prior.sample(x.shape[0], x.device)
-        x_tilde = nets["decoder"](z, self.condition_for("decoder", y))
+        with batch.grad_for(GENERATOR.name):  # a critic pass builds no graph through the generator
+            posterior = nets["encoder"](x, self.condition_for("encoder", y))
+            z_hat = posterior.sample() if self.stochastic else posterior.mean
+            z = nets.prior.sample(x.shape[0], x.device)
+            x_tilde = nets["decoder"](z, self.condition_for("decoder", y))
         critic, generator, scalars = self.adversarial(nets["critic"], (x, z_hat), (x_tilde, z),
                                                       self.condition_for("critic", y), batch)
         return GameLosses({"critic": critic, "generator": generator}, scalars)
@@ -180,8 +181,9 @@ class GanGame(AdversarialGame):
                             "and is called with z None")
 
     def losses(self, nets: Networks, batch: Batch) -> GameLosses:
-        z = nets.prior.sample(batch.x.shape[0], batch.x.device)
-        x_tilde = nets["decoder"](z)
+        with batch.grad_for(GENERATOR.name):
+            z = nets.prior.sample(batch.x.shape[0], batch.x.device)
+            x_tilde = nets["decoder"](z)
         critic, generator, scalars = self.adversarial(nets["critic"], (batch.x, None), (x_tilde, None), None, batch)
         return GameLosses({"critic": critic, "generator": generator}, scalars)
 

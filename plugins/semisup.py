@@ -228,11 +228,12 @@ class SemisupAli(Game):
         lab = batch.streams[LABELLED]
         x_u, x_l, y_l = batch.x, lab.x, lab.y
         assert y_l is not None
-        z_u = nets["encoder"](x_u).sample()
-        post_l = nets["encoder"](x_l)
-        z_l = post_l.sample() if o.labelled_z == "sample" else post_l.mean
-        z = nets.prior.sample(x_u.shape[0], x_u.device)
-        x_m = nets["decoder"](z)
+        with batch.grad_for(GENERATOR.name):  # a critic pass builds no graph through the encoder and decoder
+            z_u = nets["encoder"](x_u).sample()
+            post_l = nets["encoder"](x_l)
+            z_l = post_l.sample() if o.labelled_z == "sample" else post_l.mean
+            z = nets.prior.sample(x_u.shape[0], x_u.device)
+            x_m = nets["decoder"](z)
         features: list[Tensor] = []
         hook = (nets["critic"].head.register_forward_pre_hook(lambda m, args: features.append(args[0]))
                 if o.generator == "feature_matching" else None)

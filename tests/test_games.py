@@ -385,3 +385,73 @@ def test_a_data_stream_restricts_the_main_stream_and_select_gets_the_run_seed():
 def test_recipes_validate_with_their_game():
     for path in sorted(RECIPES.glob("*.toml")):
         advinf.load_recipe(path)
+
+
+def test_each_forward_pass_says_which_players_it_updates():
+    """batch.players: every player in the trial step and under "simultaneous"; under "alternating" the critic
+    side on each critic pass and the rest on the last pass of the step."""
+    from test_train import tiny_data, tiny_nets
+
+    seen: list[frozenset[str] | None] = []
+
+    class Recording(JointGame):
+        def losses(self, nets, batch):
+            seen.append(batch.players)
+            return super().losses(nets, batch)
+
+    both, critic, generator = frozenset({"critic", "generator"}), frozenset({"critic"}), frozenset({"generator"})
+    for update, steps, passes in (("simultaneous", 2, [both] * 3), ("alternating", 2, [both] + [critic] * 2
+                                                                  + [generator] + [critic] * 2 + [generator])):
+        seen.clear()
+        spec = advinf.TrainSpec(steps=steps, batch_size=32, update=update, critic_steps=2 if update == "alternating"
+                                else 1, progress="none", sample_every=0)
+        advinf.Trainer(tiny_nets(), Recording(JointGameOptions(), stochastic=True), tiny_data(), train=spec,
+                       device="cpu").fit()
+        assert seen == passes, update
+    assert Batch(torch.zeros(1)).updates("anyone")  # a batch made outside the trainer: every player
+
+
+ALTERNATING = ["train.update='alternating'", "train.critic_steps=2", "train.steps=3", "train.ema=0"]
+
+
+@pytest.mark.parametrize("name,sets", [
+    ("ali_mixture25", ["game.r1=1.0", "game.instance_noise=0.1", "encoder.hidden=16", "decoder.hidden=16",
+                       "critic.hidden=8"]),
+    ("gan_mixture25", []),
+    ("alice_mixture25", ["encoder.hidden=16", "decoder.hidden=16", "critic.hidden=8"]),
+    ("alice_mixture25", ["game.cycle='adversarial'", "networks.cycle_critic.kind='critic'",
+                         "networks.cycle_critic.name='toy_pair_critic'", "critic.hidden=8"]),
+    ("ali_semisup_digits", ["train.batch_size=20", "game.labels=20", "game.labelled_batch_size=10"]),
+])
+def test_what_a_pass_skips_for_players_it_does_not_update_changes_no_result(monkeypatch, name, sets):
+    """The built-in games build no graph through the generator on a critic pass and skip R1 (and ALICE's l2
+    cycle) where no updated player reads them; the weights after alternating steps are those of the same run
+    with every pass computing everything (Batch.updates always true), bit for bit. The generator's networks run
+    without a graph on the critic's passes."""
+    from advinf.recipe import load_recipe
+
+    def weights(everything: bool) -> dict[str, torch.Tensor]:
+        with monkeypatch.context() as m:
+            if everything:
+                m.setattr(Batch, "updates", lambda self, player: True)
+            rec = load_recipe(RECIPES / f"{name}.toml", [*ALTERNATING, *sets])
+            built = advinf.build(rec, evaluators=False, loggers=False)
+            graphs: list[tuple[frozenset[str] | None, bool]] = []
+            built.nets["decoder"].register_forward_hook(
+                lambda module, args, out: graphs.append((passes[-1], out.requires_grad)))
+            passes: list[frozenset[str] | None] = []
+            real = built.game.losses
+            m.setattr(built.game, "losses", lambda nets, batch: (passes.append(batch.players), real(nets, batch))[1])
+            advinf.Trainer(built.nets, built.game, built.dataset, train=rec.spec.train, optimizer=rec.spec.optimizer,
+                           optimizers=rec.optimizers, seed=rec.spec.seed, condition=built.condition,
+                           device="cpu").fit()
+            if not everything:  # the decoder's output carries a graph exactly where the generator is updated
+                assert [g for _, g in graphs] == ["generator" in p for p, _ in graphs]
+                critics = {"critic", "cycle_critic"} & set(built.nets)  # the trial's pass, critics', generator's
+                assert {p for p, _ in graphs} == {frozenset(critics | {"generator"}), frozenset(critics),
+                                                   frozenset({"generator"})}
+            return {f"{n}.{k}": v.clone() for n, module in built.nets.items() for k, v in module.state_dict().items()}
+
+    lean, full = weights(False), weights(True)
+    assert lean.keys() == full.keys()
+    assert all(torch.equal(lean[k], full[k]) for k in lean), [k for k in lean if not torch.equal(lean[k], full[k])]

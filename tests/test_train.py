@@ -188,7 +188,8 @@ def test_large_finite_weights_are_not_taken_for_divergence(mode):
     assert math.isinf(torch.nn.utils.get_total_norm([weight]).item())
     trainer._check_diverged(parameters=True)  # finite weights: no error
     grads = [torch.full((4,), 3e19), torch.ones(2)]
-    assert trainer._guard(trainer._forward(trainer.batches.next), grads)  # finite gradients are applied
+    out = trainer._forward(trainer.batches.next())
+    assert trainer._guard(out, trainer.players, grads)  # finite gradients are applied
     assert trainer.skipped == 0
     with torch.no_grad():
         weight[0, 0] = float("inf")
@@ -403,7 +404,8 @@ class _BrokenContract(JointGame):
     ("per_example", r"game _BrokenContract: losses\(\) returned loss 'critic' as shape \(32,\); each loss and "
                     r"scalar must be a 0-dim tensor"),
     ("shaped_scalar", r"returned scalar 'extra' as shape \(1,\)"),
-    ("scalar_on_odd_calls", r"returned the scalars \[.*\] after \[.*'extra'\]; return the same scalars"),
+    ("scalar_on_odd_calls", r"returned the scalars \[.*'extra'\] in a step after \[.*\]; return the same "
+                            r"scalars"),
     ("no_generator_loss", r"game _BrokenContract: losses\(\) returned no loss for player\(s\) generator"),
     ("loss_of_no_player", r"game _BrokenContract: losses\(\) returned a loss for bogus, which is no player of "
                           r"the game \(its players: .*critic"),
