@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from advinf.version import __version__
 
 if TYPE_CHECKING:
-    from advinf.atomic import atomic_path
+    from advinf.atomic import atomic_path, open_append, regular_file
     from advinf.batches import MAIN, BatchSource, StreamSource, stream_seed
     from advinf.builder import Built, build
     from advinf.components import create
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "create": "advinf.components",
     "atomic_path": "advinf.atomic",
+    "open_append": "advinf.atomic",
+    "regular_file": "advinf.atomic",
     "MAIN": "advinf.batches",
     "BatchSource": "advinf.batches",
     "StreamSource": "advinf.batches",
@@ -167,6 +169,6 @@ __all__ = [
     "load_recipe", "load_run", "run_recipe",
     # helpers for plugins (docs/plugins.md, "Helpers for plugins"): what the built-in plugins use, no more
     "DataAccess", "MAIN", "StreamSource", "atomic_path", "data_access_keys", "embedding_for", "evaluating",
-    "example_conditions", "flat_latent_dim", "origin_of", "save_grid", "saved_recipe", "spectral_normalise",
-    "stream_seed", "with_condition",
+    "example_conditions", "flat_latent_dim", "open_append", "origin_of", "regular_file", "save_grid", "saved_recipe",
+    "spectral_normalise", "stream_seed", "with_condition",
 ]

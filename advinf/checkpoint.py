@@ -37,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from advinf.atomic import default_mode, fsync_dir, write_text
+from advinf.atomic import default_mode, fsync_dir, open_own, read_text, write_text
 from advinf.data import DataDescription
 from advinf.errors import UserError
 from advinf.values import parse_json
@@ -232,7 +232,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state_path = path / STATE_FILE
     advice = f"delete {path} to resume from an older checkpoint"
     try:
-        state = parse_json(state_path.read_text(encoding="utf-8"))
+        state = parse_json(read_text(state_path))
         CheckpointState.model_validate(state)
         sums = state["checksums"]
     except FileNotFoundError:
@@ -407,7 +407,7 @@ def _state_checksum(state: dict[str, Any]) -> str:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_own(path) as fh:  # never a link's target, nor a FIFO (which would block)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

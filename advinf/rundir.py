@@ -7,13 +7,14 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from advinf.atomic import write_json, write_text
+from advinf.atomic import open_append, read_bytes, read_text, regular_file, write_json, write_text
 from advinf.errors import UserError
 from advinf.values import parse_json
 
@@ -79,6 +80,7 @@ def _check_target(path: Path, resume: bool) -> None:
         raise UserError(f"--out {path} is a file, not a directory")
     if resume:
         require_run_dir(path)
+        refuse_links(path)
         for name in (CHECKPOINTS_DIR, SAMPLES_DIR):
             if (path / name).exists() and not (path / name).is_dir():
                 raise UserError(f"{path / name} is not a directory; move it away to resume the run")
@@ -91,6 +93,16 @@ def _check_target(path: Path, resume: bool) -> None:
         raise UserError(f"{path} {held}; choose another --out")
 
 
+def refuse_links(path: Path) -> None:
+    """A UserError if an entry of run directory ``path`` is a symbolic link: a run handed over must not make
+    advinf write (checkpoints, logs, pictures) or delete (old checkpoints) wherever the link points."""
+    linked = sorted(p.name for p in path.iterdir() if p.is_symlink()) if path.is_dir() else []
+    if linked:
+        raise UserError(f"{path} holds symbolic links ({', '.join(linked[:5])}{', ...' if len(linked) > 5 else ''}): "
+                        "advinf never follows links in a run directory, where it writes and deletes files; put "
+                        "the files themselves there, or move the links away")
+
+
 def prepare_target(path: Path, *, resume: bool) -> bool:
     """Check ``path`` (see check_target), create it if needed and check that files can be written there, before
     anything slow happens. Returns whether it was created (so that a failed start can remove it again)."""
@@ -98,9 +110,9 @@ def prepare_target(path: Path, *, resume: bool) -> bool:
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".advinf-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".advinf-write-test-", dir=path)  # a new file: nothing planted is
+        os.close(fd)  # written through
+        os.unlink(probe)
     except OSError as exc:
         if created:
             remove_if_empty(path)
@@ -196,11 +208,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         # held while this object exists: a Trainer from Python, too, is alone in writing here
         self._finalizer = weakref.finalize(self, hold(self.path))
-        samples = self.path / SAMPLES_DIR
-        if samples.is_symlink():  # pictures would overwrite files wherever it points
-            raise UserError(f"{samples} is a symbolic link; a run writes its pictures into its own folder: remove "
-                            "the link (advinf never follows links in a run directory)")
-        samples.mkdir(exist_ok=True)
+        refuse_links(self.path)  # checked again, now that it is held
+        (self.path / SAMPLES_DIR).mkdir(exist_ok=True)
 
     @property
     def samples(self) -> Path:
@@ -217,9 +226,9 @@ class RunDir:
         """Drop metrics and evaluations logged after ``step`` (they belong to steps a resume will redo)."""
         for name in (METRICS_FILE, EVALS_FILE):
             path = self.path / name
-            if not path.exists():
+            if not regular_file(path):
                 continue
-            keep = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            keep = [ln for ln in read_bytes(path).decode("utf-8", errors="replace").splitlines()
                     if (s := _step_of(ln)) is not None and s <= step]  # a torn last line (a crash) is dropped
             write_text(path, "".join(ln + "\n" for ln in keep))
 
@@ -237,10 +246,10 @@ def read_eval(path: Path, advice: str = "repair it, or move it away to start it 
     """An eval.json's entries ({} when there is none): a JSON object of tables, one per evaluator. Anything else
     is refused, naming the file (and the entry), never replaced: it may hold results nothing else has. A
     non-finite number (an older file's bare ``NaN``) is read as null, as evaluation writes it now."""
-    if not path.exists() and not path.is_symlink():
+    if not regular_file(path):
         return {}
     try:
-        data = parse_json(path.read_text(encoding="utf-8"))
+        data = parse_json(read_text(path))
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise UserError(f"{path} cannot be read as JSON ({reason}); {advice}") from None
@@ -333,7 +342,7 @@ def unlike_options(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON object as a line of ``path``."""
-    with open(path, "a", encoding="utf-8") as fh:
+    with open_append(path) as fh:
         fh.write(json.dumps(record) + "\n")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from advinf import checkpoint as ckpt
+from advinf.atomic import read_text
 from advinf.builder import Built, build, build_dataset, build_evaluators
 from advinf.conditions import Condition
 from advinf.data import (
@@ -212,7 +213,7 @@ def _load_into(run_dir: Path, path: Path, nets: Networks, game: Game, condition:
 def _no_recipe_message(run_dir: Path) -> str:
     """Why a run without a recipe cannot be rebuilt by name, and what to do."""
     try:
-        info = parse_json((run_dir / LIBRARY_FILE).read_text(encoding="utf-8"))
+        info = parse_json(read_text(run_dir / LIBRARY_FILE))
         missing = [str(m) for m in info["not_by_name"]][:8]
     except (OSError, ValueError, KeyError, TypeError):
         missing = []

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from advinf import checkpoint as ckpt
 from advinf import distributed
+from advinf.atomic import read_text
 from advinf.builder import Built, build
 from advinf.data import Dataset, data_access_keys
 from advinf.errors import UserError, described
@@ -338,7 +339,7 @@ def _read_saved_recipe(run_dir: Path, remedy: str = "give the recipe again to re
                         "then trainer.restore(advinf.checkpoint.load_checkpoint(advinf.checkpoint."
                         "latest_checkpoint(RUN / \"checkpoints\"))) and trainer.fit()")
     try:
-        return parse_toml(path.read_text(encoding="utf-8"))
+        return parse_toml(read_text(path))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({exc}); {remedy}") from None
 

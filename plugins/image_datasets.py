@@ -166,13 +166,15 @@ def _celeba_class(verify: bool):
 
 def _mnist_class(verify: bool):
     cls = _tv().MNIST
-    if verify:
-        return cls
-    # MNIST's folder is named after the class, so keep "MNIST" for the subclass.
-    return type("UnverifiedMNIST", (cls,), {
-        "resources": [(name, None) for name, _ in cls.resources],
-        "raw_folder": property(lambda self: os.path.join(self.root, "MNIST", "raw")),
-        "processed_folder": property(lambda self: os.path.join(self.root, "MNIST", "processed"))})
+    # MNIST's folder is named after the class, so keep "MNIST" for the subclass. torchvision reads
+    # MNIST/processed/{training,test}.pt (torch.load: pickle) before the raw files when both are there: never here,
+    # where data runs no code (and the raw files' checksums are not bypassed)
+    members = {"_check_legacy_exist": lambda self: False,
+               "raw_folder": property(lambda self: os.path.join(self.root, "MNIST", "raw")),
+               "processed_folder": property(lambda self: os.path.join(self.root, "MNIST", "processed"))}
+    if not verify:
+        members["resources"] = [(name, None) for name, _ in cls.resources]
+    return type("RawMNIST" if verify else "UnverifiedMNIST", (cls,), members)
 
 
 # -- shared machinery --------------------------------------------------------------------------------------

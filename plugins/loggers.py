@@ -15,7 +15,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from advinf import BuildContext, JsonlLogger, Logger, UserError, flatten_results, hookimpl
+from advinf import (
+    BuildContext,
+    JsonlLogger,
+    Logger,
+    UserError,
+    atomic_path,
+    flatten_results,
+    hookimpl,
+    open_append,
+    regular_file,
+)
 
 METRICS_CSV = "metrics.csv"
 EVALS_CSV = "evals.csv"
@@ -52,7 +62,7 @@ class CsvLogger(Logger):
         path = self._dir / name
         header = self._headers.get(name, [])
         if header and all(k in header for k in row):
-            with open(path, "a", newline="", encoding="utf-8") as fh:
+            with open_append(path, newline="") as fh:  # never through a link planted in the run directory
                 csv.DictWriter(fh, header).writerow(row)
             return
         _, rows = _read_csv(path)  # a new column: the file is written again with it
@@ -73,7 +83,7 @@ def _step(row: dict[str, str]) -> int | None:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
+    if not regular_file(path):  # a link or a FIFO in its place: an error, never followed
         return [], []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -82,12 +92,11 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # a fresh temporary file, renamed onto the file: a link planted under a fixed name is never written through
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, header)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 class TensorBoardOptions(BaseModel):

@@ -158,6 +158,22 @@ def test_mnist_reads_the_idx_files(tmp_path):
     assert torch.equal(load("mnist", root=str(tmp_path)).train.x, files["train"][0])  # idx files carry no checksum
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_mnist_never_unpickles_torchvision_s_processed_files(tmp_path, monkeypatch, verify):
+    """torchvision's MNIST loads MNIST/processed/{training,test}.pt with torch.load (pickle) before the raw idx
+    files when both are there: a dataset folder would have run the unpickler and passed off its own data."""
+    files = write_mnist(tmp_path, train=6, test=3)
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    for name in ("training.pt", "test.pt"):
+        torch.save((torch.zeros(7, 28, 28, dtype=torch.uint8), torch.zeros(7, dtype=torch.long)), processed / name)
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
+    data = load("mnist", root=str(tmp_path), verify=verify, cache=False)
+    assert loads == [] and torch.equal(data.train.x, files["train"][0])
+
+
 def test_a_limited_tiny_imagenet_takes_every_class_in_turn(tmp_path):
     write_tiny_imagenet(tmp_path, ["n01", "n02", "n03"], per_class=3, val=3)
     data = load("tiny_imagenet", root=str(tmp_path), verify=False, limit=4, heldout="none", cache=False)

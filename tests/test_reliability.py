@@ -195,10 +195,10 @@ def test_file_system_errors_are_one_line_naming_the_path(tmp_path):
     metrics.unlink()
     metrics.mkdir()  # a directory where the run's metrics file belongs
     res = invoke("run", "--resume", run)
-    assert res.exit_code == 2 and f"error: {metrics}: Is a directory" in res.output, res.output
+    assert res.exit_code == 2 and f"error: {metrics} is not a regular file; move it away" in res.output, res.output
     assert "Traceback" not in res.output
     res = invoke("--debug", "run", "--resume", run)
-    assert isinstance(res.exception, IsADirectoryError)  # --debug: the traceback, as for every user error
+    assert isinstance(res.exception, advinf.UserError)  # --debug: the traceback, as for every user error
 
 
 def test_which_os_errors_are_the_users_to_fix():
@@ -801,3 +801,81 @@ def test_validate_and_bench_take_plugins_as_run_does(tmp_path):
         assert res.exit_code == 0, res.output
     finally:
         reset_default_host()
+
+
+@pytest.mark.parametrize("planted", ["checkpoints", "metrics.jsonl", "metrics.csv.tmp", "tensorboard",
+                                     ".advinf-write-test-{pid}"])
+def test_a_run_directory_handed_over_with_links_in_it_writes_nothing_through_them(tmp_path, planted):
+    """A crafted run directory must not make `advinf run --resume` write, empty or delete files elsewhere: a
+    linked checkpoints/ (old checkpoints pruned there), a dangling metrics.jsonl (created where it points), a link
+    under a fixed temporary name (the csv logger's), the write test's name. Every link in it is refused."""
+    import os
+
+    run = tmp_path / "run"
+    tiny_run(run, "--set", "train.checkpoint_every=10", "--stop-after", "20")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    before = snapshot(victim)
+    if planted == "checkpoints":
+        (run / "checkpoints").rename(victim / "checkpoints")
+        (run / "checkpoints").symlink_to(victim / "checkpoints", target_is_directory=True)
+        before = snapshot(victim)
+    elif planted == "metrics.jsonl":
+        (run / planted).unlink()
+        (run / planted).symlink_to(victim / "created.txt")
+    elif planted == "tensorboard":
+        (run / planted).symlink_to(victim, target_is_directory=True)
+    else:
+        for pid in {os.getpid(), os.getpid() + 1} if "pid" in planted else {0}:
+            (run / planted.format(pid=pid)).symlink_to(victim / "precious.txt")
+    res = invoke("run", "--resume", run, "--set", "train.keep_checkpoints=1", "--allow-changes")
+    assert res.exit_code == 2 and "symbolic link" in res.output and "never follows links" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert snapshot(victim) == before
+
+
+def test_run_files_are_read_and_appended_only_as_regular_files(tmp_path):
+    """A FIFO in place of eval.json made `advinf evaluate` and `plot` wait forever; a link in place of a logger's
+    file was appended to wherever it pointed."""
+    import os
+
+    from advinf.atomic import open_append, read_text, regular_file
+    from advinf.rundir import read_eval
+
+    fifo = tmp_path / "eval.json"
+    os.mkfifo(fifo)
+    with pytest.raises(advinf.UserError, match="eval.json is not a regular file"):
+        read_eval(fifo)
+    with pytest.raises(advinf.UserError, match="is not a regular file"):
+        read_text(fifo)
+    with pytest.raises(advinf.UserError, match="is not a regular file"), open_append(fifo):
+        pass
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("x")
+    link.symlink_to(target)
+    for call in (lambda: regular_file(link), lambda: read_text(link), lambda: open_append(link).__enter__()):
+        with pytest.raises(advinf.UserError, match="link.txt is a symbolic link"):
+            call()
+    assert target.read_text() == "x" and not regular_file(tmp_path / "absent") and regular_file(target)
+    with open_append(tmp_path / "new.txt") as fh:
+        fh.write("a\n")
+    assert read_text(tmp_path / "new.txt") == "a\n"
+
+
+def test_the_csv_logger_writes_through_no_planted_link(tmp_path):
+    from advinf_plugins.loggers import CsvLogger, _write_csv
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv.tmp").symlink_to(victim)  # the fixed temporary name it used
+    _write_csv(run / "metrics.csv", ["step", "loss"], [{"step": "1", "loss": "0.5"}])
+    assert victim.read_text() == "mine" and (run / "metrics.csv").read_text().splitlines() == ["step,loss", "1,0.5"]
+    (run / "metrics.csv").unlink()
+    (run / "metrics.csv").symlink_to(victim)
+    logger = CsvLogger()
+    with pytest.raises(advinf.UserError, match="metrics.csv is a symbolic link"):
+        logger.open(run, 0)
+    assert victim.read_text() == "mine"

@@ -215,7 +215,7 @@ def test_a_damaged_eval_json_is_named_by_compare_and_left_out_of_plots_with_a_wa
     path.unlink()
     path.mkdir()  # a folder in its place is not a missing file: compare does not recompute behind it
     res = CliRunner().invoke(cli, ["compare", str(run), "--out", str(tmp_path / "cmp")])
-    assert res.exit_code == 2 and "cannot be read as JSON (Is a directory)" in res.output, res.output
+    assert res.exit_code == 2 and "eval.json is not a regular file; move it away" in res.output, res.output
     path.rmdir()
     good["mode_coverage"]["reconstruction_accuracy"] = float("nan")
     path.write_text(json.dumps(good))  # Python writes NaN, which JSON has not
