@@ -620,7 +620,8 @@ def validate(recipe: Path, overrides: tuple[str, ...], build_it: bool, plugins: 
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Timed steps.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True, help="Untimed steps first.")
+@click.option("--warmup", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Untimed steps first (at least 1: the first step allocates, and with train.compile compiles).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Median of this many.")
 @click.option("--data", type=click.Choice(["auto", "recipe", "random"]), default="auto", show_default=True,
               help="The recipe's data, random data of its shape, or the recipe's when it is on this machine.")

@@ -33,7 +33,7 @@ from advinf.errors import RecipeError, UserError
 from advinf.interfaces import BuildContext
 from advinf.plugins import PluginHost
 from advinf.recipe import Recipe
-from advinf.settings import TrainSpec
+from advinf.settings import OptimizerSpec, TrainSpec
 from advinf.trainer import Trainer
 from advinf_benchmarks.plain_loop import DIVERGENCES, PlainAli
 
@@ -74,15 +74,22 @@ def make_plain(built: Built, device: torch.device, fused: bool = False) -> Plain
     nets.train(True)
     spec, game = built.recipe.spec, built.game
 
-    def optimizer(player: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def player_spec(player: str) -> OptimizerSpec:
         override = built.recipe.optimizers.get(player)
-        opt = spec.optimizer.merged(override.explicit()) if override is not None else spec.optimizer
+        return spec.optimizer.merged(override.explicit()) if override is not None else spec.optimizer
+
+    def optimizer(player: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        opt = player_spec(player)
         return opt.build(params, **({"fused": True} if fused and opt.fusable() else {}))
 
+    steps_per_epoch = len(built.dataset.train) // spec.train.batch_size  # as advinf's sampler counts them
+    lr_factors = {player: schedule.factor(steps_per_epoch) for player in ("critic", "generator")
+                  if (schedule := player_spec(player).schedule) is not None and schedule.name != "constant"}
     return PlainAli(nets["encoder"], nets["decoder"], nets["critic"], nets.prior.sample, optimizer,
                     divergence=game.divergence, joint_batch=game.joint_batch,  # type: ignore[attr-defined]
                     stochastic=game.stochastic, update=spec.train.update,  # type: ignore[attr-defined]
-                    critic_steps=spec.train.critic_steps)
+                    critic_steps=spec.train.critic_steps, lr_factors=lr_factors,
+                    autocast=torch.bfloat16 if spec.train.autocast == "bf16" else None)
 
 
 def check_game(built: Built) -> None:

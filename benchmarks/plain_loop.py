@@ -3,13 +3,16 @@
 It does the same maths as advinf's step for the recipe's game and update scheme (the divergence, a stochastic or
 deterministic encoder, the critic's data and model pairs as one batch or two, `simultaneous` or `alternating`
 updates), in the everyday style: the data kept on the host as uint8 and each batch indexed, copied to the device
-and scaled there, zero_grad/backward, and a `.item()` per step for logging. It draws its random numbers in the
+and scaled there, zero_grad/backward (each player's gradient of its own loss only, as advinf takes them), and a
+`.item()` per step for logging. The forward pass runs under the recipe's autocast, and the recipe's
+learning-rate schedules step after every update. It draws its random numbers in the
 same order as advinf's game, so that one step of each from the same state and seed gives the same parameters
 (tests/test_bench.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -36,13 +39,24 @@ class PlainAli:
     def __init__(self, encoder: nn.Module, decoder: nn.Module, critic: nn.Module, prior_sample: Callable,
                  optimizer: Callable[[str, list[nn.Parameter]], torch.optim.Optimizer], *, divergence: str = "original",
                  joint_batch: bool = True, stochastic: bool = True, update: str = "simultaneous",
-                 critic_steps: int = 1):
+                 critic_steps: int = 1, autocast: torch.dtype | None = None,
+                 lr_factors: dict[str, Callable[[int], float]] | None = None):
         self.encoder, self.decoder, self.critic, self.prior_sample = encoder, decoder, critic, prior_sample
         self.divergence, self.joint_batch, self.stochastic = DIVERGENCES[divergence], joint_batch, stochastic
-        self.update, self.critic_steps = update, critic_steps
+        self.update, self.critic_steps, self.autocast = update, critic_steps, autocast
         self.critic_params = list(critic.parameters())
+        self.generator_params = list(encoder.parameters()) + list(decoder.parameters())
         self.opt_d = optimizer("critic", self.critic_params)
-        self.opt_g = optimizer("generator", list(encoder.parameters()) + list(decoder.parameters()))
+        self.opt_g = optimizer("generator", self.generator_params)
+        # learning-rate schedules (the multiplier after t steps, by player), stepped after every update
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, (lr_factors or {})[player])
+                           for player, opt in (("critic", self.opt_d), ("generator", self.opt_g))
+                           if player in (lr_factors or {})]
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The losses, under the recipe's autocast (the forward pass only, as advinf's step)."""
+        with torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
+            return self.losses(x)
 
     def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         posterior = self.encoder(x)
@@ -60,25 +74,25 @@ class PlainAli:
         """One update under the scheme; ``next_batch()`` gives a fresh batch on the device. Returns the critic
         loss (read with .item(), as plain loops do)."""
         if self.update == "simultaneous":
-            loss_d, loss_g = self.losses(next_batch())
+            loss_d, loss_g = self._forward(next_batch())
             self.opt_d.zero_grad()
             self.opt_g.zero_grad()
-            grads_d = torch.autograd.grad(loss_d, self.critic_params, retain_graph=True)
-            loss_g.backward()  # reaches the critic too; its gradient is replaced by its own loss's below
-            for p, g in zip(self.critic_params, grads_d, strict=True):
-                p.grad = g
+            loss_d.backward(inputs=self.critic_params, retain_graph=True)  # each player's gradient of its own
+            loss_g.backward(inputs=self.generator_params)  # loss only: no work for gradients thrown away
             self.opt_d.step()
             self.opt_g.step()
-            return loss_d.item()
-        for _ in range(self.critic_steps):
-            loss_d, _ = self.losses(next_batch())
-            self.opt_d.zero_grad()
-            loss_d.backward(inputs=self.critic_params)
-            self.opt_d.step()
-        _, loss_g = self.losses(next_batch())
-        self.opt_g.zero_grad()
-        loss_g.backward(inputs=self.opt_g.param_groups[0]["params"])
-        self.opt_g.step()
+        else:
+            for _ in range(self.critic_steps):
+                loss_d, _ = self._forward(next_batch())
+                self.opt_d.zero_grad()
+                loss_d.backward(inputs=self.critic_params)
+                self.opt_d.step()
+            _, loss_g = self._forward(next_batch())
+            self.opt_g.zero_grad()
+            loss_g.backward(inputs=self.generator_params)
+            self.opt_g.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
         return loss_d.item()
 
     def run(self, data: Tensor, steps: int, *, batch_size: int, device: torch.device) -> list[float]:

@@ -28,8 +28,8 @@ def _built(*overrides: str, recipe: str = "ali_mixture25.toml", data: str = "aut
     return build_for_bench(rec, default_host(), data)
 
 
-def _one_step_each(built, divergence: str | None = None):
-    """One advinf step and one plain step from the same networks, batches and seed."""
+def _one_step_each(built, divergence: str | None = None, steps: int = 1):
+    """One advinf step and one plain step (or ``steps``) from the same networks, batches and seed."""
     trainer = make_trainer(built)
     plain = make_plain(built, trainer.device, fused=True)  # advinf uses fused Adam: the same arithmetic
     if divergence is not None:
@@ -37,9 +37,11 @@ def _one_step_each(built, divergence: str | None = None):
     initial = copy.deepcopy(plain.critic.state_dict())
     batches = copy.deepcopy(trainer.batches)  # the same batches, in the same order
     torch.manual_seed(3)
-    plain.step(lambda: batches.next().x)
+    for _ in range(steps):
+        plain.step(lambda: batches.next().x)
     torch.manual_seed(3)
-    trainer.train_step()
+    for _ in range(steps):
+        trainer.train_step()
     assert any(not torch.equal(v, initial[k]) for k, v in plain.critic.state_dict().items()), "nothing trained"
     return trainer, plain
 
@@ -56,24 +58,42 @@ def _differences(trainer, plain) -> list[str]:
     ("game.name='bigan'", "game.divergence='least_squares'"),
     ("train.update='alternating'", "train.critic_steps=2", "game.divergence='minimax'"),
     ("optimizers.critic.lr=0.01",),
+    ("train.autocast='bf16'",),  # the plain loop's forward under the same autocast (it ignored it: fp32)
+    # schedules act from the second step on: two steps (the plain loop kept the full rate)
+    ("optimizer.schedule.name='linear'", "optimizer.schedule.decay=2", "optimizers.critic.schedule.name='step'",
+     "optimizers.critic.schedule.every=1", "optimizers.critic.schedule.gamma=0.5"),
 ])
 def test_one_plain_step_gives_advinf_s_parameters(overrides):
     built, _ = _built(*overrides)
     before = copy.deepcopy(built.nets["critic"].state_dict())
-    assert _differences(*_one_step_each(built)) == []
+    assert _differences(*_one_step_each(built, steps=2 if any("schedule" in o for o in overrides) else 1)) == []
     # both trained copies: the built networks stay as built, for the next repeat
     assert all(torch.equal(v, before[k]) for k, v in built.nets["critic"].state_dict().items())
 
 
-@pytest.mark.parametrize("joint", ["true", "false"])
-def test_one_plain_step_gives_advinf_s_parameters_on_the_paper_networks(tmp_path, joint):
-    """SVHN's networks (batch norm, dropout, spatial z) on random images: one joint critic batch or two."""
+@pytest.mark.parametrize("joint,game", [("true", "ali"), ("false", "ali"), ("true", "bigan")])
+def test_one_plain_step_gives_advinf_s_parameters_on_the_paper_networks(tmp_path, joint, game):
+    """SVHN's networks (batch norm, dropout, spatial z) on random images: one joint critic batch or two, ALI and
+    BiGAN (on the toy networks the two coincide: its encoder's draw is its mean)."""
     rec = load_recipe(RECIPES / "ali_svhn.toml", [f"dataset.root={tmp_path}", "train.batch_size=4",
-                                                  f"game.joint_batch={joint}", "train.threads=1",
+                                                  f"game.joint_batch={joint}", "train.threads=1", f"game.name={game!r}",
                                                   # the recipe's NHWC layout changes the rounding, not the maths
                                                   "train.channels_last=false"], host=default_host())
     built, _ = build_for_bench(rec, default_host(), "random")
     assert _differences(*_one_step_each(built)) == []
+
+
+@pytest.mark.parametrize("overrides", [(), ("train.update='alternating'", "train.critic_steps=2")])
+def test_the_plain_step_does_the_matrix_work_advinf_s_does(overrides):
+    """The same parameters could come from more work: the plain loop's generator backward also computed the
+    critic's weight gradients and threw them away (16 % more FLOPs on the toy), which flattered the speedup."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    built, _ = _built(*overrides)
+    plain = make_plain(built, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        plain.run(built.dataset.train.x, 1, batch_size=16, device=torch.device("cpu"))
+    assert counter.get_total_flops() == count_flops(built)
 
 
 def test_the_plain_step_would_see_a_different_divergence():
@@ -154,15 +174,24 @@ def test_bench_refuses_critic_regularisers_the_plain_loop_lacks():
 
 
 def test_options_compares_configurations_in_one_process(capsys):
-    from advinf_benchmarks.options import main
+    """Each configuration's numbers are its own: its FLOPs and batch (a batch of 32 against 16 did the first's
+    work at twice the batch), and the peak of its own precision (a bf16 step against the fp32 peak)."""
+    from advinf_benchmarks.options import compare, main
 
     sets = [a for t in TINY + TINY_ENCODER for a in ("--set", t)]
     main([str(RECIPES / "ali_mixture25.toml"), "--config", "base=", "--config",
           "foreach=optimizer.fused=false,train.channels_last=true", "--steps", "2", "--warmup", "1", "--repeats", "2",
           *sets])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("threads=1 flops/step=")
-    assert [ln.split()[0] for ln in lines[1:]] == ["base", "foreach"] and "x1.000" in lines[1]
+    assert lines[0].startswith("threads=1; each configuration's % of peak is of the matrix-product peak in its own")
+    assert [ln.split()[0] for ln in lines[1:]] == ["base", "foreach"] and "x1.000 per sample" in lines[1]
+    out = compare(str(RECIPES / "ali_mixture25.toml"), {"a": [], "b32": ["train.batch_size=32"],
+                                                         "bf16": ["train.autocast='bf16'"]},
+                  [*TINY, *TINY_ENCODER, "train.batch_size=16"], steps=1, warmup=1, repeats=1)
+    a, b32, bf16 = (out["configs"][k] for k in ("a", "b32", "bf16"))
+    assert (a["batch_size"], b32["batch_size"]) == (16, 32)
+    assert b32["flops_per_step"] == pytest.approx(2 * a["flops_per_step"], rel=0.01)
+    assert (a["precision"], bf16["precision"]) == ("float32", "bfloat16") and bf16["peaks"] != a["peaks"]
 
 
 def test_the_projection_reads_bench_reports(tmp_path, capsys):
