@@ -33,6 +33,7 @@ from advinf.errors import UserError
 from advinf.evaluation import evaluate
 from advinf.rundir import EVAL_FILE, eval_dataset_changes, eval_entries, eval_options, evaluator_options, read_eval
 from advinf.runs import LoadedRun, load_run, run_evaluators
+from advinf.values import listed
 
 if TYPE_CHECKING:
     from advinf.plugins import PluginHost
@@ -101,6 +102,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
         raise UserError("give at least one run directory to compare")
     if points < 1:
         raise UserError(f"points must be at least 1 (got {points})")
+    data = listed(data)
+    bad = [o for o in data if not o.strip().startswith("dataset.")]
+    if bad:  # as load_run says it, before any run is loaded
+        raise UserError(f"the runs' data is set with dataset.KEY=VALUE (where it is now), not: {', '.join(bad)}")
     seen: dict[Path, str] = {}
     for run_dir in map(str, run_dirs):
         key = Path(run_dir).resolve()
@@ -110,14 +115,19 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     out = Path(out_dir)
     results: list[RunResult] = []
     panels: list[_Panels] = []
+    moved = 0  # runs whose missing data the settings said where to find
     for run_dir in map(Path, run_dirs):
         run = load_run(run_dir, device=device, host=host, plugins=plugins)
         if data and run.data_problem is not None:
             run = load_run(run_dir, device=device, host=host, plugins=plugins, data=data)
+            moved += 1
         results.append(_result(run, run_dir, host))
         if figure:
             panels.append(_panels(run, points, seed))
         del run
+    if data and not moved:  # silently unused, they would read as applied
+        raise UserError(f"{', '.join(data)}: every run's data is where its recipe says, so these settings would change "
+                        "nothing (they say where a run's missing data is now); leave them out")
     _warn_unlike_options(results)
     _warn_unlike_data(results)
     comparison = Comparison(results, summarise(results))

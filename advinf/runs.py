@@ -250,7 +250,13 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     if not data["evaluators"]:
         raise UserError(f"{run_dir}'s recipe names no evaluators: choose some with --with NAME[,NAME...] "
                         "(evaluate_run(RUN, names=[...]) in Python; advinf list-plugins lists them)")
-    recipe = validate_recipe(data, overrides, source=f"{run_dir / RECIPE_FILE} (with --with/--set)",
+    unpicked = [o for o in overrides if (parts := o.split("=", 1)[0].strip().split(".")) and len(parts) > 1
+                and parts[1] not in data["evaluators"]]
+    if unpicked:  # it would add that evaluator to those run
+        raise UserError(f"--set {', '.join(unpicked)}: that evaluator is not among those to run "
+                        f"({', '.join(data['evaluators'])}); add it to --with (names=[...] in Python), or leave the "
+                        "setting out")
+    recipe = validate_recipe(data, overrides, source=f"{run_dir}'s recipe (its checkpoint's; with --with/--set)",
                              base_dir=run_dir, host=host, load_plugins=False, environment=False)
     evaluators = run_evaluators(run, recipe, host)
     failed = None

@@ -32,6 +32,7 @@ from advinf.rundir import (
     RECIPE_FILE,
     check_target,
     default_run_dir,
+    eval_dataset_changes,
     eval_entries,
     eval_options,
     evaluator_options,
@@ -205,6 +206,9 @@ def _already_evaluated(trainer: Trainer, out_dir: Path, evaluators: dict[str, di
     stamped = eval_options(data)  # an entry without options is of an older advinf: taken as the recipe's
     if any(unlike_options(stamped.get(name, options), options) for name, options in evaluators.items()):
         return None  # e.g. `advinf evaluate --set evaluators.NAME.key=value` at the last step: not the recipe's
+    changed = eval_dataset_changes(data)
+    if any(changed.get(name) for name in evaluators):
+        return None  # `advinf evaluate --set dataset.KEY=...`: computed on other data than the run's
     return TrainResult(0, 0.0, eval={n: results[n] for n in evaluators}, run_dir=out_dir,
                        checkpoint=ckpt.latest_checkpoint(out_dir / CHECKPOINTS_DIR))
 

@@ -302,6 +302,12 @@ def test_compare_relocates_only_the_runs_that_need_it_and_warns_of_changed_data(
                                          r"its recipe's; toy2: dataset.std = 0.5\)"):
         result = compare_runs([toy, copy], tmp_path / "cmp2", device="cpu", figure=False)
     assert result.runs[1].dataset_changes == {"mode_coverage": {"std": 0.5}}
+    # settings compare would not use were ignored without a word, and read as applied
+    for setting, said in (("train.steps=5", "data is set with dataset.KEY=VALUE (where it is now), not: train.steps"),
+                          ("dataset.std=0.5", "every run's data is where its recipe says, so these settings would")):
+        res = _cli("compare", str(toy), "--out", str(tmp_path / "cmp3"), "--set", setting)
+        assert res.exit_code == 2 and said in res.output, res.output
+    assert not (tmp_path / "cmp3").exists()
 
 
 def test_compare_takes_runs_that_read_their_data_elsewhere_for_one_experiment():

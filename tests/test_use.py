@@ -86,6 +86,13 @@ def test_evaluate_and_plot_commands(trained, tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["mode_coverage"]["modes_total"] == 25
     res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 10_000
+    # a setting of an evaluator --with did not pick ran that evaluator too
+    before = (trained / "eval.json").read_bytes()
+    for picked in (["--with", "mode_coverage"], []):
+        res = CliRunner().invoke(cli, ["evaluate", str(trained), *picked, "--set", "evaluators.knn_probe.k=3"])
+        assert res.exit_code == 2 and "--set evaluators.knn_probe.k=3: that evaluator is not among those to run " \
+            "(mode_coverage); add it to --with" in res.output, res.output
+    assert (trained / "eval.json").read_bytes() == before
 
 
 def test_eval_json_entries_say_their_step_and_a_stale_one_is_not_shown_as_the_runs(tmp_path):
@@ -146,6 +153,13 @@ def test_resuming_a_finished_run_does_not_redo_its_evaluation_unless_it_is_missi
     assert "plot" not in json.loads((run / "eval.json").read_text())["mode_coverage"]["options"]
     res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
     assert res.exit_code == 0 and "had already finished" in res.output
+    # nor is an evaluation on other data (`advinf evaluate --set dataset.grid=4`): it was reported as the run's
+    with pytest.warns(UserWarning, match="other data than it trained on"):
+        evaluate_run(run, ["mode_coverage"], ["dataset.grid=4"], device="cpu")
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["modes_total"] == 16
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and "already finished" not in res.output
+    assert json.loads((run / "eval.json").read_text())["mode_coverage"]["modes_total"] == 25
 
 
 def test_evaluating_a_run_whose_recipe_names_no_evaluator_says_what_to_do(tmp_path):
