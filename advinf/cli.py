@@ -189,10 +189,10 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
     if result.stopped is not None:
         import shlex
 
-        from advinf.recipe import plugin_paths
+        from advinf.recipe import loaded_plugin_paths
 
         rec = outcome.recipe
-        named = "".join(f" --plugin {shlex.quote(p)}" for p in plugin_paths(rec.spec.plugins, rec.base_dir))
+        named = "".join(f" --plugin {shlex.quote(p)}" for p in loaded_plugin_paths(rec.spec.plugins, rec.base_dir))
         world = trainer.world_size
         launch = "advinf" if world == 1 else (  # a checkpoint resumes with the world size that wrote it
             f"torchrun --nproc-per-node {world} -m advinf" if os.environ.get("LOCAL_WORLD_SIZE") == str(world)

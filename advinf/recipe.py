@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -196,6 +197,15 @@ def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = 
         path = (base_dir / p).resolve()
         out.append(os.path.relpath(path, relative_to.resolve()) if relative_to is not None else str(path))
     return out
+
+
+def loaded_plugin_paths(plugins: list[str], base_dir: Path) -> list[str]:
+    """``plugin_paths`` of the local plugins this process imported: what a printed command (resume, evaluate)
+    names with --plugin. A run directory's recipe may list files it holds itself; a command that names one the
+    user never loaded would have them import code that came with the run."""
+    loaded = {str(Path(f).resolve()) for m in list(sys.modules.values())
+              if isinstance(f := getattr(m, "__file__", None), str)}
+    return [p for p in plugin_paths(plugins, base_dir) if (p in loaded if _is_path(p) else p in sys.modules)]
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

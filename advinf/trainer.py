@@ -68,6 +68,7 @@ from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
 from advinf.provenance import changed_keys, library_recipe, origin_of, qualname, run_name, summarised
+from advinf.recipe import loaded_plugin_paths
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
@@ -954,11 +955,11 @@ class Trainer:
         return results
 
     def _plugin_flags(self) -> str:
-        """`` --plugin PATH`` for each local plugin of the run's recipe: a command that rebuilds the run needs them
-        named (a run directory's plugins are never imported from it)."""
+        """`` --plugin PATH`` for each local plugin of the run's recipe this process imported: a command that
+        rebuilds the run needs them named (a run directory's plugins are never imported from it), and one it did
+        not import may have come with the run directory: not named, lest the user run it."""
         assert self.run is not None
-        paths = [str((self.run.path / p).resolve()) if p.endswith(".py") or "/" in p else p  # else a module
-                 for p in (self.recipe or {}).get("plugins") or []]
+        paths = loaded_plugin_paths(list((self.recipe or {}).get("plugins") or []), self.run.path)
         return "".join(f" --plugin {shlex.quote(p)}" for p in paths)
 
     def _after_failed_evaluation(self, failed: EvaluationFailed, final: bool) -> str:

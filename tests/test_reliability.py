@@ -55,6 +55,20 @@ def register_priors(register):
 """
 
 
+def test_commands_printed_for_a_run_name_only_plugins_this_process_loaded(tmp_path):
+    """A run directory handed over may list a plugin file of its own that its components do not need: a resume
+    that stops printed `--plugin RUN/evil.py` to copy, which would run that file."""
+    run = tmp_path / "run"
+    tiny_run(run, "--stop-after", "5")
+    write(run / "evil.py", "raise SystemExit('ran')\n")
+    text = (run / "recipe.toml").read_text().replace("plugins = []", 'plugins = ["evil.py"]')
+    assert "evil.py" in text
+    (run / "recipe.toml").write_text(text)
+    res = invoke("run", "--resume", run, "--stop-after", "10", "--allow-changes")
+    assert res.exit_code == 0 and "resume with:" in res.output, res.output
+    assert "evil.py" not in res.output
+
+
 def test_a_run_directory_never_imports_its_plugins(tmp_path):
     project = tmp_path / "project"
     write(project / "mark.py", MARKING_PLUGIN)
