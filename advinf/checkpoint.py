@@ -182,8 +182,8 @@ class _Loose(BaseModel):
 
 
 class SamplerState(_Loose):
-    epoch: int = Field(ge=0)
-    position: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=2**40)  # seeds each epoch's permutation: bounded so that the seed fits 64 bits
+    position: int = Field(ge=0, le=2**62)
     streams: dict[str, SamplerState] = Field(default_factory=dict)
 
 
@@ -324,6 +324,11 @@ def load_optimizer_state(opt: torch.optim.Optimizer, names: list[str], prefix: s
         if skey in PARAMETER_SHAPED and tuple(value.shape) != shape:  # torch would read past it, or train on it
             raise UserError(f"{where}: the {prefix} optimiser state '{key}' has shape {tuple(value.shape)}, its "
                             f"parameter {shape}: the checkpoint is damaged; resume from an older one")
+        if skey == "step" and (value.numel() != 1 or not bool(torch.isfinite(value).all()) or float(value) < 1):
+            # a count of updates made (at least one, or there would be no state): the step would fail, or
+            # Adam's bias correction divide by 0
+            raise UserError(f"{where}: the {prefix} optimiser state '{key}' is not a count of steps taken (shape "
+                            f"{tuple(value.shape)}): the checkpoint is damaged; resume from an older one")
         state.setdefault(index[pname], {})[skey] = value
     for pname, values in meta.get("scalars", {}).items():
         state.setdefault(index[pname], {}).update(values)

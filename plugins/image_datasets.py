@@ -239,6 +239,14 @@ def damaged(name: str, files: Sequence[Path], exc: BaseException) -> UserError:
                      "(`download = true`), or point `root` at a good copy", option="root")
 
 
+def _listed(name: str, folder: Path, entry: str, listing: Path) -> Path:
+    """``folder / entry`` for a file name a dataset's listing gives (CelebA's partition, Tiny ImageNet's
+    annotations): a bare name, never a path leading out of the folder (``../..``, ``/etc``)."""
+    if not entry or entry in (".", "..") or "/" in entry or "\\" in entry or os.sep in entry:
+        raise damaged(name, [listing], ValueError(f"it names the file {entry!r}, not a file name in {folder}"))
+    return folder / entry
+
+
 def _class_labels(name: str, y: Tensor, classes: int, path: Path) -> Tensor:
     """``y`` when every label is a class index below ``classes``; a wrong one would train a conditional model on
     an extra class, or fail mid-training."""
@@ -539,7 +547,9 @@ def celeba(options: CelebaOptions, ctx) -> Dataset:
                 raise damaged("celeba", texts[:1], ValueError("attributes other than -1 and 1"))
             n = len(ds) if options.limit is None else min(options.limit, len(ds))
             folder = Path(ds.root) / ds.base_folder / "img_align_celeba"  # torchvision's list, opened safely
-            x = decode_images(n, lambda i, ds=ds, folder=folder: celeba_64(_open(folder / ds.filename[i])),
+            listing = root / cls.base_folder / "list_eval_partition.txt"
+            x = decode_images(n, lambda i, ds=ds, folder=folder, listing=listing: celeba_64(
+                _open(_listed("celeba", folder, ds.filename[i], listing))),
                               (3, 64, 64), _workers(options), f"CelebA {s}")
             out.append(Split(x, ds.attr[:n].to(torch.uint8).contiguous()))
             names = [a for a in ds.attr_names if a]
@@ -614,8 +624,13 @@ def tiny_imagenet(options: TinyImagenetOptions, ctx) -> Dataset:
 
         heldout = None
         if options.heldout == "val":
-            rows = [ln.split("\t") for ln in (base / "val" / "val_annotations.txt").read_text().splitlines() if ln]
-            val = [(str(base / "val" / "images" / r[0]), train.class_to_idx[r[1]]) for r in rows]
+            listing = base / "val" / "val_annotations.txt"
+            rows = [ln.split("\t") for ln in listing.read_text().splitlines() if ln]
+            try:
+                val = [(str(_listed("tiny_imagenet", base / "val" / "images", r[0], listing)),
+                        train.class_to_idx[r[1]]) for r in rows]
+            except (IndexError, KeyError) as exc:  # a row without a class, or of a class train/ does not have
+                raise damaged("tiny_imagenet", [listing], exc) from None
             heldout = split(val, "Tiny ImageNet val")
         return Dataset(split(train.samples, "Tiny ImageNet train"), heldout,
                        meta={"name": "tiny_imagenet", "classes": train.classes})

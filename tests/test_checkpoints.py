@@ -444,6 +444,22 @@ def test_an_optimiser_state_of_another_shape_than_its_parameter_is_refused(tmp_p
     with pytest.raises(advinf.UserError, match=r"the critic optimiser state 'critic/w/exp_avg_sq' has shape \(1,\), "
                                                r"its parameter \(3, 2\): the checkpoint is damaged"):
         ckpt.load_optimizer_state(fresh, ["w"], "critic", tensors, meta, tmp_path)
+    tensors["critic/w/exp_avg_sq"] = torch.zeros(3, 2)
+    # a step count of 100 values failed mid-training (a traceback); one of 0 divides Adam's bias correction by 0
+    for step in (torch.ones(100), torch.tensor(0.0), torch.tensor(float("nan"))):
+        tensors["critic/w/step"] = step
+        with pytest.raises(advinf.UserError, match=r"the critic optimiser state 'critic/w/step' is not a count of "
+                                                   r"steps taken"):
+            ckpt.load_optimizer_state(fresh, ["w"], "critic", tensors, meta, tmp_path)
+
+
+def test_a_sampler_position_that_cannot_seed_a_permutation_is_refused():
+    """An epoch of 10**30 in state.json failed mid-training with an overflow."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="epoch"):
+        ckpt.SamplerState.model_validate({"epoch": 10**30, "position": 0})
+    assert ckpt.SamplerState.model_validate({"epoch": 10**6, "position": 500}).epoch == 10**6
 
 
 def test_a_samples_folder_that_is_a_link_is_refused_and_what_it_points_to_untouched(tmp_path):

@@ -174,6 +174,30 @@ def test_mnist_never_unpickles_torchvision_s_processed_files(tmp_path, monkeypat
     assert loads == [] and torch.equal(data.train.x, files["train"][0])
 
 
+def test_file_names_in_a_dataset_s_listing_never_lead_out_of_its_folder(tmp_path):
+    """Tiny ImageNet's val_annotations.txt and CelebA's list_eval_partition.txt name image files: a name like
+    ../../../elsewhere/photo.png read a file outside the dataset as a held-out image."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (64, 64)).save(outside / "photo.png")
+    write_tiny_imagenet(tmp_path / "t", ["n01", "n02"], per_class=2, val=2)
+    annotations = tmp_path / "t" / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    first, *rest = annotations.read_text().splitlines()
+    annotations.write_text("\n".join(["../../../../elsewhere/photo.png\t" + first.split("\t", 2)[1], *rest]) + "\n")
+    with pytest.raises(advinf.UserError, match=r"val_annotations.txt cannot be read as tiny_imagenet's files .*names "
+                                               r"the file '\.\./\.\./\.\./\.\./elsewhere/photo.png'"):
+        load("tiny_imagenet", root=str(tmp_path / "t"), verify=False, cache=False)
+    annotations.write_text("\n".join(["val_0.JPEG", *rest]) + "\n")  # a row without its class
+    with pytest.raises(advinf.UserError, match=r"val_annotations.txt cannot be read as tiny_imagenet's files"):
+        load("tiny_imagenet", root=str(tmp_path / "t"), verify=False, cache=False)
+    write_celeba(tmp_path / "c", [0, 0, 1])
+    partition = tmp_path / "c" / "celeba" / "list_eval_partition.txt"
+    lines = partition.read_text().splitlines()
+    partition.write_text("\n".join(["../../../elsewhere/photo.png " + lines[0].split()[1], *lines[1:]]) + "\n")
+    with pytest.raises(advinf.UserError, match=r"list_eval_partition.txt cannot be read as celeba's files"):
+        load("celeba", root=str(tmp_path / "c"), verify=False, cache=False)
+
+
 def test_a_limited_tiny_imagenet_takes_every_class_in_turn(tmp_path):
     write_tiny_imagenet(tmp_path, ["n01", "n02", "n03"], per_class=3, val=3)
     data = load("tiny_imagenet", root=str(tmp_path), verify=False, limit=4, heldout="none", cache=False)
