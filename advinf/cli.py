@@ -40,13 +40,13 @@ class AdvinfGroup(click.Group):
         except UserError as exc:
             if ctx.params.get("debug") or os.environ.get("ADVINF_DEBUG"):
                 raise
-            click.echo(f"{_rank_prefix()}error: {exc}", err=True)
+            click.echo(f"{_rank_prefix()}error: {printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
             message = file_system_message(exc)
             if message is None or ctx.params.get("debug") or os.environ.get("ADVINF_DEBUG"):
                 raise
-            click.echo(f"{_rank_prefix()}error: {message}", err=True)
+            click.echo(f"{_rank_prefix()}error: {printable(message)}", err=True)
             ctx.exit(UserError.exit_code)
         except KeyboardInterrupt:
             click.echo(f"{_rank_prefix()}interrupted", err=True)
@@ -54,6 +54,12 @@ class AdvinfGroup(click.Group):
         except Terminated:
             click.echo(f"{_rank_prefix()}terminated", err=True)
             ctx.exit(143)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters but newlines and tabs escaped: an error quotes what files and plugins
+    hold (an eval.json key, a path), and an escape sequence in it must not reach the terminal."""
+    return "".join(c if c in "\n\t" or (c.isprintable() and c not in "\x7f") else repr(c)[1:-1] for c in text)
 
 
 # What the file system refuses for a reason the user can fix: a directory where a file belongs (or the reverse),
@@ -311,8 +317,14 @@ def evaluate(run_dir: Path, names: str | None, overrides: tuple[str, ...], devic
         table.add_column(col)
     for name, metrics in results.items():
         for key, value in _table_rows(metrics if isinstance(metrics, dict) else {"value": metrics}):
-            table.add_row(name, key, value)
+            table.add_row(*map(_plain, (name, key, value)))
     Console().print(table)
+
+
+def _plain(text: str) -> str:
+    """A table cell of text that came from files or plugins: shown as it is (no rich markup such as ``[red]``,
+    no escape sequence reaching the terminal)."""
+    return escape(printable(text))
 
 
 def _table_rows(record: dict, prefix: str = ""):
@@ -563,6 +575,8 @@ def comparison_tables(result: Comparison) -> list[Table]:
 def _table(title: str, what: str, labels: list[str], heads: list[str], rows: list[list[str]], wide: bool) -> Table:
     """A table of ``rows`` (one per label, one cell per head), or with ``wide`` its transpose."""
     table = Table(title=title)
+    labels, heads = list(map(_plain, labels)), list(map(_plain, heads))
+    rows = [list(map(_plain, row)) for row in rows]
     if wide:
         table.add_column(what, overflow="fold", min_width=12)
         for label in labels:

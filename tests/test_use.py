@@ -236,3 +236,24 @@ def test_a_damaged_eval_json_is_named_by_compare_and_left_out_of_plots_with_a_wa
     table = compare_runs([run], tmp_path / "cmp2", figure=False)
     assert table.runs[0].metrics["mode_coverage"]["reconstruction_accuracy"] is None
     assert curves(run)["eval/mode_coverage.modes_covered"][0] == [10, 20, 30]
+
+
+def test_what_files_hold_reaches_the_terminal_as_text(trained, tmp_path):
+    """An eval.json handed over with an escape sequence (a terminal title, a colour) or rich markup in a key: the
+    error quoting it and the tables showing it print it as text."""
+    import shutil
+
+    from advinf.cli import printable
+
+    assert printable("a\x1b]0;owned\x07b\nc\td") == "a\\x1b]0;owned\\x07b\nc\td"
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    data = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({**data, "bad\x1b]0;owned\x07": 1}))
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--with", "mode_coverage"])
+    assert res.exit_code == 2 and "bad\\x1b]0;owned\\x07" in res.output and "\x1b" not in res.output, res.output
+    data["mode_coverage"]["[red]x\x1b[31m"] = 1.5
+    (run / "eval.json").write_text(json.dumps(data))
+    res = CliRunner().invoke(cli, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "[red]x\\x1b[31m" in res.output.replace("\n", ""), res.output
