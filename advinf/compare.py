@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 import tempfile
 import warnings
@@ -125,6 +126,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
         if figure:
             panels.append(_panels(run, points, seed))
         del run
+    for result, label in zip(results, distinct_labels([Path(r.run_dir) for r in results]), strict=True):
+        result.label = label
     if data and not moved:  # silently unused, they would read as applied
         raise UserError(f"{', '.join(data)}: every run's data is where its recipe says, so these settings would change "
                         "nothing (they say where a run's missing data is now); leave them out")
@@ -139,6 +142,20 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path = ".", *, d
     return comparison
 
 
+def distinct_labels(paths: Sequence[Path]) -> list[str]:
+    """Each run's folder name, with as many parent folders as it takes to tell runs apart (``g1/x`` and ``g2/x``,
+    not two runs called ``x``)."""
+    parts = [Path(p).absolute().parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
+        clash = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
+        if not clash:
+            return labels
+        for i in clash:
+            depth[i] += 1
+
+
 def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> RunResult:
     spec, resolved = run.recipe.spec, run.recipe.resolved()
     path = run_dir / EVAL_FILE
@@ -150,7 +167,8 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         stale = sorted(n for n, s in steps.items() if s != run.step)
         for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
             warnings.warn(f"{path}: '{name}' is of step {steps[name]}, the run is at step {run.step}: left out of "
-                          f"the comparison (advinf evaluate {run_dir} --with {name} brings it up to date)",
+                          f"the comparison (advinf evaluate {shlex.quote(str(run_dir))} --with {name} brings it up "
+                          "to date)",
                           stacklevel=2)
             del metrics[name]
     elif spec.evaluators:

@@ -146,7 +146,7 @@ def run_seeds(recipe: str | Path, seeds: Sequence[int], *, out: str | Path | Non
         if is_run_dir(out_dir / f"seed_{s}"):  # a group here already: --resume does not go with --seeds
             raise UserError(f"{out_dir / f'seed_{s}'} already holds a run (of an earlier group of seeds); give the "
                             f"group a new --out, or continue that seed on its own: advinf run --resume "
-                            f"{out_dir / f'seed_{s}'}")
+                            f"{shlex.quote(str(out_dir / f'seed_{s}'))}")
         check_target(out_dir / f"seed_{s}", resume=False)
     if (out_dir / SUMMARY_FILE).exists():  # an earlier group's summary: not overwritten
         raise UserError(f"{out_dir / SUMMARY_FILE} exists (an earlier group of seeds wrote it); give a new --out, "

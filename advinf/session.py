@@ -8,6 +8,7 @@ allowed), restores the latest checkpoint, and continues exactly.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -182,8 +183,8 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
                 log(line)
         else:
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
-                f"to do (advinf evaluate {out_dir} runs the evaluators again; --set train.steps=N --allow-changes "
-                f"trains on)")
+                f"to do (advinf evaluate {shlex.quote(str(out_dir))} runs the evaluators again; --set train.steps=N "
+                "--allow-changes trains on)")
         result = finished or trainer.fit(stop_after=stop_after, on_signal=on_signal)
     finally:
         held.close()

@@ -512,3 +512,14 @@ def test_compare_weighs_only_the_options_every_stamp_holds():
     with pytest.warns(UserWarning, match=r"samples: 500 \(old\), 500 \(new\), 300 \(other\)"):
         _warn_unlike_options([old, new, result("other", {"samples": 300})])
 
+
+
+def test_compare_labels_tell_runs_in_folders_of_one_name_apart():
+    """`advinf compare g1/x g2/x` titled both rows and both figure columns "x"."""
+    from pathlib import Path
+
+    from advinf.compare import distinct_labels
+
+    assert distinct_labels([Path("g1/x"), Path("g2/x"), Path("y")]) == ["g1/x", "g2/x", "y"]
+    assert distinct_labels([Path("/a/b/x"), Path("/c/b/x"), Path("/c/z")]) == ["a/b/x", "c/b/x", "z"]
+    assert distinct_labels([Path("runs/seed_0"), Path("runs/seed_1")]) == ["seed_0", "seed_1"]

@@ -257,3 +257,15 @@ def test_what_files_hold_reaches_the_terminal_as_text(trained, tmp_path):
     res = CliRunner().invoke(cli, ["compare", str(run), "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     assert "\x1b" not in res.output and "[red]x\\x1b[31m" in res.output.replace("\n", ""), res.output
+
+
+def test_commands_suggested_for_a_path_with_spaces_are_quoted(trained, tmp_path):
+    """They were pasted as two arguments: `advinf evaluate /x/a b/run`."""
+    import shlex
+    import shutil
+
+    run = tmp_path / "a b" / "run"
+    shutil.copytree(trained, run)
+    res = CliRunner().invoke(cli, ["run", "--resume", str(run)])
+    assert res.exit_code == 0 and f"advinf evaluate {shlex.quote(str(run))} runs the evaluators" in res.output, \
+        res.output
