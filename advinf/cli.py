@@ -691,23 +691,26 @@ def list_plugins(as_json: bool, verbose: bool, plugins: tuple[Path, ...]) -> Non
     """List installed plugins (and local plugin files named with --plugin), what they register (commands
     included), and load errors. Exit status 2 when a plugin is broken."""
     from advinf.errors import PluginError
+    from advinf.plugins import PluginInfo
 
     host = _host()
-    unloaded = []  # local files that did not import: no entry to list them by
+    unloaded = []  # local files that did not import: listed by their path, with the error
     for plugin in plugins:
         try:
             host.load_local(str(plugin))
         except PluginError as exc:
-            unloaded.append(str(exc))
+            unloaded.append(PluginInfo(str(Path(plugin).resolve()), "", error=str(exc)))
     if not AdvinfGroup._plugin_commands_added:
         _add_plugin_commands()
-    infos = sorted(host.plugins.values(), key=lambda p: p.name)
+    infos = sorted([*host.plugins.values(), *unloaded], key=lambda p: p.name)
     if as_json:
         listing = [p.as_json() for p in infos]
         if verbose:
             for entry in listing:
                 entry["details"] = [{"kind": c.kind, "name": c.name, "summary": c.summary,
-                                     "options": c.option_table()} for c in host.components_of(entry["name"])]
+                                     "options": c.option_table(), **_game_players(host, c)}
+                                    for c in (host.components_of(entry["name"]) if entry["name"] in host.plugins
+                                              else [])]
         click.echo(json.dumps(listing, indent=2))
     else:
         table = Table(title="advinf plugins")
@@ -725,14 +728,28 @@ def list_plugins(as_json: bool, verbose: bool, plugins: tuple[Path, ...]) -> Non
         hint = suggest(name, [p.name for p in infos])
         click.echo(f"warning: ADVINF_DISABLE_PLUGINS names '{name}', which is no installed plugin"
                    + (f"; {hint}" if hint else ""), err=True)
-    broken = [p.name for p in infos if p.broken]
-    for message in unloaded:
-        click.echo(f"error: {message}", err=True)
+    broken = [p.name for p in infos if p.broken and p not in unloaded]
+    for info in unloaded:
+        click.echo(f"error: {info.error}", err=True)
     if broken:
         click.echo(f"error: broken plugins: {', '.join(broken)} (see the error column; ADVINF_DISABLE_PLUGINS="
                    "name,... skips a plugin)", err=True)
     if broken or unloaded:
         sys.exit(2)
+
+
+def _game_players(host: Any, component: Any) -> dict[str, Any]:
+    """A game's players and networks as built with its default options (they may depend on its options, as
+    ALICE's cycle critic does), for ``list-plugins --verbose``; {} for other components."""
+    if component.kind != "game":
+        return {}
+    try:
+        game = host.create("game", component.name)
+    except Exception as exc:  # noqa: BLE001 -- required options, or a broken factory: said, not fatal
+        return {"players_error": f"not built with its default options: {' '.join(str(exc).split())[:200]}"}
+    return {"players": {p.name: {"role": p.role, "networks": list(p.networks)} for p in game.players},
+            "networks": dict(game.networks), "labels": bool(game.reads_labels),
+            "streams": [s.name for s in game.streams]}
 
 
 def _component_details(host: Any, infos: list[Any]) -> str:
@@ -745,6 +762,16 @@ def _component_details(host: Any, infos: list[Any]) -> str:
         lines.append(f"\n{p.name} {p.version}")
         for c in comps:
             lines.append(f"  {c.kind} {c.name}" + (f": {c.summary}" if c.summary else ""))
+            players = _game_players(host, c)
+            if "players" in players:
+                lines.append("      players (default options): " + "; ".join(
+                    f"{name} ({p['role']}): {', '.join(p['networks'])}" for name, p in players["players"].items())
+                    + "".join(f"; {n} not trained (frozen)" for n in players["networks"]
+                              if not any(n in p["networks"] for p in players["players"].values()))
+                    + (f"; streams: {', '.join(players['streams'])}" if players["streams"] else "")
+                    + ("; reads labels" if players["labels"] else ""))
+            elif players:
+                lines.append(f"      players: {players['players_error']}")
             for o in c.option_table():
                 default = "required" if o["required"] else f"= {json.dumps(o['default'])}"
                 lines.append(f"      {o['name']}: {o['type']} {default}"

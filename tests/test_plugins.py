@@ -475,6 +475,30 @@ def test_list_plugins_shows_a_local_plugin_file_named_with_plugin(tmp_path):
     res = CliRunner().invoke(cli, ["list-plugins", "--plugin", str(bad)])
     assert res.exit_code == 2 and "failed to import: ModuleNotFoundError: No module named 'no_such_module_here'" in \
         res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["list-plugins", "--json", "--plugin", str(bad)])  # it was missing from the JSON
+    assert res.exit_code == 2
+    [broken] = [p for p in json.loads(res.stdout) if p["name"] == str(bad)]
+    assert "No module named 'no_such_module_here'" in broken["error"]
+
+
+def test_list_plugins_says_who_plays_each_game():
+    """A game's players (with their networks and side), as built with its default options."""
+    from click.testing import CliRunner
+
+    from advinf.cli import cli
+
+    res = CliRunner().invoke(cli, ["list-plugins", "--verbose"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "game ali: ALI: stochastic encoder, joint critic (Dumoulin et al. 2017). players (default options): " \
+        "critic (critic): critic; generator (generator): encoder, decoder" in text
+    assert "players (default options): encoder (generator): encoder; decoder not trained (frozen)" in text
+    assert "streams: data, labelled; reads labels" in text
+    listing = json.loads(CliRunner().invoke(cli, ["list-plugins", "--json", "--verbose"]).stdout)
+    [gan] = [d for p in listing for d in p.get("details", []) if d["kind"] == "game" and d["name"] == "gan"]
+    assert gan["players"] == {"critic": {"role": "critic", "networks": ["critic"]},
+                              "generator": {"role": "generator", "networks": ["decoder"]}}
+    assert gan["networks"] == {"decoder": "decoder", "critic": "critic"} and gan["labels"] is False
 
 
 FAILING_EVALUATOR = """
