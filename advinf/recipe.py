@@ -299,7 +299,8 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     if not problems:
         problems.extend(check_fit(spec, options, host, environment, players))
     if problems:
-        unknown = [p for p in problems if p.message.startswith("unknown ")]
+        unknown = [p for p in problems if p.message.startswith("unknown ")  # names, not a known one's options
+                   and not p.message.startswith(("unknown option", "unknown key"))]
         if unknown and spec.plugins and not load_plugins:
             files = plugin_paths(spec.plugins, base_dir or Path.cwd())  # where they are, whatever the cwd
             raise UserError(f"{source} uses components from local plugins ({', '.join(files)}), which advinf "

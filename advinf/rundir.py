@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -50,7 +51,7 @@ def require_run_dir(path: Path) -> None:
         seeds = seed_runs(path)
         if seeds:
             raise UserError(f"{path} holds a group of seeds ({', '.join(p.name for p in seeds)}), not one run; "
-                            f"continue each seed on its own: advinf run --resume {seeds[0]}")
+                            f"continue each seed on its own: advinf run --resume {shlex.quote(str(seeds[0]))}")
         empty = not path.exists() or not any(path.iterdir())
         raise UserError(f"{path} is not an advinf run directory (no {RECIPE_FILE}); check --out"
                         + (", or drop --resume to start a new run there" if empty else ""))

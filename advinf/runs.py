@@ -38,6 +38,7 @@ from advinf.rundir import (
     is_run_dir,
     merge_eval,
     read_eval,
+    seed_runs,
 )
 from advinf.settings import resolve_device, set_fp32_precision
 from advinf.values import listed, parse_json, toml_value
@@ -97,7 +98,12 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, chec
     """
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir} is not an advinf run directory (no {RECIPE_FILE})")
+        if not run_dir.exists():
+            raise UserError(f"{run_dir}: no such run directory")
+        seeds = seed_runs(run_dir)
+        raise UserError(f"{run_dir} holds a group of seeds ({', '.join(p.name for p in seeds)}), not one run; give "
+                        f"one of them (e.g. {seeds[0]})" if seeds else
+                        f"{run_dir} is not an advinf run directory (no {RECIPE_FILE})")
     path = Path(checkpoint) if checkpoint is not None else ckpt.latest_checkpoint(run_dir / CHECKPOINTS_DIR)
     if path is None:
         why = ckpt.incomplete_checkpoints(run_dir / CHECKPOINTS_DIR)

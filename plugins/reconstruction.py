@@ -142,7 +142,7 @@ class Reconstruction(Evaluator):
     def evaluate(self, model: TrainedModel, data: Dataset, out_dir: Path) -> dict[str, Any]:
         o = self.o
         if model.encoder is None or model.decoder is None:
-            raise UserError("evaluator 'reconstruction' needs an encoder and a decoder (a plain GAN has no encoder)")
+            raise UserError("needs an encoder and a decoder (a plain GAN has no encoder)")  # named by evaluate()
         held = _require_heldout(data)
         start = time.perf_counter()
         n = len(held)

@@ -6,6 +6,7 @@ import ast
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,12 @@ def test_bad_checkpoints_get_clear_errors_and_nothing_is_overwritten(tmp_path):
     assert res.exit_code == 2 and "is not an advinf run directory" in res.output
     with pytest.raises(advinf.UserError, match="not an advinf run directory"):
         advinf.load_run(not_a_run)
+    with pytest.raises(advinf.UserError, match="nowhere: no such run directory"):  # not "no recipe.toml"
+        advinf.load_run(tmp_path / "nowhere")
+    shutil.copytree(out, tmp_path / "group" / "seed_3")
+    with pytest.raises(advinf.UserError, match=r"group holds a group of seeds \(seed_3\), not one run; give one of "
+                                               r"them \(e.g. .*seed_3\)"):
+        advinf.load_run(tmp_path / "group")
     (out / "checkpoints" / "latest").write_text("step_0000010\n")
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before

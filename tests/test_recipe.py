@@ -342,3 +342,7 @@ def test_an_unknown_component_in_a_run_s_recipe_asks_whether_it_is_a_local_plugi
     with pytest.raises(RecipeError) as err:  # a recipe being written: no such hint
         validate_recipe(data, source="r.toml")
     assert "from a local plugin?" not in str(err.value)
+    misspelt = tomllib.loads(ALI.replace("[game]", "[game]\nr1_evry = 2"))  # a known game's option: no plugin hint
+    with pytest.raises(RecipeError, match=r"game.r1_evry: unknown option of game 'ali'") as err:
+        validate_recipe(misspelt, source="RUN/state.json", load_plugins=False)
+    assert "from a local plugin?" not in str(err.value)
