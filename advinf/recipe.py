@@ -310,8 +310,22 @@ def validate_recipe(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             hint = "from a local plugin? load it with --plugin PATH (Python: plugins=[...])"
             problems = [dataclasses.replace(p, hint="; ".join(h for h in (p.hint, hint) if h))
                         if p in unknown else p for p in problems]
+        problems = [_switched(p, overrides) for p in problems]
         raise RecipeError(source, problems)
     return Recipe(spec, options, source, base_dir or Path.cwd(), players, imported)
+
+
+def _switched(problem: Problem, overrides: list[str]) -> Problem:
+    """``problem``, told how to switch a component by ``--set SECTION.name=...`` when the option it refuses is
+    one the recipe set for the component it had: tables merge key by key, so those options stay."""
+    if not problem.message.startswith("unknown option of"):
+        return problem
+    section = problem.key.rpartition(".")[0]
+    if not any(o.split("=", 1)[0].strip() == f"{section}.name" for o in overrides):
+        return problem
+    hint = (f"--set {section}.name=... keeps the options the recipe gives {section}; to switch it, give the whole "
+            f"table: --set '{section}={{name = \"...\", ...}}'")
+    return dataclasses.replace(problem, hint="; ".join(h for h in (problem.hint, hint) if h))
 
 
 def _validate_loggers(host: PluginHost, spec: RecipeSpec, options: dict[str, BaseModel], problems: list[Problem],

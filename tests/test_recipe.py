@@ -346,3 +346,14 @@ def test_an_unknown_component_in_a_run_s_recipe_asks_whether_it_is_a_local_plugi
     with pytest.raises(RecipeError, match=r"game.r1_evry: unknown option of game 'ali'") as err:
         validate_recipe(misspelt, source="RUN/state.json", load_plugins=False)
     assert "from a local plugin?" not in str(err.value)
+
+
+def test_switching_a_component_by_its_name_alone_says_how_to_switch_it():
+    """--set optimizer.name=sgd keeps the recipe's Adam betas, refused as unknown to SGD with no word of what to
+    do; a whole table replaces them."""
+    with pytest.raises(RecipeError, match=r"optimizer.betas: unknown option of optimizer 'sgd'.*--set optimizer.name="
+                                          r"\.\.\. keeps the options the recipe gives optimizer; to switch it, give "
+                                          r"the whole table: --set 'optimizer=\{name = \"\.\.\.\", \.\.\.\}'"):
+        load_recipe(RECIPES / "ali_mixture25.toml", ["optimizer.name=sgd"])
+    assert load_recipe(RECIPES / "ali_mixture25.toml", ['optimizer={name = "sgd", lr = 0.01}']).spec.optimizer.name \
+        == "sgd"
