@@ -812,11 +812,49 @@ def _add_plugin_commands() -> None:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
+    _after_imports(Terminated, frame)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted
+    _after_imports(Interrupted, frame)
+
+
+_PENDING: list[type[BaseException]] = []  # a signal held back until the import it arrived in is over
+
+
+def _after_imports(exc: type[BaseException], frame: Any) -> None:
+    """Raise ``exc`` for a signal, but not inside an import: torch's own, half done when the exception unwinds
+    it, left a module that failed later (tracebacks: "partially initialized module 'torch'") or crashed the
+    interpreter at exit. There the signal is held and raised a moment after the import ends (checked every 20
+    ms with a timer)."""
+    import signal
+
+    if _importing(frame) and hasattr(signal, "setitimer"):
+        if not _PENDING:
+            _PENDING.append(exc)
+            signal.signal(signal.SIGALRM, _retry)
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    raise exc
+
+
+def _retry(signum: int, frame: Any) -> None:
+    import signal
+
+    if _importing(frame):
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    raise _PENDING.pop()
+
+
+def _importing(frame: Any) -> bool:
+    """Whether Python is executing an import (a frame of importlib's machinery is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
