@@ -38,6 +38,7 @@ def _parametrized(layer: nn.Module) -> bool:
     return hasattr(layer, "parametrizations") and "weight" in layer.parametrizations
 
 
+@torch.compiler.disable  # run eagerly inside a compiled `losses`: AOTAutograd cannot take a double backward
 def r1(critic: Callable[..., Tensor], x: Tensor, z: Tensor | None, y: Tensor | None = None,
        inputs: str = "joint", reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """||d D(x, z) / d(x, z)||^2 per example (shape (B,)), at detached copies of ``x`` and ``z``; with

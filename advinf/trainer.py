@@ -204,6 +204,12 @@ class Trainer:
         self._from_library = recipe is None  # a recipe.toml, if any, is the trainer's own (written below)
         if self.run is not None and recipe is None:
             self.recipe = self._library_run(data, default, overrides, loggers, write=not resume)
+        if self.spec.compile:
+            # a simultaneous step takes each player's gradient from one graph (retain_graph for all but the last);
+            # AOTAutograd's donated buffers (torch >= 2.6) refuse that, so they are off for compiled steps
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
         self._losses = torch.compile(game.losses) if self.spec.compile else game.losses
         self._fixed: tuple[Tensor, Tensor | None] | None = None
         # moving averages of what the generator-side players train (what samples and evaluation use)

@@ -274,3 +274,32 @@ def test_the_logged_critic_outputs_are_probabilities_only_where_the_logits_are_l
     d_data = d_data[: x.shape[0]].detach()  # one joint batch: data pairs first
     read = torch.sigmoid(d_data) if divergence in ("original", "minimax") else d_data  # LS targets 1 and 0
     assert out.scalars["critic_data"].item() == pytest.approx(read.mean().item(), rel=1e-6)
+
+
+
+@pytest.mark.parametrize("r1", [0.0, 10.0])
+def test_a_compiled_step_trains_as_the_eager_one_on_the_cpu(r1):
+    """`train.compile = true` failed on its first step, after the run directory was made: with R1, AOTAutograd
+    takes no double backward; without, its donated buffers refused the simultaneous step's retain_graph. R1 now
+    runs eagerly inside the compiled losses, donated buffers are off, and with inductor drawing its random numbers
+    as eager torch does (fallback_random), the weights are the eager run's."""
+    import torch._inductor.config as inductor_config
+    from test_train import tiny_data, tiny_nets
+
+    from advinf_plugins import games
+
+    weights = []
+    for compile_, eager_random in ((False, True), (True, True), (True, False)):  # the last: inductor's own RNG
+        game = games.JointGame(games.JointGameOptions(r1=r1), stochastic=True)
+        train = advinf.TrainSpec(steps=2, batch_size=32, compile=compile_, progress="none", sample_every=0,
+                                 threads=1, ema=0)
+        trainer = advinf.Trainer(tiny_nets(), game, tiny_data(), train=train,
+                                 optimizer=advinf.OptimizerSpec(name="sgd", lr=0.1))
+        torch._dynamo.reset()  # a fresh compilation under each setting
+        with inductor_config.patch(fallback_random=eager_random):
+            trainer.fit()
+        weights.append({f"{n}.{k}": v.clone() for n, m in trainer.nets.items() for k, v in m.state_dict().items()})
+    eager, compiled, own_random = weights
+    assert all(torch.allclose(eager[k], compiled[k], atol=1e-6, rtol=1e-5) for k in eager), \
+        max((eager[k] - compiled[k]).abs().max().item() for k in eager if eager[k].is_floating_point())
+    assert all(bool(torch.isfinite(v).all()) for v in own_random.values() if v.is_floating_point())
