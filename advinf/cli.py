@@ -195,7 +195,7 @@ def run(ctx: click.Context, recipe: Path | None, overrides: tuple[str, ...], out
     if result.stopped is not None:
         import shlex
 
-        from advinf.recipe import loaded_plugin_paths
+        from advinf.provenance import loaded_plugin_paths
 
         rec = outcome.recipe
         named = "".join(f" --plugin {shlex.quote(p)}" for p in loaded_plugin_paths(rec.spec.plugins, rec.base_dir))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -164,3 +167,31 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+# -- local plugins a recipe names -------------------------------------------------------------------------
+
+def is_plugin_path(plugin: str) -> bool:
+    """Whether a recipe's `plugins` entry is a file (else a module name)."""
+    return plugin.endswith(".py") or "/" in plugin
+
+
+def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = None) -> list[str]:
+    """Local plugin files as absolute paths (or relative to ``relative_to``); module names unchanged."""
+    out = []
+    for p in plugins:
+        if not is_plugin_path(p):
+            out.append(p)
+            continue
+        path = (base_dir / p).resolve()
+        out.append(os.path.relpath(path, relative_to.resolve()) if relative_to is not None else str(path))
+    return out
+
+
+def loaded_plugin_paths(plugins: list[str], base_dir: Path) -> list[str]:
+    """``plugin_paths`` of the local plugins this process imported: what a printed command (resume, evaluate)
+    names with --plugin. A run directory's recipe may list files it holds itself; a command that names one the
+    user never loaded would have them import code that came with the run."""
+    loaded = {str(Path(f).resolve()) for m in list(sys.modules.values())
+              if isinstance(f := getattr(m, "__file__", None), str)}
+    return [p for p in plugin_paths(plugins, base_dir) if (p in loaded if is_plugin_path(p) else p in sys.modules)]

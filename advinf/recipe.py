@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import sys
 import tomllib
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from advinf.errors import Problem, RecipeError, UserError, suggest
 from advinf.interfaces import WELL_KNOWN, BuildContext, Game, validation_context
 from advinf.options import check_options, problems_from
 from advinf.plugins import EVALUATOR_KEYS, NETWORK_KEYS, PluginHost, default_host
-from advinf.provenance import Origin, mark
+from advinf.provenance import Origin, mark, plugin_paths
 from advinf.settings import (
     RECIPE_CONTEXT,
     OptimizerSpec,
@@ -181,31 +179,6 @@ class Recipe:
     def to_toml(self, relative_to: Path | None = None) -> str:
         """The resolved recipe as TOML (local plugin paths relative to ``relative_to``): a run's recipe.toml."""
         return tomli_w.dumps(self.resolved(relative_to))
-
-
-def _is_path(plugin: str) -> bool:
-    return plugin.endswith(".py") or "/" in plugin
-
-
-def plugin_paths(plugins: list[str], base_dir: Path, relative_to: Path | None = None) -> list[str]:
-    """Local plugin files as absolute paths (or relative to ``relative_to``); module names unchanged."""
-    out = []
-    for p in plugins:
-        if not _is_path(p):
-            out.append(p)
-            continue
-        path = (base_dir / p).resolve()
-        out.append(os.path.relpath(path, relative_to.resolve()) if relative_to is not None else str(path))
-    return out
-
-
-def loaded_plugin_paths(plugins: list[str], base_dir: Path) -> list[str]:
-    """``plugin_paths`` of the local plugins this process imported: what a printed command (resume, evaluate)
-    names with --plugin. A run directory's recipe may list files it holds itself; a command that names one the
-    user never loaded would have them import code that came with the run."""
-    loaded = {str(Path(f).resolve()) for m in list(sys.modules.values())
-              if isinstance(f := getattr(m, "__file__", None), str)}
-    return [p for p in plugin_paths(plugins, base_dir) if (p in loaded if _is_path(p) else p in sys.modules)]
 
 
 def _dump(model: BaseModel) -> dict[str, Any]:

@@ -67,8 +67,15 @@ from advinf.interfaces import (
 from advinf.loggers import JsonlLogger
 from advinf.pictures import save_samples
 from advinf.progress import ProgressReporter
-from advinf.provenance import changed_keys, library_recipe, origin_of, qualname, run_name, summarised
-from advinf.recipe import loaded_plugin_paths
+from advinf.provenance import (
+    changed_keys,
+    library_recipe,
+    loaded_plugin_paths,
+    origin_of,
+    qualname,
+    run_name,
+    summarised,
+)
 from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__

@@ -810,7 +810,7 @@ def test_validate_and_bench_take_plugins_as_run_does(tmp_path):
         assert res.exit_code == 0, res.output
         assert 'name = "marked_prior"' in res.output
         reset_default_host()
-        res = invoke("bench", recipe, "--plugin", tmp_path / "mark.py", "--steps", "1", "--warmup", "0",
+        res = invoke("bench", recipe, "--plugin", tmp_path / "mark.py", "--steps", "1", "--warmup", "1",
                      "--repeats", "1", "--set", "train.batch_size=8", "--json")
         assert res.exit_code == 0, res.output
     finally:
