@@ -95,8 +95,23 @@ def curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+#: Evaluation entries that describe how a number was computed, not the model: no curve of them.
+_HOW = {"seconds", "repeats", "seed", "feature_dim", "trained_on", "labels", "examples"}
+
+
+def _bookkeeping(name: str, values: list[float]) -> bool:
+    """Whether an evaluation curve says how it was computed (time taken, the feature network, the counts it
+    used) or stays one value at every step (``modes_total``): left out of the plot, which had a hundred panels for
+    an image run."""
+    if not name.startswith("eval/"):
+        return False
+    parts = name.split(".")
+    return "network_info" in parts or parts[-1] in _HOW or (len(values) > 1 and len(set(values)) == 1)
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None, columns: int = 3) -> Path:
-    """One panel per curve (training losses and scalars, samples/s, each evaluation metric) as a PNG."""
+    """One panel per curve (training losses and scalars, samples/s, each evaluation metric but those that say
+    how it was computed or never change) as a PNG."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not an advinf run directory (no recipe.toml)")
@@ -109,7 +124,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, columns: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(series, key=lambda n: (n.startswith("eval/"), not n.startswith("loss_"), n))
+    names = sorted((n for n in series if not _bookkeeping(n, series[n][1])),
+                   key=lambda n: (n.startswith("eval/"), not n.startswith("loss_"), n))
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.8 * rows), dpi=100, squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):

@@ -58,6 +58,16 @@ def test_curves_over_steps(trained, tmp_path):
         plot_run(tmp_path)
 
 
+def test_the_plot_leaves_out_how_numbers_were_computed_and_numbers_that_never_change():
+    """An image run's plot had ~100 panels, most of them the feature network's description and timings."""
+    from advinf.plots import _bookkeeping
+
+    assert _bookkeeping("eval/fid.network_info.seconds", [1.0]) and _bookkeeping("eval/svm_probe.repeats", [10.0])
+    assert _bookkeeping("eval/mode_coverage.modes_total", [25.0, 25.0, 25.0])
+    assert not _bookkeeping("eval/mode_coverage.modes_covered", [3.0, 7.0]) and not _bookkeeping("eval/fid.fid", [9.0])
+    assert not _bookkeeping("loss_critic", [1.0, 1.0])  # training curves are all drawn
+
+
 def test_damaged_metric_lines_are_left_out_with_a_warning_and_a_torn_last_line_quietly(trained, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(trained, copy)
