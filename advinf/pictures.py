@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -30,15 +31,27 @@ def save_grid(images: Tensor, path: Path, nrow: int | None = None) -> None:
         save_image(images.clamp(0, 1), str(tmp), nrow=nrow, padding=2, format="png")
 
 
-def save_scatter(points: Tensor, path: Path, title: str = "") -> None:
-    """A scatter plot of (N, 2) points."""
+def save_scatter(points: Tensor, path: Path, title: str = "", groups: Sequence[tuple[Tensor, str]] = (),
+                 lines: Tensor | None = None) -> None:
+    """A scatter plot of (N, 2) points; or of ``groups``, (points, label) pairs in colours of their own with a
+    legend (data and its reconstructions, samples of each condition). ``lines`` (K, M, 2): K polylines drawn
+    thinly beneath, e.g. each example joined to its reconstruction, or an interpolation from one example to
+    another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=2, alpha=0.5)
+    if lines is not None:
+        for line in lines.numpy():
+            ax.plot(line[:, 0], line[:, 1], color="0.6", linewidth=0.5, zorder=1)
+    if groups:
+        for group, label in groups:
+            ax.scatter(group[:, 0].numpy(), group[:, 1].numpy(), s=4, alpha=0.7, label=label, zorder=2)
+        ax.legend(fontsize=6, markerscale=2, loc="best")
+    else:
+        ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=2, alpha=0.5, zorder=2)
     ax.set_aspect("equal")
     if title:
         ax.set_title(title)

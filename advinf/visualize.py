@@ -50,6 +50,11 @@ def samples(model: TrainedModel, path: Path, count: int = 100, seed: int = 0, y:
     x = model.sample(count, y=y, seed=seed)
     if x.dim() == 4 and rows:
         save_grid(x, path, nrow=max(1, count // rows))
+    elif x.dim() == 2 and y is not None and x.shape[1] == 2:  # points of each condition in a colour of their own
+        x_c, y_c = x.detach().float().cpu(), y.cpu().reshape(len(y), -1)
+        keys = torch.unique(y_c, dim=0)
+        save_scatter(x_c, path, title="samples by condition", groups=[
+            (x_c[(y_c == key).all(1)], "y = " + ", ".join(f"{v:g}" for v in key.tolist())) for key in keys])
     else:
         save_samples(x, path)
     return x
@@ -81,7 +86,9 @@ def reconstructions(model: TrainedModel, x: Tensor, path: Path, use_mean: bool =
         pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # x0, r0, x1, r1, ...
         save_grid(pairs, path, nrow=2 * pairs_per_row)
     else:
-        save_scatter(torch.cat([x, recon]).cpu(), path, title="data and reconstructions")
+        x_c, r_c = x.cpu(), recon.cpu()
+        save_scatter(torch.cat([x_c, r_c]), path, title="data and reconstructions (joined)",
+                     groups=[(x_c, "data x"), (r_c, "reconstruction Gx(Gz(x))")], lines=torch.stack([x_c, r_c], 1))
     return recon
 
 
@@ -107,5 +114,8 @@ def interpolations(model: TrainedModel, x: Tensor, path: Path, steps: int = 10, 
         rows = torch.cat([x[0::2].unsqueeze(1), decoded, x[1::2].unsqueeze(1)], dim=1)
         save_grid(rows.flatten(0, 1), path, nrow=steps + 2)
     else:
-        save_scatter(decoded.flatten(0, 1).cpu(), path, title="decoded latent interpolations")
+        ends, inner = torch.cat([x[0::2], x[1::2]]).cpu(), decoded.flatten(0, 1).cpu()
+        rows = torch.cat([x[0::2].unsqueeze(1), decoded, x[1::2].unsqueeze(1)], dim=1).cpu()
+        save_scatter(torch.cat([ends, inner]), path, title="latent interpolations between data pairs",
+                     groups=[(ends, "data (both ends)"), (inner, "decoded along the line in z")], lines=rows)
     return decoded

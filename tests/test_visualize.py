@@ -86,3 +86,35 @@ def test_picture_commands_on_a_trained_toy_run(tmp_path):
         "most 250 pairs" in res.output
     res = CliRunner().invoke(cli, ["sample", str(run), "--columns", "4"])  # it would be ignored
     assert res.exit_code == 2 and "--columns lays out --grid conditions" in res.output
+
+
+class Negate(Decoder):  # 2-D: the reconstruction of x is -x
+    def forward(self, z, y=None):
+        return -z
+
+
+def test_two_dimensional_pictures_tell_their_points_apart(monkeypatch):
+    """On 2-D data the reconstructions were drawn in the data's colour with nothing pairing them, the
+    interpolations without the data at their ends, and conditional samples in one colour."""
+    from types import SimpleNamespace
+
+    import advinf.visualize as visualize
+
+    drawn = []
+    monkeypatch.setattr(visualize, "save_scatter", lambda points, path, title="", groups=(), lines=None:
+                        drawn.append((groups, lines)))
+    model = TrainedModel(Networks(GaussianPrior((2,)), encoder=Flatten(), decoder=Negate()),
+                         JointGame(JointGameOptions(), stochastic=True), torch.device("cpu"))
+    x = torch.randn(6, 2)
+    reconstructions(model, x, None)
+    groups, lines = drawn.pop()
+    assert [label for _, label in groups] == ["data x", "reconstruction Gx(Gz(x))"]
+    assert torch.equal(lines[:, 0], x) and torch.equal(lines[:, 1], -x)  # each example joined to its own
+    interpolations(model, x, None, steps=4)
+    groups, lines = drawn.pop()
+    assert [label for _, label in groups] == ["data (both ends)", "decoded along the line in z"]
+    assert lines.shape == (3, 6, 2) and torch.equal(lines[:, 0], x[0::2]) and torch.equal(lines[:, -1], x[1::2])
+    fake = SimpleNamespace(sample=lambda count, y=None, seed=0: torch.randn(count, 2))
+    samples(fake, None, count=6, y=torch.tensor([3, 3, 4, 4, 4, 7]))
+    groups, _ = drawn.pop()
+    assert [(label, len(points)) for points, label in groups] == [("y = 3", 2), ("y = 4", 3), ("y = 7", 1)]
