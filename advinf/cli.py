@@ -812,54 +812,69 @@ def _add_plugin_commands() -> None:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    _after_imports(Terminated, frame)
+    _unless_importing_torch(signum, frame, Terminated)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    _after_imports(Interrupted, frame)
+    _unless_importing_torch(signum, frame, Interrupted)
 
 
-_PENDING: list[type[BaseException]] = []  # a signal held back until the import it arrived in is over
+_HELD: list[int] = []  # a signal held back until torch's import is over (at most one)
 
 
-def _after_imports(exc: type[BaseException], frame: Any) -> None:
-    """Raise ``exc`` for a signal, but not inside an import: torch's own, half done when the exception unwinds
-    it, left a module that failed later (tracebacks: "partially initialized module 'torch'") or crashed the
-    interpreter at exit. There the signal is held and raised a moment after the import ends (checked every 20
-    ms with a timer)."""
+def _unless_importing_torch(signum: int, frame: Any, exc: type[BaseException]) -> None:
+    """Raise ``exc`` for a signal, but not while torch is being imported: the exception unwound its half-done
+    import, which failed later (tracebacks: "partially initialized module 'torch'") or crashed the interpreter at
+    exit. There the signal is held and given again to whatever handler is installed then, a moment after the
+    import ends (a timer checks every 20 ms). A second signal is not held (the user insists), nor one while
+    another part of the process uses the real-time timer."""
     import signal
 
-    if _importing(frame) and hasattr(signal, "setitimer"):
-        if not _PENDING:
-            _PENDING.append(exc)
-            signal.signal(signal.SIGALRM, _retry)
-            signal.setitimer(signal.ITIMER_REAL, 0.02)
-        return
-    raise exc
+    if _HELD or not _importing_torch(frame) or not hasattr(signal, "setitimer") \
+            or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None) \
+            or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
+        _release()
+        raise exc
+    _HELD.append(signum)
+    signal.signal(signal.SIGALRM, _retry)
+    signal.setitimer(signal.ITIMER_REAL, 0.02)
 
 
 def _retry(signum: int, frame: Any) -> None:
     import signal
 
-    if _importing(frame):
+    if _importing_torch(frame):
         signal.setitimer(signal.ITIMER_REAL, 0.02)
         return
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    raise _PENDING.pop()
+    held = _HELD[0]
+    _release()
+    signal.raise_signal(held)  # to the handler installed now (training's own, once it has started)
 
 
-def _importing(frame: Any) -> bool:
-    """Whether Python is executing an import (a frame of importlib's machinery is on the stack)."""
+def _release() -> None:
+    """Forget a held signal and stop its timer."""
+    import signal
+
+    if _HELD:
+        _HELD.clear()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def _importing_torch(frame: Any) -> bool:
+    """Whether torch (or a part of it) is being imported: a frame of its module code under importlib's."""
+    torch_code = importing = False
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
+        name = str(frame.f_globals.get("__name__", ""))
+        torch_code = torch_code or name == "torch" or name.startswith("torch.")
+        importing = importing or frame.f_code.co_filename.startswith("<frozen importlib")
         frame = frame.f_back
-    return False
+    return torch_code and importing
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """Warnings as one clean line (not Python's format, which echoes the source line)."""
-    click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    click.echo(f"warning: {printable(' '.join(str(message).split()))}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

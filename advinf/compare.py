@@ -148,7 +148,7 @@ def distinct_labels(paths: Sequence[Path]) -> list[str]:
     parts = [Path(p).absolute().parts for p in paths]
     depth = [1] * len(parts)
     while True:
-        labels = ["/".join(ps[-d:]) for ps, d in zip(parts, depth, strict=True)]
+        labels = [str(Path(*ps[-d:])) for ps, d in zip(parts, depth, strict=True)]
         clash = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(parts[i])]
         if not clash:
             return labels
@@ -167,8 +167,8 @@ def _result(run: LoadedRun, run_dir: Path, host: PluginHost | None = None) -> Ru
         stale = sorted(n for n, s in steps.items() if s != run.step)
         for name in stale:  # the row is the model at run.step: an evaluation of another step is not its result
             warnings.warn(f"{path}: '{name}' is of step {steps[name]}, the run is at step {run.step}: left out of "
-                          f"the comparison (advinf evaluate {shlex.quote(str(run_dir))} --with {name} brings it up "
-                          "to date)",
+                          f"the comparison (advinf evaluate {shlex.quote(str(run_dir))} --with {shlex.quote(name)} "
+                          "brings it up to date)",
                           stacklevel=2)
             del metrics[name]
     elif spec.evaluators:

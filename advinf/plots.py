@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from advinf.atomic import atomic_path
+from advinf.atomic import atomic_path, read_bytes, regular_file
 from advinf.errors import UserError
 from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir, read_eval
 from advinf.values import parse_json
@@ -20,13 +20,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The complete JSON records of a .jsonl file (no file: none). A torn last line (a crash mid-write) is
     skipped; other lines that are no record (damaged, or edited by hand) are skipped with a warning naming them.
     Something else in its place, or a file that cannot be read, is a UserError naming it."""
-    if not path.exists() and not path.is_symlink():
+    if not regular_file(path):  # a link or a FIFO in its place: an error, never followed
         return []
-    if not path.is_file():
-        raise UserError(f"{path} is not a file (a folder, or a link to nothing, where advinf writes one); move it "
-                        "away")
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_bytes(path).decode("utf-8", errors="replace")
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     out, skipped = [], []

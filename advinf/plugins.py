@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.metadata as md
 import importlib.util
@@ -175,7 +176,9 @@ class PluginHost:
                 if not path.is_file():
                     what = "is a folder, not a file" if path.is_dir() else "does not exist"
                     raise UserError(f"plugin file {path} {what} (named by a recipe's `plugins` or --plugin)")
-                mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}", path)
+                # one module name per file: two plugins named extra.py in two folders must not replace each other
+                tag = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+                mod_spec = importlib.util.spec_from_file_location(f"advinf_local_{path.stem}_{tag}", path)
                 if mod_spec is None or mod_spec.loader is None:
                     raise UserError(f"plugin file {path} is not Python source (a .py file) (named by a recipe's "
                                     "`plugins` or --plugin)")

@@ -231,6 +231,11 @@ class Trainer:
         # divergence guard, kept on the device: the first non-finite step and its losses (one per player)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
+        self._bad_computed = torch.ones(len(self.players), dtype=torch.bool, device=self.device)  # by that pass
+        self._computed = {tuple(q.name for q in group): torch.tensor([q in group for q in self.players],
+                                                                     device=self.device)
+                          for group in (self.players, tuple(q for q in self.players if q.role == "critic"),
+                                        tuple(q for q in self.players if q.role != "critic"))}
         self._step_count = torch.zeros((), dtype=torch.long, device=self.device)  # = self.step, on the device
         forwards = (self.spec.critic_steps * any(p.role == "critic" for p in self.players)
                     + any(p.role != "critic" for p in self.players)) if self.spec.update == "alternating" else 1
@@ -519,6 +524,8 @@ class Trainer:
         newly = (~finite) & (self._bad_step < 0)
         self._bad_step.copy_(torch.where(newly, self._step_count, self._bad_step))  # in place: a graph reads it
         self._bad_losses.copy_(torch.where(newly, losses, self._bad_losses))
+        self._bad_computed.copy_(torch.where(newly, self._computed[tuple(p.name for p in players)],
+                                             self._bad_computed))
         return True
 
     def _check_diverged(self, parameters: bool = False) -> None:
@@ -528,10 +535,15 @@ class Trainer:
             if not bool(_all_finite(params)):
                 bad = self.step
                 self._bad_losses.fill_(float("nan"))
+                self._bad_computed.fill_(True)
         if bad < 0:
             return
-        losses = ", ".join(f"loss_{p.name}={v:.4g}" for p, v in zip(self.players, self._bad_losses.tolist(),
-                                                                     strict=True))
+        computed = self._bad_computed.tolist()
+        losses = ", ".join(f"loss_{p.name}={v:.4g}" for p, v, c in zip(self.players, self._bad_losses.tolist(),
+                                                                        computed, strict=True) if c)
+        if not all(computed):  # under "alternating", the pass updated only some players
+            losses += "; not computed on that pass: " + ", ".join(
+                f"loss_{p.name}" for p, c in zip(self.players, computed, strict=True) if not c)
         last = ckpt.latest_checkpoint(self.run.checkpoints) if self.run is not None else None
         skip = "" if self.spec.nonfinite == "skip" else ", or set train.nonfinite = \"skip\""
         if last is not None:

@@ -427,7 +427,8 @@ def test_what_a_pass_skips_for_players_it_does_not_update_changes_no_result(monk
     """The built-in games build no graph through the generator on a critic pass and skip R1 (and ALICE's l2
     cycle) where no updated player reads them; the weights after alternating steps are those of the same run
     with every pass computing everything (Batch.updates always true), bit for bit. The generator's networks run
-    without a graph on the critic's passes."""
+    without a graph on the critic's passes. (Bit for bit because these critics draw no random numbers in R1's
+    pass: with dropout, the skipped pass shifts the random stream, as docs/recipes.md says.)"""
     from advinf.recipe import load_recipe
 
     def weights(everything: bool) -> dict[str, torch.Tensor]:

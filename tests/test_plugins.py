@@ -786,3 +786,16 @@ def test_a_plugin_path_that_is_no_python_file_says_what_it_is(tmp_path, advinf_h
         with pytest.raises(UserError, match=re.escape(message)) as err:
             advinf_host.load_local(spec)
         assert not isinstance(err.value, PluginError) or "AssertionError" not in str(err.value)
+
+
+def test_two_local_plugin_files_of_one_name_are_both_loaded_and_named(tmp_path):
+    """pa/extra.py and pb/extra.py were both imported as the module advinf_local_extra: the second replaced the
+    first in sys.modules, and a printed resume command named only one of them."""
+    from advinf.plugins import PluginHost
+    from advinf.provenance import loaded_plugin_paths
+
+    for folder in ("pa", "pb"):
+        write(tmp_path / folder / "extra.py", f"VALUE = {folder!r}\n")
+    host = PluginHost()  # no entry points loaded: only the two files
+    names = [host.load_local(str(tmp_path / f / "extra.py")) for f in ("pa", "pb")]
+    assert loaded_plugin_paths(["pa/extra.py", "pb/extra.py"], tmp_path) == names

@@ -765,11 +765,16 @@ def test_a_folder_in_place_of_the_metrics_file_is_named_not_taken_for_no_metrics
     (run / "metrics.jsonl").unlink()
     (run / "metrics.jsonl").mkdir()
     res = invoke("plot", run)
-    assert res.exit_code == 2 and f"{run / 'metrics.jsonl'} is not a file" in res.output, res.output
+    assert res.exit_code == 2 and f"{run / 'metrics.jsonl'} is not a regular file" in res.output, res.output
     (run / "metrics.jsonl").rmdir()
     (run / "metrics.jsonl").symlink_to(tmp_path / "nowhere")
     res = invoke("plot", run)
-    assert res.exit_code == 2 and "is not a file (a folder, or a link to nothing" in res.output, res.output
+    assert res.exit_code == 2 and "metrics.jsonl is a symbolic link: advinf never follows links" in res.output
+    (run / "metrics.jsonl").unlink()
+    write(tmp_path / "elsewhere.jsonl", '{"step": 1, "loss_critic": 1.0}\n')
+    (run / "metrics.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")  # read through it, before
+    res = invoke("plot", run)
+    assert res.exit_code == 2 and "metrics.jsonl is a symbolic link" in res.output, res.output
 
 
 DEEP = "[" * 100_000 + "]" * 100_000  # parseable by nothing recursive
@@ -912,3 +917,15 @@ def test_a_signal_while_torch_is_imported_at_start_up_ends_cleanly(tmp_path, sig
             continue
         assert proc.returncode == code and said in err and "Traceback" not in err, (delay, proc.returncode, err)
         assert not out.exists() or any(out.iterdir()) and (out / "checkpoints").exists(), delay
+
+
+def test_a_signal_still_stops_a_command_stuck_importing_a_plugin(tmp_path):
+    """Only torch's own import holds a signal back: one arriving while a plugin's import hangs ends the command
+    (held for every import, it was never raised, and the process had to be killed)."""
+    hang = write(tmp_path / "hang.py", "import time\nwhile True:\n    time.sleep(0.05)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "advinf", "list-plugins", "--plugin", str(hang)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err

@@ -544,3 +544,23 @@ def test_what_would_fail_after_training_or_at_its_first_step_fails_before_it(tmp
     res = CliRunner().invoke(cli, args + [a for o in overrides for a in ("--set", o)])
     assert res.exit_code == 2 and expected in " ".join(res.output.split()), res.output
     assert not out.exists()  # refused before the run directory was written
+
+
+class _NanCriticAtStep(JointGame):
+    """The critic's loss NaN on the critic's passes from step 2."""
+
+    def losses(self, nets, batch):
+        out = super().losses(nets, batch)
+        if batch.step >= 2 and batch.players == frozenset({"critic"}):
+            out.losses["critic"] = out.losses["critic"] * float("nan")
+        return out
+
+
+def test_divergence_under_alternating_names_only_the_losses_that_pass_computed():
+    """A critic pass computes no generator loss: the message said loss_generator=0, a value never computed."""
+    trainer = Trainer(tiny_nets(), _NanCriticAtStep(JointGameOptions(), stochastic=True), tiny_data(),
+                      train=TrainSpec(steps=6, batch_size=32, update="alternating", critic_steps=2, log_every=6,
+                                      progress="none"), optimizer=SGD, device="cpu")
+    with pytest.raises(advinf.TrainingDiverged, match=r"at step 3 \(loss_critic=nan; not computed on that pass: "
+                                                      r"loss_generator\)"):
+        trainer.fit()
