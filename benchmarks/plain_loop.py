@@ -53,16 +53,19 @@ class PlainAli:
                            for player, opt in (("critic", self.opt_d), ("generator", self.opt_g))
                            if player in (lr_factors or {})]
 
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, generator_grad: bool = True) -> tuple[Tensor, Tensor]:
         """The losses, under the recipe's autocast (the forward pass only, as advinf's step)."""
         with torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
-            return self.losses(x)
+            return self.losses(x, generator_grad)
 
-    def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        posterior = self.encoder(x)
-        z_hat = posterior.sample() if self.stochastic else posterior.mean
-        z = self.prior_sample(x.shape[0], x.device)
-        x_tilde = self.decoder(z)
+    def losses(self, x: Tensor, generator_grad: bool = True) -> tuple[Tensor, Tensor]:
+        """Both losses; ``generator_grad`` False (a critic-only update) records no graph through the encoder and
+        decoder, as a careful loop does (``no_grad``, not ``detach``) and as advinf's built-in games do."""
+        with contextlib.nullcontext() if generator_grad else torch.no_grad():
+            posterior = self.encoder(x)
+            z_hat = posterior.sample() if self.stochastic else posterior.mean
+            z = self.prior_sample(x.shape[0], x.device)
+            x_tilde = self.decoder(z)
         if self.joint_batch:
             logits = self.critic(torch.cat([x, x_tilde]), torch.cat([z_hat, z])).reshape(-1)
             d_data, d_model = logits[: x.shape[0]], logits[x.shape[0]:]
@@ -83,7 +86,7 @@ class PlainAli:
             self.opt_g.step()
         else:
             for _ in range(self.critic_steps):
-                loss_d, _ = self._forward(next_batch())
+                loss_d, _ = self._forward(next_batch(), generator_grad=False)
                 self.opt_d.zero_grad()
                 loss_d.backward(inputs=self.critic_params)
                 self.opt_d.step()
