@@ -266,7 +266,8 @@ class Trainer:
     def _trial(self) -> None:
         """One forward and backward pass on copies of the networks with a first batch, before anything is
         trained or written: networks that do not fit the data, the batch size or the device fail here with a
-        clear message, not after data loading and a first checkpoint. Changes no state (RNG forked, copies)."""
+        clear message, not after data loading and a first checkpoint (under ``alternating``, also a forward pass
+        of each side's, checked against the losses contract). Changes no state (RNG forked, copies)."""
         try:
             nets = copy.deepcopy(self.nets)
         except Exception as exc:
@@ -291,6 +292,13 @@ class Trainer:
                     raise UserError(_not_finite("losses", ", ".join(f"{k} {v}" for k, v in bad.items())))
                 for i, player in enumerate(self.players):  # each player's gradient, as the step takes it
                     self._reaches(player, out.losses[player.name], nets, retain=i < len(self.players) - 1)
+                if self.spec.update == "alternating":  # the passes of one side each: a game that computes less
+                    for side in ({p for p in self.players if p.role == "critic"},  # there must still keep the
+                                 {p for p in self.players if p.role != "critic"}):  # contract
+                        if side:
+                            first.players = frozenset(p.name for p in side)
+                            with self._autocast:
+                                self._checked(self.game.losses(nets, first), tuple(side))
         except UserError:
             raise
         except Exception as exc:

@@ -389,7 +389,7 @@ def test_recipes_validate_with_their_game():
 
 def test_each_forward_pass_says_which_players_it_updates():
     """batch.players: every player in the trial step and under "simultaneous"; under "alternating" the critic
-    side on each critic pass and the rest on the last pass of the step."""
+    side on each critic pass and the rest on the last pass of the step (and the trial step tries each side's)."""
     from test_train import tiny_data, tiny_nets
 
     seen: list[frozenset[str] | None] = []
@@ -400,7 +400,8 @@ def test_each_forward_pass_says_which_players_it_updates():
             return super().losses(nets, batch)
 
     both, critic, generator = frozenset({"critic", "generator"}), frozenset({"critic"}), frozenset({"generator"})
-    for update, steps, passes in (("simultaneous", 2, [both] * 3), ("alternating", 2, [both] + [critic] * 2
+    trial = [both, critic, generator]  # under alternating the trial step also tries each side's pass
+    for update, steps, passes in (("simultaneous", 2, [both] * 3), ("alternating", 2, trial + [critic] * 2
                                                                   + [generator] + [critic] * 2 + [generator])):
         seen.clear()
         spec = advinf.TrainSpec(steps=steps, batch_size=32, update=update, critic_steps=2 if update == "alternating"

@@ -564,3 +564,22 @@ def test_divergence_under_alternating_names_only_the_losses_that_pass_computed()
     with pytest.raises(advinf.TrainingDiverged, match=r"at step 3 \(loss_critic=nan; not computed on that pass: "
                                                       r"loss_generator\)"):
         trainer.fit()
+
+
+class _NoCriticLossOnCriticPasses(JointGame):
+    def losses(self, nets, batch):
+        out = super().losses(nets, batch)
+        if batch.players == frozenset({"critic"}):
+            del out.losses["critic"]
+        return out
+
+
+def test_a_game_breaking_the_contract_on_one_side_s_passes_is_refused_before_anything_is_written(tmp_path):
+    """The trial step ran only a pass of every player: a game that left out the critic's loss on the critic's
+    own passes failed at step 1, after the run directory was made."""
+    run = tmp_path / "run"
+    with pytest.raises(advinf.UserError, match=r"losses\(\) returned no loss for player\(s\) critic"):
+        Trainer(tiny_nets(), _NoCriticLossOnCriticPasses(JointGameOptions(), stochastic=True), tiny_data(),
+                train=TrainSpec(steps=2, batch_size=32, update="alternating", progress="none"), optimizer=SGD,
+                device="cpu", run_dir=run)
+    assert not run.exists()
