@@ -200,6 +200,19 @@ def remove_if_empty(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_unstarted(path: Path) -> None:
+    """Remove a run directory this command created, when training failed before its first update: it holds
+    what a start writes (the recipe, library.json, the step-0 pictures, a logger's empty files), no checkpoint.
+    Anything else in it (a file someone put there meanwhile) keeps it."""
+    started = {RECIPE_FILE, LIBRARY_FILE, SAMPLES_DIR, CHECKPOINTS_DIR, METRICS_FILE, EVALS_FILE, EVAL_FILE}
+    if not path.is_dir() or any(p.name not in started and not p.name.startswith((".", "metrics.", "evals."))
+                                for p in path.iterdir()):
+        return
+    if any(p.is_file() for p in (path / CHECKPOINTS_DIR).rglob("*")) if (path / CHECKPOINTS_DIR).is_dir() else False:
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class RunDir:
     """Writes the files of one run; never overwrites a different run's files."""
 

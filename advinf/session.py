@@ -41,6 +41,7 @@ from advinf.rundir import (
     prepare_target,
     read_eval,
     remove_if_empty,
+    remove_unstarted,
     unlike_options,
 )
 from advinf.trainer import Trainer, TrainResult
@@ -185,7 +186,12 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
                 f"to do (advinf evaluate {shlex.quote(str(out_dir))} runs the evaluators again; --set train.steps=N "
                 "--allow-changes trains on)")
-        result = finished or trainer.fit(stop_after=stop_after, on_signal=on_signal)
+        try:
+            result = finished or trainer.fit(stop_after=stop_after, on_signal=on_signal)
+        except Exception:
+            if created and trainer.step == 0:  # failed before its first update (a compile error, say): what it
+                remove_unstarted(out_dir)  # wrote (its recipe, the step-0 pictures) is no run to resume
+            raise
     finally:
         held.close()
         distributed.shutdown(world)

@@ -929,3 +929,33 @@ def test_a_signal_still_stops_a_command_stuck_importing_a_plugin(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+
+
+FAILS_AT_THE_FIRST_STEP = """
+from advinf import hookimpl
+from advinf_plugins.games import JointGame, JointGameOptions
+
+class FailsAtTheFirstStep(JointGame):
+    calls = 0
+
+    def losses(self, nets, batch):
+        FailsAtTheFirstStep.calls += 1
+        if FailsAtTheFirstStep.calls == 2:  # the trial step's pass is the first
+            raise RuntimeError("boom at the first step")
+        return super().losses(nets, batch)
+
+@hookimpl
+def register_games(register):
+    register("fails_first_step", lambda options, ctx: FailsAtTheFirstStep(options, stochastic=True), JointGameOptions)
+"""
+
+
+def test_a_run_that_fails_before_its_first_update_leaves_no_run_directory(tmp_path):
+    """A compile error (say) at the first step left recipe.toml and the step-0 pictures, a 'run' that `advinf run`
+    then refused to write into and that `--resume` would start again from nothing."""
+    plugin = write(tmp_path / "fails.py", FAILS_AT_THE_FIRST_STEP)
+    out = tmp_path / "run"
+    res = invoke("run", ALI, "--out", out, "--plugin", plugin, "--set", "game.name='fails_first_step'",
+                 *sets(TINY + TINY_ENCODER))
+    assert res.exit_code != 0 and "boom at the first step" in str(res.exception), res.output
+    assert not out.exists()
