@@ -182,6 +182,9 @@ def run_recipe(recipe: str | Path | Recipe | None = None, *, out: str | Path | N
         if finished is None:
             for line in notes:
                 log(line)
+            if stop_after is not None and stop_after >= trainer.total_steps:  # accepted, but it stops nothing
+                log(f"note: --stop-after {stop_after} is at or past the run's last step ({trainer.total_steps}): it "
+                    "trains to its end and evaluates")
         else:
             log(f"{out_dir} had already finished at step {trainer.step}, and eval.json holds its evaluation: nothing "
                 f"to do (advinf evaluate {shlex.quote(str(out_dir))} runs the evaluators again; --set train.steps=N "

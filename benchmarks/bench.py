@@ -99,7 +99,8 @@ def check_game(built: Built) -> None:
             or set(built.nets) != {"encoder", "decoder", "critic"} or built.nets.frozen \
             or not all(hasattr(game, a) for a in ("divergence", "joint_batch", "stochastic")):
         raise UserError("advinf bench compares unconditional ALI/BiGAN games (an encoder, a decoder and a critic "
-                        "against each other, all trained) with the plain loop; this recipe's game is another kind")
+                        "against each other, all trained) with the plain loop; this recipe's game, "
+                        f"'{built.recipe.spec.game.name}', is another kind")
     if game.divergence not in DIVERGENCES:  # type: ignore[attr-defined]
         raise UserError(f"advinf bench: the plain loop writes out the built-in divergences "
                         f"({', '.join(DIVERGENCES)}), not '{game.divergence}'")  # type: ignore[attr-defined]

@@ -165,6 +165,9 @@ def test_bench_refuses_critic_regularisers_the_plain_loop_lacks():
 
     with pytest.raises(UserError, match="no critic regularisers; this recipe sets game.label_smoothing, game.r1"):
         check_game(_built("game.label_smoothing=0.1", "game.r1=1.0")[0])
+    with pytest.raises(UserError, match="this recipe's game, 'gan', is another kind"):  # named, not "another kind"
+        check_game(build_for_bench(load_recipe(RECIPES / "gan_mixture25.toml", list(TINY), host=default_host()),
+                                   default_host())[0])
     for weight in ("1.0", "0"):  # ALICE: the generator's loss has a term more (computed even at weight 0)
         with pytest.raises(UserError, match="no cycle term"):
             check_game(_built(f"game.weight={weight}", recipe="alice_mixture25.toml")[0])

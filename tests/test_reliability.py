@@ -959,3 +959,9 @@ def test_a_run_that_fails_before_its_first_update_leaves_no_run_directory(tmp_pa
                  *sets(TINY + TINY_ENCODER))
     assert res.exit_code != 0 and "boom at the first step" in str(res.exception), res.output
     assert not out.exists()
+
+
+def test_stop_after_past_the_last_step_says_it_stops_nothing(tmp_path):
+    res = tiny_run(tmp_path / "run", "--stop-after", "500")  # the tiny run has 30 steps
+    assert "note: --stop-after 500 is at or past the run's last step (30): it trains to its end" in res.output
+    assert "trained 30 steps" in res.output
