@@ -375,10 +375,14 @@ def _png_out(ctx: click.Context, param: click.Parameter, path: Path | None) -> P
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=None, callback=_png_out,
               help="PNG to write (default: RUN_DIR/curves.png).")
-def plot(run_dir: Path, out_path: Path | None) -> None:
-    """The curves of RUN_DIR over its steps: losses, scalars, samples/s and every evaluation, as a PNG."""
+@_plugin_option
+def plot(run_dir: Path, out_path: Path | None, plugins: tuple[Path, ...]) -> None:
+    """The curves of RUN_DIR over its steps: losses, scalars, samples/s and every evaluation, as a PNG. (The plot
+    reads only the run's files: --plugin is taken, as by the other commands on a run, and loaded.)"""
     from advinf.plots import plot_run
 
+    for plugin in plugins:  # as every command on a run takes them: a script passing --plugin to each works
+        _host().load_local(str(plugin))
     _done(plot_run(run_dir, out_path))
 
 

@@ -96,6 +96,10 @@ def test_evaluate_and_plot_commands(trained, tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["mode_coverage"]["modes_total"] == 25
     res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "c.png")])
     assert res.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 10_000
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("VALUE = 1\n")
+    res = CliRunner().invoke(cli, ["plot", str(trained), "--out", str(tmp_path / "d.png"), "--plugin", str(plugin)])
+    assert res.exit_code == 0, res.output  # --plugin, as every command on a run takes it (a usage error, before)
     # a setting of an evaluator --with did not pick ran that evaluator too
     before = (trained / "eval.json").read_bytes()
     for picked in (["--with", "mode_coverage"], []):
