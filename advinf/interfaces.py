@@ -227,6 +227,8 @@ class Player:
     role: Literal["critic", "generator"] = "generator"
 
     def __post_init__(self) -> None:
+        if isinstance(self.networks, list):  # Player("c", ["critic"]): the same networks
+            object.__setattr__(self, "networks", tuple(self.networks))
         if not self.name or not isinstance(self.networks, tuple) or not self.networks:
             raise ValueError(f"player {self.name!r}: give a name and a non-empty tuple of network names")
         if self.role not in ("critic", "generator"):
@@ -276,9 +278,17 @@ class Batch:
     #: skip what only other players' losses read (``updates``): the generator's graph on a critic pass, a
     #: critic regulariser on a generator pass; the trainer reads only the updated players' losses.
     players: frozenset[str] | None = None
+    #: Every player of the game (set by the trainer with ``players``): ``updates`` refuses any other name, so that
+    #: a misspelt one is an error, not a player taken for one this pass does not update.
+    all_players: frozenset[str] | None = None
 
     def updates(self, player: str) -> bool:
         """Whether this pass updates ``player``: its loss is used, and what only it reads must be computed."""
+        if isinstance(self.players, str):
+            raise TypeError(f"Batch.players must be a set of player names, not the string {self.players!r}")
+        if self.all_players is not None and player not in self.all_players:
+            raise ValueError(f"batch.updates({player!r}): the game has no player {player!r} (its players: "
+                             f"{', '.join(sorted(self.all_players))})")
         return self.players is None or player in self.players
 
     def grad_for(self, player: str) -> contextlib.AbstractContextManager[Any]:

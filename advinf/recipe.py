@@ -414,6 +414,11 @@ def check_fit(spec: RecipeSpec, options: dict[str, BaseModel], host: PluginHost,
         problems.append(Problem("train.critic_steps", f"game '{name}' has no critic-side player (its players: "
                                 f"{', '.join(player_names)}), so the count would be ignored", spec.train.critic_steps,
                                 True, "remove it"))
+    if spec.train.update == "alternating" and all(p.role == "critic" for p in game.players):
+        problems.append(Problem("train.update", f"game '{name}' has only critic-side players (its players: "
+                                f"{', '.join(player_names)}): \"alternating\" would take critic steps alone, and "
+                                "steps count the other side's updates", spec.train.update, True,
+                                'use "simultaneous"'))
     for player in spec.optimizers:
         if player not in player_names:
             problems.append(Problem(f"optimizers.{player}", f"game '{name}' has no player '{player}'",

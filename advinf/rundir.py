@@ -356,8 +356,8 @@ def unlike_options(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON object as a line of ``path``."""
-    with open_append(path) as fh:
-        fh.write(json.dumps(record) + "\n")
+    with open_append(path) as fh:  # a non-finite number as null: NaN is no JSON (strict readers refuse it)
+        fh.write(json.dumps(_finite(record)) + "\n")
 
 
 def _step_of(line: str) -> int | None:

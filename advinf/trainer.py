@@ -80,6 +80,9 @@ from advinf.rundir import RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
 
+#: The keys of a metrics.jsonl line the trainer writes itself (besides loss_PLAYER): no game scalar may take them.
+RESERVED_METRICS = frozenset({"step", "epoch", "steps_averaged", "samples_per_s", "time", "skipped_steps"})
+
 
 class TrainingDiverged(UserError):
     """A non-finite loss or gradient stopped the run (exit status 3)."""
@@ -170,6 +173,10 @@ class Trainer:
                             f"{'is no evaluator' if len(unknown) == 1 else 'are no evaluators'} of this Trainer "
                             f"(evaluators: {', '.join(self.evaluators) or 'none'})")
         self.players = tuple(game.players)
+        self._player_names = frozenset(p.name for p in self.players)
+        if self.spec.update == "alternating" and all(p.role == "critic" for p in self.players):
+            raise UserError(f"{game_label(game)} has only critic-side players: update = \"alternating\" would take "
+                            "critic steps alone (steps count the other side's updates); use \"simultaneous\"")
         self._params = {p.name: nets.named_parameters(p.networks) for p in self.players}
         self._param_list = {name: [p for _, p in named] for name, named in self._params.items()}
         default = optimizer or OptimizerSpec()
@@ -284,6 +291,7 @@ class Trainer:
                     raise UserError("the first training batch holds NaN or infinite values: the data (or its "
                                     "decoding) is damaged, and every loss would be NaN from the first step")
                 first.players = frozenset(p.name for p in self.players)  # every player, as a simultaneous step
+                first.all_players = self._player_names
                 with self._autocast:
                     out = self._checked(self.game.losses(nets, first), self.players)
                 bad = {p.name: float(out.losses[p.name].detach()) for p in self.players
@@ -293,12 +301,16 @@ class Trainer:
                 for i, player in enumerate(self.players):  # each player's gradient, as the step takes it
                     self._reaches(player, out.losses[player.name], nets, retain=i < len(self.players) - 1)
                 if self.spec.update == "alternating":  # the passes of one side each: a game that computes less
-                    for side in ({p for p in self.players if p.role == "critic"},  # there must still keep the
-                                 {p for p in self.players if p.role != "critic"}):  # contract
-                        if side:
+                    for side in (tuple(p for p in self.players if p.role == "critic"),  # there must still keep
+                                 tuple(p for p in self.players if p.role != "critic")):  # the contract, and each
+                        if side:  # updated player's loss still reach its networks (grad_for around the wrong ones)
                             first.players = frozenset(p.name for p in side)
                             with self._autocast:
-                                self._checked(self.game.losses(nets, first), tuple(side))
+                                out = self._checked(self.game.losses(nets, first), side)
+                            for i, player in enumerate(side):
+                                self._reaches(player, out.losses[player.name], nets, retain=i < len(side) - 1,
+                                              on=f"on a pass that updates {', '.join(p.name for p in side)} "
+                                                 "alone (update = \"alternating\")")
         except UserError:
             raise
         except Exception as exc:
@@ -323,7 +335,7 @@ class Trainer:
             raise UserError(f"the networks fail on a first batch, before training: {type(exc).__name__}: {text}; "
                             f"{hint}") from exc
 
-    def _reaches(self, player: Player, loss: Tensor, nets: Networks, retain: bool) -> None:
+    def _reaches(self, player: Player, loss: Tensor, nets: Networks, retain: bool, on: str = "") -> None:
         """The trial's backward pass of one player: a UserError where its loss does not reach one of its
         networks (an output detached, a network its loss never uses), which would train nothing, silently."""
         named = {n: nets.parameters([n]) for n in player.networks if n in nets}
@@ -332,10 +344,11 @@ class Trainer:
         if not params:
             return
         game = game_label(self.game)
+        whose = f"the loss of player '{player.name}'" + (f" {on}" if on else "")
         if not loss.requires_grad:
-            raise UserError(f"{game}: the loss of player '{player.name}' does not depend on its networks "
-                            f"({', '.join(named)}): it has no gradient (computed under torch.no_grad, or from a "
-                            "detached output?)")
+            raise UserError(f"{game}: {whose} does not depend on its networks "
+                            f"({', '.join(named)}): it has no gradient (computed under torch.no_grad, under "
+                            "batch.grad_for of a network it differentiates through, or from a detached output?)")
         grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain)
         flows, i = {}, 0  # which networks get any gradient other than 0
         for name, ps in named.items():
@@ -348,7 +361,7 @@ class Trainer:
                        for g in grads[i:i + len(ps)] if g is not None):
                 raise UserError(_not_finite("gradients", f"player '{player.name}''s, in the {name}"))
             if all(g is None for g in grads[i:i + len(ps)]):
-                raise UserError(f"{game}: the loss of player '{player.name}' does not reach the {name} "
+                raise UserError(f"{game}: {whose} does not reach the {name} "
                                 f"({type(nets[name]).__name__}): none of its parameters gets a gradient, so it "
                                 "would never train. Does its forward detach its output, or does the game not use "
                                 "it? (Freeze it if it is not to be trained.)")
@@ -357,7 +370,7 @@ class Trainer:
                 # loss reads no output of it (through one joint critic batch every pair is connected). A network
                 # whose gradients are all 0 with its partners' too (a zero-initialised critic output, as BiGAN's)
                 # is not refused: its gradient flows once the critic has learnt
-                raise UserError(f"{game}: the loss of player '{player.name}' gives the {name} "
+                raise UserError(f"{game}: {whose} gives the {name} "
                                 f"({type(nets[name]).__name__}) a gradient of exactly 0 in every parameter on the "
                                 f"first batch, where the {', '.join(others)} gets one: the loss reads no output of "
                                 f"the {name}, so it would never train (one joint critic batch connects every pair: a "
@@ -377,6 +390,11 @@ class Trainer:
             raise UserError(f"{game_label(self.game)}: losses() returned a loss for {', '.join(unknown)}, "
                             f"which is no player of the game (its players: {', '.join(self._param_list)}); "
                             "declare the player, or leave the loss out")
+        taken = [k for k in out.scalars if k in RESERVED_METRICS or k.startswith("loss_")]
+        if taken:  # they would overwrite what the trainer logs under those names (a "step" of -1 hid every line)
+            raise UserError(f"{game_label(self.game)}: losses() returned scalar(s) named {', '.join(taken)}, which "
+                            f"metrics.jsonl uses itself ({', '.join(sorted(RESERVED_METRICS))}, loss_PLAYER); "
+                            "rename them")
         for kind, values in (("loss", out.losses), ("scalar", out.scalars)):
             for name, v in values.items():
                 if not isinstance(v, Tensor) or v.dim() != 0:
@@ -422,7 +440,8 @@ class Trainer:
 
         def forward(players: tuple[Player, ...]) -> GameLosses:  # each pass sees the step and whom it updates
             batch = next_batch()
-            batch.step, batch.players = self.step, frozenset(p.name for p in players)
+            batch.step, batch.players, batch.all_players = self.step, frozenset(p.name for p in players), \
+                self._player_names
             out = self._checked(self._forward(batch), players)
             passes.append((players, out))
             return out
@@ -453,8 +472,9 @@ class Trainer:
             raise UserError(f"{game_label(self.game)}: losses() returned the scalars {list(scalars)} in a step after "
                             f"{list(self._scalar_keys)}; return the same scalars on every step (a scalar only some "
                             "passes of a step compute is logged from the last that does)")
-        return GameLosses({p.name: losses[p.name] for p in self.players},
-                          {k: scalars[k] for k in self._scalar_keys})
+        # detached: what is logged (or returned by train_step) must not keep the step's graph alive
+        return GameLosses({p.name: losses[p.name].detach() for p in self.players},
+                          {k: scalars[k].detach() for k in self._scalar_keys})
 
     def _check_cuda_graph(self) -> None:
         """``train.cuda_graph`` needs CUDA and a step that decides nothing on the host."""

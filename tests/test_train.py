@@ -583,3 +583,78 @@ def test_a_game_breaking_the_contract_on_one_side_s_passes_is_refused_before_any
                 train=TrainSpec(steps=2, batch_size=32, update="alternating", progress="none"), optimizer=SGD,
                 device="cpu", run_dir=run)
     assert not run.exists()
+
+
+class _ScalarNamedStep(JointGame):
+    def losses(self, nets, batch):
+        out = super().losses(nets, batch)
+        out.scalars["step"] = torch.tensor(-1.0)
+        return out
+
+
+class _CriticUnderGradFor(JointGame):
+    """The docs' grad_for advice read as "around the critic's forward": the generator's loss loses its graph on
+    the generator's own passes."""
+
+    def losses(self, nets, batch):
+        x = batch.x
+        with batch.grad_for("generator"):
+            z_hat = nets["encoder"](x).sample()
+            z = nets.prior.sample(x.shape[0], x.device)
+            x_tilde = nets["decoder"](z)
+        with batch.grad_for("critic"):
+            d_data, d_model = advinf.critic_pairs(nets["critic"], (x, z_hat), (x_tilde, z))
+        critic = torch.nn.functional.softplus(-d_data).mean() + torch.nn.functional.softplus(d_model).mean()
+        generator = torch.nn.functional.softplus(d_data).mean() + torch.nn.functional.softplus(-d_model).mean()
+        return advinf.GameLosses({"critic": critic, "generator": generator})
+
+
+def test_games_that_break_the_alternating_contract_are_named_before_anything_is_written(tmp_path):
+    """A scalar named like a metric the trainer writes hid every metrics line ("step": -1); grad_for around a
+    network the updated player's loss differentiates through failed at step 1 with torch's "element 0 of tensors
+    does not require grad"; a misspelt player name in batch.updates was taken for a player not updated."""
+    alternating = TrainSpec(steps=2, batch_size=32, update="alternating", progress="none")
+    cases = [(_ScalarNamedStep(JointGameOptions(), stochastic=True), TrainSpec(steps=2, batch_size=32),
+              r"returned scalar\(s\) named step, which metrics.jsonl uses itself"),
+             (_CriticUnderGradFor(JointGameOptions(), stochastic=True), alternating,
+              r"the loss of player 'generator' on a pass that updates generator alone \(update = \"alternating\"\) "
+              r"does not depend on its networks .*under batch.grad_for of a network it differentiates through")]
+    for game, spec, message in cases:
+        run = tmp_path / type(game).__name__
+        with pytest.raises(advinf.UserError, match=message):
+            Trainer(tiny_nets(), game, tiny_data(), train=spec, optimizer=SGD, device="cpu", run_dir=run)
+        assert not run.exists()
+    batch = Batch(torch.zeros(1), players=frozenset({"critic"}), all_players=frozenset({"critic", "generator"}))
+    assert batch.updates("critic") and not batch.updates("generator")
+    with pytest.raises(ValueError, match=r"batch.updates\('critc'\): the game has no player 'critc'"):
+        batch.updates("critc")
+    with pytest.raises(TypeError, match="a set of player names, not the string"):
+        Batch(torch.zeros(1), players="critic").updates("c")
+
+
+def test_alternating_needs_a_generator_side_player_and_players_take_lists(tmp_path):
+    """A game of critic-side players alone ran "alternating" as critic steps only (no generator pass, no moving
+    average), while steps count the other side's updates."""
+    from advinf import Player
+
+    class AllCritics(JointGame):
+        players = (Player("critic", ["critic"], "critic"), Player("generator", ("encoder", "decoder"), "critic"))
+
+    assert AllCritics.players[0].networks == ("critic",)  # a list is taken as the tuple
+    with pytest.raises(advinf.UserError, match="has only critic-side players: update = \"alternating\" would take"):
+        Trainer(tiny_nets(), AllCritics(JointGameOptions(), stochastic=True), tiny_data(),
+                train=TrainSpec(steps=2, batch_size=32, update="alternating"), optimizer=SGD, device="cpu",
+                run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_metric_is_written_as_null(tmp_path):
+    """metrics.jsonl held a bare NaN under nonfinite = "skip": no JSON for strict readers (jq, other languages)."""
+    import json
+
+    from advinf.rundir import append_jsonl
+
+    append_jsonl(tmp_path / "m.jsonl", {"step": 1, "loss_generator": float("nan"), "x": {"y": float("inf")}})
+    text = (tmp_path / "m.jsonl").read_text()
+    assert "NaN" not in text and json.loads(text, parse_constant=lambda c: 1 / 0) == \
+        {"step": 1, "loss_generator": None, "x": {"y": None}}
