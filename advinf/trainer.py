@@ -660,7 +660,9 @@ class Trainer:
                         count += 1
                         if self.step % self.spec.log_every == 0 or self.step == end:
                             log_interval()
-                        self._periodic(end)
+                        t_periodic = time.perf_counter()
+                        self._periodic(end)  # evaluations, pictures, checkpoints: not in the next line's samples/s
+                        t_log += time.perf_counter() - t_periodic
                     if count and self.world_size == 1:  # stopped by a signal: the steps since the last line
                         log_interval()  # (ranks of a data-parallel run agree to stop at a log step)
                 finally:
