@@ -239,10 +239,12 @@ class Trainer:
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._bad_losses = torch.zeros(len(self.players), device=self.device)
         self._bad_computed = torch.ones(len(self.players), dtype=torch.bool, device=self.device)  # by that pass
-        self._computed = {tuple(q.name for q in group): torch.tensor([q in group for q in self.players],
-                                                                     device=self.device)
-                          for group in (self.players, tuple(q for q in self.players if q.role == "critic"),
-                                        tuple(q for q in self.players if q.role != "critic"))}
+        # each group of players a pass can update: its names (batch.players) and its mask over self.players
+        # (the divergence guard), made once rather than per pass
+        self._groups = {group: (frozenset(q.name for q in group),
+                                torch.tensor([q in group for q in self.players], device=self.device))
+                        for group in (self.players, tuple(q for q in self.players if q.role == "critic"),
+                                      tuple(q for q in self.players if q.role != "critic"))}
         self._step_count = torch.zeros((), dtype=torch.long, device=self.device)  # = self.step, on the device
         forwards = (self.spec.critic_steps * any(p.role == "critic" for p in self.players)
                     + any(p.role != "critic" for p in self.players)) if self.spec.update == "alternating" else 1
@@ -440,8 +442,7 @@ class Trainer:
 
         def forward(players: tuple[Player, ...]) -> GameLosses:  # each pass sees the step and whom it updates
             batch = next_batch()
-            batch.step, batch.players, batch.all_players = self.step, frozenset(p.name for p in players), \
-                self._player_names
+            batch.step, batch.players, batch.all_players = self.step, self._groups[players][0], self._player_names
             out = self._checked(self._forward(batch), players)
             passes.append((players, out))
             return out
@@ -537,7 +538,7 @@ class Trainer:
         loss non-finite, and parameters are checked before every checkpoint); skip mode also checks the
         gradients, since it must not apply them.
         """
-        updated = {p.name for p in players}  # the others' entries keep what was recorded: no host value read
+        updated, mask = self._groups[players]  # the others' entries keep what was recorded: no host value read
         losses = torch.stack([out.losses[p.name].detach().float() if p.name in updated else self._bad_losses[i]
                               for i, p in enumerate(self.players)])
         finite = torch.isfinite(losses).all()
@@ -552,8 +553,7 @@ class Trainer:
         newly = (~finite) & (self._bad_step < 0)
         self._bad_step.copy_(torch.where(newly, self._step_count, self._bad_step))  # in place: a graph reads it
         self._bad_losses.copy_(torch.where(newly, losses, self._bad_losses))
-        self._bad_computed.copy_(torch.where(newly, self._computed[tuple(p.name for p in players)],
-                                             self._bad_computed))
+        self._bad_computed.copy_(torch.where(newly, mask, self._bad_computed))
         return True
 
     def _check_diverged(self, parameters: bool = False) -> None:
