@@ -59,7 +59,7 @@ class AdvinfGroup(click.Group):
 def printable(text: str) -> str:
     """``text`` with control characters but newlines and tabs escaped: an error quotes what files and plugins
     hold (an eval.json key, a path), and an escape sequence in it must not reach the terminal."""
-    return "".join(c if c in "\n\t" or (c.isprintable() and c not in "\x7f") else repr(c)[1:-1] for c in text)
+    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # What the file system refuses for a reason the user can fix: a directory where a file belongs (or the reverse),

@@ -9,11 +9,19 @@ from typing import Any
 
 from advinf.atomic import atomic_path, read_bytes, regular_file
 from advinf.errors import UserError
-from advinf.rundir import EVAL_FILE, EVALS_FILE, METRICS_FILE, eval_entries, is_run_dir, read_eval
+from advinf.rundir import (
+    EVAL_FILE,
+    EVALS_FILE,
+    METRICS_FILE,
+    RESERVED_METRICS,
+    eval_entries,
+    is_run_dir,
+    read_eval,
+)
 from advinf.values import parse_json
 
 #: Record keys that are bookkeeping, not curves.
-_NOT_CURVES = {"step", "epoch", "time", "steps_averaged", "skipped_steps"}
+_NOT_CURVES = RESERVED_METRICS - {"samples_per_s"}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ EVAL_FILE = "eval.json"
 EVALS_FILE = "evals.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
+#: The keys of a metrics.jsonl line the trainer writes itself (besides loss_PLAYER): no game scalar may take them.
+RESERVED_METRICS = frozenset({"step", "epoch", "steps_averaged", "samples_per_s", "time", "skipped_steps"})
 
 
 def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
@@ -208,7 +210,8 @@ def remove_unstarted(path: Path) -> None:
     if not path.is_dir() or any(p.name not in started and not p.name.startswith((".", "metrics.", "evals."))
                                 for p in path.iterdir()):
         return
-    if any(p.is_file() for p in (path / CHECKPOINTS_DIR).rglob("*")) if (path / CHECKPOINTS_DIR).is_dir() else False:
+    checkpoints = path / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and any(p.is_file() for p in checkpoints.rglob("*")):
         return
     shutil.rmtree(path, ignore_errors=True)
 

@@ -256,7 +256,7 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str] | None = None, overri
     if not data["evaluators"]:
         raise UserError(f"{run_dir}'s recipe names no evaluators: choose some with --with NAME[,NAME...] "
                         "(evaluate_run(RUN, names=[...]) in Python; advinf list-plugins lists them)")
-    unpicked = [o for o in overrides if (parts := o.split("=", 1)[0].strip().split(".")) and len(parts) > 1
+    unpicked = [o for o in overrides if len(parts := o.split("=", 1)[0].strip().split(".")) > 1
                 and parts[1] not in data["evaluators"]]
     if unpicked:  # it would add that evaluator to those run
         raise UserError(f"--set {', '.join(unpicked)}: that evaluator is not among those to run "

@@ -76,12 +76,9 @@ from advinf.provenance import (
     run_name,
     summarised,
 )
-from advinf.rundir import RunDir, evaluator_options
+from advinf.rundir import RESERVED_METRICS, RunDir, evaluator_options
 from advinf.settings import OptimizerSpec, TrainSpec, cuda_graph_refusal, resolve_device, set_fp32_precision
 from advinf.version import __version__
-
-#: The keys of a metrics.jsonl line the trainer writes itself (besides loss_PLAYER): no game scalar may take them.
-RESERVED_METRICS = frozenset({"step", "epoch", "steps_averaged", "samples_per_s", "time", "skipped_steps"})
 
 
 class TrainingDiverged(UserError):
